@@ -1,0 +1,5 @@
+import sys
+
+from consoled.cli import main
+
+sys.exit(main())

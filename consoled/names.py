@@ -1,0 +1,73 @@
+"""Session names: ``ID`` (a container's init console) or ``ID/EXEC`` (an exec's).
+
+Pure logic shared by the daemon and the client; imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+#: One part of a session name (a container id or an exec name).
+PART_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}"
+_PART: Final = re.compile(PART_PATTERN)
+
+
+class InvalidName(ValueError):
+    """A session name or part does not match the allowed syntax."""
+
+
+def check_part(part: str, what: str = "name") -> str:
+    """Return ``part`` unchanged if it is a valid container id or exec name."""
+    if not _PART.fullmatch(part):
+        raise InvalidName(
+            f"invalid {what} {part!r}: it must start with a letter or digit, hold only "
+            "letters, digits and '_.+-', and be at most 128 characters"
+        )
+    return part
+
+
+@dataclass(frozen=True, slots=True)
+class SessionName:
+    """A parsed, valid session name."""
+
+    id: str
+    exec: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SessionName:
+        """Parse ``ID`` or ``ID/EXEC``.
+
+        Raises:
+            InvalidName: ``text`` is not a valid session name; the message says why.
+        """
+        if text.count("/") > 1:
+            raise InvalidName(
+                f"invalid session name {text!r}: use ID for a container's console "
+                "or ID/EXEC for an exec's, with at most one '/'"
+            )
+        ident, sep, exec_name = text.partition("/")
+        check_part(ident, "container id")
+        if sep:
+            check_part(exec_name, "exec name")
+            return cls(ident, exec_name)
+        return cls(ident)
+
+    def sort_key(self) -> tuple[str, str]:
+        """Sort by container, with the init session before its execs."""
+        return (self.id, "" if self.exec is None else "/" + self.exec)
+
+    def __lt__(self, other: SessionName) -> bool:
+        return self.sort_key() < other.sort_key()
+
+    def __str__(self) -> str:
+        return self.id if self.exec is None else f"{self.id}/{self.exec}"
+
+    @property
+    def file_stem(self) -> str:
+        """A flat file name for this session: ``ID`` or ``ID@EXEC``.
+
+        '@' cannot occur in a name part, so different sessions never share a stem.
+        """
+        return self.id if self.exec is None else f"{self.id}@{self.exec}"

@@ -1,0 +1,209 @@
+"""Turning one message into the msgpack body of one frame, and back.
+
+A frame body is a msgpack map with a ``type`` key naming the message and one
+key per field.  Decoding checks every field's type and bounds; keys it does
+not know are ignored, so a later minor revision can add optional fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import msgpack
+
+from . import events as ev
+from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+
+#: Longest string field accepted (session names are at most 257 characters).
+MAX_STR_LEN: Final = 4096
+#: Most sessions in one ``session_list`` page.
+MAX_LIST_LEN: Final = 1024
+
+_Check = Callable[[object, str], object]
+
+
+def _fail(field: str, expected: str, value: object) -> typing.NoReturn:
+    raise RemoteProtocolError(
+        f"field {field!r} must be {expected}, got {type(value).__name__}", ErrorCode.BAD_MESSAGE
+    )
+
+
+def _check_str(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        _fail(field, "a string", value)
+    if len(value) > MAX_STR_LEN:
+        raise RemoteProtocolError(f"field {field!r} is longer than {MAX_STR_LEN} characters")
+    return value
+
+
+def _check_int(value: object, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        _fail(field, "an integer", value)
+    return value
+
+
+def _check_bool(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(field, "a boolean", value)
+    return value
+
+
+def _check_bytes(value: object, field: str) -> bytes:
+    if not isinstance(value, bytes):
+        _fail(field, "binary", value)
+    return value
+
+
+def _enum_check(cls: type[enum.StrEnum]) -> _Check:
+    def check(value: object, field: str) -> object:
+        if not isinstance(value, str):
+            _fail(field, "a string", value)
+        try:
+            return cls(value)
+        except ValueError:
+            raise RemoteProtocolError(f"field {field!r} has unknown value {value!r}") from None
+
+    return check
+
+
+def _optional(inner: _Check) -> _Check:
+    def check(value: object, field: str) -> object:
+        return None if value is None else inner(value, field)
+
+    return check
+
+
+def _session_info(value: object, field: str) -> ev.SessionInfo:
+    if not isinstance(value, dict):
+        _fail(field, "a map", value)
+    return typing.cast(ev.SessionInfo, _build(ev.SessionInfo, value, field + "."))
+
+
+def _tuple_of_sessions(value: object, field: str) -> tuple[ev.SessionInfo, ...]:
+    if not isinstance(value, list):
+        _fail(field, "an array", value)
+    if len(value) > MAX_LIST_LEN:
+        raise RemoteProtocolError(f"field {field!r} holds more than {MAX_LIST_LEN} items")
+    return tuple(_session_info(item, f"{field}[{i}]") for i, item in enumerate(value))
+
+
+_SIMPLE: Final[dict[object, _Check]] = {
+    str: _check_str,
+    int: _check_int,
+    bool: _check_bool,
+    bytes: _check_bytes,
+    ErrorCode: _enum_check(ErrorCode),
+    ev.EndReason: _enum_check(ev.EndReason),
+    ev.SessionState: _enum_check(ev.SessionState),
+    tuple[ev.SessionInfo, ...]: _tuple_of_sessions,
+}
+
+
+def _checker_for(hint: object) -> _Check:
+    if hint in _SIMPLE:
+        return _SIMPLE[hint]
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and len(args) == 2 and type(None) in args:
+        (inner,) = (a for a in args if a is not type(None))
+        return _optional(_checker_for(inner))
+    raise TypeError(f"no wire checker for {hint!r}")  # pragma: no cover - a bug in events.py
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    check: _Check
+    required: bool
+
+
+def _fields_of(cls: type) -> tuple[_Field, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        _Field(
+            f.name,
+            _checker_for(hints[f.name]),
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)
+    )
+
+
+_SCHEMA: Final[dict[type, tuple[_Field, ...]]] = {
+    cls: _fields_of(cls) for cls in (*ev.ALL_EVENTS, ev.SessionInfo)
+}
+_BY_NAME: Final[dict[str, type[ev.Event]]] = {cls.TYPE: cls for cls in ev.ALL_EVENTS}
+
+
+def _build(cls: type, body: Mapping[object, object], prefix: str = "") -> object:
+    kwargs: dict[str, Any] = {}
+    for field in _SCHEMA[cls]:
+        if field.name in body:
+            kwargs[field.name] = field.check(body[field.name], prefix + field.name)
+        elif field.required:
+            raise RemoteProtocolError(f"field {prefix + field.name!r} is missing")
+    return cls(**kwargs)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _as_map(value)
+    return value
+
+
+def _as_map(obj: object) -> dict[str, object]:
+    return {f.name: _plain(getattr(obj, f.name)) for f in _SCHEMA[type(obj)]}
+
+
+def encode_body(event: ev.Event) -> bytes:
+    """Encode one message as the msgpack body of a frame."""
+    if type(event) is ev.Output:  # the hot path: skip the generic walk
+        packed: bytes = msgpack.packb({"type": "output", "data": event.data})
+        return packed
+    if type(event) not in _SCHEMA:
+        raise LocalProtocolError(f"{event!r} is not a protocol message")
+    body = _as_map(event)
+    body["type"] = event.TYPE
+    encoded: bytes = msgpack.packb(body)
+    return encoded
+
+
+def decode_body(body: bytes, max_bin_len: int) -> ev.Event:
+    """Decode and check one frame body.
+
+    Raises:
+        RemoteProtocolError: the body is not valid msgpack, not a map, names an
+            unknown message, or has a field of the wrong type.
+    """
+    try:
+        obj = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=4 * MAX_STR_LEN,  # bytes; _check_str counts characters
+            max_bin_len=max_bin_len,
+            max_array_len=MAX_LIST_LEN,
+            max_map_len=64,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types for bad input
+        raise RemoteProtocolError(
+            f"frame body is not valid msgpack ({type(exc).__name__}: {exc})", ErrorCode.BAD_FRAME
+        ) from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(f"a message must be a map, got {type(obj).__name__}")
+    name = obj.get("type")
+    if not isinstance(name, str):
+        raise RemoteProtocolError("a message needs a string 'type' field")
+    cls = _BY_NAME.get(name)
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type {name[:64]!r}")
+    return typing.cast(ev.Event, _build(cls, obj))

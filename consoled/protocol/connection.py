@@ -1,0 +1,138 @@
+"""The sans-io connection object: bytes in, events out; events in, bytes out.
+
+A frame is a 4-byte big-endian length followed by that many bytes of msgpack
+(see :mod:`.codec`).  The length is checked before anything is buffered, so a
+peer can never make us hold more than ``max_frame_size`` + 4 bytes of one
+incomplete frame.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from typing import Final
+
+from . import codec
+from . import events as ev
+from .errors import ErrorCode, RemoteProtocolError
+from .state import Role, State, StateMachine
+
+#: Default bound on one frame's body, in bytes (either direction).
+DEFAULT_MAX_FRAME_SIZE: Final = 1024 * 1024
+#: Largest ``data`` in one ``output`` or ``input`` message that we send.
+MAX_DATA_CHUNK: Final = 256 * 1024
+_HEADER: Final = 4
+
+
+class Sentinel(enum.Enum):
+    NEED_DATA = "need_data"
+    CLOSED = "closed"
+
+
+NEED_DATA: Final = Sentinel.NEED_DATA
+CLOSED: Final = Sentinel.CLOSED
+
+
+class Connection:
+    """One end of a control connection.
+
+    Args:
+        our_role: ``Role.CLIENT`` or ``Role.SERVER``.
+        max_frame_size: the largest frame body accepted from the peer.
+    """
+
+    def __init__(self, our_role: Role, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.our_role: Final = our_role
+        self.their_role: Final = Role.SERVER if our_role is Role.CLIENT else Role.CLIENT
+        self.max_frame_size: Final = max_frame_size
+        self._machine = StateMachine()
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+
+    @property
+    def state(self) -> State:
+        return self._machine.state
+
+    def send(self, event: ev.Event) -> bytes:
+        """Return the bytes that carry ``event`` to the peer.
+
+        Raises:
+            LocalProtocolError: ``event`` may not be sent in the current state.
+        """
+        body = codec.encode_body(event)
+        self._machine.process(self.our_role, event, ours=True)
+        return len(body).to_bytes(_HEADER, "big") + body
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes received from the peer; ``b""`` means the peer closed."""
+        if not data:
+            self._eof = True
+            return
+        if self._pos and self._pos * 2 >= len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into events."""
+        return len(self._buf) - self._pos
+
+    def next_event(self) -> ev.Event | Sentinel:
+        """Return the next complete event, ``NEED_DATA`` or ``CLOSED``.
+
+        Raises:
+            RemoteProtocolError: the peer sent a bad frame or an illegal message;
+                the connection is then in state ERROR and raises again if asked.
+        """
+        if self._machine.state is State.ERROR:
+            raise RemoteProtocolError("connection is in ERROR state", ErrorCode.BAD_FRAME)
+        while True:
+            event = self._next_frame_event()
+            if isinstance(event, Sentinel):
+                return event
+            if self._machine.process(self.their_role, event, ours=False):
+                return event
+
+    def events(self) -> Iterator[ev.Event]:
+        """Yield every complete event buffered so far."""
+        while True:
+            event = self.next_event()
+            if isinstance(event, Sentinel):
+                return
+            yield event
+
+    def _next_frame_event(self) -> ev.Event | Sentinel:
+        available = len(self._buf) - self._pos
+        if available >= _HEADER:
+            start = self._pos + _HEADER
+            size = int.from_bytes(self._buf[self._pos : start], "big")
+            if size == 0 or size > self.max_frame_size:
+                self._machine.state = State.ERROR
+                if size == 0:
+                    raise RemoteProtocolError("empty frame", ErrorCode.BAD_FRAME)
+                raise RemoteProtocolError(
+                    f"frame of {size} bytes exceeds the limit of {self.max_frame_size}",
+                    ErrorCode.FRAME_TOO_LARGE,
+                )
+            if available >= _HEADER + size:
+                body = bytes(self._buf[start : start + size])
+                self._pos = start + size
+                if self._pos == len(self._buf):
+                    self._buf.clear()
+                    self._pos = 0
+                try:
+                    return codec.decode_body(body, self.max_frame_size)
+                except RemoteProtocolError:
+                    self._machine.state = State.ERROR
+                    raise
+        if self._eof:
+            if available:
+                self._machine.state = State.ERROR
+                raise RemoteProtocolError(
+                    f"connection closed inside a frame ({available} bytes left over)",
+                    ErrorCode.BAD_FRAME,
+                )
+            return CLOSED
+        return NEED_DATA

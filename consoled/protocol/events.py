@@ -1,0 +1,300 @@
+"""The messages of the consoled control protocol, as frozen dataclasses.
+
+Every message has a wire name (``TYPE``) and typed fields; :mod:`.codec`
+turns them into msgpack maps and back, checking every field.  Which side may
+send which message when is decided in :mod:`.state`.
+
+docs/protocol.md is the reference for all of these; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .errors import ErrorCode
+
+#: The protocol version this implementation speaks.
+PROTOCOL_VERSION = 1
+
+
+class EndReason(enum.StrEnum):
+    """Why the daemon ended an attach or logs stream."""
+
+    EXITED = "exited"  # the program on the terminal is gone (EIO on the master)
+    DETACHED = "detached"  # the client asked to detach
+    LAGGED = "lagged"  # the client fell behind its bounded queue
+    REMOVED = "removed"  # the session was removed (rm --force)
+    SHUTDOWN = "shutdown"  # the daemon is stopping
+    END_OF_LOG = "end_of_log"  # logs without follow: everything retained was sent
+
+
+class SessionState(enum.StrEnum):
+    WAITING = "waiting"  # console socket created, no master yet
+    RUNNING = "running"  # master held and drained
+    EXITED = "exited"  # the terminal hung up; scrollback kept until rm
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base class of every protocol message."""
+
+    TYPE: ClassVar[str] = ""
+
+
+# --- handshake ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Event):
+    """Client -> server, first message on every connection."""
+
+    TYPE: ClassVar[str] = "hello"
+    version: int
+    client: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Event):
+    """Server -> client, the answer to a ``hello`` the server accepts."""
+
+    TYPE: ClassVar[str] = "welcome"
+    version: int
+    server: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Event):
+    """Server -> client: a request failed, or (``code.fatal``) the connection ends."""
+
+    TYPE: ClassVar[str] = "error"
+    code: ErrorCode
+    message: str
+
+
+# --- requests and their replies -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSocket(Event):
+    """Ask for a console socket for ``session``.
+
+    With ``exec_base`` set, ``session`` is a container id and the daemon picks
+    a free exec name ``ID/<exec_base>-<n>``.
+    """
+
+    TYPE: ClassVar[str] = "create_socket"
+    session: str
+    exec_base: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SocketCreated(Event):
+    TYPE: ClassVar[str] = "socket_created"
+    session: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListSessions(Event):
+    """List every session, or only those of container ``id``."""
+
+    TYPE: ClassVar[str] = "list_sessions"
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One session as ``ls`` shows it (also the stable ``ls --json`` object)."""
+
+    session: str
+    id: str
+    exec: str | None
+    state: SessionState
+    clients: int
+    rows: int
+    cols: int
+    created: str  # RFC 3339, UTC
+    bytes_out: int
+    exited_at: str | None = None
+    socket: str | None = None  # the console socket path while waiting
+    log_path: str | None = None
+    scrollback_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionList(Event):
+    """One page of a session list; ``more`` is true on every page but the last."""
+
+    TYPE: ClassVar[str] = "session_list"
+    sessions: tuple[SessionInfo, ...]
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GetInfo(Event):
+    TYPE: ClassVar[str] = "get_info"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonInfo(Event):
+    TYPE: ClassVar[str] = "daemon_info"
+    version: str
+    pid: int
+    state_dir: str
+    control_socket: str
+    console_socket: str
+    log_dir: str | None
+    sessions: int
+    size_policy: str
+    scrollback: int
+
+
+@dataclass(frozen=True, slots=True)
+class Remove(Event):
+    TYPE: ClassVar[str] = "remove"
+    session: str
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Removed(Event):
+    TYPE: ClassVar[str] = "removed"
+    session: str
+    state: SessionState  # the state it was in when removed
+
+
+@dataclass(frozen=True, slots=True)
+class Resize(Event):
+    """Set a session's window size from outside (``consoled resize``)."""
+
+    TYPE: ClassVar[str] = "resize"
+    session: str
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resized(Event):
+    TYPE: ClassVar[str] = "resized"
+    session: str
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rename(Event):
+    TYPE: ClassVar[str] = "rename"
+    session: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class Renamed(Event):
+    TYPE: ClassVar[str] = "renamed"
+    session: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attach(Event):
+    """Attach to a session.
+
+    Attributes:
+        replay: how many bytes of retained output to send first; ``None`` for
+            all of it, 0 for none.
+        rows, cols: the client's window size, 0 when it has none.
+    """
+
+    TYPE: ClassVar[str] = "attach"
+    session: str
+    read_only: bool = False
+    replay: int | None = None
+    rows: int = 0
+    cols: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Logs(Event):
+    """Stream a session's retained output (its log file when it has one)."""
+
+    TYPE: ClassVar[str] = "logs"
+    session: str
+    follow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Attached(Event):
+    """The stream has started: ``output`` messages follow, then ``ended``."""
+
+    TYPE: ClassVar[str] = "attached"
+    session: str
+    state: SessionState
+    rows: int
+    cols: int
+    replay: int  # bytes of retained output that come first
+
+
+# --- the stream -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Output(Event):
+    TYPE: ClassVar[str] = "output"
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Input(Event):
+    TYPE: ClassVar[str] = "input"
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSize(Event):
+    TYPE: ClassVar[str] = "window_size"
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True, slots=True)
+class Detach(Event):
+    TYPE: ClassVar[str] = "detach"
+
+
+@dataclass(frozen=True, slots=True)
+class Ended(Event):
+    TYPE: ClassVar[str] = "ended"
+    reason: EndReason
+    message: str = ""
+
+
+CLIENT_REQUESTS: tuple[type[Event], ...] = (
+    CreateSocket,
+    ListSessions,
+    GetInfo,
+    Remove,
+    Resize,
+    Rename,
+    Attach,
+    Logs,
+)
+STREAM_INPUTS: tuple[type[Event], ...] = (Input, WindowSize, Detach)
+ALL_EVENTS: tuple[type[Event], ...] = (
+    Hello,
+    Welcome,
+    Error,
+    *CLIENT_REQUESTS,
+    SocketCreated,
+    SessionList,
+    DaemonInfo,
+    Removed,
+    Resized,
+    Renamed,
+    Attached,
+    Output,
+    *STREAM_INPUTS,
+    Ended,
+)

@@ -1,0 +1,109 @@
+"""A client's bounded output queue, fed by a session's reader without ever blocking it.
+
+The session's reader calls :meth:`Subscriber.push` for every batch; it never
+waits.  A subscriber whose queue would grow past its bound is ended as
+*lagged* and dropped from the session, so one stalled client costs only
+itself.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from ..protocol.events import EndReason
+from .sizepolicy import ClientSize
+
+
+@dataclass(frozen=True, slots=True)
+class EndNotice:
+    reason: EndReason
+    message: str
+
+
+class Subscriber:
+    """One attached client (or ``logs -f`` follower) of a session.
+
+    Args:
+        limit: bytes of live output that may wait here before the client is lagged.
+        read_only: the client's input and size are ignored.
+        label: names the client in logs.
+        follower: a ``logs -f`` reader rather than an attached client.
+    """
+
+    def __init__(self, limit: int, *, read_only: bool, label: str, follower: bool = False) -> None:
+        self.limit = limit
+        self.read_only = read_only or follower
+        self.follower = follower
+        self.label = label
+        self.size: ClientSize | None = None
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._allowance = 0  # replay bytes that do not count against the limit
+        self._wakeup = trio.Event()
+        self.end_notice: EndNotice | None = None
+        self.ended = trio.Event()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def preload(self, chunks: list[bytes]) -> None:
+        """Queue replayed scrollback; it does not count against the live limit."""
+        for chunk in chunks:
+            self._chunks.append(chunk)
+            self._queued += len(chunk)
+            self._allowance += len(chunk)
+        if chunks:
+            self._wakeup.set()
+
+    def push(self, data: bytes) -> bool:
+        """Queue live output.
+
+        Returns:
+            False if the subscriber is (now) ended: the caller drops it.
+        """
+        if self.end_notice is not None:
+            return False
+        if self._queued + len(data) > self.limit + self._allowance:
+            self.end(
+                EndReason.LAGGED,
+                f"this client fell more than {self.limit} bytes behind the output",
+            )
+            return False
+        self._chunks.append(data)
+        self._queued += len(data)
+        self._wakeup.set()
+        return True
+
+    def end(self, reason: EndReason, message: str = "") -> None:
+        """End the stream; queued output is still delivered unless it lagged or detached."""
+        if self.end_notice is not None:
+            return
+        self.end_notice = EndNotice(reason, message)
+        if reason in (EndReason.LAGGED, EndReason.DETACHED):
+            self._chunks.clear()
+            self._queued = 0
+        self._wakeup.set()
+        self.ended.set()
+
+    def take(self, max_bytes: int) -> list[bytes]:
+        """Take queued chunks, about ``max_bytes`` worth (at least one)."""
+        out: list[bytes] = []
+        total = 0
+        chunks = self._chunks
+        while chunks and (not out or total + len(chunks[0]) <= max_bytes):
+            chunk = chunks.popleft()
+            out.append(chunk)
+            total += len(chunk)
+        self._queued -= total
+        self._allowance = max(0, self._allowance - total)
+        if not chunks and self.end_notice is None:
+            self._wakeup = trio.Event()
+        return out
+
+    async def wait_output(self) -> None:
+        """Wait until there is output to take or the stream has ended."""
+        await self._wakeup.wait()
