@@ -1,0 +1,576 @@
+"""The ``consoled`` command line.
+
+Only ``serve`` imports trio and structlog (lazily); every other command is a
+thin, fast client of the control protocol.  Exit status: 0 success, 1 an
+error (with a one-line message on stderr, never a traceback), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .client.conn import Client, ClientError, DaemonUnavailable
+from .client.detachkeys import DEFAULT_DETACH_KEYS, DEFAULT_WAIT, DetachKeysError, parse_detach_keys
+from .names import InvalidName, SessionName, check_part
+from .protocol import ProtocolError
+from .protocol import events as ev
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+_SIZE_UNITS = {
+    "": 1,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_bytes(text: str) -> int:
+    """``4096``, ``512K``, ``1MiB``... as a byte count (binary units)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use a byte count such as 65536, 512K or 4MiB"
+        )
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def default_state_dir(env: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    if env.get("CONSOLED_STATE_DIR"):
+        return env["CONSOLED_STATE_DIR"]
+    if os.geteuid() == 0:
+        return "/run/consoled"
+    runtime_dir = env.get("XDG_RUNTIME_DIR")
+    if not runtime_dir:
+        raise UsageError(
+            "no state directory: pass --state-dir, or set CONSOLED_STATE_DIR or XDG_RUNTIME_DIR"
+        )
+    return os.path.join(runtime_dir, "consoled")
+
+
+def state_dir_of(args: argparse.Namespace) -> str:
+    return os.path.abspath(args.state_dir or default_state_dir())
+
+
+def connect(args: argparse.Namespace) -> Client:
+    return Client(os.path.join(state_dir_of(args), "control.sock"))
+
+
+# --- commands ---------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from .server import logconfig
+    from .server.config import DaemonConfig
+    from .server.daemon import StartupError, serve
+    from .server.sizepolicy import SizePolicy
+
+    logconfig.configure(args.log_format, args.log_level)
+    config = DaemonConfig(
+        state_dir=Path(state_dir_of(args)),
+        scrollback=args.scrollback,
+        max_exited=args.max_exited,
+        intake_timeout=args.intake_timeout,
+        client_queue=args.client_queue,
+        size_policy=SizePolicy(args.size_policy),
+        log_dir=None if args.log_dir is None else Path(os.path.abspath(args.log_dir)),
+        log_file_format=args.log_format_file,
+        log_max_size=args.log_max_size,
+        shutdown_grace=args.shutdown_grace,
+    )
+    try:
+        trio.run(serve, config)
+    except StartupError as exc:
+        print(f"consoled: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def cmd_socket(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        reply = client.call(ev.CreateSocket(args.session), ev.SocketCreated)
+    print(reply.path)
+    return EXIT_OK
+
+
+def _age(created: str, now: float) -> str:
+    from datetime import datetime
+
+    seconds = max(0, int(now - datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def session_json(info: ev.SessionInfo) -> dict[str, object]:
+    """The stable ``ls --json`` object of one session."""
+    return {
+        "session": info.session,
+        "id": info.id,
+        "exec": info.exec,
+        "state": str(info.state),
+        "clients": info.clients,
+        "rows": info.rows,
+        "cols": info.cols,
+        "created": info.created,
+        "bytes_out": info.bytes_out,
+        "exited_at": info.exited_at,
+        "socket": info.socket,
+        "log_path": info.log_path,
+        "scrollback_bytes": info.scrollback_bytes,
+    }
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    if args.id is not None:
+        try:
+            check_part(args.id, "container id")
+        except InvalidName as exc:
+            raise UsageError(str(exc)) from None
+    with connect(args) as client:
+        sessions = client.list_sessions(args.id)
+    if args.json:
+        json.dump([session_json(s) for s in sessions], sys.stdout, indent=None)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    now = time.time()
+    rows = [("SESSION", "STATE", "CLIENTS", "SIZE", "AGE", "OUTPUT")]
+    for s in sessions:
+        name = s.session if s.exec is None else f"  {s.session}"
+        size = f"{s.cols}x{s.rows}" if s.rows and s.cols else "-"
+        rows.append(
+            (
+                name,
+                str(s.state),
+                str(s.clients),
+                size,
+                _age(s.created, now),
+                _human_bytes(s.bytes_out),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _write_stdout(data: bytes) -> None:
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = Client(
+        os.path.join(state_dir_of(args), "control.sock"), timeout=None if args.follow else 30.0
+    )
+    with client:
+        client.call(ev.Logs(args.session, follow=args.follow), ev.Attached)
+        try:
+            while True:
+                event = client.receive()
+                if event is None:
+                    raise DaemonUnavailable("consoled closed the connection before the log ended")
+                if isinstance(event, ev.Output):
+                    _write_stdout(event.data)
+                elif isinstance(event, ev.Ended):
+                    if event.reason is ev.EndReason.SHUTDOWN:
+                        print("consoled: the consoled daemon stopped", file=sys.stderr)
+                        return EXIT_ERROR
+                    if event.reason is ev.EndReason.LAGGED:
+                        print(f"consoled: {event.message}", file=sys.stderr)
+                        return EXIT_ERROR
+                    return EXIT_OK
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:
+            # `consoled logs x | head`: the reader has all it wanted.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    with connect(args) as client:
+        for name in args.sessions:
+            try:
+                reply = client.call(ev.Remove(name, force=args.force), ev.Removed)
+            except ClientError as exc:
+                if isinstance(exc, DaemonUnavailable):
+                    raise
+                print(f"consoled: {exc.message}", file=sys.stderr)
+                status = EXIT_ERROR
+                continue
+            if reply.state is ev.SessionState.RUNNING:
+                print(f"removed {name} (its terminal was closed)", file=sys.stderr)
+    return status
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        client.call(ev.Resize(args.session, args.rows, args.cols), ev.Resized)
+    return EXIT_OK
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        reply = client.call(ev.Rename(args.session, args.new), ev.Renamed)
+    print(reply.new)
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    state_dir = state_dir_of(args)
+    with connect(args) as client:
+        info = client.call(ev.GetInfo(), ev.DaemonInfo)
+    if args.json:
+        fields = (
+            "version",
+            "pid",
+            "state_dir",
+            "control_socket",
+            "console_socket",
+            "log_dir",
+            "sessions",
+            "size_policy",
+            "scrollback",
+        )
+        print(json.dumps({f: getattr(info, f) for f in fields}))
+    elif args.console_socket:
+        print(info.console_socket)
+    else:
+        print(f"consoled {info.version}, pid {info.pid}, serving {state_dir}")
+        print(f"console socket:  {info.console_socket}")
+        print(f"control socket:  {info.control_socket}")
+        print(f"log directory:   {info.log_dir or '-'}")
+        print(f"sessions:        {info.sessions}")
+        print(f"size policy:     {info.size_policy}; scrollback {info.scrollback} bytes")
+    return EXIT_OK
+
+
+def _attach_options(args: argparse.Namespace, session: str) -> object:
+    from .client.attach import AttachOptions
+
+    try:
+        keys = parse_detach_keys(args.detach_keys)
+    except DetachKeysError as exc:
+        raise UsageError(str(exc)) from None
+    replay = 0 if args.no_replay else args.replay
+    return AttachOptions(
+        session=session,
+        read_only=getattr(args, "read_only", False),
+        detach_keys=keys,
+        detach_wait=args.detach_wait,
+        replay=replay,
+        tty=not args.no_tty,
+    )
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from .client.attach import AttachOptions, attach
+
+    options = _attach_options(args, args.session)
+    assert isinstance(options, AttachOptions)
+    return attach(os.path.join(state_dir_of(args), "control.sock"), options)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from .client.attach import AttachOptions, attach
+    from .client.execute import run_exec
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError(
+            "consoled exec needs a command after the container id: ID -- CMD [ARGS...]"
+        )
+    options = _attach_options(args, "")
+    assert isinstance(options, AttachOptions)
+    runtime = args.runtime or shutil.which("runc")
+    if runtime is None:
+        raise ClientError("runc was not found on PATH; name the runtime with --runtime PATH")
+    return run_exec(
+        os.path.join(state_dir_of(args), "control.sock"),
+        container=args.id,
+        command=command,
+        runtime=runtime,
+        runtime_args=args.runtime_arg,
+        options=options,
+        attach=attach,
+    )
+
+
+# --- parser -----------------------------------------------------------------------
+
+
+def _session_arg(text: str) -> str:
+    try:
+        SessionName.parse(text)
+    except InvalidName as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _dimension(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 65535, got {value}")
+    return value
+
+
+def _add_attach_options(p: argparse.ArgumentParser, *, read_only: bool = True) -> None:
+    if read_only:
+        p.add_argument("--read-only", action="store_true", help="see everything, send nothing")
+    p.add_argument(
+        "--detach-keys",
+        default=os.environ.get("CONSOLED_DETACH_KEYS", DEFAULT_DETACH_KEYS),
+        metavar="SPEC",
+        help="key sequence that detaches, docker syntax (default: %(default)s; '' disables)",
+    )
+    p.add_argument(
+        "--detach-wait",
+        type=float,
+        default=float(os.environ.get("CONSOLED_DETACH_WAIT", DEFAULT_WAIT)),
+        metavar="SECONDS",
+        help="how long a typed prefix of the detach keys is held before it is sent on "
+        "(default: %(default)s)",
+    )
+    replay = p.add_mutually_exclusive_group()
+    replay.add_argument("--no-replay", action="store_true", help="do not replay retained output")
+    replay.add_argument(
+        "--replay",
+        type=parse_bytes,
+        default=None,
+        metavar="BYTES",
+        help="replay only the last BYTES of retained output (default: all of it)",
+    )
+    p.add_argument(
+        "--no-tty",
+        action="store_true",
+        help="pipe mode: no raw mode, no resizing; forward stdin until EOF "
+        "(automatic when stdin is not a terminal)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="daemon state directory (default: $CONSOLED_STATE_DIR, else /run/consoled for "
+        "root, $XDG_RUNTIME_DIR/consoled otherwise)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="consoled",
+        description="Console-socket broker for runc and crun: holds containers' pty masters, "
+        "drains them, and lets many clients attach.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"consoled {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+    p.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default="json",
+        help="daemon log format on stderr (default: json lines)",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument(
+        "--scrollback",
+        type=parse_bytes,
+        default=512 * 1024,
+        metavar="BYTES",
+        help="newest output retained per session (default: 512K)",
+    )
+    p.add_argument(
+        "--max-exited",
+        type=int,
+        default=128,
+        metavar="N",
+        help="exited sessions kept, oldest forgotten first (default: 128)",
+    )
+    p.add_argument(
+        "--intake-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a session waits for its master; 0 waits forever (default: 300)",
+    )
+    p.add_argument(
+        "--client-queue",
+        type=parse_bytes,
+        default=4 * 1024 * 1024,
+        metavar="BYTES",
+        help="output queued per client before it is disconnected as lagged (default: 4M)",
+    )
+    p.add_argument(
+        "--size-policy",
+        choices=("latest", "smallest", "largest"),
+        default="latest",
+        help="window size with several clients, as tmux's window-size (default: latest)",
+    )
+    p.add_argument("--log-dir", metavar="DIR", help="write each session's output to DIR")
+    p.add_argument(
+        "--log-format-file",
+        choices=("raw", "cri"),
+        default="raw",
+        help="session log file format: raw bytes, or Kubernetes CRI lines",
+    )
+    p.add_argument(
+        "--log-max-size",
+        type=parse_bytes,
+        default=0,
+        metavar="BYTES",
+        help="rotate a session log file to .1 past this size (default: never)",
+    )
+    p.add_argument(
+        "--shutdown-grace", type=float, default=2.0, metavar="SECONDS", help=argparse.SUPPRESS
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "socket", parents=[common], help="create a console socket for a session and print its path"
+    )
+    p.add_argument("session", type=_session_arg, metavar="SESSION", help="ID or ID/EXEC")
+    p.set_defaults(func=cmd_socket)
+
+    p = sub.add_parser("ls", parents=[common], help="list sessions")
+    p.add_argument("id", nargs="?", metavar="ID", help="only this container's sessions")
+    p.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("logs", parents=[common], help="print a session's retained output")
+    p.add_argument("session", type=_session_arg, metavar="SESSION")
+    p.add_argument("-f", "--follow", action="store_true", help="keep following new output")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser(
+        "rm",
+        parents=[common],
+        help="forget exited sessions",
+        description="Forget exited sessions. A running session is refused unless --force, "
+        "which closes its master: the container's terminal hangs up (its processes get SIGHUP).",
+    )
+    p.add_argument("sessions", nargs="+", type=_session_arg, metavar="SESSION")
+    p.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="also remove running sessions, closing their terminals (hangup)",
+    )
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser(
+        "attach",
+        parents=[common],
+        help="attach this terminal to a session",
+        description="Attach to a session. Detach with ctrl-p ctrl-q (see "
+        "--detach-keys). Exit status: 0 detached or session ended, 1 error, "
+        "128+N killed by signal N.",
+    )
+    p.add_argument("session", type=_session_arg, metavar="SESSION")
+    _add_attach_options(p)
+    p.set_defaults(func=cmd_attach)
+
+    p = sub.add_parser("resize", parents=[common], help="set a session's window size")
+    p.add_argument("session", type=_session_arg, metavar="SESSION")
+    p.add_argument("rows", type=_dimension, metavar="ROWS")
+    p.add_argument("cols", type=_dimension, metavar="COLS")
+    p.set_defaults(func=cmd_resize)
+
+    p = sub.add_parser("rename", parents=[common], help="rename a session")
+    p.add_argument("session", type=_session_arg, metavar="SESSION")
+    p.add_argument("new", type=_session_arg, metavar="NEW")
+    p.set_defaults(func=cmd_rename)
+
+    p = sub.add_parser("info", parents=[common], help="show the daemon's sockets and settings")
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--console-socket",
+        action="store_true",
+        help="print only the well-known console socket path",
+    )
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "exec",
+        parents=[common],
+        help="run a command in a container on a new terminal and attach",
+        description="Like `docker exec -it`: picks a free exec name, runs "
+        "RUNTIME exec -d -t --console-socket SOCK ID CMD..., and attaches.",
+    )
+    p.add_argument("--runtime", metavar="PATH", help="the OCI runtime (default: runc on PATH)")
+    p.add_argument(
+        "--runtime-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="a global option for the runtime, e.g. --runtime-arg=--root=/run/x (repeatable)",
+    )
+    _add_attach_options(p, read_only=False)
+    p.add_argument("id", metavar="ID", help="the container")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    p.set_defaults(func=cmd_exec)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "state_dir"):
+        args.state_dir = None
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"consoled: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ClientError as exc:
+        print(f"consoled: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except ProtocolError as exc:
+        print(f"consoled: protocol error talking to the daemon: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except subprocess.SubprocessError as exc:  # pragma: no cover - run_exec reports its own
+        print(f"consoled: {exc}", file=sys.stderr)
+        return EXIT_ERROR

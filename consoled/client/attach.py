@@ -1,0 +1,341 @@
+"""``consoled attach``: a terminal on a session, in one blocking poll loop.
+
+Imports only the stdlib, msgpack and the protocol package, so it starts fast.
+The terminal goes into raw mode once the daemon has accepted the attach, and
+is restored on every way out: detach, session end, daemon gone, a signal
+(SIGTERM, SIGHUP, SIGINT), or an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import os
+import select
+import signal
+import struct
+import sys
+import termios
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Final
+
+from ..protocol import CLOSED, NEED_DATA, ErrorCode
+from ..protocol import events as ev
+from .conn import Client, DaemonUnavailable
+from .detachkeys import DetachMatcher
+
+#: Seconds to wait for the daemon to confirm a detach before leaving anyway.
+DETACH_CONFIRM_TIMEOUT: Final = 2.0
+READ_SIZE: Final = 64 * 1024
+
+
+class SignalExit(BaseException):
+    """A terminating signal arrived; unwinds to restore the terminal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass(frozen=True, slots=True)
+class AttachOptions:
+    session: str
+    read_only: bool = False
+    detach_keys: bytes = b"\x10\x11"
+    detach_wait: float = 0.5
+    replay: int | None = None
+    tty: bool = True
+
+
+def window_size(fd: int) -> tuple[int, int]:
+    """The terminal's (rows, cols); (0, 0) when it has none."""
+    try:
+        packed = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+    except OSError:
+        return 0, 0
+    rows, cols, _, _ = struct.unpack("HHHH", packed)
+    return rows, cols
+
+
+def make_raw(mode: list[Any]) -> list[Any]:
+    """cfmakeraw(3) on a termios attribute list."""
+    new = list(mode)
+    iflag, oflag, cflag, lflag = (int(x) for x in new[:4])
+    iflag &= ~(
+        termios.IGNBRK
+        | termios.BRKINT
+        | termios.PARMRK
+        | termios.ISTRIP
+        | termios.INLCR
+        | termios.IGNCR
+        | termios.ICRNL
+        | termios.IXON
+    )
+    oflag &= ~termios.OPOST
+    lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    cflag &= ~(termios.CSIZE | termios.PARENB)
+    cflag |= termios.CS8
+    new[0:4] = [iflag, oflag, cflag, lflag]
+    cc = list(new[6])
+    cc[termios.VMIN] = 1
+    cc[termios.VTIME] = 0
+    new[6] = cc
+    return new
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int) -> Iterator[None]:
+    saved = termios.tcgetattr(fd)
+    termios.tcsetattr(fd, termios.TCSANOW, make_raw(saved))  # keep typeahead
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def signal_pipe() -> Iterator[int]:
+    """Route SIGWINCH to a pipe (woken in the poll loop); make SIGTERM/SIGHUP/SIGINT unwind."""
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def unwind(signum: int, frame: FrameType | None) -> None:
+        raise SignalExit(signum)
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        pass  # the wakeup fd carries it
+
+    handled = (signal.SIGWINCH, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in handled}
+    old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    try:
+        signal.signal(signal.SIGWINCH, note)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, unwind)
+        yield r
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(r)
+        os.close(w)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        view = view[n:]
+
+
+class Attacher:
+    """One attach session: the poll loop between terminal and daemon."""
+
+    def __init__(self, client: Client, options: AttachOptions, stdin: int, stdout: int) -> None:
+        self.client = client
+        self.options = options
+        self.stdin = stdin
+        self.stdout = stdout
+        self.matcher = DetachMatcher(options.detach_keys, options.detach_wait)
+        self.stdin_open = True
+        self.ended: ev.Ended | None = None
+        self.at_line_start = True
+
+    def run(self, wakeup_fd: int) -> ev.Ended | None:
+        """Pump until the stream ends; return the daemon's ``ended`` (None if it vanished)."""
+        poller = select.poll()
+        sock = self.client.fileno()
+        poller.register(sock, select.POLLIN)
+        poller.register(wakeup_fd, select.POLLIN)
+        if self.stdin_open:
+            poller.register(self.stdin, select.POLLIN)
+        while self.ended is None:
+            timeout_ms = None
+            if self.matcher.deadline is not None:
+                timeout_ms = max(0, int((self.matcher.deadline - time.monotonic()) * 1000) + 1)
+            for fd, _mask in poller.poll(timeout_ms):
+                if fd == sock:
+                    keep_going = self._from_daemon()
+                    if not keep_going:
+                        return None
+                elif fd == wakeup_fd:
+                    self._signals(wakeup_fd)
+                elif fd == self.stdin and not self._from_terminal():
+                    poller.unregister(self.stdin)
+                    self.stdin_open = False
+                    if self.options.tty:
+                        return self._detach()
+                if self.ended is not None:
+                    break
+            deadline = self.matcher.deadline
+            if deadline is not None and time.monotonic() >= deadline:
+                self._send_input(self.matcher.flush())
+        return self.ended
+
+    def _from_daemon(self) -> bool:
+        """Handle what the daemon sent; False once it closed the connection."""
+        self.client.receive_data()  # at EOF this feeds b"", which the codec takes as closed
+        conn = self.client.conn
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                return True
+            if event is CLOSED:
+                return False
+            if isinstance(event, ev.Output):
+                write_all(self.stdout, event.data)
+                self.at_line_start = event.data.endswith(b"\n")
+            elif isinstance(event, ev.Ended):
+                self.ended = event
+                return True
+            elif isinstance(event, ev.Error) and event.code is not ErrorCode.READ_ONLY:
+                self._notice(f"consoled: {event.message}")
+
+    def _from_terminal(self) -> bool:
+        try:
+            data = os.read(self.stdin, READ_SIZE)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return False  # the terminal hung up
+            raise
+        if not data:
+            return False
+        forward, detached = self.matcher.feed(data, time.monotonic())
+        self._send_input(forward)
+        if detached:
+            self._detach()
+        return True
+
+    def _send_input(self, data: bytes) -> None:
+        if data and not self.options.read_only:
+            self.client.send(ev.Input(data))
+
+    def _signals(self, wakeup_fd: int) -> None:
+        try:
+            signums = os.read(wakeup_fd, 64)
+        except BlockingIOError:
+            return
+        if signal.SIGWINCH in signums and self.options.tty and not self.options.read_only:
+            rows, cols = window_size(self.stdin)
+            if rows and cols:
+                self.client.send(ev.WindowSize(rows, cols))
+
+    def _detach(self) -> ev.Ended | None:
+        self.client.send(ev.Detach())
+        deadline = time.monotonic() + DETACH_CONFIRM_TIMEOUT
+        self.client.sock.settimeout(DETACH_CONFIRM_TIMEOUT)
+        while self.ended is None and time.monotonic() < deadline:
+            try:
+                if not self._from_daemon():
+                    break
+            except DaemonUnavailable:
+                break
+        if self.ended is None:
+            self.ended = ev.Ended(ev.EndReason.DETACHED, "detached")
+        return self.ended
+
+    def _notice(self, text: str) -> None:
+        prefix = "" if self.at_line_start else "\r\n"
+        sys.stderr.write(prefix + text + ("\r\n" if self.options.tty else "\n"))
+        sys.stderr.flush()
+        self.at_line_start = True
+
+
+def attach(
+    control_path: str,
+    options: AttachOptions,
+    before_loop: Callable[[], int | None] | None = None,
+) -> int:
+    """Attach the current terminal (or pipes) to a session; returns the exit status.
+
+    Args:
+        control_path: the daemon's control socket.
+        options: what to attach to, and how.
+        before_loop: called once the daemon has accepted the attach and before the
+            terminal goes raw; a non-None result aborts with that exit status.
+    """
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    tty = options.tty and os.isatty(stdin)
+    if tty != options.tty:
+        options = dataclasses.replace(options, tty=tty)
+    rows, cols = window_size(stdin) if tty else (0, 0)
+    client = Client(control_path, timeout=None)
+    with client:
+        client.sock.settimeout(30.0)
+        attached = client.call(
+            ev.Attach(
+                options.session,
+                read_only=options.read_only,
+                replay=options.replay,
+                rows=rows if rows and cols else 0,
+                cols=cols if rows and cols else 0,
+            ),
+            ev.Attached,
+        )
+        client.sock.settimeout(None)
+        if before_loop is not None:
+            status = before_loop()
+            if status is not None:
+                return status
+        attacher = Attacher(client, options, stdin, stdout)
+        ended: ev.Ended | None = None
+        try:
+            with (
+                signal_pipe() as wakeup_fd,
+                raw_terminal(stdin) if tty else contextlib.nullcontext(),
+            ):
+                ended = attacher.run(wakeup_fd)
+        except SignalExit as exc:
+            name = signal.Signals(exc.signum).name
+            _say(
+                attacher,
+                f"consoled: interrupted by {name}; session {attached.session} keeps running",
+            )
+            return 128 + exc.signum
+        return _report(attacher, attached.session, ended)
+
+
+def _say(attacher: Attacher, text: str) -> None:
+    prefix = "" if attacher.at_line_start else "\n"
+    sys.stderr.write(prefix + text + "\n")
+    sys.stderr.flush()
+
+
+def _report(attacher: Attacher, session: str, ended: ev.Ended | None) -> int:
+    if ended is None:
+        _say(attacher, "consoled: lost the connection to the daemon (it stopped or restarted)")
+        return 1
+    reason = ended.reason
+    if reason is ev.EndReason.DETACHED:
+        _say(
+            attacher, f"consoled: detached from {session}; reattach with: consoled attach {session}"
+        )
+        return 0
+    if reason is ev.EndReason.EXITED:
+        _say(attacher, f"consoled: session {session} ended")
+        return 0
+    if reason is ev.EndReason.REMOVED:
+        _say(attacher, f"consoled: session {session} was removed")
+        return 0
+    if reason is ev.EndReason.LAGGED:
+        _say(
+            attacher,
+            f"consoled: disconnected because this client fell behind the output (lagged); "
+            f"reattach with: consoled attach {session}",
+        )
+        return 1
+    if reason is ev.EndReason.SHUTDOWN:
+        _say(attacher, "consoled: the consoled daemon stopped; this attach has ended")
+        return 1
+    _say(attacher, f"consoled: the stream ended ({reason}) {ended.message}")
+    return 1

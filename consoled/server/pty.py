@@ -1,0 +1,128 @@
+"""I/O on one pty master: batched reads, serialised writes, window size.
+
+One task reads (:meth:`PtyMaster.read_batch`); writers go through a FIFO lock
+so that two clients' input never interleaves inside one write, and a writer
+blocked on a container that does not read its terminal blocks neither the
+reader nor any other session.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import termios
+from typing import Final
+
+import trio
+
+from .fdpass import FdHolder, set_nonblocking
+
+#: One read() from a pty returns at most a few KiB; keep reading without
+#: waiting until this much has been collected or the pty is empty.
+BATCH_SIZE: Final = 256 * 1024
+READ_SIZE: Final = 64 * 1024
+
+
+class Hangup(Exception):
+    """The slave side of the pty is closed for good (EIO/EOF on the master)."""
+
+
+class PtyMaster:
+    """Owns a pty master fd (through its :class:`FdHolder`)."""
+
+    def __init__(self, holder: FdHolder, number: int) -> None:
+        self._holder = holder
+        self.number = number
+        set_nonblocking(holder.fd)
+        self._write_lock = trio.StrictFIFOLock()
+
+    @property
+    def closed(self) -> bool:
+        return self._holder.closed
+
+    @property
+    def fd(self) -> int:
+        return self._holder.fd
+
+    def close(self) -> None:
+        """Close the master: the container's terminal hangs up."""
+        self._holder.close()
+
+    def read_available(self) -> bytes | None:
+        """Read what the pty holds now without waiting, up to :data:`BATCH_SIZE`.
+
+        Returns:
+            The bytes read, or None when nothing is available yet.
+
+        Raises:
+            Hangup: the slave side is gone and everything it wrote has been read.
+        """
+        fd = self._holder.fd
+        parts: list[bytes] = []
+        total = 0
+        while total < BATCH_SIZE:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.ENXIO):
+                    if parts:  # hand over what we have; the next call raises
+                        break
+                    raise Hangup from None
+                raise
+            if not data:
+                if parts:
+                    break
+                raise Hangup
+            parts.append(data)
+            total += len(data)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_batch(self) -> bytes:
+        """Wait for output and return a batch of it.
+
+        Raises:
+            Hangup: see :meth:`read_available`.
+            trio.ClosedResourceError: the master was closed under us.
+        """
+        while True:
+            data = self.read_available()
+            if data is not None:
+                return data
+            await trio.lowlevel.wait_readable(self._holder.fd)
+
+    async def write(self, data: bytes) -> None:
+        """Write all of ``data`` to the terminal, waiting while the container is not reading.
+
+        Raises:
+            Hangup: the slave side is gone.
+            trio.ClosedResourceError: the master was closed meanwhile.
+        """
+        async with self._write_lock:
+            view = memoryview(data)
+            while view:
+                fd = self._holder.fd
+                try:
+                    n = os.write(fd, view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(fd)
+                    continue
+                except OSError as exc:
+                    if exc.errno in (errno.EIO, errno.ENXIO):
+                        raise Hangup from None
+                    raise
+                view = view[n:]
+
+    def get_size(self) -> tuple[int, int]:
+        packed = fcntl.ioctl(self._holder.fd, termios.TIOCGWINSZ, b"\0" * 8)
+        rows, cols, _, _ = struct.unpack("HHHH", packed)
+        return rows, cols
+
+    def set_size(self, rows: int, cols: int) -> None:
+        """Set the window size; the kernel sends SIGWINCH if it changed."""
+        fcntl.ioctl(self._holder.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))

@@ -1,0 +1,214 @@
+"""The streaming half of the protocol: ``attach`` and ``logs``.
+
+An attached client gets two tasks in a nursery of its own: the output pump
+moves its bounded queue to the socket, the input loop takes keys, sizes and
+detach from it.  Whichever ends first ends the other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Final
+
+import structlog
+import trio
+
+from ..protocol import MAX_DATA_CHUNK, ErrorCode
+from ..protocol import events as ev
+from .channel import Channel
+from .cri import CriDecoder, CriFormatError
+from .errors import RequestError
+from .logfile import LogFileError, LogFormat, LogSnapshot
+from .registry import SessionTable
+from .session import Session
+from .sizepolicy import size_error, valid_size
+from .subscriber import Subscriber
+
+log = structlog.get_logger("consoled.stream")
+
+#: Seconds a lagged client gets to take its "lagged" notice before it is cut off.
+LAGGED_GRACE: Final = 5.0
+#: Read size when streaming a log file.
+FILE_CHUNK: Final = 256 * 1024
+
+_labels = itertools.count(1)
+
+
+async def _pump_output(channel: Channel, sub: Subscriber) -> None:
+    """Send queued output, then the ``ended`` notice."""
+    while True:
+        await sub.wait_output()
+        chunks = sub.take(MAX_DATA_CHUNK)
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            for start in range(0, len(data), MAX_DATA_CHUNK):
+                await channel.send(ev.Output(data[start : start + MAX_DATA_CHUNK]))
+            continue
+        notice = sub.end_notice
+        assert notice is not None  # woken with nothing queued: the stream ended
+        await channel.send(ev.Ended(notice.reason, notice.message))
+        return
+
+
+async def _watch_lag(sub: Subscriber, scope: trio.CancelScope) -> None:
+    """Once ``sub`` is ended, bound how long delivering the rest may take."""
+    await sub.ended.wait()
+    assert sub.end_notice is not None
+    if sub.end_notice.reason is ev.EndReason.LAGGED:
+        scope.deadline = min(scope.deadline, trio.current_time() + LAGGED_GRACE)
+
+
+async def stream_attach(channel: Channel, table: SessionTable, request: ev.Attach) -> None:
+    session = table.get(request.session)
+    if session.state is ev.SessionState.EXITED:
+        raise RequestError(
+            ErrorCode.SESSION_NOT_RUNNING,
+            f"session {session.name} has exited; its output is in `consoled logs {session.name}`",
+        )
+    if request.replay is not None and request.replay < 0:
+        raise RequestError(ErrorCode.INVALID_ARGUMENT, "replay must be >= 0 bytes")
+    size: tuple[int, int] | None = None
+    if request.rows or request.cols:
+        problem = size_error(request.rows, request.cols)
+        if problem is not None:
+            raise RequestError(ErrorCode.INVALID_SIZE, problem)
+        size = (request.rows, request.cols)
+    label = f"attach-{next(_labels)}"
+    sub = Subscriber(table.config.client_queue, read_only=request.read_only, label=label)
+    # No await between the replay snapshot and the `attached` reply's bytes
+    # being queued: add_subscriber is synchronous.
+    replayed = session.add_subscriber(sub, request.replay, size)
+    with table.track_stream():
+        await _attached(channel, session, sub, replayed)
+
+
+async def _attached(channel: Channel, session: Session, sub: Subscriber, replayed: int) -> None:
+    request_ro = sub.read_only
+    log.info(
+        "client.attached",
+        session=str(session.name),
+        read_only=request_ro,
+        replay=replayed,
+        rows=session.rows,
+        cols=session.cols,
+    )
+    try:
+        await channel.send(
+            ev.Attached(str(session.name), session.state, session.rows, session.cols, replayed)
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_lag, sub, nursery.cancel_scope)
+
+            async def output_then_stop() -> None:
+                await _pump_output(channel, sub)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(output_then_stop)
+            await _input_loop(channel, session, sub)
+            # The client closed its side, or asked to detach: the pump finishes.
+    finally:
+        session.remove_subscriber(sub)
+        reason = sub.end_notice.reason if sub.end_notice else "disconnected"
+        log.info("client.detached", session=str(session.name), reason=str(reason))
+
+
+async def _input_loop(channel: Channel, session: Session, sub: Subscriber) -> None:
+    warned_read_only = False
+    while True:
+        event = await channel.receive()
+        if event is None:
+            sub.end(ev.EndReason.DETACHED, "client closed the connection")
+            return
+        if isinstance(event, ev.Input):
+            if sub.read_only:
+                if not warned_read_only:
+                    warned_read_only = True
+                    await channel.send(
+                        ev.Error(ErrorCode.READ_ONLY, "this client is read-only; input ignored")
+                    )
+                continue
+            session.client_typed(sub)
+            if not await session.write_input(event.data):
+                log.debug("input.dropped", reason="session not running")
+        elif isinstance(event, ev.WindowSize):
+            if not valid_size(event.rows, event.cols):
+                problem = size_error(event.rows, event.cols)
+                await channel.send(ev.Error(ErrorCode.INVALID_SIZE, str(problem)))
+                continue
+            session.client_resized(sub, event.rows, event.cols)
+        elif isinstance(event, ev.Detach):
+            sub.end(ev.EndReason.DETACHED, "detached")
+            return
+
+
+async def stream_logs(channel: Channel, table: SessionTable, request: ev.Logs) -> None:
+    """Send a session's log file (or scrollback), then follow it if asked."""
+    session = table.get(request.session)
+    follow = request.follow and session.state is not ev.SessionState.EXITED
+    sub = Subscriber(table.config.client_queue, read_only=True, label="logs", follower=True)
+    snapshot: LogSnapshot | None = None
+    # Synchronous from here to add_subscriber: the file holds exactly the
+    # output up to the moment the follower is registered.
+    if session.log_file is not None:
+        try:
+            snapshot = session.log_file.snapshot()
+        except LogFileError as exc:
+            raise RequestError(ErrorCode.INTERNAL, str(exc)) from None
+    replay = 0 if snapshot is not None else None
+    if follow:
+        session.add_subscriber(sub, replay, None, nudge=False)
+    else:
+        sub.preload(session.scrollback.tail() if snapshot is None else [])
+        if session.state is ev.SessionState.EXITED:
+            sub.end(ev.EndReason.EXITED, f"session {session.name} ended")
+        else:
+            sub.end(ev.EndReason.END_OF_LOG, "")
+    with table.track_stream():
+        await _logs_stream(channel, session, sub, snapshot)
+
+
+async def _logs_stream(
+    channel: Channel, session: Session, sub: Subscriber, snapshot: LogSnapshot | None
+) -> None:
+    try:
+        await channel.send(ev.Attached(str(session.name), session.state, 0, 0, 0))
+        if snapshot is not None:
+            try:
+                await _send_files(channel, snapshot)
+            finally:
+                snapshot.close()
+        async with trio.open_nursery() as nursery:
+
+            async def watch_client() -> None:
+                # A logs client sends nothing but `detach`; EOF means it left.
+                while True:
+                    event = await channel.receive()
+                    if event is None or isinstance(event, ev.Detach):
+                        sub.end(ev.EndReason.DETACHED, "detached")
+                        return
+
+            nursery.start_soon(watch_client)
+            await _pump_output(channel, sub)
+            nursery.cancel_scope.cancel()
+    finally:
+        session.remove_subscriber(sub)
+
+
+async def _send_files(channel: Channel, snapshot: LogSnapshot) -> None:
+    decoder = CriDecoder() if snapshot.format is LogFormat.CRI else None
+    for fd, size in snapshot.parts:
+        offset = 0
+        while offset < size:
+            data = os.pread(fd, min(FILE_CHUNK, size - offset), offset)
+            if not data:
+                break
+            offset += len(data)
+            if decoder is not None:
+                try:
+                    data = decoder.feed(data)
+                except CriFormatError as exc:
+                    log.error("logfile.corrupt", error=str(exc))
+                    return
+            if data:
+                await channel.send(ev.Output(data))
