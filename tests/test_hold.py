@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
-
-import trio
 
 from consoled.protocol import events as ev
 from tests.conftest import BundleFactory
+from tests.support.cli import cli
 from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
 from tests.support.runtime import Runtime
-
-
-async def cli(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(30):
-        return await trio.run_process(
-            [sys.executable, "-m", "consoled", *args],
-            env=daemon.env(),
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
 
 
 async def test_master_held_output_logged_and_exit_seen(
