@@ -1,0 +1,335 @@
+"""Exec sessions: each exec's terminal is its own, with runc and with crun.
+
+A container runs a shell as init, and ``exec -d -t`` adds more shells, each
+with a console socket of its own.  What is typed into one session reaches
+that shell and no other: the tests prove it with the shells' own pids
+(``$$``), written to marker files in the bind-mounted /out, and with the
+other sessions' output.  ``consoled exec`` is driven under a real pty, as a
+person would run it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shlex
+import shutil
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from consoled.protocol import ErrorCode
+from consoled.protocol import events as ev
+from tests.conftest import BundleFactory
+from tests.support.cli import cli
+from tests.support.client import RECEIVE_TIMEOUT, AsyncClient
+from tests.support.daemon import DaemonProcess
+from tests.support.ptyproc import PtyProcess
+from tests.support.runtime import CRUN_WRAPPER, Runtime
+
+#: The prompt of busybox's interactive sh, as root.
+PROMPT = re.compile(rb"# ")
+
+
+class Terminal:
+    """One attached session over the protocol, its output kept for matching."""
+
+    def __init__(self, name: str, client: AsyncClient) -> None:
+        self.name = name
+        self.client = client
+        self.output = bytearray()
+        self._pos = 0
+
+    async def type(self, line: str) -> None:
+        await self.client.send(ev.Input(line.encode() + b"\r"))
+
+    async def expect(
+        self, pattern: re.Pattern[bytes], timeout: float = RECEIVE_TIMEOUT
+    ) -> re.Match[bytes]:
+        """Wait for ``pattern`` in the output after the last match."""
+        with trio.move_on_after(timeout):
+            while True:
+                match = pattern.search(self.output, self._pos)
+                if match:
+                    self._pos = match.end()
+                    return match
+                event = await self.client.receive(timeout + 5)  # the bound above fires first
+                assert isinstance(event, ev.Output), f"{self.name}: {event} while waiting"
+                self.output += event.data
+        raise AssertionError(
+            f"{self.name}: {pattern.pattern!r} not seen within {timeout} s; "
+            f"output after the last match: {bytes(self.output[self._pos :])!r}"
+        )
+
+
+@contextlib.asynccontextmanager
+async def attached(daemon: DaemonProcess, name: str) -> AsyncIterator[Terminal]:
+    """Attach to ``name`` with its whole scrollback (so the first prompt is seen)."""
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        reply = await client.request(ev.Attach(name, rows=24, cols=80))
+        assert isinstance(reply, ev.Attached), reply
+        yield Terminal(name, client)
+    finally:
+        await client.aclose()
+
+
+@dataclass
+class Containers:
+    """Containers whose init is a shell, on the test's daemon and runtime."""
+
+    daemon: DaemonProcess
+    client: AsyncClient
+    runtime: Runtime
+    bundle: BundleFactory
+
+    async def start(self, cid: str, execs: Sequence[str], *, init_terminal: bool = True) -> None:
+        """Start ``cid`` and one ``exec -d -t sh`` per name in ``execs``, each on its socket.
+
+        Returns once every session is running (its master arrived).
+        """
+        if init_terminal:
+            socket = await self.client.create_socket(cid)
+            await self.runtime.run(cid, self.bundle(["sh"]), socket)
+        else:
+            # No terminal: init inherits the runtime's stdio, which the test is reading
+            # until EOF, so it lets go of them first.
+            args = ["sh", "-c", "exec </dev/null >/dev/null 2>&1; exec sleep 600"]
+            await self.runtime.run(cid, self.bundle(args, terminal=False), None)
+        for name in execs:
+            socket = await self.client.create_socket(f"{cid}/{name}")
+            await self.runtime.exec(cid, ["sh"], socket)
+        names = ([cid] if init_terminal else []) + [f"{cid}/{name}" for name in execs]
+        for name in names:
+            await self.daemon.wait_event("session.running", session=name)
+
+
+@pytest.fixture
+def containers(
+    daemon: DaemonProcess, client: AsyncClient, runtime: Runtime, bundle: BundleFactory
+) -> Containers:
+    return Containers(daemon, client, runtime, bundle)
+
+
+async def logs(daemon: DaemonProcess, name: str) -> bytes:
+    result = await cli(daemon, "logs", name)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def test_input_reaches_only_its_own_shell(
+    containers: Containers, daemon: DaemonProcess, out_dir: Path, container_id: Callable[[str], str]
+) -> None:
+    cid = container_id("iso")
+    await containers.start(cid, ["sh1", "sh2"])
+    names = {"init": cid, "sh1": f"{cid}/sh1", "sh2": f"{cid}/sh2"}
+    async with contextlib.AsyncExitStack() as stack:
+        terms = {
+            key: await stack.enter_async_context(attached(daemon, n)) for key, n in names.items()
+        }
+        for term in terms.values():
+            await term.expect(PROMPT)
+        # Each marker command is typed into one session; $((6*7)) only turns
+        # into 42 in the output, never in the echo of what was typed.
+        for key in ("sh1", "init"):
+            await terms[key].type(f"echo $$ >/out/typed-into-{key}; echo {key}-done-$((6*7))")
+            await terms[key].expect(re.compile(rb"%s-done-42" % key.encode()))
+        # A later command's output in every session: all earlier echo is in by now.
+        pids = {}
+        for key, term in terms.items():
+            await term.type("echo pid-is-$$")
+            pids[key] = int((await term.expect(re.compile(rb"pid-is-(\d+)"))).group(1))
+    assert len(set(pids.values())) == 3, pids
+    assert pids["init"] == 1  # init is pid 1 of the container; the execs joined its namespace
+    for key in ("sh1", "init"):
+        assert (out_dir / f"typed-into-{key}").read_text().strip() == str(pids[key])
+    assert not (out_dir / "typed-into-sh2").exists()
+    output = {key: await logs(daemon, name) for key, name in names.items()}
+    for key, data in output.items():
+        for typed in ("sh1", "init"):
+            assert (b"typed-into-" + typed.encode() in data) == (key == typed), (key, data)
+
+
+async def test_ls_groups_execs_under_their_container(
+    containers: Containers, daemon: DaemonProcess, container_id: Callable[[str], str]
+) -> None:
+    first, second = sorted([container_id("lsa"), container_id("lsb")])
+    # Created out of order: the listing sorts, it does not keep creation order.
+    await containers.start(second, ["x"])
+    await containers.start(first, ["sh2", "sh1"])
+
+    result = await cli(daemon, "ls", "--json", first)
+    assert result.returncode == 0, result.stderr
+    entries = json.loads(result.stdout)
+    assert [(e["session"], e["id"], e["exec"]) for e in entries] == [
+        (first, first, None),
+        (f"{first}/sh1", first, "sh1"),
+        (f"{first}/sh2", first, "sh2"),
+    ]
+    assert {e["state"] for e in entries} == {"running"}
+
+    result = await cli(daemon, "ls", second)
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.decode().splitlines()[1:]]
+    assert names == [second, f"{second}/x"]
+
+    result = await cli(daemon, "ls")
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.decode().splitlines()
+    assert header.split()[0] == "SESSION"
+    # The init session at the margin, its execs indented under it.
+    shown = [(row[:2] == "  ", row.split()[0]) for row in rows]
+    assert shown == [
+        (False, first),
+        (True, f"{first}/sh1"),
+        (True, f"{first}/sh2"),
+        (False, second),
+        (True, f"{second}/x"),
+    ]
+
+
+async def test_attach_to_unknown_exec_is_refused(
+    containers: Containers,
+    daemon: DaemonProcess,
+    client: AsyncClient,
+    container_id: Callable[[str], str],
+) -> None:
+    cid = container_id("unk")
+    await containers.start(cid, ["sh1"])
+    # Neither a missing exec nor a prefix of an existing one lands anywhere else.
+    for name in (f"{cid}/sh3", f"{cid}/sh"):
+        reply = await client.request(ev.Attach(name, replay=0))
+        assert isinstance(reply, ev.Error), reply
+        assert reply.code is ErrorCode.UNKNOWN_SESSION
+        assert name in reply.message
+    # The refusal cost only that request; nobody was attached or typed at.
+    sessions = await client.list_sessions(cid)
+    assert [(s.session, s.clients) for s in sessions] == [(cid, 0), (f"{cid}/sh1", 0)]
+
+    result = await cli(daemon, "attach", f"{cid}/sh3", stdin=b"echo nope\n")
+    assert result.returncode == 1
+    assert f"{cid}/sh3".encode() in result.stderr, result.stderr
+    assert b"nope" not in result.stdout
+    # Each shell has run whatever it was sent by the time it answers this.
+    for name in (cid, f"{cid}/sh1"):
+        async with attached(daemon, name) as term:
+            await term.type("echo barrier-$((6*7))")
+            await term.expect(re.compile(rb"barrier-42"))
+        assert b"nope" not in await logs(daemon, name)
+
+
+async def test_exec_session_without_init_session(
+    containers: Containers,
+    daemon: DaemonProcess,
+    client: AsyncClient,
+    container_id: Callable[[str], str],
+) -> None:
+    cid = container_id("noinit")
+    await containers.start(cid, ["sh1"], init_terminal=False)
+    sessions = await client.list_sessions(cid)
+    assert [(s.session, s.exec, s.state) for s in sessions] == [
+        (f"{cid}/sh1", "sh1", ev.SessionState.RUNNING)
+    ]
+    async with attached(daemon, f"{cid}/sh1") as term:
+        await term.expect(PROMPT)
+        await term.type("echo alone-$((6*7))")
+        await term.expect(re.compile(rb"alone-42"))
+
+
+def runtime_options(runtime: Runtime, tmp_path: Path) -> list[str]:
+    """``consoled exec`` options that run ``runtime`` on the test's state root."""
+    if runtime.name == "crun":
+        # crun must run through the same unshare wrapper as everywhere in the tests.
+        wrapper = tmp_path / "crun-wrapper"
+        wrapper.write_text(
+            f'#!/bin/sh\nexec unshare -m sh -c {shlex.quote(CRUN_WRAPPER)} crun "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        path = str(wrapper)
+    else:
+        found = shutil.which(runtime.name)
+        assert found is not None
+        path = found
+    return [f"--runtime={path}", f"--runtime-arg=--root={runtime.root}"]
+
+
+async def test_consoled_exec_gives_an_interactive_shell(
+    containers: Containers,
+    container_id: Callable[[str], str],
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    daemon = containers.daemon
+    cid = container_id("cexec")
+    await containers.start(cid, [])
+    argv = [
+        sys.executable, "-m", "consoled", "exec", *runtime_options(containers.runtime, tmp_path),
+        cid, "--", "sh",
+    ]  # fmt: skip
+    proc = await PtyProcess.spawn(nursery, argv, env=daemon.env())
+    try:
+        await proc.expect(PROMPT.pattern)
+        proc.write(b"echo $((6*7))\r")
+        await proc.expect(re.compile(rb"\r\n42\r\n"))
+        proc.write(b"exit\r")
+        await proc.expect(f"session {cid}/sh-1 ended".encode())
+        assert await proc.wait() == 0
+    finally:
+        proc.close()
+    result = await cli(daemon, "ls", "--json", cid)
+    assert result.returncode == 0, result.stderr
+    states = [(e["session"], e["state"]) for e in json.loads(result.stdout)]
+    assert states == [(cid, "running"), (f"{cid}/sh-1", "exited")]
+
+
+async def test_consoled_exec_with_failing_runtime_leaves_nothing(
+    daemon: DaemonProcess, runtime: Runtime, tmp_path: Path, container_id: Callable[[str], str]
+) -> None:
+    cid = container_id("absent")  # never started
+    result = await cli(daemon, "exec", *runtime_options(runtime, tmp_path), cid, "--", "sh")
+    assert result.returncode != 0
+    stderr = result.stderr.decode()
+    assert "exec failed" in stderr, stderr
+    # The runtime's own words reach the user.
+    runtime_says = "container does not exist" if runtime.name == "runc" else "No such file"
+    assert runtime_says in stderr, stderr
+    result = await cli(daemon, "ls", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    intake = daemon.state_dir / "intake"
+    assert not intake.exists() or list(intake.iterdir()) == []
+
+
+async def test_exited_exec_name_is_held_until_removed(
+    containers: Containers,
+    daemon: DaemonProcess,
+    client: AsyncClient,
+    runtime: Runtime,
+    container_id: Callable[[str], str],
+) -> None:
+    cid = container_id("held")
+    name = f"{cid}/sh1"
+    await containers.start(cid, [])
+    await runtime.exec(cid, ["sh", "-c", "echo short-lived"], await client.create_socket(name))
+    await daemon.wait_event("session.exited", session=name)
+
+    reply = await client.request(ev.CreateSocket(name))
+    assert isinstance(reply, ev.Error), reply
+    assert reply.code is ErrorCode.NAME_IN_USE
+    assert f"consoled rm {name}" in reply.message
+    result = await cli(daemon, "socket", name)
+    assert result.returncode == 1
+    assert f"consoled rm {name}".encode() in result.stderr, result.stderr
+    # Its output is still there to read, which is why the name is kept.
+    assert b"short-lived" in await logs(daemon, name)
+
+    result = await cli(daemon, "rm", name)
+    assert result.returncode == 0, result.stderr
+    assert (await client.session(cid)).state is ev.SessionState.RUNNING
+    path = await client.create_socket(name)
+    assert (await client.session(name)).socket == path

@@ -1,0 +1,246 @@
+"""Session log files (``serve --log-dir``): exact bytes, CRI records, rotation, safety.
+
+A container cats a known byte stream (whole lines, a partial line, every
+byte value) to its terminal.  With ``stty raw`` the terminal passes it
+through untouched; in the default mode the line discipline turns each
+``\\n`` into ``\\r\\n`` (``onlcr``), and the test expects exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from consoled.protocol import events as ev
+from consoled.server import pty
+from tests.conftest import BundleFactory, DaemonFactory
+from tests.support.cli import cli
+from tests.support.client import AsyncClient
+from tests.support.daemon import DaemonProcess
+from tests.support.runtime import Runtime
+
+#: One CRI record: RFC 3339 with nanoseconds in UTC, the stream, full/partial, the content.
+CRI_RECORD = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) stdout ([FP]) (.*)", re.DOTALL)
+#: The bytes a CRI record adds to its content (timestamp, stream, tag, spaces, newline).
+CRI_OVERHEAD = len(b"2026-01-01T00:00:00.000000000Z stdout F \n")
+#: The most the daemon reads from a pty before it writes: a log file passes its
+#: size limit by at most this much (as CRI records, plus their overhead).
+ONE_CHUNK = pty.BATCH_SIZE + pty.READ_SIZE
+SCROLLBACK = 4096
+
+
+def sample_stream(size: int, line: int = 100) -> bytes:
+    """Whole lines, every byte value, ending in a partial line (no newline)."""
+    head = b"a whole line\n" + b"every byte value: " + bytes(range(256)) + b"\n"
+    body = bytearray()
+    n = 0
+    while len(head) + len(body) < size:
+        text = b"line %06d " % n
+        body += text + b"." * (line - len(text) - 1) + b"\n"
+        n += 1
+    return head + bytes(body) + b"the end, without a newline"
+
+
+def on_terminal(data: bytes, raw_tty: bool) -> bytes:
+    """What a program writing ``data`` puts on its terminal (onlcr unless raw)."""
+    return data if raw_tty else data.replace(b"\n", b"\r\n")
+
+
+def cri_records(text: bytes) -> list[tuple[bytes, bytes]]:
+    """The (tag, content) of each record of a CRI log file, checking every one."""
+    assert text.endswith(b"\n"), text[-80:]
+    records = []
+    stamps = []
+    for line in text[:-1].split(b"\n"):
+        match = CRI_RECORD.fullmatch(line)
+        assert match, f"not a CRI record: {line[:100]!r}"
+        stamp, tag, content = match.groups()
+        stamps.append(stamp)
+        records.append((tag, content))
+    assert stamps == sorted(stamps)
+    return records
+
+
+def parse_cri(text: bytes) -> bytes:
+    """The bytes a CRI log file records: a full line's newline is implied."""
+    return b"".join(content + (b"\n" if tag == b"F" else b"") for tag, content in cri_records(text))
+
+
+def decoded(path: Path, fmt: str) -> bytes:
+    data = path.read_bytes()
+    return data if fmt == "raw" else parse_cri(data)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+#: ``await cat(daemon, data, raw_tty=...)``: the id of an exited container that cat ``data``.
+CatFn = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def cat(
+    runc: Runtime, bundle: BundleFactory, out_dir: Path, container_id: Callable[[str], str]
+) -> CatFn:
+    """Run a container that puts ``data`` on its terminal; return once it has exited."""
+
+    async def run(daemon: DaemonProcess, data: bytes, *, raw_tty: bool) -> str:
+        cid = container_id("cat")
+        (out_dir / "data.bin").write_bytes(data)
+        script = ("stty raw -echo; " if raw_tty else "") + "cat /out/data.bin"
+        client = await AsyncClient.connect(daemon.control_socket)
+        try:
+            path = await client.create_socket(cid)
+        finally:
+            await client.aclose()
+        await runc.run(cid, bundle(["sh", "-c", script]), path)
+        # Logged once the master hung up and the log file was closed.
+        await daemon.wait_event("session.exited", session=cid, timeout=30)
+        return cid
+
+    return run
+
+
+@pytest.mark.parametrize("raw_tty", [True, False], ids=["stty-raw", "onlcr"])
+@pytest.mark.parametrize("fmt", ["raw", "cri"])
+async def test_log_file_holds_exactly_the_output(
+    daemon_factory: DaemonFactory, cat: CatFn, tmp_path: Path, fmt: str, raw_tty: bool
+) -> None:
+    log_dir = tmp_path / "logs"  # the daemon creates it
+    daemon = await daemon_factory(
+        "--log-dir", str(log_dir), "--log-format-file", fmt, "--scrollback", str(SCROLLBACK)
+    )
+    data = sample_stream(64 * 1024)
+    cid = await cat(daemon, data, raw_tty=raw_tty)
+    expected = on_terminal(data, raw_tty)
+    path = log_dir / f"{cid}.log"
+    result = await cli(daemon, "ls", "--json", cid)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["log_path"] == str(path)
+    assert decoded(path, fmt) == expected
+    if fmt == "cri":
+        # The unfinished last line is a partial record; its newline is not implied.
+        assert path.read_bytes().endswith(b" stdout P the end, without a newline\n")
+    assert mode_of(path) == 0o600
+    assert mode_of(log_dir) == 0o700
+    # `consoled logs` reads the file: far more than the scrollback holds.
+    result = await cli(daemon, "logs", cid)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) > SCROLLBACK
+    assert result.stdout == expected
+
+
+@pytest.mark.parametrize("fmt", ["raw", "cri"])
+async def test_log_file_rotates_at_its_size_limit(
+    daemon_factory: DaemonFactory, cat: CatFn, tmp_path: Path, fmt: str
+) -> None:
+    limit = 64 * 1024
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory(
+        "--log-dir", str(log_dir), "--log-format-file", fmt, "--log-max-size", "64K"
+    )
+    data = sample_stream(6 * limit)
+    assert len(data) > ONE_CHUNK  # at least two reads, so a CRI file rotates too
+    cid = await cat(daemon, data, raw_tty=True)
+    current, older = log_dir / f"{cid}.log", log_dir / f"{cid}.log.1"
+    assert sorted(p.name for p in log_dir.iterdir()) == [current.name, older.name]
+    # As CRI, one chunk of sample_stream's 100-byte lines is at most this many records.
+    records = ONE_CHUNK // 100 + 2
+    bound = limit + ONE_CHUNK + (0 if fmt == "raw" else records * CRI_OVERHEAD)
+    for path in (current, older):
+        assert 0 < path.stat().st_size < bound, path
+        assert mode_of(path) == 0o600
+    # One older file is kept: together they are the newest output, in order.
+    kept = decoded(older, fmt) + decoded(current, fmt)
+    assert data.endswith(kept)
+    result = await cli(daemon, "logs", cid)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == kept
+
+
+async def test_planted_links_are_replaced_not_followed(
+    daemon_factory: DaemonFactory,
+    runc: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir(mode=0o700)
+    precious = {name: tmp_path / name for name in ("target", "target.1", "hardlinked")}
+    for target in precious.values():
+        target.write_bytes(b"precious\n")
+        target.chmod(0o644)
+    cid = container_id("link")
+    exec_name = f"{cid}/sh1"
+    # Whoever can write to the log directory plants links at the sessions' file names.
+    (log_dir / f"{cid}.log").symlink_to(precious["target"])
+    (log_dir / f"{cid}.log.1").symlink_to(precious["target.1"])
+    os.link(precious["hardlinked"], log_dir / f"{cid}@sh1.log")
+
+    daemon = await daemon_factory("--log-dir", str(log_dir))
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        b = bundle(["sh", "-c", "echo init-says-hi; exec sleep 600"])
+        await runc.run(cid, b, await client.create_socket(cid))
+        await runc.exec(cid, ["echo", "exec-says-hi"], await client.create_socket(exec_name))
+        await daemon.wait_event("session.exited", session=exec_name)
+        await runc.kill(cid)
+        await daemon.wait_event("session.exited", session=cid)
+    finally:
+        await client.aclose()
+    for target in precious.values():
+        assert target.read_bytes() == b"precious\n"
+        assert mode_of(target) == 0o644
+    assert not os.path.lexists(log_dir / f"{cid}.log.1")
+    for name, said in (
+        (f"{cid}.log", b"init-says-hi\r\n"),
+        (f"{cid}@sh1.log", b"exec-says-hi\r\n"),
+    ):
+        path = log_dir / name
+        st = os.lstat(path)
+        assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1, name
+        assert mode_of(path) == 0o600
+        assert path.read_bytes() == said
+
+
+async def test_cri_partial_line_is_continued_by_the_next_record(
+    daemon_factory: DaemonFactory,
+    runc: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory("--log-dir", str(log_dir), "--log-format-file", "cri")
+    cid = container_id("part")
+    client = await AsyncClient.connect(daemon.control_socket)
+    attach = await AsyncClient.connect(daemon.control_socket)
+    try:
+        path = await client.create_socket(cid)
+        reply = await attach.request(ev.Attach(cid))  # waiting: streams from the first byte
+        assert isinstance(reply, ev.Attached), reply
+        script = 'stty -echo; printf "question? "; read x; echo "answer=$x"'
+        await runc.run(cid, bundle(["sh", "-c", script]), path)
+        # The daemon writes each batch to the file before any client sees it, so
+        # the question is logged, as an unfinished line, before the answer exists.
+        out, ended = await attach.read_output_until(b"question? ")
+        assert ended is None, out
+        await attach.send(ev.Input(b"42\r"))
+        out, ended = await attach.read_output_until(b"\x00never")
+        assert ended is not None and ended.reason is ev.EndReason.EXITED, out
+        await daemon.wait_event("session.exited", session=cid)
+    finally:
+        await attach.aclose()
+        await client.aclose()
+    records = cri_records((log_dir / f"{cid}.log").read_bytes())
+    assert records[-1] == (b"F", b"answer=42\r")
+    assert {tag for tag, _ in records[:-1]} == {b"P"}
+    assert b"".join(content for _, content in records[:-1]) == b"question? "
