@@ -103,10 +103,7 @@ class LogFile:
         if self._fd < 0:
             return
         if self.format is LogFormat.CRI:
-            record = cri.encode(data)
-            if self.max_size and self.size and self.size + len(record) > self.max_size:
-                self._rotate()
-            self._write_all(record)
+            self._write_records(cri.encode(data))
             return
         view = memoryview(data)
         while view:
@@ -115,6 +112,31 @@ class LogFile:
             room = len(view) if not self.max_size else self.max_size - self.size
             self._write_all(view[:room])
             view = view[room:]
+
+    def _write_records(self, records: bytes) -> None:
+        """Write whole CRI records, rotating between records at the size limit."""
+        if not self.max_size:
+            self._write_all(records)
+            return
+        view = memoryview(records)
+        start = 0
+        while start < len(records):
+            room = self.max_size - self.size
+            if len(records) - start <= room:
+                self._write_all(view[start:])
+                return
+            # The records that still fit, then a fresh file for the rest.
+            cut = records.rfind(b"\n", start, start + max(room, 0)) + 1
+            if cut > start:
+                self._write_all(view[start:cut])
+                start = cut
+            if self.size:
+                self._rotate()
+            elif cut <= start:
+                # One record larger than the limit: it gets a file of its own.
+                end = records.index(b"\n", start) + 1
+                self._write_all(view[start:end])
+                start = end
 
     def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
