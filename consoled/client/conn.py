@@ -58,7 +58,7 @@ class Client:
         except OSError as exc:
             self.sock.close()
             raise DaemonUnavailable(
-                f"consoled is not running: cannot connect to {path} ({exc.strerror})"
+                f"the daemon is not running: cannot connect to {path} ({exc.strerror})"
             ) from None
         try:
             welcome = self.request(ev.Hello(PROTOCOL_VERSION, f"consoled-cli/{__version__}"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -32,11 +33,16 @@ class DaemonProcess:
     Args:
         state_dir: the daemon's --state-dir.
         args: extra ``serve`` options.
+        nofile: start the daemon with this (soft, hard) RLIMIT_NOFILE, or
+            inherit ours when None.
     """
 
-    def __init__(self, state_dir: Path, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, state_dir: Path, args: Sequence[str] = (), *, nofile: tuple[int, int] | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.args = list(args)
+        self.nofile = nofile
         self.events: list[dict[str, Any]] = []
         self.raw_stderr: list[str] = []
         self._changed = trio.Event()
@@ -76,8 +82,18 @@ class DaemonProcess:
             sys.executable, "-m", "consoled", "serve", "--state-dir", str(self.state_dir),
             *self.args,
         ]  # fmt: skip
+        nofile = self.nofile
+
+        def set_limits() -> None:  # in the child, between fork and exec
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         self.proc = await trio.lowlevel.open_process(
-            argv, env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=None if nofile is None else set_limits,
         )
         nursery.start_soon(self._read_log)
         try:
