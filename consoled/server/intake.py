@@ -140,6 +140,16 @@ class ConsoleSocket:
             except OSError as exc:
                 log.warning("intake.rejected", kind="socket_error", error=exc.strerror)
                 return
+            except trio.Cancelled:
+                if self._result is not None:
+                    # The master came on another connection while this one was
+                    # still open: it is closed, with any fds it had in flight.
+                    log.warning(
+                        "intake.rejected",
+                        kind="second_connection",
+                        error="a master arrived on another connection first; closed this one",
+                    )
+                raise
         if self._result is not None:
             holder.close()
             log.warning(
