@@ -157,6 +157,10 @@ class Attacher:
         poller.register(wakeup_fd, select.POLLIN)
         if self.stdin_open:
             poller.register(self.stdin, select.POLLIN)
+        # The reply to `attach` may have arrived in the same read as the first
+        # output: handle what the codec already holds before waiting on the socket.
+        if not self._handle_events():
+            return None
         while self.ended is None:
             timeout_ms = None
             if self.matcher.deadline is not None:
@@ -183,6 +187,10 @@ class Attacher:
     def _from_daemon(self) -> bool:
         """Handle what the daemon sent; False once it closed the connection."""
         self.client.receive_data()  # at EOF this feeds b"", which the codec takes as closed
+        return self._handle_events()
+
+    def _handle_events(self) -> bool:
+        """Handle every event the codec holds; False once the daemon closed the connection."""
         conn = self.client.conn
         while True:
             event = conn.next_event()
