@@ -3,8 +3,12 @@
 No runtime sends the container's id with the master, so the daemon asks the
 kernel who connected (SO_PEERCRED, pinned with SO_PEERPIDFD), reads that
 process's command line and parses it as runc or crun would
-(:mod:`consoled.runtimeargv`).  The identity is taken at accept time, before
-the master is received, because a runtime may exit right after sending it.
+(:mod:`consoled.runtimeargv`).  The identity is taken as the connection is
+accepted, before the master is received, because a runtime may exit right
+after sending it.  ``crun exec -d`` connects, sends and exits within about a
+millisecond and is often gone even so; its exec is then placed by the process
+on the terminal, which is already in the container (see
+``WellKnownSocket._exec_name_from_terminal``).
 
 A master is never dropped for want of a name: if the peer cannot be
 identified it is held under ``unnamed-<n>`` with a warning saying why, and
@@ -14,11 +18,14 @@ identified it is held under ``unnamed-<n>`` with a warning saying why, and
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import os
+import re
 import signal
 import socket
 import struct
+import termios
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,7 +34,7 @@ import trio
 
 from ..names import InvalidName, SessionName, check_part
 from ..protocol.events import SessionState
-from ..runtimeargv import ArgvError, RuntimeInvocation, parse_runtime_argv
+from ..runtimeargv import RUNTIME_OPTIONS, ArgvError, RuntimeInvocation, parse_runtime_argv
 from .config import DaemonConfig
 from .errors import RequestError
 from .fdpass import IntakeError, receive_master
@@ -38,8 +45,17 @@ log = structlog.get_logger("consoled.wellknown")
 
 #: ``SO_PEERPIDFD`` (Linux 6.5): a pidfd for the peer as of connect().
 SO_PEERPIDFD: Final = getattr(socket, "SO_PEERPIDFD", 77)
+#: ``TIOCGSID``: on a pty master, the session of its slave side.
+TIOCGSID: Final = getattr(termios, "TIOCGSID", 0x5429)
 #: Longest /proc/PID/cmdline we read.
 MAX_CMDLINE: Final = 256 * 1024
+#: Seconds to wait before accepting again after running out of fds or memory.
+ACCEPT_BACKOFF: Final = 0.1
+_UNNAMED: Final = re.compile(r"unnamed-[0-9]+")
+# accept() errors that concern only the connection being accepted.
+_ACCEPT_RETRY: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EINTR})
+# accept() errors that pass once other fds or memory are freed.
+_ACCEPT_LATER: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +66,7 @@ class Peer:
     problem: str | None  # why argv is unknown
 
 
-def _peer_pidfd(sock: trio.socket.SocketType) -> int | None:
+def _peer_pidfd(sock: socket.socket) -> int | None:
     try:
         return sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
     except OSError as exc:
@@ -67,7 +83,7 @@ def read_cmdline(pid: int) -> tuple[str, ...]:
     return tuple(os.fsdecode(arg) for arg in data.rstrip(b"\0").split(b"\0"))
 
 
-def identify_peer(sock: trio.socket.SocketType) -> Peer:
+def identify_peer(sock: socket.socket) -> Peer:
     """Who is on the other end of ``sock``, and what was its command line."""
     pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     if pid <= 0:
@@ -93,6 +109,30 @@ def identify_peer(sock: trio.socket.SocketType) -> Peer:
             os.close(pidfd)
 
 
+def terminal_leader(master_fd: int) -> int | None:
+    """The session leader of a pty's slave side (``TIOCGSID`` on the master), or None.
+
+    That is the process the runtime started on the terminal: runtimes make it a
+    session leader with the slave as its controlling terminal before they hand out
+    the master.
+    """
+    try:
+        packed = fcntl.ioctl(master_fd, TIOCGSID, b"\0" * 4)
+    except OSError:
+        return None  # no session has it as its controlling terminal (ENOTTY)
+    sid: int = struct.unpack("i", packed)[0]
+    return sid if sid > 0 else None
+
+
+def mount_namespace(pid: int | str) -> tuple[int, int] | None:
+    """The identity of a process's mount namespace, or None if it is gone."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class WellKnownSocket:
     """Serves ``console.sock`` in the state directory."""
 
@@ -103,69 +143,150 @@ class WellKnownSocket:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         path = self.config.console_socket
-        sock = bind_listen(path, backlog=512)
+        # Accepted synchronously on readiness, not with ``await sock.accept()``: that
+        # yields to the scheduler after accepting, and every yield between accept and
+        # reading /proc/PID/cmdline lets a fast runtime (``crun exec -d`` exits about a
+        # millisecond after connecting) be gone before it is identified.
+        listener = socket.socket(fileno=bind_listen(path, backlog=512).detach())
+        listener.setblocking(False)
         ino = os.stat(path).st_ino
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 while True:
-                    conn, _ = await sock.accept()
-                    nursery.start_soon(self._handle, conn)
+                    await trio.lowlevel.wait_readable(listener)
+                    try:
+                        while (accepted := self._accept(listener)) is not None:
+                            nursery.start_soon(self._handle, *accepted)
+                    except OSError as exc:
+                        if exc.errno not in _ACCEPT_LATER:
+                            raise
+                        # Out of fds or memory: the connection stays queued; try again soon.
+                        log.warning("intake.accept_failed", error=exc.strerror)
+                        await trio.sleep(ACCEPT_BACKOFF)
         finally:
-            sock.close()
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
             unlink_if_ours(path, ino)
 
-    async def _handle(self, conn: trio.socket.SocketType) -> None:
+    @staticmethod
+    def _accept(listener: socket.socket) -> tuple[trio.socket.SocketType, Peer] | None:
+        """The next pending connection and its peer, identified at once; None if none."""
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY:
+                    continue  # that connection is gone; take the next
+                raise
+            try:
+                peer = identify_peer(conn)
+            except Exception as exc:
+                # A bug in handling one connection must not take the listener down.
+                conn.close()
+                log.error("intake.internal_error", exc_info=exc)
+                continue
+            return trio.socket.from_stdlib_socket(conn), peer
+
+    async def _handle(self, conn: trio.socket.SocketType, peer: Peer) -> None:
         try:
-            await self._intake(conn)
+            await self._intake(conn, peer)
         except Exception as exc:
             # A bug in handling one connection must not take the listener down.
             log.error("intake.internal_error", exc_info=exc)
 
-    async def _intake(self, conn: trio.socket.SocketType) -> None:
-        with conn:
-            peer = identify_peer(conn)
-            with structlog.contextvars.bound_contextvars(peer_pid=peer.pid):
-                try:
-                    with trio.fail_after(SEND_TIMEOUT):
-                        holder, number, _payload = await receive_master(conn)
-                except trio.TooSlowError:
-                    log.warning(
-                        "intake.rejected",
-                        kind="silent",
-                        error=f"the peer connected but sent nothing within {SEND_TIMEOUT:g} s",
-                    )
-                    return
-                except IntakeError as exc:
-                    log.warning("intake.rejected", kind=exc.kind, error=str(exc))
-                    return
-                except OSError as exc:
-                    log.warning("intake.rejected", kind="socket_error", error=exc.strerror)
-                    return
-                name, warning = self._name_for(peer)
-                try:
-                    session = self.table.adopt(name, (holder, number))
-                except RequestError as exc:  # shutting down: adopt closed the master
-                    log.warning("intake.rejected", kind="refused", error=exc.message)
-                    return
-                if warning:
-                    log.warning("intake.named", session=str(session.name), why=warning)
-                else:
-                    log.info("intake.named", session=str(session.name))
+    async def _intake(self, conn: trio.socket.SocketType, peer: Peer) -> None:
+        with conn, structlog.contextvars.bound_contextvars(peer_pid=peer.pid):
+            try:
+                with trio.fail_after(SEND_TIMEOUT):
+                    holder, number, _payload = await receive_master(conn)
+            except trio.TooSlowError:
+                log.warning(
+                    "intake.rejected",
+                    kind="silent",
+                    error=f"the peer connected but sent nothing within {SEND_TIMEOUT:g} s",
+                )
+                return
+            except IntakeError as exc:
+                log.warning("intake.rejected", kind=exc.kind, error=str(exc))
+                return
+            except OSError as exc:
+                log.warning("intake.rejected", kind="socket_error", error=exc.strerror)
+                return
+            name, warning, via = self._name_for(peer, holder.fd)
+            try:
+                session = self.table.adopt(name, (holder, number))
+            except RequestError as exc:  # shutting down: adopt closed the master
+                log.warning("intake.rejected", kind="refused", error=exc.message)
+                return
+            if warning:
+                log.warning("intake.named", session=str(session.name), why=warning)
+            else:
+                log.info("intake.named", session=str(session.name), via=via)
 
-    def _name_for(self, peer: Peer) -> tuple[SessionName, str | None]:
-        """The session name for a master from ``peer``, and a warning if it is not exact."""
+    def _name_for(self, peer: Peer, master_fd: int) -> tuple[SessionName, str | None, str | None]:
+        """The session name for a master from ``peer``, a warning if it is not exact,
+        and how the container was found (``cmdline`` or ``terminal``)."""
         if peer.argv is None:
-            return self._unnamed_name(), f"cannot name the session: {peer.problem}"
+            name = self._exec_name_from_terminal(master_fd)
+            if name is not None:
+                return name, None, "terminal"
+            return self._unnamed_name(), f"cannot name the session: {peer.problem}", None
         try:
             inv = parse_runtime_argv(peer.argv)
             check_part(inv.container_id, "container id")
         except (ArgvError, InvalidName) as exc:
-            return self._unnamed_name(), f"cannot name the session from {peer.argv[:1]}: {exc}"
+            why = f"cannot name the session from the command line of process {peer.pid}: {exc}"
+            return self._unnamed_name(), why, None
         if inv.command == "exec":
             base = exec_base(inv.process_args[0]) if inv.process_args else "exec"
-            return self.table.free_exec_name(inv.container_id, base), None
-        return self._container_name(inv)
+            return self.table.free_exec_name(inv.container_id, base), None, "cmdline"
+        return (*self._container_name(inv), "cmdline")
+
+    def _exec_name_from_terminal(self, master_fd: int) -> SessionName | None:
+        """Name an exec whose runtime was gone before it could be identified.
+
+        ``crun exec -d`` receives the master from the container, then connects, sends
+        and exits within about a millisecond, often before the daemon can read its
+        command line.  The process on the terminal is still there, though, already in
+        the container: if its mount namespace is that of the process on a running
+        session's terminal, and those sessions belong to one container, this is an
+        exec in that container.  The base name is that process's command: the exec'd
+        one, or the forked runtime's argv if it has not exec'd yet (which names it
+        too), or whatever the command has exec'd since (``sh -c 'exec sleep 1d'``
+        may be named ``sleep-N``).
+        """
+        leader = terminal_leader(master_fd)
+        ns = None if leader is None else mount_namespace(leader)
+        if leader is None or ns is None or ns == mount_namespace("self"):
+            return None
+        ids: set[str] = set()
+        for session in self.table:
+            master = session.master
+            if master is None or master.closed:
+                continue
+            other = terminal_leader(master.fd)
+            if other is not None and mount_namespace(other) == ns:
+                ids.add(session.name.id)
+        # unnamed-N is not a container: its exec would be named after a placeholder.
+        ids = {i for i in ids if not _UNNAMED.fullmatch(i)}
+        if len(ids) != 1:
+            return None
+        (container,) = ids
+        try:
+            argv: tuple[str, ...] = read_cmdline(leader)
+        except OSError:
+            argv = ()
+        if argv and os.path.basename(argv[0]) in RUNTIME_OPTIONS:
+            try:
+                inv = parse_runtime_argv(argv)
+            except ArgvError:
+                argv = ()
+            else:
+                argv = inv.process_args if inv.container_id == container else ()
+        return self.table.free_exec_name(container, exec_base(argv[0]) if argv else "exec")
 
     def _container_name(self, inv: RuntimeInvocation) -> tuple[SessionName, str | None]:
         name = SessionName(inv.container_id)
@@ -185,7 +306,7 @@ class WellKnownSocket:
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _unnamed_name(self) -> SessionName:
+    def _unnamed_name(self) -> SessionName:  # always matches _UNNAMED
         while True:
             name = SessionName(f"unnamed-{next(self._unnamed)}")
             if self.table.lookup(name) is None:
