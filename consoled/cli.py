@@ -161,8 +161,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     with connect(args) as client:
         sessions = client.list_sessions(args.id)
     if args.json:
-        json.dump([session_json(s) for s in sessions], sys.stdout, indent=None)
-        sys.stdout.write("\n")
+        # dumps, not dump: json.dump writes every token separately (200,000
+        # writes for 4,000 sessions, most of `ls --json`'s time).
+        sys.stdout.write(json.dumps([session_json(s) for s in sessions]) + "\n")
         return EXIT_OK
     now = time.time()
     rows = [("SESSION", "STATE", "CLIENTS", "SIZE", "AGE", "OUTPUT")]

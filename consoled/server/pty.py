@@ -20,8 +20,12 @@ import trio
 from .fdpass import FdHolder, set_nonblocking
 
 #: One read() from a pty returns at most a few KiB; keep reading without
-#: waiting until this much has been collected or the pty is empty.
-BATCH_SIZE: Final = 256 * 1024
+#: waiting until this much has been collected or the pty is empty.  Kept well
+#: below a socket's send buffer (about 208 KiB): each client's pump gets one
+#: turn per batch and sends at most a buffer's worth in it, so a larger batch
+#: outruns even a client that reads as fast as it can (benchmarks: 256 KiB
+#: batches got a full-speed reader dropped as lagged; docs/performance.md).
+BATCH_SIZE: Final = 64 * 1024
 READ_SIZE: Final = 64 * 1024
 
 
@@ -37,6 +41,8 @@ class PtyMaster:
         self.number = number
         set_nonblocking(holder.fd)
         self._write_lock = trio.StrictFIFOLock()
+        #: The last read found the pty empty (so waiting is the next step, not reading).
+        self.drained = False
 
     @property
     def closed(self) -> bool:
@@ -62,10 +68,12 @@ class PtyMaster:
         fd = self._holder.fd
         parts: list[bytes] = []
         total = 0
+        self.drained = False
         while total < BATCH_SIZE:
             try:
                 data = os.read(fd, READ_SIZE)
             except BlockingIOError:
+                self.drained = True
                 break
             except OSError as exc:
                 if exc.errno in (errno.EIO, errno.ENXIO):
@@ -90,6 +98,8 @@ class PtyMaster:
             Hangup: see :meth:`read_available`.
             trio.ClosedResourceError: the master was closed under us.
         """
+        if self.drained:  # the last read found the pty empty: wait before reading again
+            await trio.lowlevel.wait_readable(self._holder.fd)
         while True:
             data = self.read_available()
             if data is not None:
@@ -103,7 +113,13 @@ class PtyMaster:
             Hangup: the slave side is gone.
             trio.ClosedResourceError: the master was closed meanwhile.
         """
-        async with self._write_lock:
+        # Uncontended (the usual keystroke), take the lock without the
+        # scheduler round trip of ``async with``: it costs a tenth of an echo.
+        try:
+            self._write_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._write_lock.acquire()
+        try:
             view = memoryview(data)
             while view:
                 fd = self._holder.fd
@@ -117,6 +133,8 @@ class PtyMaster:
                         raise Hangup from None
                     raise
                 view = view[n:]
+        finally:
+            self._write_lock.release()
 
     def get_size(self) -> tuple[int, int]:
         packed = fcntl.ioctl(self._holder.fd, termios.TIOCGWINSZ, b"\0" * 8)

@@ -146,8 +146,10 @@ class Session:
             except Hangup:
                 return
             self._publish(data)
-            # read_batch only yields when the pty is empty: let the rest run.
-            await trio.lowlevel.checkpoint()
+            if not master.drained:
+                # More is waiting and read_batch will not yield: let the rest run.
+                # (When the pty was emptied, read_batch's wait is the yield.)
+                await trio.lowlevel.checkpoint()
 
     def _publish(self, data: bytes) -> None:
         self.scrollback.append(data)
