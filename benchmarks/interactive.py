@@ -1,0 +1,167 @@
+"""Scenarios 4 and 5: keystroke echo latency and resize latency.
+
+Echo: ``cat`` on a cooked terminal; each round trip sends one byte and waits
+for the line discipline's echo of it (the kernel echoes; ``cat`` only keeps
+the terminal open and cooked).  Fewer than 4,095 bytes go into one line, so
+the line buffer never fills.
+
+Resize: a new size is asked for, then ``stty size`` in the container must
+show it.  The figure is the time until the size is in force: for consoled,
+from the ``resize`` request to its ``resized`` reply (the ioctl is done
+before the reply); for raw, the ioctl on the master; for conmon, from the
+write to its ``ctl`` FIFO until TIOCGWINSZ on the container's terminal (its
+init's fd 0) shows the size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+
+import trio
+
+from .bench import Bench
+from .consoles import ConmonConsole, Console
+from .stats import Figure, Summary, percentile
+from .taps import Tap, get_winsize
+
+READY = b"R\r\n"
+SIZE_LINE = re.compile(rb"(\d+) (\d+)\r\n")
+
+
+def _echo_trips(tap: Tap, trips: int) -> list[float]:
+    """Round-trip times in microseconds."""
+    out: list[float] = []
+    perf = time.perf_counter_ns
+    for _ in range(trips):
+        t = perf()
+        tap.send(b"a")
+        got = b""
+        while b"a" not in got:
+            data = tap.recv()
+            if not data:
+                raise EOFError("terminal closed during the echo test")
+            got += data
+        out.append((perf() - t) / 1000)
+    return out
+
+
+async def echo(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
+    trips = bench.options.size(1000, 100)
+    p50: dict[str, list[float]] = {k: [] for k in bench.kinds}
+    p99: dict[str, list[float]] = {k: [] for k in bench.kinds}
+    raw: dict[str, list[list[float]]] = {k: [] for k in bench.kinds}
+    for _ in range(bench.options.runs):
+        for kind in bench.kinds:
+            async with bench.console(kind, "echo R; exec cat", "echo") as console:
+                tap = await trio.to_thread.run_sync(console.open_tap)
+                await console.start()
+                await trio.to_thread.run_sync(tap.read_until, READY)
+                samples = await trio.to_thread.run_sync(_echo_trips, tap, trips)
+            p50[kind].append(percentile(samples, 0.50))
+            p99[kind].append(percentile(samples, 0.99))
+            raw[kind].append(samples)
+    figures = [
+        Figure(
+            "4 echo",
+            "round trip p50",
+            "us",
+            Summary.of(p50["consoled"]),
+            ("<=", 100.0),
+            {k: Summary.of(v) for k, v in p50.items() if k != "consoled"},
+        ),
+        Figure(
+            "4 echo",
+            "round trip p99",
+            "us",
+            Summary.of(p99["consoled"]),
+            ("<=", 400.0),
+            {k: Summary.of(v) for k, v in p99.items() if k != "consoled"},
+        ),
+    ]
+    data = {
+        "trips": trips,
+        "p50_us": p50,
+        "p99_us": p99,
+        "max_us": {k: [max(s) for s in v] for k, v in raw.items()},
+    }
+    return figures, data
+
+
+def _resizes(console: Console, tap: Tap, count: int, slave: int | None) -> tuple[list[float], int]:
+    """Resize ``count`` times.
+
+    Returns:
+        Latencies in microseconds, and how often ``stty size`` showed another size.
+    """
+    latencies: list[float] = []
+    wrong = 0
+    pending = b""
+    for i in range(count):
+        rows, cols = 30 + i % 200, 90 + i % 150
+        t = time.perf_counter_ns()
+        console.resize(rows, cols)
+        if slave is not None:  # conmon does not answer: watch the terminal itself
+            deadline = time.monotonic() + 5
+            while get_winsize(slave) != (rows, cols) and time.monotonic() < deadline:
+                pass
+        latencies.append((time.perf_counter_ns() - t) / 1000)
+        tap.send(b"\n")
+        while (match := SIZE_LINE.search(pending)) is None:
+            data = tap.recv()
+            if not data:
+                raise EOFError("terminal closed during the resize test")
+            pending += data
+        pending = pending[match.end() :]
+        if (int(match[1]), int(match[2])) != (rows, cols):
+            wrong += 1
+    return latencies, wrong
+
+
+async def resize(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
+    count = bench.options.size(100, 10)
+    script = "stty -echo; echo R; while read x; do stty size; done"
+    p50: dict[str, list[float]] = {k: [] for k in bench.kinds}
+    wrong: dict[str, list[float]] = {k: [] for k in bench.kinds}
+    for _ in range(bench.options.runs):
+        for kind in bench.kinds:
+            async with bench.console(kind, script, "size") as console:
+                tap = await trio.to_thread.run_sync(console.open_tap)
+                await console.start()
+                await trio.to_thread.run_sync(tap.read_until, READY)
+                slave = None
+                if isinstance(console, ConmonConsole):
+                    pid = await console.container_pid()
+                    slave = os.open(f"/proc/{pid}/fd/0", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+                try:
+                    lat, bad = await trio.to_thread.run_sync(_resizes, console, tap, count, slave)
+                finally:
+                    if slave is not None:
+                        os.close(slave)
+            p50[kind].append(percentile(lat, 0.5))
+            wrong[kind].append(float(bad))
+    figures = [
+        Figure(
+            "5 resize",
+            "resize in force, p50",
+            "us",
+            Summary.of(p50["consoled"]),
+            ("<=", 500.0),
+            {k: Summary.of(v) for k, v in p50.items() if k != "consoled"},
+        ),
+        Figure(
+            "5 resize",
+            f"stty size showing another size (of {count}/run)",
+            "count",
+            Summary.of([max(wrong["consoled"], default=math.nan)]),
+            ("<=", 0.0),
+            {
+                k: Summary.of([max(v, default=math.nan)])
+                for k, v in wrong.items()
+                if k != "consoled"
+            },
+        ),
+    ]
+    return figures, {"resizes": count, "p50_us": p50, "wrong": wrong}

@@ -1,0 +1,65 @@
+"""Helper process for the scale scenario: opens ptys, hands the masters over, holds the slaves.
+
+Commands, one per line on stdin:
+
+- ``hand PATH``: open a pty, connect to the console socket PATH and send the
+  master exactly as a runtime does (one message, payload ``/dev/ptmx``, the
+  fd in SCM_RIGHTS), close our copy of the master, keep the slave open.
+- ``write N``: write N bytes to every slave not written to yet; answers ``written K``.
+- ``sync``: answers ``ok COUNT`` once every earlier command is done.
+
+End of input closes every slave (the sessions' terminals hang up) and exits.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import resource
+import socket
+import sys
+
+
+def hand(path: str) -> int:
+    master, slave = os.openpty()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(path)
+            fds = array.array("i", [master])
+            sock.sendmsg([b"/dev/ptmx"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+    except BaseException:
+        os.close(slave)
+        raise
+    finally:
+        os.close(master)
+    return slave
+
+
+def main() -> int:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    slaves: list[int] = []
+    written = 0
+    for raw in sys.stdin:
+        command, _, arg = raw.strip().partition(" ")
+        if command == "hand":
+            try:
+                slaves.append(hand(arg))
+            except OSError as exc:
+                print(f"ptyholder: {arg}: {exc}", file=sys.stderr, flush=True)
+        elif command == "write":
+            data = b"x" * int(arg)
+            for fd in slaves[written:]:
+                os.write(fd, data)
+            print(f"written {len(slaves) - written}", flush=True)
+            written = len(slaves)
+        elif command == "sync":
+            print(f"ok {len(slaves)}", flush=True)
+    for fd in slaves:
+        os.close(fd)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""Clients of a terminal: blocking *taps* used from worker threads and reader processes.
+
+A tap reads the terminal's output and types into it, whatever stands
+between: the master itself (raw), a consoled attach connection, or conmon's
+attach socket (SOCK_SEQPACKET; each packet starts with one byte naming the
+pipe).  Blocking on purpose: the measurement loops pay no event-loop cost.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+import termios
+from pathlib import Path
+
+from consoled.client.conn import Client
+from consoled.protocol import CLOSED, NEED_DATA
+from consoled.protocol import events as ev
+
+#: Seconds a single blocking receive may wait before the measurement gives up.
+RECV_TIMEOUT = 30.0
+READ_SIZE = 256 * 1024
+
+
+class Tap(abc.ABC):
+    """One client's blocking view of a terminal."""
+
+    @abc.abstractmethod
+    def recv(self) -> bytes:
+        """The next output bytes; ``b""`` once the stream ended.
+
+        Raises:
+            TimeoutError: nothing arrived within the tap's timeout.
+        """
+
+    @abc.abstractmethod
+    def send(self, data: bytes) -> None:
+        """Type ``data`` into the terminal."""
+
+    def settimeout(self, timeout: float) -> None:  # noqa: B027 - optional
+        pass
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+    def read_until(self, marker: bytes) -> bytes:
+        """Read until ``marker`` has arrived; return what came after it."""
+        buf = b""
+        while marker not in buf:
+            data = self.recv()
+            if not data:
+                raise EOFError(f"stream ended before {marker!r}; got {buf[-200:]!r}")
+            buf += data
+        return buf[buf.index(marker) + len(marker) :]
+
+
+class RawTap(Tap):
+    """The master itself (not owned)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.timeout = RECV_TIMEOUT
+
+    def settimeout(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def recv(self) -> bytes:
+        try:
+            return os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""
+            raise
+        ready, _, _ = select.select([self.fd], [], [], self.timeout)
+        if not ready:
+            raise TimeoutError("no output from the pty")
+        try:
+            return os.read(self.fd, READ_SIZE)
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""
+            raise
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.fd, view) :]
+            except BlockingIOError:
+                select.select([], [self.fd], [], self.timeout)
+
+
+class ConsoledTap(Tap):
+    """An attached protocol client (owns its connection)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.ended: ev.Ended | None = None
+        client.sock.settimeout(RECV_TIMEOUT)
+
+    def settimeout(self, timeout: float) -> None:
+        self.client.sock.settimeout(timeout)
+
+    def recv(self) -> bytes:
+        conn = self.client.conn
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                conn.receive_data(self.client.sock.recv(READ_SIZE))
+                continue
+            if event is CLOSED:
+                return b""
+            if isinstance(event, ev.Output):
+                return event.data
+            if isinstance(event, ev.Ended):
+                self.ended = event
+                return b""
+
+    def send(self, data: bytes) -> None:
+        self.client.sock.sendall(self.client.conn.send(ev.Input(data)))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ConmonTap(Tap):
+    """A connection to conmon's attach socket (owns it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.sock.connect(os.fspath(path))
+        self.sock.settimeout(RECV_TIMEOUT)
+
+    def settimeout(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+
+    def recv(self) -> bytes:
+        while True:
+            packet = self.sock.recv(READ_SIZE)
+            if not packet:
+                return b""
+            if len(packet) > 1:  # the first byte names the pipe (2: stdout)
+                return packet[1:]
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def get_winsize(fd: int) -> tuple[int, int]:
+    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))
+    return rows, cols
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
