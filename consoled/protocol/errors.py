@@ -31,6 +31,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_SIZE = "invalid_size"
     INVALID_ARGUMENT = "invalid_argument"
     READ_ONLY = "read_only"
+    INPUT_DROPPED = "input_dropped"
     INTERNAL = "internal"
 
     @property

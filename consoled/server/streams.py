@@ -1,14 +1,18 @@
 """The streaming half of the protocol: ``attach`` and ``logs``.
 
-An attached client gets two tasks in a nursery of its own: the output pump
+An attached client gets three tasks in a nursery of its own: the output pump
 moves its bounded queue to the socket, the input loop takes keys, sizes and
-detach from it.  Whichever ends first ends the other.
+detach from it, and an input writer moves its keys to the terminal.  The
+writer is separate so that a program that does not read its terminal blocks
+only that client's keys, never its resizes or its detach.  Whichever of the
+pump and the input loop ends first ends the rest.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+from collections import deque
 from typing import Final
 
 import structlog
@@ -31,8 +35,69 @@ log = structlog.get_logger("consoled.stream")
 LAGGED_GRACE: Final = 5.0
 #: Read size when streaming a log file.
 FILE_CHUNK: Final = 256 * 1024
+#: Bytes of one client's input that may wait for a terminal that is not
+#: reading; more is dropped (as a full tty input buffer drops keys).
+INPUT_QUEUE: Final = 64 * 1024
+#: Seconds a detaching client's last keys get to reach the terminal.
+INPUT_FLUSH_TIMEOUT: Final = 1.0
+
 
 _labels = itertools.count(1)
+
+
+class PendingInput:
+    """One client's keys on their way to the terminal: bounded, in order."""
+
+    def __init__(self, limit: int = INPUT_QUEUE) -> None:
+        self.limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._writing = False
+        self._queued = trio.Event()
+        self._idle = trio.Event()
+
+    def put(self, data: bytes) -> bool:
+        """Queue ``data``; False (and nothing queued) if it would pass the bound."""
+        if self._size + len(data) > self.limit:
+            return False
+        self._chunks.append(data)
+        self._size += len(data)
+        self._queued.set()
+        return True
+
+    async def take(self) -> bytes:
+        """Wait for queued input and take all of it; call :meth:`written` after."""
+        while not self._chunks:
+            self._queued = trio.Event()
+            await self._queued.wait()
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        self._writing = True
+        return data
+
+    def written(self) -> None:
+        """What :meth:`take` returned has reached the terminal (or was dropped)."""
+        self._writing = False
+        if not self._chunks:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until everything queued has been written."""
+        while self._chunks or self._writing:
+            self._idle = trio.Event()
+            await self._idle.wait()
+
+
+async def _write_input(session: Session, pending: PendingInput) -> None:
+    """Move a client's keys to the terminal, waiting as long as it is not reading."""
+    while True:
+        data = await pending.take()
+        try:
+            if not await session.write_input(data):
+                log.debug("input.dropped", reason="session not running")
+        finally:
+            pending.written()
 
 
 async def _pump_output(channel: Channel, sub: Subscriber) -> None:
@@ -105,7 +170,14 @@ async def _attached(channel: Channel, session: Session, sub: Subscriber, replaye
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(output_then_stop)
-            await _input_loop(channel, session, sub)
+            pending = PendingInput()
+            async with trio.open_nursery() as writer:
+                writer.start_soon(_write_input, session, pending)
+                await _input_loop(channel, session, sub, pending)
+                # Let keys typed just before detaching reach the terminal.
+                with trio.move_on_after(INPUT_FLUSH_TIMEOUT):
+                    await pending.wait_idle()
+                writer.cancel_scope.cancel()
             # The client closed its side, or asked to detach: the pump finishes.
     finally:
         session.remove_subscriber(sub)
@@ -113,8 +185,11 @@ async def _attached(channel: Channel, session: Session, sub: Subscriber, replaye
         log.info("client.detached", session=str(session.name), reason=str(reason))
 
 
-async def _input_loop(channel: Channel, session: Session, sub: Subscriber) -> None:
+async def _input_loop(
+    channel: Channel, session: Session, sub: Subscriber, pending: PendingInput
+) -> None:
     warned_read_only = False
+    warned_dropped = False
     while True:
         event = await channel.receive()
         if event is None:
@@ -129,8 +204,20 @@ async def _input_loop(channel: Channel, session: Session, sub: Subscriber) -> No
                     )
                 continue
             session.client_typed(sub)
-            if not await session.write_input(event.data):
-                log.debug("input.dropped", reason="session not running")
+            if not pending.put(event.data) and not warned_dropped:
+                warned_dropped = True
+                log.info(
+                    "input.dropped",
+                    session=str(session.name),
+                    reason="the terminal is not reading its input",
+                )
+                await channel.send(
+                    ev.Error(
+                        ErrorCode.INPUT_DROPPED,
+                        "the program is not reading its terminal; input beyond "
+                        f"{pending.limit} bytes was dropped",
+                    )
+                )
         elif isinstance(event, ev.WindowSize):
             if not valid_size(event.rows, event.cols):
                 problem = size_error(event.rows, event.cols)
