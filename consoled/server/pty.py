@@ -136,6 +136,28 @@ class PtyMaster:
         finally:
             self._write_lock.release()
 
+    def write_now(self, data: bytes) -> int:
+        """Write what the terminal takes right now, without waiting.
+
+        Returns:
+            The number of bytes written: 0 while another write is in progress
+            (it goes first) or the terminal is full.
+
+        Raises:
+            Hangup: the slave side is gone.
+            trio.ClosedResourceError: the master was closed.
+        """
+        if self._write_lock.locked():
+            return 0
+        try:
+            return os.write(self._holder.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.ENXIO):
+                raise Hangup from None
+            raise
+
     def get_size(self) -> tuple[int, int]:
         packed = fcntl.ioctl(self._holder.fd, termios.TIOCGWINSZ, b"\0" * 8)
         rows, cols, _, _ = struct.unpack("HHHH", packed)

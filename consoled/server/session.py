@@ -250,6 +250,17 @@ class Session:
             return False
         return True
 
+    def write_input_now(self, data: bytes) -> int:
+        """Write what the terminal takes now; all of ``data`` counts as done if the
+        session cannot take input any more."""
+        master = self.master
+        if master is None or self.state is not SessionState.RUNNING:
+            return len(data)
+        try:
+            return master.write_now(data)
+        except (Hangup, trio.ClosedResourceError):
+            return len(data)
+
     def _wanted_size(self) -> tuple[int, int] | None:
         return choose_size(
             self.size_policy, (s.size for s in self.subscribers if s.size is not None)

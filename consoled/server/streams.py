@@ -82,6 +82,11 @@ class PendingInput:
         if not self._chunks:
             self._idle.set()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing is queued or being written."""
+        return not self._chunks and not self._writing
+
     async def wait_idle(self) -> None:
         """Wait until everything queued has been written."""
         while self._chunks or self._writing:
@@ -204,7 +209,11 @@ async def _input_loop(
                     )
                 continue
             session.client_typed(sub)
-            if not pending.put(event.data) and not warned_dropped:
+            data = event.data
+            if pending.idle:
+                # The usual keystroke: straight to the terminal, no task switch.
+                data = data[session.write_input_now(data) :]
+            if data and not pending.put(data) and not warned_dropped:
                 warned_dropped = True
                 log.info(
                     "input.dropped",
