@@ -105,8 +105,12 @@ async def _write_input(session: Session, pending: PendingInput) -> None:
             pending.written()
 
 
-async def _pump_output(channel: Channel, sub: Subscriber) -> None:
-    """Send queued output, then the ``ended`` notice."""
+async def _pump_output(channel: Channel, session: Session, sub: Subscriber) -> None:
+    """Send queued output, then the ``ended`` notice.
+
+    The client leaves the session before it is told the stream ended, so
+    that whatever it does next (``consoled ls``) no longer counts it.
+    """
     while True:
         await sub.wait_output()
         chunks = sub.take(MAX_DATA_CHUNK)
@@ -117,6 +121,7 @@ async def _pump_output(channel: Channel, sub: Subscriber) -> None:
             continue
         notice = sub.end_notice
         assert notice is not None  # woken with nothing queued: the stream ended
+        session.remove_subscriber(sub)
         await channel.send(ev.Ended(notice.reason, notice.message))
         return
 
@@ -171,7 +176,7 @@ async def _attached(channel: Channel, session: Session, sub: Subscriber, replaye
             nursery.start_soon(_watch_lag, sub, nursery.cancel_scope)
 
             async def output_then_stop() -> None:
-                await _pump_output(channel, sub)
+                await _pump_output(channel, session, sub)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(output_then_stop)
@@ -285,7 +290,7 @@ async def _logs_stream(
                         return
 
             nursery.start_soon(watch_client)
-            await _pump_output(channel, sub)
+            await _pump_output(channel, session, sub)
             nursery.cancel_scope.cancel()
     finally:
         session.remove_subscriber(sub)
