@@ -59,6 +59,29 @@ def bind_listen(path: Path, backlog: int = 16) -> trio.socket.SocketType:
     return trio.socket.from_stdlib_socket(sock)
 
 
+async def receive_or_reject(conn: trio.socket.SocketType) -> tuple[FdHolder, int, bytes] | None:
+    """Receive a runtime's master within :data:`SEND_TIMEOUT`.
+
+    Returns:
+        The master's holder, pty number and payload; or None after logging
+        why the peer's intake was rejected (every fd it sent is closed).
+    """
+    try:
+        with trio.fail_after(SEND_TIMEOUT):
+            return await receive_master(conn)
+    except trio.TooSlowError:
+        log.warning(
+            "intake.rejected",
+            kind="silent",
+            error=f"the peer connected but sent nothing within {SEND_TIMEOUT:g} s",
+        )
+    except IntakeError as exc:
+        log.warning("intake.rejected", kind=exc.kind, error=str(exc))
+    except OSError as exc:
+        log.warning("intake.rejected", kind="socket_error", error=exc.strerror)
+    return None
+
+
 def unlink_if_ours(path: Path, ino: int) -> None:
     """Remove the socket file unless someone already replaced it."""
     try:
@@ -125,21 +148,7 @@ class ConsoleSocket:
     async def _handle(self, conn: trio.socket.SocketType, scope: trio.CancelScope) -> None:
         with conn:
             try:
-                with trio.fail_after(SEND_TIMEOUT):
-                    holder, number, payload = await receive_master(conn)
-            except trio.TooSlowError:
-                log.warning(
-                    "intake.rejected",
-                    kind="silent",
-                    error=f"the peer connected but sent nothing within {SEND_TIMEOUT:g} s",
-                )
-                return
-            except IntakeError as exc:
-                log.warning("intake.rejected", kind=exc.kind, error=str(exc))
-                return
-            except OSError as exc:
-                log.warning("intake.rejected", kind="socket_error", error=exc.strerror)
-                return
+                received = await receive_or_reject(conn)
             except trio.Cancelled:
                 if self._result is not None:
                     # The master came on another connection while this one was
@@ -150,6 +159,9 @@ class ConsoleSocket:
                         error="a master arrived on another connection first; closed this one",
                     )
                 raise
+        if received is None:
+            return
+        holder, number, payload = received
         if self._result is not None:
             holder.close()
             log.warning(

@@ -37,8 +37,7 @@ from ..protocol.events import SessionState
 from ..runtimeargv import RUNTIME_OPTIONS, ArgvError, RuntimeInvocation, parse_runtime_argv
 from .config import DaemonConfig
 from .errors import RequestError
-from .fdpass import IntakeError, receive_master
-from .intake import SEND_TIMEOUT, bind_listen, unlink_if_ours
+from .intake import bind_listen, receive_or_reject, unlink_if_ours
 from .registry import SessionTable, exec_base
 
 log = structlog.get_logger("consoled.wellknown")
@@ -199,22 +198,10 @@ class WellKnownSocket:
 
     async def _intake(self, conn: trio.socket.SocketType, peer: Peer) -> None:
         with conn, structlog.contextvars.bound_contextvars(peer_pid=peer.pid):
-            try:
-                with trio.fail_after(SEND_TIMEOUT):
-                    holder, number, _payload = await receive_master(conn)
-            except trio.TooSlowError:
-                log.warning(
-                    "intake.rejected",
-                    kind="silent",
-                    error=f"the peer connected but sent nothing within {SEND_TIMEOUT:g} s",
-                )
+            received = await receive_or_reject(conn)
+            if received is None:
                 return
-            except IntakeError as exc:
-                log.warning("intake.rejected", kind=exc.kind, error=str(exc))
-                return
-            except OSError as exc:
-                log.warning("intake.rejected", kind="socket_error", error=exc.strerror)
-                return
+            holder, number, _payload = received
             name, warning, via = self._name_for(peer, holder.fd)
             try:
                 session = self.table.adopt(name, (holder, number))
