@@ -246,6 +246,39 @@ def _raw_json(runs: dict[str, list[StreamRun]]) -> dict[str, list[dict[str, obje
     }
 
 
+def _rate_figures(
+    scenario: str,
+    rate_label: str,
+    ratio_label: str,
+    target: float,
+    *,
+    rates: dict[str, list[float]],
+    runs: dict[str, list[StreamRun]],
+) -> list[Figure]:
+    """The delivered rate beside its baselines, and its ratio to raw against ``target``."""
+    notes = _failures(runs)
+    return [
+        Figure(
+            scenario,
+            rate_label,
+            "MB/s",
+            Summary.of(rates["consoled"]),
+            None,
+            {k: Summary.of(v) for k, v in rates.items() if k != "consoled"},
+            notes,
+        ),
+        Figure(
+            scenario,
+            ratio_label,
+            "ratio",
+            Summary.of(ratios(rates["consoled"], rates["raw"])),
+            (">=", target),
+            {k: Summary.of(ratios(v, rates["raw"])) for k, v in rates.items() if k == "conmon"},
+            notes,
+        ),
+    ]
+
+
 async def throughput(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
     nbytes = bench.options.size(64 << 20, 2 << 20)
     runs = await _interleaved(bench, "tput", nbytes=nbytes, readers=1)
@@ -255,26 +288,9 @@ async def throughput(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
         for kind, rs in runs.items()
         if kind != "raw"
     }
-    base = {k: Summary.of(v) for k, v in rates.items() if k != "consoled"}
-    notes = _failures(runs)
     figures = [
-        Figure(
-            "1 throughput",
-            "rate, 1 client",
-            "MB/s",
-            Summary.of(rates["consoled"]),
-            None,
-            base,
-            notes,
-        ),
-        Figure(
-            "1 throughput",
-            "rate / raw",
-            "ratio",
-            Summary.of(ratios(rates["consoled"], rates["raw"])),
-            (">=", 0.90),
-            {k: Summary.of(ratios(v, rates["raw"])) for k, v in rates.items() if k == "conmon"},
-            notes,
+        *_rate_figures(
+            "1 throughput", "rate, 1 client", "rate / raw", 0.90, rates=rates, runs=runs
         ),
         Figure(
             "1 throughput",
@@ -297,26 +313,14 @@ async def fanout(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
         kind: [r.client_cpu * 1000 / (nbytes / MB) if r.errors == [] else math.nan for r in rs]
         for kind, rs in runs.items()
     }
-    base = {k: Summary.of(v) for k, v in rates.items() if k != "consoled"}
-    notes = _failures(runs)
     figures = [
-        Figure(
+        *_rate_figures(
             "2 fan-out",
             f"rate, {clients} clients",
-            "MB/s",
-            Summary.of(rates["consoled"]),
-            None,
-            base,
-            notes,
-        ),
-        Figure(
-            "2 fan-out",
             "rate / raw (1 reader)",
-            "ratio",
-            Summary.of(ratios(rates["consoled"], rates["raw"])),
-            (">=", 0.6),
-            {k: Summary.of(ratios(v, rates["raw"])) for k, v in rates.items() if k == "conmon"},
-            notes,
+            0.6,
+            rates=rates,
+            runs=runs,
         ),
         Figure(
             "2 fan-out",
