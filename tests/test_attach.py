@@ -31,7 +31,7 @@ from consoled.protocol import ErrorCode
 from consoled.protocol import events as ev
 from tests.conftest import BundleFactory, DaemonFactory
 from tests.support.cli import cli
-from tests.support.client import AsyncClient
+from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.ptyproc import PtyProcess
 from tests.support.runtime import Runtime, new_container_id
@@ -139,23 +139,6 @@ def containers(runc: Runtime, bundle: BundleFactory) -> Containers:
     return Containers(runc, bundle)
 
 
-async def wait_output(daemon: DaemonProcess, cid: str, pattern: bytes | re.Pattern[bytes]) -> None:
-    """Wait until the session writes ``pattern`` (following its output as ``logs -f``)."""
-    regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
-    follower = await AsyncClient.connect(daemon.control_socket)
-    try:
-        reply = await follower.request(ev.Logs(cid, follow=True))
-        assert isinstance(reply, ev.Attached), reply
-        out = bytearray()
-        with trio.fail_after(30):
-            while not regex.search(out):
-                event = await follower.receive(30)
-                assert isinstance(event, ev.Output), (event, bytes(out[-200:]))
-                out = out[-4096:] + event.data  # a match is short: keep only the tail
-    finally:
-        await follower.aclose()
-
-
 async def session_info(daemon: DaemonProcess, cid: str) -> ev.SessionInfo:
     client = await AsyncClient.connect(daemon.control_socket)
     try:
@@ -193,7 +176,7 @@ async def test_type_command_see_output_and_attach_start_time(
     daemon: DaemonProcess, containers: Containers, attach: Spawn
 ) -> None:
     cid = await containers.start(daemon, ["sh", "-c", "echo early-$((1+1)); exec sh"])
-    await wait_output(daemon, cid, b"early-2")
+    await wait_output(daemon.control_socket, cid, b"early-2")
     began = time.monotonic()
     proc = await attach(daemon, cid, wait=False)
     await proc.expect(re.compile(rb"(?=.)", re.DOTALL))  # the first replayed byte, not consumed
@@ -598,7 +581,7 @@ async def test_replay_then_live_output_is_contiguous(
     cid = await containers.start(daemon, COUNTER)
     try:
         # Mid-stream: past 10000 lines, some 58 KB; the counter may be far ahead already.
-        await wait_output(daemon, cid, re.compile(rb"\n[1-9]\d{4}\r\n"))
+        await wait_output(daemon.control_socket, cid, re.compile(rb"\n[1-9]\d{4}\r\n"))
 
         # A client whose replay boundary is known: `attached.replay` bytes, then live.
         proto = await AsyncClient.connect(daemon.control_socket)

@@ -26,7 +26,7 @@ import trio
 from consoled.protocol import ErrorCode
 from consoled.protocol import events as ev
 from tests.conftest import BundleFactory
-from tests.support.cli import cli
+from tests.support.cli import cli, logs
 from tests.support.client import RECEIVE_TIMEOUT, AsyncClient
 from tests.support.daemon import DaemonProcess
 from tests.support.ptyproc import PtyProcess
@@ -114,12 +114,6 @@ def containers(
     daemon: DaemonProcess, client: AsyncClient, runtime: Runtime, bundle: BundleFactory
 ) -> Containers:
     return Containers(daemon, client, runtime, bundle)
-
-
-async def logs(daemon: DaemonProcess, name: str) -> bytes:
-    result = await cli(daemon, "logs", name)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 async def test_input_reaches_only_its_own_shell(

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from consoled.protocol import events as ev
 from tests.conftest import BundleFactory, DaemonFactory
 from tests.support.cli import cli
-from tests.support.client import AsyncClient
+from tests.support.client import wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.runtime import Runtime
 
@@ -91,18 +90,6 @@ async def run_to_exit(
     """Run a container on its own session and wait until the session has exited."""
     await runtime.run(cid, bundle_dir, await socket_for(daemon, cid))
     await daemon.wait_event("session.exited", timeout, session=cid)
-
-
-async def wait_output(daemon: DaemonProcess, name: str, needle: bytes) -> None:
-    """Follow a session's output until ``needle`` appears."""
-    follower = await AsyncClient.connect(daemon.control_socket)
-    try:
-        reply = await follower.request(ev.Logs(name, follow=True))
-        assert isinstance(reply, ev.Attached), reply
-        out, ended = await follower.read_output_until(needle)
-        assert needle in out, (out, ended)
-    finally:
-        await follower.aclose()
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -270,7 +257,7 @@ async def test_rm_running_refused_then_forced_hangs_up(
     script = 'trap "echo HUP >/out/hup" HUP; echo up; while :; do sleep 0.1; done'
     await runtime.run(cid, bundle(["sh", "-c", script]), await socket_for(daemon, cid))
     # The master arrives before the shell runs: wait until its trap is set.
-    await wait_output(daemon, cid, b"up\r\n")
+    await wait_output(daemon.control_socket, cid, b"up\r\n")
 
     result = await cli(daemon, "rm", cid)
     assert result.returncode == 1
@@ -356,7 +343,7 @@ async def test_signal_stops_daemon_container_survives(
     script = 'trap "echo HUP >/out/hup" HUP; echo up; while :; do sleep 0.1; done'
     await runc.run(cid, bundle(["sh", "-c", script]), await socket_for(daemon, cid))
     # The master arrives before the shell runs: wait until its trap is set.
-    await wait_output(daemon, cid, b"up\r\n")
+    await wait_output(daemon.control_socket, cid, b"up\r\n")
 
     assert await daemon.stop(sig) == 0
     assert daemon.find("daemon.stopping", signal=sig.name)

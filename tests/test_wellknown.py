@@ -44,7 +44,7 @@ import trio
 
 from consoled.protocol import events as ev
 from tests.conftest import BundleFactory
-from tests.support.cli import cli
+from tests.support.cli import cli, logs
 from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
 from tests.support.runtime import CRUN_WRAPPER, RUNTIME_TIMEOUT, Runtime, RuntimeFailed
@@ -100,12 +100,6 @@ async def wait_output(daemon: DaemonProcess, name: str, needle: bytes, typed: st
         return out
     finally:
         await client.aclose()
-
-
-async def logs(daemon: DaemonProcess, name: str) -> bytes:
-    result = await cli(daemon, "logs", name)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 async def session_states(daemon: DaemonProcess) -> dict[str, str]:

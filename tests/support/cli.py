@@ -26,3 +26,10 @@ async def cli(
             capture_stderr=True,
             check=False,
         )
+
+
+async def logs(daemon: DaemonProcess, name: str) -> bytes:
+    """``consoled logs NAME``'s output; the command must succeed."""
+    result = await cli(daemon, "logs", name)
+    assert result.returncode == 0, result.stderr
+    return result.stdout

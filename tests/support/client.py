@@ -7,6 +7,7 @@ included.
 
 from __future__ import annotations
 
+import re
 import socket
 
 import trio
@@ -97,3 +98,22 @@ class AsyncClient:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+async def wait_output(
+    control_socket: str, name: str, pattern: bytes | re.Pattern[bytes], timeout: float = 30.0
+) -> None:
+    """Wait until session ``name`` writes ``pattern``, following it as ``logs -f`` does."""
+    regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
+    follower = await AsyncClient.connect(control_socket)
+    try:
+        reply = await follower.request(ev.Logs(name, follow=True))
+        assert isinstance(reply, ev.Attached), reply
+        out = bytearray()
+        with trio.fail_after(timeout):
+            while not regex.search(out):
+                event = await follower.receive(timeout)
+                assert isinstance(event, ev.Output), (event, bytes(out[-200:]))
+                out = out[-4096:] + event.data  # a match is short: keep only the tail
+    finally:
+        await follower.aclose()
