@@ -24,9 +24,9 @@ from pathlib import Path
 import trio
 
 from consoled.client.conn import Client
+from consoled.io.fdpass import receive_master
+from consoled.io.listener import Listener
 from consoled.protocol import events as ev
-from consoled.server.fdpass import receive_master
-from consoled.server.intake import bind_listen
 from tests.support.runtime import Runtime
 
 from .taps import RECV_TIMEOUT, ConmonTap, ConsoledTap, RawTap, Tap, set_winsize
@@ -83,11 +83,14 @@ class RawConsole(Console):
 
     @classmethod
     async def create(cls, runtime: Runtime, cid: str, bundle: Path, sock_path: Path) -> RawConsole:
-        listener = bind_listen(sock_path)
+        listener = Listener.bind(sock_path, "raw", backlog=1)
         received: list[int] = []
 
         async def take() -> None:
-            conn, _ = await listener.accept()
+            await trio.lowlevel.wait_readable(listener.sock)
+            accepted = listener.accept_now()
+            assert accepted is not None
+            conn = trio.socket.from_stdlib_socket(accepted)
             with conn:
                 holder, _, _ = await receive_master(conn)
             received.append(holder.release())

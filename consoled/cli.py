@@ -74,16 +74,33 @@ def connect(args: argparse.Namespace) -> Client:
 # --- commands ---------------------------------------------------------------------
 
 
+def _group_id(text: str | None) -> int | None:
+    if text is None:
+        return None
+    import grp
+
+    try:
+        return int(text) if text.isdigit() else grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise UsageError(f"no group named {text!r}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
     from pathlib import Path
 
     import trio
 
     from .server import logconfig
-    from .server.config import DaemonConfig
+    from .server.config import DaemonConfig, Limits
     from .server.daemon import StartupError, serve
+    from .server.handover import HandoverError
     from .server.sizepolicy import SizePolicy
 
+    # A closed terminal or a log rotation must not stop every console; a log
+    # file past RLIMIT_FSIZE must fail the write (EFBIG), not kill the daemon.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     logconfig.configure(args.log_format, args.log_level)
     config = DaemonConfig(
         state_dir=Path(state_dir_of(args)),
@@ -95,13 +112,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_dir=None if args.log_dir is None else Path(os.path.abspath(args.log_dir)),
         log_file_format=args.log_format_file,
         log_max_size=args.log_max_size,
+        log_max_files=args.log_max_files,
         shutdown_grace=args.shutdown_grace,
+        group=_group_id(args.group),
+        watch_group=_group_id(args.watch_group),
+        fd_store=not args.no_fd_store,
+        limits=Limits(
+            connections=args.max_connections,
+            idle_timeout=args.idle_timeout,
+            sessions=args.max_sessions,
+            waiting=args.max_waiting,
+            clients_per_session=args.max_clients_per_session,
+            buffered=args.max_buffered,
+        ),
     )
     try:
         trio.run(serve, config)
-    except StartupError as exc:
+    except (StartupError, HandoverError) as exc:
         print(f"consoled: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    return EXIT_OK
+
+
+def cmd_reexec(args: argparse.Namespace) -> int:
+    with Client(os.path.join(state_dir_of(args), "control.sock"), timeout=args.timeout) as client:
+        reply = client.call(ev.Reexec(), ev.Reexeced)
+    print(
+        f"consoled {reply.version} (pid {reply.pid}) took over {reply.sessions} sessions",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -266,6 +305,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             "sessions",
             "size_policy",
             "scrollback",
+            "started",
         )
         import json
 
@@ -273,7 +313,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     elif args.console_socket:
         print(info.console_socket)
     else:
-        print(f"consoled {info.version}, pid {info.pid}, serving {state_dir}")
+        print(f"consoled {info.version}, pid {info.pid}, serving {state_dir} since {info.started}")
         print(f"console socket:  {info.console_socket}")
         print(f"control socket:  {info.control_socket}")
         print(f"log directory:   {info.log_dir or '-'}")
@@ -346,6 +386,16 @@ def _session_arg(text: str) -> str:
     except InvalidName as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _dimension(text: str) -> int:
@@ -462,14 +512,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-max-size",
         type=parse_bytes,
-        default=0,
+        default=10 * 1024 * 1024,
         metavar="BYTES",
-        help="rotate a session log file to .1 past this size (default: never)",
+        help="rotate a session log file past this size; 0 never rotates (default: 10M, as kubelet)",
     )
+    p.add_argument(
+        "--log-max-files",
+        type=_positive_int,
+        default=5,
+        metavar="N",
+        help="log files kept per session, the current one included (default: 5, as kubelet)",
+    )
+    p.add_argument(
+        "--group",
+        metavar="GROUP",
+        help="members of GROUP may use every command, as docker's socket group",
+    )
+    p.add_argument(
+        "--watch-group",
+        metavar="GROUP",
+        help="members of GROUP may only list, read logs and attach --read-only",
+    )
+    p.add_argument(
+        "--no-fd-store",
+        action="store_true",
+        help="do not keep fds in systemd's fd store (sessions then do not survive a crash)",
+    )
+    limits = p.add_argument_group("limits (each refuses only what goes past it)")
+    limits.add_argument(
+        "--max-connections", type=_positive_int, default=4096, metavar="N",
+        help="open control connections (default: %(default)s)",
+    )  # fmt: skip
+    limits.add_argument(
+        "--idle-timeout", type=float, default=600.0, metavar="SECONDS",
+        help="close a control connection idle between requests this long (default: %(default)s)",
+    )  # fmt: skip
+    limits.add_argument(
+        "--max-sessions", type=_positive_int, default=100_000, metavar="N",
+        help="sessions in every state together (default: %(default)s)",
+    )  # fmt: skip
+    limits.add_argument(
+        "--max-waiting", type=_positive_int, default=4096, metavar="N",
+        help="sessions waiting for their master (default: %(default)s)",
+    )  # fmt: skip
+    limits.add_argument(
+        "--max-clients-per-session", type=_positive_int, default=64, metavar="N",
+        help="attached clients and log followers per session (default: %(default)s)",
+    )  # fmt: skip
+    limits.add_argument(
+        "--max-buffered", type=parse_bytes, default=64 * 1024 * 1024, metavar="BYTES",
+        help="unfinished messages held for all clients together (default: 64M)",
+    )  # fmt: skip
     p.add_argument(
         "--shutdown-grace", type=float, default=2.0, metavar="SECONDS", help=argparse.SUPPRESS
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "reexec",
+        parents=[common],
+        help="replace the running daemon's program with the one installed now, dropping nothing",
+        description="Start the consoled program now installed with the daemon's arguments and "
+        "hand it every console, socket, session and log file. Attached clients resume where "
+        "they were. If the new program fails before it has taken everything over, the old one "
+        "serves on and this command exits 1 saying why. `systemctl reload consoled` runs this.",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        metavar="SECONDS",
+        help="how long to wait for the handover (default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_reexec)
 
     p = sub.add_parser(
         "socket", parents=[common], help="create a console socket for a session and print its path"

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from consoled.io.fdpass import MAX_FDS
 from consoled.protocol import events as ev
-from consoled.server.fdpass import MAX_FDS
 from consoled.server.intake import SEND_TIMEOUT
 from tests.conftest import BundleFactory, DaemonFactory
 from tests.support.cli import cli

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from consoled.protocol import events as ev
 from tests.conftest import BundleFactory, DaemonFactory
 from tests.support.cli import cli
-from tests.support.client import wait_output
+from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.runtime import Runtime
 
@@ -327,9 +328,7 @@ async def test_logs_follow_until_session_ends(
 # --- daemon shutdown and limits -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
-)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_signal_stops_daemon_container_survives(
     *,
     sig: signal.Signals,
@@ -358,6 +357,37 @@ async def test_signal_stops_daemon_container_survives(
     # the SIGHUP: the kernel drops default-action signals to a namespace init.)
     await wait_file(out_dir / "hup", "the container's shell saw SIGHUP")
     assert await container_status(runc, cid) == "running"
+
+
+async def test_sighup_is_ignored_and_the_console_lives_on(
+    daemon: DaemonProcess,
+    runc: Runtime,
+    bundle: BundleFactory,
+    out_dir: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    # A closed terminal or a logrotate postrotate sends SIGHUP: that must not
+    # hang up every container's console.
+    cid = container_id("hup")
+    script = 'trap "echo HUP >/out/hup" HUP; echo up; while read x; do echo "got-$x"; done'
+    await runc.run(cid, bundle(["sh", "-c", script]), await socket_for(daemon, cid))
+    await wait_output(daemon.control_socket, cid, b"up\r\n")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    await daemon.wait_event("daemon.sighup_ignored")
+    attach = await AsyncClient.connect(daemon.control_socket)
+    try:
+        reply = await attach.request(ev.Attach(cid, replay=0))
+        assert isinstance(reply, ev.Attached)
+        assert reply.state is ev.SessionState.RUNNING
+        await attach.send(ev.Input(b"after-hup\r"))
+        out, ended = await attach.read_output_until(b"got-after-hup")
+        assert ended is None, out
+    finally:
+        await attach.aclose()
+    assert daemon.proc.returncode is None
+    assert not (out_dir / "hup").exists()
+    assert not daemon.find("daemon.stopping")
 
 
 async def test_nofile_soft_limit_raised_to_hard(short_tmp: Path, nursery: trio.Nursery) -> None:

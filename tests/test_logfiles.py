@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from consoled.io import pty
 from consoled.protocol import events as ev
-from consoled.server import pty
 from tests.conftest import BundleFactory, DaemonFactory
 from tests.support.cli import cli
 from tests.support.client import AsyncClient
@@ -137,29 +137,33 @@ async def test_log_file_holds_exactly_the_output(
     assert result.stdout == expected
 
 
+@pytest.mark.parametrize("files", [2, 4])
 @pytest.mark.parametrize("fmt", ["raw", "cri"])
 async def test_log_file_rotates_at_its_size_limit(
-    daemon_factory: DaemonFactory, cat: CatFn, tmp_path: Path, fmt: str
+    daemon_factory: DaemonFactory, cat: CatFn, tmp_path: Path, fmt: str, files: int
 ) -> None:
     limit = 64 * 1024
     log_dir = tmp_path / "logs"
     daemon = await daemon_factory(
-        "--log-dir", str(log_dir), "--log-format-file", fmt, "--log-max-size", "64K"
-    )
-    data = sample_stream(6 * limit)
+        "--log-dir", str(log_dir), "--log-format-file", fmt, "--log-max-size", "64K",
+        "--log-max-files", str(files),
+    )  # fmt: skip
+    data = sample_stream(8 * limit)
     assert len(data) > ONE_CHUNK  # at least two reads, so a CRI file rotates too
     cid = await cat(daemon, data, raw_tty=True)
-    current, older = log_dir / f"{cid}.log", log_dir / f"{cid}.log.1"
-    assert sorted(p.name for p in log_dir.iterdir()) == [current.name, older.name]
+    # NAME.log.N (oldest) ... NAME.log.1, then NAME.log: files - 1 older ones are kept.
+    paths = [log_dir / f"{cid}.log.{n}" for n in range(files - 1, 0, -1)] + [log_dir / f"{cid}.log"]
+    assert sorted(p.name for p in log_dir.iterdir()) == sorted(p.name for p in paths)
     # As CRI, one chunk of sample_stream's 100-byte lines is at most this many records.
     records = ONE_CHUNK // 100 + 2
     bound = limit + ONE_CHUNK + (0 if fmt == "raw" else records * CRI_OVERHEAD)
-    for path in (current, older):
+    for path in paths:
         assert 0 < path.stat().st_size < bound, path
         assert mode_of(path) == 0o600
-    # One older file is kept: together they are the newest output, in order.
-    kept = decoded(older, fmt) + decoded(current, fmt)
+    # Together, oldest first, they are the newest output, in order.
+    kept = b"".join(decoded(path, fmt) for path in paths)
     assert data.endswith(kept)
+    assert len(kept) >= (files - 1) * limit // 2
     result = await cli(daemon, "logs", cid)
     assert result.returncode == 0, result.stderr
     assert result.stdout == kept

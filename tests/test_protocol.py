@@ -175,6 +175,7 @@ session_infos = st.builds(
     socket=opt_texts,
     log_path=opt_texts,
     scrollback_bytes=ints,
+    uid=texts,
 )
 
 hellos = st.builds(ev.Hello, version=ints, client=texts)
@@ -190,9 +191,17 @@ REQUESTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
     ev.Resize: st.builds(ev.Resize, session=texts, rows=ints, cols=ints),
     ev.Rename: st.builds(ev.Rename, session=texts, new=texts),
     ev.Attach: st.builds(
-        ev.Attach, session=texts, read_only=st.booleans(), replay=opt_ints, rows=ints, cols=ints
+        ev.Attach,
+        session=texts,
+        read_only=st.booleans(),
+        replay=opt_ints,
+        rows=ints,
+        cols=ints,
+        resume=opt_ints,
+        uid=opt_texts,
     ),
     ev.Logs: st.builds(ev.Logs, session=texts, follow=st.booleans()),
+    ev.Reexec: st.builds(ev.Reexec),
 }
 REPLIES: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
     ev.SocketCreated: st.builds(ev.SocketCreated, session=texts, path=texts),
@@ -212,13 +221,22 @@ REPLIES: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
         sessions=ints,
         size_policy=texts,
         scrollback=ints,
+        started=texts,
     ),
     ev.Removed: st.builds(ev.Removed, session=texts, state=session_states),
     ev.Resized: st.builds(ev.Resized, session=texts, rows=ints, cols=ints),
     ev.Renamed: st.builds(ev.Renamed, session=texts, new=texts),
     ev.Attached: st.builds(
-        ev.Attached, session=texts, state=session_states, rows=ints, cols=ints, replay=ints
+        ev.Attached,
+        session=texts,
+        state=session_states,
+        rows=ints,
+        cols=ints,
+        replay=ints,
+        offset=ints,
+        uid=texts,
     ),
+    ev.Reexeced: st.builds(ev.Reexeced, pid=ints, version=texts, sessions=ints),
 }
 STREAM_INPUTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
     ev.Input: st.builds(ev.Input, data=bins),
@@ -237,6 +255,7 @@ REPLY_FOR_REQUEST = {
     ev.Rename: ev.Renamed,
     ev.Attach: ev.Attached,
     ev.Logs: ev.Attached,
+    ev.Reexec: ev.Reexeced,
 }
 any_request = st.one_of(*REQUESTS.values())
 any_client_message = st.one_of(hellos, any_request, *STREAM_INPUTS.values())

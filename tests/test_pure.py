@@ -19,9 +19,9 @@ from consoled.client.detachkeys import (
     describe,
     parse_detach_keys,
 )
+from consoled.io.scrollback import COALESCE, Scrollback
 from consoled.names import InvalidName, SessionName, check_part
 from consoled.server import cri
-from consoled.server.scrollback import COALESCE, Scrollback
 from consoled.server.sizepolicy import (
     MAX_DIMENSION,
     ClientSize,

@@ -22,6 +22,11 @@ class ErrorCode(enum.StrEnum):
     UNEXPECTED_MESSAGE = "unexpected_message"
     UNSUPPORTED_VERSION = "unsupported_version"
     SHUTTING_DOWN = "shutting_down"
+    RESTARTING = "restarting"  # the request was not started: reconnect and send it again
+    PERMISSION_DENIED = "permission_denied"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    IDLE_TIMEOUT = "idle_timeout"
+    BUFFER_LIMIT = "buffer_limit"
     # Request-level: the request failed, the connection stays usable.
     INVALID_NAME = "invalid_name"
     UNKNOWN_SESSION = "unknown_session"
@@ -32,6 +37,9 @@ class ErrorCode(enum.StrEnum):
     INVALID_ARGUMENT = "invalid_argument"
     READ_ONLY = "read_only"
     INPUT_DROPPED = "input_dropped"
+    NOT_ALLOWED = "not_allowed"  # this client may only watch (--watch-group)
+    LIMIT_EXCEEDED = "limit_exceeded"
+    REEXEC_FAILED = "reexec_failed"
     INTERNAL = "internal"
 
     @property
@@ -48,6 +56,11 @@ _FATAL = frozenset(
         ErrorCode.UNEXPECTED_MESSAGE,
         ErrorCode.UNSUPPORTED_VERSION,
         ErrorCode.SHUTTING_DOWN,
+        ErrorCode.RESTARTING,
+        ErrorCode.PERMISSION_DENIED,
+        ErrorCode.TOO_MANY_CONNECTIONS,
+        ErrorCode.IDLE_TIMEOUT,
+        ErrorCode.BUFFER_LIMIT,
     }
 )
 

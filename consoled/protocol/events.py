@@ -28,6 +28,7 @@ class EndReason(enum.StrEnum):
     REMOVED = "removed"  # the session was removed (rm --force)
     SHUTDOWN = "shutdown"  # the daemon is stopping
     END_OF_LOG = "end_of_log"  # logs without follow: everything retained was sent
+    RESTARTING = "restarting"  # the daemon is handing over to its successor: resume
 
 
 class SessionState(enum.StrEnum):
@@ -122,6 +123,7 @@ class SessionInfo:
     socket: str | None = None  # the console socket path while waiting
     log_path: str | None = None
     scrollback_bytes: int = 0
+    uid: str = ""  # this incarnation of the name: a new session under an old name differs
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,7 @@ class DaemonInfo(Event):
     sessions: int
     size_policy: str
     scrollback: int
+    started: str = ""  # RFC 3339: when this program started serving (a reexec restarts it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +202,23 @@ class Renamed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Reexec(Event):
+    """Replace the daemon's program with the one now installed, dropping nothing."""
+
+    TYPE: ClassVar[str] = "reexec"
+
+
+@dataclass(frozen=True, slots=True)
+class Reexeced(Event):
+    """The successor has taken everything over and serves now."""
+
+    TYPE: ClassVar[str] = "reexeced"
+    pid: int
+    version: str
+    sessions: int
+
+
+@dataclass(frozen=True, slots=True)
 class Attach(Event):
     """Attach to a session.
 
@@ -206,6 +226,10 @@ class Attach(Event):
         replay: how many bytes of retained output to send first; ``None`` for
             all of it, 0 for none.
         rows, cols: the client's window size, 0 when it has none.
+        resume: continue a stream that broke off: send output from this stream
+            offset on (``replay`` is then ignored).
+        uid: with ``resume``, the session incarnation the client was attached
+            to; a different one is refused as ``unknown_session``.
     """
 
     TYPE: ClassVar[str] = "attach"
@@ -214,6 +238,8 @@ class Attach(Event):
     replay: int | None = None
     rows: int = 0
     cols: int = 0
+    resume: int | None = None
+    uid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +261,8 @@ class Attached(Event):
     rows: int
     cols: int
     replay: int  # bytes of retained output that come first
+    offset: int = 0  # stream offset of the first byte that follows
+    uid: str = ""  # the session incarnation, for resume
 
 
 # --- the stream -----------------------------------------------------------------
@@ -280,6 +308,7 @@ CLIENT_REQUESTS: tuple[type[Event], ...] = (
     Rename,
     Attach,
     Logs,
+    Reexec,
 )
 STREAM_INPUTS: tuple[type[Event], ...] = (Input, WindowSize, Detach)
 ALL_EVENTS: tuple[type[Event], ...] = (
@@ -293,6 +322,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     Removed,
     Resized,
     Renamed,
+    Reexeced,
     Attached,
     Output,
     *STREAM_INPUTS,

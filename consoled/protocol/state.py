@@ -46,6 +46,7 @@ REPLY_FOR: dict[type[ev.Event], type[ev.Event]] = {
     ev.Rename: ev.Renamed,
     ev.Attach: ev.Attached,
     ev.Logs: ev.Attached,
+    ev.Reexec: ev.Reexeced,
 }
 
 

@@ -7,25 +7,56 @@ is fed in the same order the bytes go out.
 
 from __future__ import annotations
 
-import errno
 import os
 from typing import Final
 
 import trio
 
-from ..protocol import CLOSED, NEED_DATA, Connection, Role
+from ..io.fds import translate_oserror
+from ..protocol import CLOSED, NEED_DATA, Connection, ErrorCode, RemoteProtocolError, Role
 from ..protocol import events as ev
 
 RECEIVE_SIZE: Final = 64 * 1024
 
 
+class ByteBudget:
+    """Bytes of unfinished frames held for all connections together, and their bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+
+    def charge(self, before: int, after: int) -> None:
+        """One connection's buffered bytes went from ``before`` to ``after``.
+
+        Raises:
+            RemoteProtocolError: the bound is exceeded (the connection is closed;
+                its bytes are released by the caller with ``charge(after, 0)``).
+        """
+        self.total += after - before
+        if after > before and self.total > self.limit:
+            raise RemoteProtocolError(
+                f"the daemon holds more than {self.limit} bytes of unfinished messages "
+                "for all its clients; closing this connection",
+                ErrorCode.BUFFER_LIMIT,
+            )
+
+
 class Channel:
     """One control connection, server side."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, budget: ByteBudget | None = None) -> None:
         self.stream = stream
         self.conn = Connection(Role.SERVER)
         self._send_lock = trio.StrictFIFOLock()
+        self._budget = budget
+        self._charged = 0
+
+    def release(self) -> None:
+        """Give back this connection's share of the budget (it is closing)."""
+        if self._budget is not None:
+            self._budget.charge(self._charged, 0)
+        self._charged = 0
 
     async def send(self, *events: ev.Event) -> None:
         """Send events in order.
@@ -61,9 +92,8 @@ class Channel:
         except BlockingIOError:
             return 0
         except OSError as exc:
-            if exc.errno == errno.EBADF:  # fileno() is -1 once we closed it
-                raise trio.ClosedResourceError("this socket was already closed") from None
-            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+            # fileno() is -1 once we closed it: EBADF, which is "closed", not "broken".
+            raise translate_oserror(exc, "socket") from exc
 
     async def receive(self) -> ev.Event | None:
         """The next event from the client, or None when it closed the connection.
@@ -76,8 +106,16 @@ class Channel:
             event = self.conn.next_event()
             if event is NEED_DATA:
                 self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                self._account()
                 continue
+            self._account()
             if event is CLOSED:
                 return None
             assert isinstance(event, ev.Event)
             return event
+
+    def _account(self) -> None:
+        if self._budget is not None:
+            after = self.conn.buffered
+            before, self._charged = self._charged, after
+            self._budget.charge(before, after)

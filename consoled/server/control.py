@@ -1,8 +1,15 @@
-"""The control socket: one task per client connection, in a nursery we own.
+"""The control socket: one task per client connection.
 
-Each connection shakes hands, then sends requests one at a time; ``attach``
-and ``logs`` turn it into a stream (see :mod:`.streams`).  A protocol error
-costs only that connection: the client gets a fatal ``error`` and is closed.
+Each connection is checked at accept (the peer's credentials decide its
+access; a full daemon refuses it), shakes hands, then sends requests one at a
+time; ``attach`` and ``logs`` turn it into a stream (see :mod:`.streams`).  A
+protocol error costs only that connection: the client gets a fatal ``error``
+and is closed.
+
+When the daemon hands over to a successor (a reexec) it *drains* the control
+socket: a connection waiting for its next request is told ``restarting``
+(the client sends it again to the successor, whose socket is the same one),
+and one in the middle of a request is answered first.
 """
 
 from __future__ import annotations
@@ -10,21 +17,27 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import socket
+from collections.abc import Callable
 from typing import Final
 
 import structlog
 import trio
 
 from .. import __version__
+from ..io.listener import Listener, serve_listener
+from ..io.peer import Credentials, command_name, credentials
 from ..protocol import PROTOCOL_VERSION, ErrorCode, RemoteProtocolError
 from ..protocol import events as ev
-from .channel import Channel
+from .access import Access, access_for, refusal
+from .audit import audit
+from .channel import ByteBudget, Channel
 from .config import DaemonConfig
 from .errors import RequestError
-from .intake import bind_listen, unlink_if_ours
 from .registry import SessionTable, parse_name
+from .session import rfc3339
 from .sizepolicy import size_error
-from .streams import stream_attach, stream_logs
+from .streams import StreamContext, stream_attach, stream_logs
 
 log = structlog.get_logger("consoled.control")
 
@@ -35,6 +48,9 @@ LAST_WORDS_TIMEOUT: Final = 1.0
 #: Sessions per ``session_list`` page.
 LIST_PAGE: Final = 256
 
+#: Takes over a connection that asked for a reexec; False if one is already running.
+ReexecHook = Callable[[Channel], bool]
+
 
 def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first exception in a (possibly nested) exception group."""
@@ -44,42 +60,117 @@ def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
-class ControlServer:
-    """Serves the control socket of one daemon."""
+class ClientConnection:
+    """One control connection and what the server knows about it."""
 
-    def __init__(self, config: DaemonConfig, table: SessionTable) -> None:
+    def __init__(self, number: int, channel: Channel, creds: Credentials, access: Access) -> None:
+        self.number = number
+        self.channel = channel
+        self.creds = creds
+        self.access = access
+        #: Cancelled to interrupt the wait for the next request (draining).
+        self.waiting = trio.CancelScope()
+        self.idle = True
+        self.streaming = False
+        self.handed_off = False
+
+
+class ControlServer:
+    """Serves the control socket of one daemon.
+
+    Args:
+        config: the daemon's settings.
+        table: the sessions.
+        listener: the control socket.
+        reexec: takes over a ``reexec`` request's connection.
+        started: when this program started serving (wall clock).
+    """
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        table: SessionTable,
+        listener: Listener,
+        reexec: ReexecHook,
+        started: float,
+    ) -> None:
         self.config = config
         self.table = table
+        self.listener = listener
+        self._reexec = reexec
+        self.started = started
         self._ids = itertools.count(1)
+        self._connections: set[ClientConnection] = set()
+        self._budget = ByteBudget(config.limits.buffered)
+        self._draining = False
+        self._drained = trio.Event()
+        self._uid = os.geteuid()
+        self.streams = StreamContext(table, config)
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen on the control socket until cancelled; remove it on the way out."""
-        path = self.config.control_socket
-        sock = bind_listen(path, backlog=128)
-        ino = os.stat(path).st_ino
-        listener = trio.SocketListener(sock)
-        try:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(self.handle, stream)
-        finally:
-            # No checkpoint here: under cancellation one would raise before the unlink.
-            sock.close()
-            unlink_if_ours(path, ino)
+        """Accept control connections until cancelled (the listener stays open)."""
+        self._draining = False
+        async with trio.open_nursery() as nursery:
 
-    async def handle(self, stream: trio.abc.Stream) -> None:
+            def handle(sock: socket.socket) -> None:
+                nursery.start_soon(self._handle, sock)
+
+            await serve_listener(
+                self.listener, handle, gate=self.table.gate, task_status=task_status
+            )
+
+    async def _handle(self, sock: socket.socket) -> None:
         """Run one client connection to its end; nothing a client does escapes it."""
-        channel = Channel(stream)
-        with structlog.contextvars.bound_contextvars(client=next(self._ids)):
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        channel = Channel(stream, self._budget)
+        number = next(self._ids)
+        try:
+            creds = credentials(sock, groups=True)
+        except OSError:
+            creds = Credentials(0, -1, -1)
+        access = access_for(
+            creds,
+            daemon_uid=self._uid,
+            group=self.config.group,
+            watch_group=self.config.watch_group,
+        )
+        peer = {
+            "peer_uid": creds.uid,
+            "peer_gid": creds.gid,
+            "peer_pid": creds.pid,
+            "peer_comm": command_name(creds.pid),
+        }
+        with structlog.contextvars.bound_contextvars(client=number, **peer):
+            conn = None
             try:
-                await self._converse(channel)
+                if access is None:
+                    log.warning("client.refused", why="permission denied")
+                    raise RemoteProtocolError(
+                        f"permission denied: uid {creds.uid} may not use this consoled "
+                        "(ask its operator for --group or --watch-group)",
+                        ErrorCode.PERMISSION_DENIED,
+                    )
+                if len(self._connections) >= self.config.limits.connections:
+                    log.warning("client.refused", why="too many connections")
+                    raise RemoteProtocolError(
+                        f"the daemon already serves {self.config.limits.connections} "
+                        "connections (its --max-connections)",
+                        ErrorCode.TOO_MANY_CONNECTIONS,
+                    )
+                conn = ClientConnection(number, channel, creds, access)
+                self._connections.add(conn)
+                await self._converse(conn)
             except* RemoteProtocolError as group:
                 exc = first_leaf(group)
                 assert isinstance(exc, RemoteProtocolError)
-                log.warning("client.protocol_error", code=str(exc.code), error=exc.message)
-                with trio.move_on_after(LAST_WORDS_TIMEOUT):
+                level = log.info if exc.code is ErrorCode.RESTARTING else log.warning
+                level("client.protocol_error", code=str(exc.code), error=exc.message)
+                with trio.move_on_after(LAST_WORDS_TIMEOUT) as timer:
+                    timer.shield = True  # also when the daemon is cancelling everything
                     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                         await channel.send(ev.Error(exc.code, exc.message))
             except* (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -88,15 +179,36 @@ class ControlServer:
                 # A bug in serving this client: log it, drop the client, keep serving.
                 log.error("client.internal_error", exc_info=first_leaf(group))
             finally:
-                await trio.aclose_forcefully(stream)
+                channel.release()
+                if conn is not None:
+                    self._connections.discard(conn)
+                    if self._draining and not self._busy():
+                        self._drained.set()
+                if conn is None or not conn.handed_off:
+                    await trio.aclose_forcefully(stream)
 
-    async def _converse(self, channel: Channel) -> None:
-        with trio.move_on_after(HELLO_TIMEOUT) as timer:
-            hello = await channel.receive()
-        if timer.cancelled_caught:
+    async def _receive(self, conn: ClientConnection, limit: float, what: str) -> ev.Event | None:
+        """The next message, unless the daemon starts draining or the client idles too long."""
+        if self._draining:
+            raise RemoteProtocolError("the daemon is restarting", ErrorCode.RESTARTING)
+        conn.idle = True
+        conn.waiting = trio.CancelScope()
+        try:
+            with conn.waiting, trio.move_on_after(limit) as timer:
+                return await conn.channel.receive()
+        finally:
+            conn.idle = False
+        if conn.waiting.cancelled_caught and self._draining:
             raise RemoteProtocolError(
-                f"no hello within {HELLO_TIMEOUT:g} s", ErrorCode.UNEXPECTED_MESSAGE
+                "the daemon is restarting; send the request again", ErrorCode.RESTARTING
             )
+        assert timer.cancelled_caught
+        code = ErrorCode.UNEXPECTED_MESSAGE if what == "hello" else ErrorCode.IDLE_TIMEOUT
+        raise RemoteProtocolError(f"no {what} within {limit:g} s", code)
+
+    async def _converse(self, conn: ClientConnection) -> None:
+        channel = conn.channel
+        hello = await self._receive(conn, HELLO_TIMEOUT, "hello")
         if hello is None:
             return
         assert isinstance(hello, ev.Hello)  # the state machine allows nothing else
@@ -108,15 +220,24 @@ class ControlServer:
             )
         await channel.send(ev.Welcome(PROTOCOL_VERSION, f"consoled {__version__}", os.getpid()))
         while True:
-            request = await channel.receive()
+            request = await self._receive(conn, self.config.limits.idle_timeout, "request")
             if request is None:
                 return
             try:
-                if isinstance(request, ev.Attach):
-                    await stream_attach(channel, self.table, request)
+                problem = refusal(conn.access, request)
+                if problem is not None:
+                    raise RequestError(ErrorCode.NOT_ALLOWED, problem)
+                if isinstance(request, ev.Attach | ev.Logs):
+                    conn.streaming = True
+                    stream = stream_attach if isinstance(request, ev.Attach) else stream_logs
+                    await stream(channel, self.streams, request)  # type: ignore[arg-type]
                     return
-                if isinstance(request, ev.Logs):
-                    await stream_logs(channel, self.table, request)
+                if isinstance(request, ev.Reexec):
+                    if not self._reexec(channel):
+                        raise RequestError(
+                            ErrorCode.REEXEC_FAILED, "a reexec or a shutdown is already under way"
+                        )
+                    conn.handed_off = True  # the daemon answers it when the reexec is over
                     return
                 replies = await self._answer(request)
             except RequestError as exc:
@@ -136,6 +257,7 @@ class ControlServer:
                 name = parse_name(request.session)
             session = table.create_waiting(name)
             assert session.socket_path is not None
+            audit("create_socket", session=str(name), exec=request.exec_base is not None)
             log.info("session.created", session=str(name), socket=session.socket_path)
             return [ev.SocketCreated(str(name), session.socket_path)]
         if isinstance(request, ev.ListSessions):
@@ -148,6 +270,7 @@ class ControlServer:
             return [self.info()]
         if isinstance(request, ev.Remove):
             state = await table.remove(request.session, force=request.force)
+            audit("rm", session=request.session, force=request.force, state=str(state))
             return [ev.Removed(request.session, state)]
         if isinstance(request, ev.Resize):
             session = table.get(request.session)
@@ -159,9 +282,11 @@ class ControlServer:
                     ErrorCode.SESSION_NOT_RUNNING, f"session {session.name} has exited"
                 )
             session.set_size(request.rows, request.cols)
+            audit("resize", session=str(session.name), rows=request.rows, cols=request.cols)
             return [ev.Resized(str(session.name), request.rows, request.cols)]
         if isinstance(request, ev.Rename):
             session = table.rename(request.session, request.new)
+            audit("rename", session=request.session, new=str(session.name))
             return [ev.Renamed(request.session, str(session.name))]
         raise RemoteProtocolError(  # pragma: no cover - the state machine prevents it
             f"unexpected request {request.TYPE!r}", ErrorCode.UNEXPECTED_MESSAGE
@@ -179,4 +304,28 @@ class ControlServer:
             sessions=len(self.table),
             size_policy=str(config.size_policy),
             scrollback=config.scrollback,
+            started=rfc3339(self.started),
         )
+
+    # --- draining, for a handover ----------------------------------------------------
+
+    def _busy(self) -> bool:
+        return any(not c.streaming and not c.handed_off for c in self._connections)
+
+    def drain(self) -> None:
+        """Answer what is being answered, tell every waiting connection ``restarting``."""
+        self._draining = True
+        self._drained = trio.Event()
+        for conn in self._connections:
+            if conn.idle:
+                conn.waiting.cancel()
+        if not self._busy():
+            self._drained.set()
+
+    async def wait_drained(self) -> None:
+        """Wait until every connection that is not a stream has been answered and closed."""
+        await self._drained.wait()
+
+    def undrain(self) -> None:
+        """Serve normally again (a handover failed)."""
+        self._draining = False

@@ -1,94 +1,139 @@
-"""``consoled serve``: the daemon's nursery tree, start-up and shutdown.
+"""``consoled serve``: the daemon's nursery tree, start-up, reexec and shutdown.
 
 ::
 
     serve
-    ├── signal watcher (this task)
-    ├── control listener ── one nursery per client connection
-    ├── well-known console socket listener
-    └── sessions (one task each: intake, then drain)
+    ├── signal watcher, service-manager notifier (watchdog, status)
+    └── work (one nursery per serving period)
+        ├── control listener ── one task per client connection
+        ├── well-known console socket listener
+        └── sessions (one task each: intake or pump)
 
-A signal starts shutdown: listeners stop, attached clients are told the
-daemon is going, get ``shutdown_grace`` seconds to receive it, then the
-whole tree is cancelled.  Closing the masters hangs up the containers'
-terminals, as closing a terminal window does.
+Every fd the daemon holds is owned by an object that outlives the work
+nursery: the listeners, the lock, and the sessions in the
+:class:`~.registry.SessionTable`.  So the work nursery can be cancelled and
+opened again.  A reexec does exactly that: quiesce (stop accepting, let
+intake and requests in flight finish, end client streams with
+``restarting``), cancel the work, hand every fd to the successor; and if the
+successor fails before it commits, serve again from the same objects as if
+nothing had happened.
+
+A signal (SIGTERM, SIGINT) starts shutdown: clients are told the daemon is
+going and get ``shutdown_grace`` seconds to receive it, then everything is
+cancelled and closed.  Closing a master hangs up its container's terminal
+unless the service manager's fd store still holds it (see
+docs/operations.md).  SIGHUP is ignored: a closed terminal or a log rotation
+must not stop the consoles of every container.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import os
 import resource
 import signal
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import structlog
 import trio
 
 from .. import __version__
-from .config import DaemonConfig
+from ..io.fds import OwnedFd
+from ..io.listener import MAX_SOCKET_PATH, Gate, Listener, Origin
+from ..io.manager import ServiceManager, take_listen_fds
+from ..protocol import ErrorCode
+from ..protocol import events as ev
+from .channel import Channel
+from .config import LOCK_FILE, DaemonConfig
 from .control import ControlServer
-from .intake import MAX_SOCKET_PATH
-from .logfile import open_log_dir
-from .notify import notify
+from .handover import HandoverError, HandoverLink, Predecessor, successor_argv
+from .inventory import Inventory, restore
+from .logfile import LogDir, LogFileError
 from .registry import SessionTable
 from .wellknown import WellKnownSocket
 
 log = structlog.get_logger("consoled.daemon")
+
+#: Seconds a quiescing daemon lets intake, requests and streams in flight finish.
+QUIESCE_TIMEOUT: Final = 1.0
+#: Seconds between STATUS= updates to the service manager.
+STATUS_INTERVAL: Final = 5.0
 
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why, for the user."""
 
 
-def prepare_dir(path: Path) -> None:
-    """Create ``path`` with mode 0700, or check an existing one is ours and tighten it."""
+def prepare_dir(path: Path, mode: int = 0o700) -> None:
+    """Create ``path``, or check an existing one is ours and set its mode.
+
+    Also refuses a directory whose parent another user could write to (who
+    could then replace our sockets with theirs), unless the parent is sticky
+    and root's, as /tmp is.
+    """
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
         st = os.lstat(path)
+        parent = os.stat(path.parent)
     except OSError as exc:
         raise StartupError(f"cannot create directory {path}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise StartupError(f"{path} exists and is not a directory")
-    if st.st_uid != os.geteuid():
-        raise StartupError(f"{path} belongs to uid {st.st_uid}, not to us (uid {os.geteuid()})")
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise StartupError(f"{path} belongs to uid {st.st_uid}, not to us (uid {euid})")
+    sticky_root = parent.st_mode & stat.S_ISVTX and parent.st_uid == 0
+    if parent.st_uid not in (0, euid) or (parent.st_mode & 0o022 and not sticky_root):
+        raise StartupError(
+            f"{path.parent} can be written by other users (mode "
+            f"{stat.S_IMODE(parent.st_mode):04o}, uid {parent.st_uid}): they could replace "
+            f"the daemon's sockets; choose a state directory under a directory only root "
+            f"or uid {euid} can write"
+        )
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)
 
 
-@contextlib.contextmanager
-def state_dir_lock(config: DaemonConfig) -> Iterator[None]:
+def acquire_lock(state_dir: Path) -> OwnedFd:
     """Hold an exclusive lock on the state directory for the daemon's life."""
-    path = config.state_dir / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    path = state_dir / LOCK_FILE
+    owner = OwnedFd(
+        os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600), "lock"
+    )
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise StartupError(
-                f"another consoled (pid {other}) is already serving {config.state_dir}"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+        fcntl.flock(owner.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.pread(owner.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        owner.close()
+        raise StartupError(
+            f"another consoled (pid {other}) is already serving {state_dir}"
+        ) from None
+    return owner
 
 
-def raise_nofile_limit() -> tuple[int, int]:
-    """Raise the open-file soft limit to the hard limit: we hold one fd per session."""
+def write_pid(lock: OwnedFd) -> None:
+    os.ftruncate(lock.fd, 0)
+    os.pwrite(lock.fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def raise_nofile_limit() -> int:
+    """Raise the open-file soft limit to the hard limit: we hold fds per session."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def check_paths(config: DaemonConfig) -> None:
-    longest = config.intake_dir / ("9" * 12 + ".sock")
+    longest = config.intake_dir / ("9" * 18 + ".sock")
     for path in (config.control_socket, config.console_socket, longest):
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             raise StartupError(
@@ -97,61 +142,374 @@ def check_paths(config: DaemonConfig) -> None:
             )
 
 
-def clean_intake_dir(config: DaemonConfig) -> None:
-    """Remove console sockets left by a daemon that did not exit cleanly."""
-    for entry in config.intake_dir.iterdir():
-        if entry.name.endswith(".sock"):
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
+class Command(enum.Enum):
+    STOP = "stop"
+    REEXEC = "reexec"
+
+
+@dataclass(slots=True)
+class Request:
+    command: Command
+    channel: Channel | None = None  # a reexec's requester
+
+
+class Daemon:
+    """One daemon: what it holds, and how it serves, hands over and stops.
+
+    Args:
+        config: the settings.
+        env: the environment (the service manager's variables are taken from it).
+    """
+
+    def __init__(self, config: DaemonConfig, env: MutableMapping[str, str]) -> None:
+        self.config = config
+        self.env = env
+        self.manager = ServiceManager(env, fd_store=config.fd_store)
+        self.gate = Gate()
+        self.started = time.time()
+        self.lock: OwnedFd | None = None
+        self.log_dir: LogDir | None = None
+        self.listeners: dict[str, Listener] = {}
+        self.table: SessionTable | None = None
+        self.handed_over = False
+        #: The socket files are ours to remove (a successor owns them only after the commit).
+        self.owns_paths = False
+        self._send, self._receive = trio.open_memory_channel[Request](8)
+        self._busy = False  # a reexec or shutdown is under way
+
+    # --- holding -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close everything; socket files are removed unless a successor serves them."""
+        unlink = self.owns_paths and not self.handed_over
+        if self.table is not None:
+            self.table.close()
+        for listener in self.listeners.values():
+            listener.close(unlink=unlink)
+        if self.log_dir is not None:
+            self.log_dir.close()
+        if self.lock is not None:
+            self.lock.close()
+        self.manager.close()
+
+    def fds(self) -> list[tuple[str, int]]:
+        """Every fd to hand to a successor, named."""
+        assert self.table is not None
+        assert self.lock is not None
+        named: list[tuple[str, int]] = [("lock", self.lock.fd), ("stderr", 2)]
+        for role, listener in self.listeners.items():
+            if listener.origin is Origin.MANAGER:
+                named.append((role, listener.fileno()))
+            else:
+                named.append((f"listen.{role}", listener.fileno()))
+        for name, owner in self.table.fds():
+            named.append((name, owner.fileno()))
+        return named
+
+    # --- start-up ----------------------------------------------------------------
+
+    def _open_log_dir(self) -> None:
+        if self.config.log_dir is not None:
+            try:
+                self.log_dir = LogDir.open(self.config.log_dir)
+            except LogFileError as exc:
+                raise StartupError(str(exc)) from None
+
+    def _restore(self, named: list[tuple[str, OwnedFd]]) -> Inventory:
+        assert self.table is not None
+        inventory = restore(named, self.table, self.log_dir)
+        for owner, number in inventory.orphans:
+            session = self.table.adopt(self.table.unnamed_name(), owner, number)
+            log.warning(
+                "inventory.unnamed",
+                session=str(session.name),
+                why="a master came back without a readable session record",
+            )
+        inventory.orphans.clear()
+        return inventory
+
+    def _take_listeners(self, inventory: Inventory) -> None:
+        config = self.config
+        self.listeners.update(inventory.listeners)
+        inventory.listeners.clear()
+        shared = config.group is not None or config.watch_group is not None
+        wanted = {
+            "control": (config.control_socket, 128, 0o666 if shared else 0o600),
+            "console": (config.console_socket, 512, 0o600),
+        }
+        for role, (path, backlog, mode) in wanted.items():
+            if role in self.listeners:
+                continue
+            try:
+                self.listeners[role] = Listener.bind(
+                    path, f"listen.{role}", backlog=backlog, mode=mode
+                )
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
+            if self.manager.fd_store:
+                self.manager.store(f"listen.{role}", self.listeners[role].fileno())
+
+    def _clean_intake_dir(self) -> None:
+        """Remove console sockets no session of ours serves (left by a daemon that died)."""
+        assert self.table is not None
+        ours = {s.socket_path for s in self.table}
+        for entry in self.config.intake_dir.iterdir():
+            if entry.name.endswith(".sock") and str(entry) not in ours:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+
+    def start_fresh(self) -> int:
+        """Take the state directory and whatever the service manager handed back."""
+        config = self.config
+        check_paths(config)
+        shared = config.group is not None or config.watch_group is not None
+        prepare_dir(config.state_dir, 0o711 if shared else 0o700)
+        self.lock = acquire_lock(config.state_dir)
+        self.owns_paths = True
+        write_pid(self.lock)
+        prepare_dir(config.intake_dir)
+        self._open_log_dir()
+        self.table = SessionTable(config, self.log_dir, self.manager, self.gate)
+        inventory = self._restore(take_listen_fds(self.env))
+        inventory.close()  # a lock or stderr from the store are not used on a fresh start
+        self._take_listeners(inventory)
+        self._clean_intake_dir()
+        return len(self.table)
+
+    async def start_successor(self, link: HandoverLink) -> int:
+        """Take everything over from a predecessor (see :mod:`.handover`).
+
+        Returns:
+            The number of sessions taken over.
+        """
+        await link.ready(__version__)
+        _, named = await link.receive_state()
+        try:
+            self._open_log_dir()
+            self.table = SessionTable(self.config, self.log_dir, self.manager, self.gate)
+            inventory = self._restore(named)
+        except BaseException as exc:
+            await link.failed(f"{type(exc).__name__}: {exc}")
+            raise
+        self.lock, inventory.lock = inventory.lock, None
+        stderr, inventory.stderr = inventory.stderr, None
+        self._take_listeners(inventory)
+        await link.adopted(len(self.table))
+        outcome = await link.wait_commit()
+        if outcome == "abort":
+            # The predecessor serves on: let go of our copies, touch nothing else.
+            self.handed_over = True
+            if stderr is not None:
+                stderr.close()
+            raise HandoverError("the old daemon aborted the handover")
+        if stderr is not None:
+            os.dup2(stderr.fd, 2)
+            stderr.close()
+        self.owns_paths = True
+        if outcome == "gone":
+            log.warning("reexec.predecessor_gone", why="it left before it committed; taking over")
+        if self.lock is None:
+            self.lock = acquire_lock(self.config.state_dir)
+        write_pid(self.lock)
+        return len(self.table)
+
+    # --- serving -----------------------------------------------------------------
+
+    def request_reexec(self, channel: Channel) -> bool:
+        """Queue a reexec for ``channel``'s requester; False if one is already under way."""
+        if self._busy:
+            return False
+        try:
+            self._send.send_nowait(Request(Command.REEXEC, channel))
+        except trio.WouldBlock:
+            return False
+        self._busy = True
+        return True
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    log.info("daemon.sighup_ignored", why="SIGHUP does not stop consoled")
+                    continue
+                log.info("daemon.stopping", signal=name)
+                self._busy = True
+                await self._send.send(Request(Command.STOP))
+
+    async def _report_status(self) -> None:
+        assert self.table is not None
+        last = ""
+        while True:
+            sessions = list(self.table)
+            running = sum(1 for s in sessions if s.state is ev.SessionState.RUNNING)
+            clients = sum(s.hub.attached for s in sessions)
+            status = f"{running} running of {len(sessions)} sessions, {clients} clients attached"
+            if status != last:
+                self.manager.notify(f"STATUS={status}")
+                last = status
+            await trio.sleep(STATUS_INTERVAL)
+
+    async def run(
+        self, task_status: trio.TaskStatus[SessionTable] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until stopped, or until a successor has taken over."""
+        assert self.table is not None
+        table = self.table
+        control = ControlServer(
+            self.config, table, self.listeners["control"], self.request_reexec, self.started
+        )
+        wellknown = WellKnownSocket(self.listeners["console"], table)
+        async with trio.open_nursery() as root:
+            root.start_soon(self._watch_signals)
+            root.start_soon(self.manager.run)
+            root.start_soon(self._report_status)
+            first = True
+            while True:
+                request, predecessor = await self._serve_once(
+                    root, control, wellknown, task_status if first else None
+                )
+                first = False
+                if request.command is Command.STOP:
+                    break
+                assert predecessor is not None
+                assert request.channel is not None
+                if await self._hand_over(predecessor, request.channel):
+                    break
+                self._busy = False
+            root.cancel_scope.cancel()
+
+    async def _serve_once(
+        self,
+        root: trio.Nursery,
+        control: ControlServer,
+        wellknown: WellKnownSocket,
+        task_status: trio.TaskStatus[SessionTable] | None,
+    ) -> tuple[Request, Predecessor | None]:
+        """One serving period: serve until a stop, or a reexec that is ready to hand over."""
+        assert self.table is not None
+        table = self.table
+        async with trio.open_nursery() as work:
+            self.gate.open()
+            control.undrain()
+            table.serve(work)
+            await work.start(control.serve)
+            await work.start(wellknown.serve)
+            self._ready(table)
+            if task_status is not None:
+                task_status.started(table)
+            while True:
+                request = await self._receive.receive()
+                if request.command is Command.STOP:
+                    self.manager.notify("STOPPING=1")
+                    table.shutdown()
+                    with trio.move_on_after(self.config.shutdown_grace):
+                        await table.wait_streams_done()
+                    work.cancel_scope.cancel()
+                    return request, None
+                assert request.channel is not None
+                self.manager.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+                log.info("reexec.starting", argv=successor_argv())
+                predecessor = Predecessor(successor_argv(), root)
+                try:
+                    await predecessor.start()
+                except HandoverError as exc:
+                    await self._reexec_failed(request.channel, str(exc))
+                    self._busy = False
+                    continue
+                await self._quiesce(control, table)
+                table.stop_serving()
+                work.cancel_scope.cancel()
+                return request, predecessor
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _ready(self, table: SessionTable) -> None:
+        log.info(
+            "daemon.ready",
+            version=__version__,
+            pid=os.getpid(),
+            state_dir=os.fspath(self.config.state_dir),
+            control_socket=os.fspath(self.config.control_socket),
+            console_socket=os.fspath(self.config.console_socket),
+            sessions=len(table),
+            nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        )
+        self.manager.notify(f"READY=1\nSTATUS=serving {len(table)} sessions\nMAINPID={os.getpid()}")
+
+    async def _quiesce(self, control: ControlServer, table: SessionTable) -> None:
+        """Stop taking anything new and let what is in flight finish (bounded)."""
+        self.gate.close()
+        with trio.move_on_after(QUIESCE_TIMEOUT):
+            await table.in_flight.wait_idle()
+        control.drain()
+        table.end_streams(ev.EndReason.RESTARTING, "the daemon is restarting; resume")
+        with trio.move_on_after(QUIESCE_TIMEOUT):
+            await control.wait_drained()
+            await table.wait_streams_done()
+
+    async def _hand_over(self, predecessor: Predecessor, requester: Channel) -> bool:
+        """Send everything; commit if the successor adopted it, else take it all back."""
+        assert self.table is not None
+        try:
+            for session in self.table:
+                session.record.make_durable(f"s{session.serial}")
+                session.persist()
+            named = self.fds()
+            sessions = await predecessor.send(named, {"version": __version__})
+        except (HandoverError, OSError) as exc:
+            await predecessor.abort()
+            await self._reexec_failed(requester, str(exc))
+            return False
+        successor = predecessor.successor
+        assert successor is not None
+        self.manager.notify(f"MAINPID={successor.pid}")
+        await predecessor.commit()
+        self.handed_over = True
+        log.info("reexec.done", pid=successor.pid, version=successor.version, sessions=sessions)
+        with trio.move_on_after(2):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await requester.send(ev.Reexeced(successor.pid, successor.version, sessions))
+        await trio.aclose_forcefully(requester.stream)
+        await predecessor.wait_stderr_closed()
+        return True
+
+    async def _reexec_failed(self, requester: Channel, why: str) -> None:
+        log.error("reexec.failed", error=why)
+        self.manager.notify("READY=1")
+        with trio.move_on_after(2):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await requester.send(ev.Error(ErrorCode.REEXEC_FAILED, f"reexec failed: {why}"))
+        await trio.aclose_forcefully(requester.stream)
 
 
 async def serve(
-    config: DaemonConfig, *, task_status: trio.TaskStatus[SessionTable] = trio.TASK_STATUS_IGNORED
+    config: DaemonConfig,
+    *,
+    env: MutableMapping[str, str] | None = None,
+    task_status: trio.TaskStatus[SessionTable] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until SIGTERM, SIGINT or SIGHUP.
+    """Run the daemon until SIGTERM or SIGINT, or until a successor takes over.
+
+    A successor (``$CONSOLED_HANDOVER_FD`` set by its predecessor) first
+    takes everything over, then serves.
 
     Raises:
         StartupError: the state directory or log directory cannot be used.
     """
-    check_paths(config)
-    prepare_dir(config.state_dir)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(state_dir_lock(config))
-        prepare_dir(config.intake_dir)
-        clean_intake_dir(config)
-        log_dir_fd = None
-        if config.log_dir is not None:
+    env = os.environ if env is None else env
+    daemon = Daemon(config, env)
+    link = HandoverLink.from_env(env)
+    try:
+        nofile = raise_nofile_limit()
+        if link is not None:
             try:
-                log_dir_fd = open_log_dir(config.log_dir)
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot use log directory {config.log_dir}: {exc.strerror}"
-                ) from None
-            stack.callback(os.close, log_dir_fd)
-        soft, _ = raise_nofile_limit()
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async with trio.open_nursery() as root:
-                table = SessionTable(config, root, log_dir_fd)
-                control = ControlServer(config, table)
-                await root.start(control.serve)
-                await root.start(WellKnownSocket(config, table).serve)
-                log.info(
-                    "daemon.ready",
-                    version=__version__,
-                    pid=os.getpid(),
-                    state_dir=os.fspath(config.state_dir),
-                    control_socket=os.fspath(config.control_socket),
-                    console_socket=os.fspath(config.console_socket),
-                    nofile=soft,
-                )
-                notify(f"READY=1\nSTATUS=serving {config.state_dir}\nMAINPID={os.getpid()}")
-                task_status.started(table)
-                async for signum in signals:
-                    log.info("daemon.stopping", signal=signal.Signals(signum).name)
-                    break
-                notify("STOPPING=1")
-                table.shutdown()
-                with trio.move_on_after(config.shutdown_grace):
-                    await table.wait_streams_done()
-                root.cancel_scope.cancel()
-        log.info("daemon.stopped")
+                sessions = await daemon.start_successor(link)
+            finally:
+                link.close()
+        else:
+            sessions = daemon.start_fresh()
+        log.info("daemon.starting", sessions=sessions, nofile=nofile, successor=link is not None)
+        await daemon.run(task_status=task_status)
+    finally:
+        daemon.close()
+    log.info("daemon.stopped" if not daemon.handed_over else "daemon.handed_over")

@@ -3,22 +3,25 @@
 The socket takes connections until one delivers exactly one pty master; every
 other delivery (nothing, several fds, a file, a socket, a slave, truncated
 control data, silence) is closed and logged with a specific reason, and the
-socket keeps waiting.  Once a master has arrived the socket file is removed.
+socket keeps waiting.  Once a master has arrived the socket is closed and its
+file removed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
+import math
 import socket
-from pathlib import Path
+import time
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import structlog
 import trio
 
-from .fdpass import FdHolder, IntakeError, receive_master
+from ..io.fdpass import IntakeError, receive_master
+from ..io.fds import OwnedFd
+from ..io.listener import Gate, Listener, serve_listener
 
 log = structlog.get_logger("consoled.intake")
 
@@ -26,131 +29,106 @@ log = structlog.get_logger("consoled.intake")
 SEND_TIMEOUT: Final = 10.0
 #: How often we look whether someone removed the socket file.
 PRESENCE_CHECK_INTERVAL: Final = 1.0
-#: Longest path that fits ``sockaddr_un.sun_path`` with its terminating NUL.
-MAX_SOCKET_PATH: Final = 107
 
 
 class IntakeGone(Exception):
     """The session stopped waiting: its socket was removed or the timeout passed."""
 
 
-def bind_listen(path: Path, backlog: int = 16) -> trio.socket.SocketType:
-    """Create a listening UNIX socket at ``path`` with mode 0600, replacing a stale file.
+class InFlight:
+    """Counts operations that a quiescing daemon lets finish (a master being received,
+    a request being answered) before it hands everything over."""
 
-    Synchronous on purpose: when this returns, a runtime can connect.
-    """
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise OSError(
-            errno.ENAMETOOLONG, f"socket path is longer than {MAX_SOCKET_PATH} bytes: {path}"
-        )
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        old = os.umask(0o177)
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return self._count
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        if self._count == 0:
+            self._idle = trio.Event()
+        self._count += 1
         try:
-            sock.bind(os.fspath(path))
+            yield
         finally:
-            os.umask(old)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.socket.from_stdlib_socket(sock)
+            self._count -= 1
+            if self._count == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
 
 
-async def receive_or_reject(conn: trio.socket.SocketType) -> tuple[FdHolder, int, bytes] | None:
+async def receive_or_reject(
+    conn: trio.socket.SocketType, in_flight: InFlight | None = None
+) -> tuple[OwnedFd, int, bytes] | None:
     """Receive a runtime's master within :data:`SEND_TIMEOUT`.
 
     Returns:
-        The master's holder, pty number and payload; or None after logging
+        The master's owner, pty number and payload; or None after logging
         why the peer's intake was rejected (every fd it sent is closed).
     """
-    try:
-        with trio.fail_after(SEND_TIMEOUT):
-            return await receive_master(conn)
-    except trio.TooSlowError:
-        log.warning(
-            "intake.rejected",
-            kind="silent",
-            error=f"the peer connected but sent nothing within {SEND_TIMEOUT:g} s",
-        )
-    except IntakeError as exc:
-        log.warning("intake.rejected", kind=exc.kind, error=str(exc))
-    except OSError as exc:
-        log.warning("intake.rejected", kind="socket_error", error=exc.strerror)
+    with in_flight.track() if in_flight is not None else contextlib.nullcontext():
+        try:
+            with trio.fail_after(SEND_TIMEOUT):
+                return await receive_master(conn)
+        except trio.TooSlowError:
+            log.warning(
+                "intake.rejected",
+                kind="silent",
+                error=f"the peer connected but sent nothing within {SEND_TIMEOUT:g} s",
+            )
+        except IntakeError as exc:
+            log.warning("intake.rejected", kind=exc.kind, error=str(exc))
+        except OSError as exc:
+            log.warning("intake.rejected", kind="socket_error", error=exc.strerror)
     return None
 
 
-def unlink_if_ours(path: Path, ino: int) -> None:
-    """Remove the socket file unless someone already replaced it."""
-    try:
-        if path.stat().st_ino == ino:
-            path.unlink()
-    except FileNotFoundError:
-        pass
+def wall_deadline(deadline: float | None) -> float:
+    """A trio deadline for a wall-clock time (None: never)."""
+    if deadline is None:
+        return math.inf
+    return trio.current_time() + max(0.0, deadline - time.time())
 
 
-class ConsoleSocket:
-    """The console socket of one waiting session, listening from construction on.
+async def wait_master(
+    listener: Listener,
+    deadline: float | None,
+    arrived: Callable[[OwnedFd, int], None],
+    in_flight: InFlight | None = None,
+    gate: Gate | None = None,
+) -> None:
+    """Serve a waiting session's console socket until a valid master arrives.
+
+    The master goes to ``arrived`` synchronously, the moment it is checked: a
+    cancellation can never come between its arrival and its new owner.  The
+    listener stays open on every way out; the caller closes it.
 
     Args:
-        path: where to create it.
-        timeout: seconds to wait for a master (0: forever).
+        listener: the session's console socket.
+        deadline: wall-clock time to give up at, or None to wait forever.
+        arrived: takes the master's owner and pty number.
+        in_flight: counts masters being received.
+        gate: accept only while it is open.
+
+    Raises:
+        IntakeGone: the socket file was removed or the deadline passed.
     """
+    done = False
+    removed = False
 
-    def __init__(self, path: Path, timeout: float) -> None:
-        self.path = path
-        self.timeout = timeout
-        self._sock = bind_listen(path)
-        self._ino = path.stat().st_ino
-        self._result: tuple[FdHolder, int] | None = None
-
-    def close(self) -> None:
-        """Stop listening and remove the socket file (idempotent)."""
-        if self._sock.fileno() >= 0:
-            self._sock.close()
-            unlink_if_ours(self.path, self._ino)
-
-    async def wait_master(self) -> tuple[FdHolder, int]:
-        """Serve the socket until a valid master arrives; return it.
-
-        Raises:
-            IntakeGone: the socket file was removed or the timeout passed.
-        """
-        try:
-            with trio.move_on_after(self.timeout or float("inf")) as timer:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watch_presence, nursery.cancel_scope)
-                    while True:
-                        conn, _ = await self._sock.accept()
-                        nursery.start_soon(self._handle, conn, nursery.cancel_scope)
-            if self._result is not None:
-                return self._result
-            if timer.cancelled_caught:
-                raise IntakeGone(f"no master arrived within {self.timeout:g} s")
-            raise IntakeGone("its console socket file was removed")
-        finally:
-            self.close()
-
-    async def _watch_presence(self, scope: trio.CancelScope) -> None:
-        while True:
-            await trio.sleep(PRESENCE_CHECK_INTERVAL)
-            try:
-                present = self.path.stat().st_ino == self._ino
-            except FileNotFoundError:
-                present = False
-            if not present:
-                log.warning("intake.socket_removed", path=str(self.path))
-                scope.cancel()
-                return
-
-    async def _handle(self, conn: trio.socket.SocketType, scope: trio.CancelScope) -> None:
+    async def receive(conn: trio.socket.SocketType, scope: trio.CancelScope) -> None:
+        nonlocal done
         with conn:
             try:
-                received = await receive_or_reject(conn)
+                received = await receive_or_reject(conn, in_flight)
             except trio.Cancelled:
-                if self._result is not None:
+                if done:
                     # The master came on another connection while this one was
                     # still open: it is closed, with any fds it had in flight.
                     log.warning(
@@ -161,15 +139,43 @@ class ConsoleSocket:
                 raise
         if received is None:
             return
-        holder, number, payload = received
-        if self._result is not None:
-            holder.close()
+        owner, number, payload = received
+        if done:
+            owner.close()
             log.warning(
                 "intake.rejected",
                 kind="second_master",
                 error="a master already arrived for this session; closed the extra one",
             )
             return
-        self._result = (holder, number)
+        done = True
         log.info("intake.master", pty=number, payload=payload[:64].decode("ascii", "replace"))
         scope.cancel()
+        arrived(owner, number)
+
+    async def watch_presence(scope: trio.CancelScope) -> None:
+        nonlocal removed
+        while True:
+            await trio.sleep(PRESENCE_CHECK_INTERVAL)
+            if not listener.present():
+                log.warning("intake.socket_removed", path=str(listener.path))
+                removed = True
+                scope.cancel()
+                return
+
+    with trio.move_on_at(wall_deadline(deadline)) as timer:
+        async with trio.open_nursery() as nursery:
+
+            def handle(conn: socket.socket) -> None:
+                nursery.start_soon(
+                    receive, trio.socket.from_stdlib_socket(conn), nursery.cancel_scope
+                )
+
+            nursery.start_soon(watch_presence, nursery.cancel_scope)
+            await serve_listener(listener, handle, gate=gate)
+    if done:
+        return
+    if removed:
+        raise IntakeGone("its console socket file was removed")
+    assert timer.cancelled_caught
+    raise IntakeGone("no master arrived within its intake timeout")

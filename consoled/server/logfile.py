@@ -1,28 +1,45 @@
 """Per-session log files: every byte read from a master, written as it is read.
 
 Files live flat in the log directory as ``ID.log`` and ``ID@EXEC.log`` ('@'
-never occurs in a name).  They are created 0600 relative to a directory fd,
-after unlinking whatever was at that name, with ``O_EXCL | O_NOFOLLOW``: a
-symlink or hard link planted there is replaced, never followed or truncated.
-Rotation keeps one older file, ``NAME.log.1``, as conmon does.
+never occurs in a name; a stem too long for a file name is shortened with a
+hash after a '~', which never occurs either).  The directory is opened once,
+with ``O_DIRECTORY | O_NOFOLLOW``, and must belong to the daemon's user and
+be writable by nobody else.  Files are created 0600 relative to it, after
+unlinking whatever was at that name, with ``O_EXCL | O_NOFOLLOW``; files are
+read with ``O_NONBLOCK`` and only if they are regular files.  So nothing
+planted in the directory (a symlink, a FIFO, a hard link) is ever followed,
+truncated or waited on.
+
+Rotation keeps ``max_files - 1`` older files, ``NAME.log.1`` (newest) to
+``NAME.log.N``, as kubelet's ``containerLogMaxFiles`` counts them.
 
 Writes are synchronous on purpose: the reader writes each batch before it
-reads the next, so the file is complete however loaded the daemon is (a slow
-disk slows the container's output, as with conmon, rather than losing it).
+reads the next, so the file is complete however loaded the daemon is.  A
+write that fails (a full disk) does not cost the session: the session keeps
+draining into its ring, and the file catches up from the ring when writing
+works again (see :class:`~.session.Session`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import errno
+import hashlib
+import itertools
 import os
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+from ..io.fds import OwnedFd
 from . import cri
 
 _OPEN_TRIES: Final = 5
+#: Longest file name most Linux file systems take.
+NAME_MAX: Final = 255
+#: Room kept in a stem for ``.log`` and the rotation suffix.
+_SUFFIX_ROOM: Final = len(".log.") + 4
 
 
 class LogFormat(enum.StrEnum):
@@ -31,100 +48,322 @@ class LogFormat(enum.StrEnum):
 
 
 class LogFileError(Exception):
-    pass
+    """A log file or the log directory cannot be used; the message says why."""
 
 
-def open_log_dir(path: str | os.PathLike[str]) -> int:
-    """Create (0700) and open the log directory; return its fd."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def file_stem(stem: str) -> str:
+    """``stem``, shortened with a hash if the file name would be too long."""
+    if len(stem) + _SUFFIX_ROOM <= NAME_MAX:
+        return stem
+    digest = hashlib.sha256(stem.encode()).hexdigest()[:16]
+    return stem[: NAME_MAX - _SUFFIX_ROOM - 17] + "~" + digest
 
 
-def _open_fresh(dir_fd: int, name: str) -> int:
-    for _ in range(_OPEN_TRIES):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=dir_fd)
+class LogDir:
+    """The open log directory.
+
+    Use :meth:`open`; ``path`` is for messages and ``ls``.
+    """
+
+    def __init__(self, path: str, owner: OwnedFd) -> None:
+        self.path = path
+        self.owner = owner
+
+    @property
+    def fd(self) -> int:
+        return self.owner.fd
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> LogDir:
+        """Create (0700) or open the log directory, and check it is safe to use.
+
+        Raises:
+            LogFileError: it is a symlink or not a directory, belongs to another
+                user, or others can write to it.
+        """
+        text = os.fspath(path)
         try:
-            return os.open(
-                name,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_APPEND,
-                0o600,
-                dir_fd=dir_fd,
+            os.makedirs(text, mode=0o700, exist_ok=True)
+            fd = os.open(text, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            if os.path.islink(text):
+                raise LogFileError(
+                    f"log directory {text} is a symlink; give its real path"
+                ) from None
+            raise LogFileError(f"cannot use log directory {text}: {exc.strerror}") from None
+        owner = OwnedFd(fd, "logdir")
+        st = os.fstat(fd)
+        euid = os.geteuid()
+        if st.st_uid != euid:
+            owner.close()
+            raise LogFileError(
+                f"log directory {text} belongs to uid {st.st_uid}, not to the daemon (uid {euid})"
             )
-        except FileExistsError:
-            continue  # someone raced us to the name; unlink again
-    raise LogFileError(f"cannot create log file {name!r}: something keeps recreating it")
+        if stat.S_IMODE(st.st_mode) & 0o022:
+            owner.close()
+            raise LogFileError(
+                f"log directory {text} is writable by others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); make it 0700 or 0755"
+            )
+        return cls(text, owner)
+
+    def close(self) -> None:
+        self.owner.close()
+
+    def open_fresh(self, name: str) -> OwnedFd:
+        """Create ``name`` empty (0600), replacing whatever file had the name."""
+        for _ in range(_OPEN_TRIES):
+            try:
+                os.unlink(name, dir_fd=self.fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # a directory planted at the name, say
+                raise LogFileError(
+                    f"cannot replace {name!r} in {self.path}: {exc.strerror}"
+                ) from None
+            try:
+                fd = os.open(
+                    name,
+                    os.O_WRONLY
+                    | os.O_CREAT
+                    | os.O_EXCL
+                    | os.O_NOFOLLOW
+                    | os.O_CLOEXEC
+                    | os.O_APPEND,
+                    0o600,
+                    dir_fd=self.fd,
+                )
+            except FileExistsError:
+                continue  # someone raced us to the name; unlink again
+            except OSError as exc:
+                raise LogFileError(
+                    f"cannot create {name!r} in {self.path}: {exc.strerror}"
+                ) from None
+            return OwnedFd(fd, "logfile")
+        raise LogFileError(f"cannot create log file {name!r}: something keeps recreating it")
+
+    def open_existing(self, name: str, flags: int) -> OwnedFd | None:
+        """Open a regular file without following links or blocking; None if absent.
+
+        Raises:
+            LogFileError: something that is not a regular file has the name.
+        """
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LogFileError(f"cannot open {name!r} in {self.path}: {exc.strerror}") from None
+        owner = OwnedFd(fd, "logfile")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            owner.close()
+            raise LogFileError(f"{name!r} in {self.path} is not a regular file")
+        return owner
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            os.unlink(name, dir_fd=self.fd)
+
+    def rename(self, old: str, new: str) -> None:
+        os.rename(old, new, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
 
 @dataclass(slots=True)
 class LogSnapshot:
     """Read-only fds on a session's log files, and how much of each to read."""
 
-    parts: list[tuple[int, int]]  # (fd, size), oldest first
+    parts: list[tuple[OwnedFd, int]]  # (fd, size), oldest first
     format: LogFormat
+    #: Stream offset up to which the files hold the output (they may lag after a write failure).
+    written_to: int
 
     def close(self) -> None:
-        for fd, _ in self.parts:
-            os.close(fd)
+        for owner, _ in self.parts:
+            owner.close()
         self.parts.clear()
 
 
 class LogFile:
     """The log file of one session.
 
-    Args:
-        dir_fd: the log directory (not owned).
-        dir_path: the log directory's path, for display.
-        stem: the session's file stem (``ID`` or ``ID@EXEC``).
-        fmt: raw bytes or CRI records.
-        max_size: rotate past this many bytes; 0 never rotates.
+    Use :meth:`create` or :meth:`adopt`.
+
+    Attributes:
+        written_to: the stream offset up to which output has been written.
     """
 
     def __init__(
-        self, dir_fd: int, dir_path: str, stem: str, fmt: LogFormat, max_size: int
+        self,
+        logdir: LogDir,
+        stem: str,
+        fmt: LogFormat,
+        *,
+        max_size: int,
+        max_files: int,
+        owner: OwnedFd | None,
+        size: int,
+        written_to: int,
+        rotations: int = 0,
     ) -> None:
-        self._dir_fd = dir_fd
-        self._dir_path = dir_path
-        self.name = stem + ".log"
+        self._dir = logdir
+        self.stem = stem
         self.format = fmt
         self.max_size = max_size
-        self._fd = _open_fresh(dir_fd, self.name)
-        self.size = 0
-        self.rotations = 0
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.name + ".1", dir_fd=dir_fd)  # a previous session's
+        self.max_files = max(1, max_files)
+        self._owner = owner
+        self.size = size
+        self.written_to = written_to
+        self.rotations = rotations
+
+    @classmethod
+    def create(
+        cls,
+        logdir: LogDir,
+        stem: str,
+        fmt: LogFormat,
+        *,
+        max_size: int,
+        max_files: int,
+        written_to: int = 0,
+    ) -> LogFile:
+        """A fresh, empty log file; older files of the same name are removed.
+
+        Raises:
+            LogFileError: it cannot be created; the message says why.
+        """
+        stem = file_stem(stem)
+        owner = logdir.open_fresh(stem + ".log")
+        for n in range(1, max(max_files, 2) + 1):
+            logdir.remove(f"{stem}.log.{n}")  # a previous session's
+        return cls(
+            logdir,
+            stem,
+            fmt,
+            max_size=max_size,
+            max_files=max_files,
+            owner=owner,
+            size=0,
+            written_to=written_to,
+        )
+
+    @classmethod
+    def adopt(
+        cls, logdir: LogDir, meta: Mapping[str, Any], owner: OwnedFd | None, *, writing: bool
+    ) -> LogFile:
+        """The log file described by ``meta``, with the fd handed back (or reopened by name).
+
+        Args:
+            logdir: the log directory.
+            meta: what :meth:`meta` said.
+            owner: the file's fd, if it was handed over.
+            writing: the session still runs; without ``owner``, reopen the file.
+
+        Raises:
+            LogFileError: it is gone and cannot be reopened.
+        """
+        stem = str(meta["stem"])
+        if owner is None and writing:
+            owner = logdir.open_existing(stem + ".log", os.O_WRONLY | os.O_APPEND)
+            if owner is None:
+                raise LogFileError(f"log file {stem}.log is gone")
+        size = 0 if owner is None else os.fstat(owner.fd).st_size
+        fmt = LogFormat(meta.get("format", "raw"))
+        written_to = int(meta.get("written_to", 0))
+        if fmt is LogFormat.RAW and owner is not None:
+            # Exact for raw files: every byte in the current file is one of the stream's.
+            written_to = int(meta.get("base", 0)) + size
+        return cls(
+            logdir,
+            stem,
+            fmt,
+            max_size=int(meta.get("max_size", 0)),
+            max_files=int(meta.get("max_files", 2)),
+            owner=owner,
+            size=size,
+            written_to=written_to,
+            rotations=int(meta.get("rotations", 0)),
+        )
+
+    def meta(self) -> dict[str, Any]:
+        """What :meth:`adopt` needs to carry on with this file."""
+        return {
+            "stem": self.stem,
+            "format": str(self.format),
+            "max_size": self.max_size,
+            "max_files": self.max_files,
+            "rotations": self.rotations,
+            "base": self.written_to - self.size if self.format is LogFormat.RAW else 0,
+            "written_to": self.written_to,
+        }
+
+    @property
+    def owner(self) -> OwnedFd:
+        """The open file's owner (only while it is open for writing)."""
+        assert self._owner is not None
+        return self._owner
 
     @property
     def closed(self) -> bool:
-        return self._fd < 0
+        """No longer written (the session ended); its files can still be read."""
+        return self._owner is None or self._owner.closed
 
-    def write(self, data: bytes) -> None:
-        """Append one batch of output."""
-        if self._fd < 0:
-            return
+    @property
+    def name(self) -> str:
+        return self.stem + ".log"
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self._dir.path, self.name)
+
+    def write(self, data: bytes, end: int) -> bool:
+        """Append one batch of output that ends at stream offset ``end``.
+
+        Returns:
+            True if the file rotated (its metadata changed).
+
+        Raises:
+            OSError: the write failed; ``written_to`` says how far it got.
+        """
         if self.format is LogFormat.CRI:
-            self._write_records(cri.encode(data))
-            return
+            rotated = self._write_records(cri.encode(data))
+            self.written_to = end
+            return rotated
+        rotated = False
         view = memoryview(data)
+        fd = self.owner.fd
         while view:
             if self.max_size and self.size >= self.max_size:
                 self._rotate()
+                fd = self.owner.fd
+                rotated = True
             room = len(view) if not self.max_size else self.max_size - self.size
-            self._write_all(view[:room])
-            view = view[room:]
+            try:
+                n = os.write(fd, view[:room])
+            except InterruptedError:
+                continue
+            # Counted as it goes: after a failure, written_to is exactly how far it got.
+            self.size += n
+            self.written_to += n
+            view = view[n:]
+        return rotated
 
-    def _write_records(self, records: bytes) -> None:
+    def skip_to(self, offset: int) -> None:
+        """Output up to ``offset`` is lost for this file (it was not written in time)."""
+        self.written_to = offset
+
+    def _write_records(self, records: bytes) -> bool:
         """Write whole CRI records, rotating between records at the size limit."""
         if not self.max_size:
             self._write_all(records)
-            return
+            return False
+        rotated = False
         view = memoryview(records)
         start = 0
         while start < len(records):
             room = self.max_size - self.size
             if len(records) - start <= room:
                 self._write_all(view[start:])
-                return
+                return rotated
             # The records that still fit, then a fresh file for the rest.
             cut = records.rfind(b"\n", start, start + max(room, 0)) + 1
             if cut > start:
@@ -132,70 +371,73 @@ class LogFile:
                 start = cut
             if self.size:
                 self._rotate()
+                rotated = True
             elif cut <= start:
                 # One record larger than the limit: it gets a file of its own.
                 end = records.index(b"\n", start) + 1
                 self._write_all(view[start:end])
                 start = end
+        return rotated
 
     def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
+        fd = self.owner.fd
         while view:
             try:
-                n = os.write(self._fd, view)
+                n = os.write(fd, view)
             except InterruptedError:
                 continue
             view = view[n:]
             self.size += n
 
+    def _files(self) -> list[str]:
+        """Every file name of this log, oldest first."""
+        return [f"{self.name}.{n}" for n in range(self.max_files - 1, 0, -1)] + [self.name]
+
     def _rotate(self) -> None:
-        os.rename(self.name, self.name + ".1", src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-        os.close(self._fd)
-        self._fd = -1
-        self._fd = _open_fresh(self._dir_fd, self.name)
+        names = self._files()
+        if len(names) > 1:
+            for older, newer in itertools.pairwise(names):
+                with contextlib.suppress(FileNotFoundError):
+                    self._dir.rename(newer, older)
+        fresh = self._dir.open_fresh(self.name)
+        self.owner.close()
+        self._owner = fresh
         self.size = 0
         self.rotations += 1
 
     def rename(self, stem: str) -> None:
         """Follow a session rename; the open fd keeps writing to the moved file."""
-        new = stem + ".log"
-        for suffix in ("", ".1"):
+        stem = file_stem(stem)
+        old = self._files()
+        self.stem = stem
+        for before, after in zip(old, self._files(), strict=True):
             with contextlib.suppress(FileNotFoundError):
-                os.rename(
-                    self.name + suffix,
-                    new + suffix,
-                    src_dir_fd=self._dir_fd,
-                    dst_dir_fd=self._dir_fd,
-                )
-        self.name = new
+                self._dir.rename(before, after)
+
+    def remove_files(self) -> None:
+        """Delete every file of this log (``rm`` without ``--keep-logs``)."""
+        for name in self._files():
+            self._dir.remove(name)
 
     def snapshot(self) -> LogSnapshot:
-        """Open what has been written so far for reading (the rotated file first)."""
-        parts: list[tuple[int, int]] = []
+        """Open what has been written so far for reading (the oldest file first).
+
+        Raises:
+            LogFileError: a file cannot be opened, or is not a regular file.
+        """
+        parts: list[tuple[OwnedFd, int]] = []
         try:
-            for name in (self.name + ".1", self.name):
-                try:
-                    fd = os.open(
-                        name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd
-                    )
-                except FileNotFoundError:
-                    continue
-                parts.append((fd, os.fstat(fd).st_size))
-        except OSError as exc:
-            for fd, _ in parts:
-                os.close(fd)
-            raise LogFileError(f"cannot read log file {self.name!r}: {exc.strerror}") from None
-        return LogSnapshot(parts, self.format)
+            for name in self._files():
+                owner = self._dir.open_existing(name, os.O_RDONLY)
+                if owner is not None:
+                    parts.append((owner, os.fstat(owner.fd).st_size))
+        except BaseException:
+            for owner, _ in parts:
+                owner.close()
+            raise
+        return LogSnapshot(parts, self.format, self.written_to)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            try:
-                os.close(fd)
-            except OSError as exc:  # pragma: no cover - close(2) of a regular file
-                if exc.errno != errno.EINTR:
-                    raise
-
-    @property
-    def path(self) -> str:
-        return os.path.join(self._dir_path, self.name)
+        if self._owner is not None:
+            self._owner.close()

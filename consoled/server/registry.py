@@ -1,7 +1,10 @@
 """The daemon's table of sessions: creation, lookup, rename, removal, retention.
 
-One :class:`SessionTable` per daemon, created inside ``serve`` and handed the
-nursery its sessions run in; there is no module-level state.
+One :class:`SessionTable` per daemon, created inside ``serve``; there is no
+module-level state.  Sessions outlive the tasks that serve them: while the
+daemon serves, :meth:`SessionTable.serve` runs each session's task (intake or
+pump) in the work nursery it is given, and a reexec cancels that nursery and
+hands the sessions, with every fd they hold, to the successor.
 """
 
 from __future__ import annotations
@@ -10,20 +13,22 @@ import contextlib
 import itertools
 import os
 import re
-from collections import deque
 from collections.abc import Iterator
 
 import structlog
 import trio
 
+from ..io.fds import OwnedFd, close_on_error
+from ..io.listener import Gate, Listener
+from ..io.manager import ServiceManager
+from ..io.record import RecordError
 from ..names import InvalidName, SessionName, check_part
 from ..protocol.errors import ErrorCode
 from ..protocol.events import EndReason, SessionState
 from .config import DaemonConfig
 from .errors import RequestError
-from .fdpass import FdHolder
-from .intake import ConsoleSocket, IntakeGone
-from .logfile import LogFile, LogFileError, LogFormat
+from .intake import InFlight, IntakeGone, wait_master
+from .logfile import LogDir, LogFile, LogFileError, LogFormat
 from .session import Session
 
 log = structlog.get_logger("consoled.registry")
@@ -51,19 +56,27 @@ class SessionTable:
 
     Args:
         config: the daemon's settings.
-        nursery: where session tasks run.
-        log_dir_fd: the open log directory, or None without log files.
+        log_dir: the open log directory, or None without log files.
+        manager: the service manager (its fd store keeps every session's fds).
+        gate: closed while the daemon hands over: no accept loop accepts then.
     """
 
     def __init__(
-        self, config: DaemonConfig, nursery: trio.Nursery, log_dir_fd: int | None = None
+        self,
+        config: DaemonConfig,
+        log_dir: LogDir | None,
+        manager: ServiceManager,
+        gate: Gate | None = None,
     ) -> None:
         self.config = config
-        self._nursery = nursery
-        self._log_dir_fd = log_dir_fd
+        self.gate = gate or Gate()
+        self.log_dir = log_dir
+        self.manager = manager
         self._sessions: dict[SessionName, Session] = {}
-        self._exited: deque[Session] = deque()
-        self._socket_numbers = itertools.count(1)
+        self._serials = itertools.count(1)
+        self._unnamed = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self.in_flight = InFlight()
         self.shutting_down = False
         self._streams = 0
         self._streams_done = trio.Event()
@@ -75,7 +88,72 @@ class SessionTable:
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
 
-    # --- lookup --------------------------------------------------------------
+    # --- serving ------------------------------------------------------------------
+
+    def serve(self, nursery: trio.Nursery) -> None:
+        """Run every session's task in ``nursery``, and new sessions' from now on."""
+        self._nursery = nursery
+        for session in self._sessions.values():
+            self._spawn(session)
+
+    def stop_serving(self) -> None:
+        """Spawn no more tasks (the nursery is being cancelled for a handover)."""
+        self._nursery = None
+
+    def _spawn(self, session: Session) -> None:
+        if self._nursery is None:
+            return
+        if session.state is SessionState.RUNNING:
+            self._nursery.start_soon(self._pump, session, name=f"pump {session.name}")
+        elif session.state is SessionState.WAITING and session.intake is not None:
+            self._nursery.start_soon(self._intake, session, name=f"intake {session.name}")
+
+    async def _pump(self, session: Session) -> None:
+        structlog.contextvars.clear_contextvars()  # not the requesting client's
+        with structlog.contextvars.bound_contextvars(session=str(session.name)):
+            try:
+                await session.pump()
+            except Exception as exc:
+                # A bug or an unexpected errno in this session: it ends, the daemon goes on.
+                log.error("session.failed", error=str(exc), exc_info=exc)
+                session.exit(EndReason.EXITED, f"session {session.name} failed: {exc}")
+            if session.state is SessionState.EXITED:
+                self._exited(session)
+
+    async def _intake(self, session: Session) -> None:
+        structlog.contextvars.clear_contextvars()
+        with structlog.contextvars.bound_contextvars(session=str(session.name)):
+            assert session.intake is not None
+            try:
+                await wait_master(
+                    session.intake,
+                    session.intake_deadline,
+                    lambda owner, number: self._arrived(session, owner, number),
+                    self.in_flight,
+                    self.gate,
+                )
+            except trio.ClosedResourceError:
+                return  # removed while waiting
+            except IntakeGone as exc:
+                reason = str(exc)
+                if session.intake is not None and session.intake.present():
+                    reason = f"no master arrived within {self.config.intake_timeout:g} s"
+                log.warning("intake.gave_up", reason=reason)
+                session.end_message = f"session {session.name} gave up waiting: {reason}"
+                session.exit(EndReason.EXITED)
+                self._forget(session)
+
+    def _arrived(self, session: Session, owner: OwnedFd, number: int) -> None:
+        """A waiting session's master came: it runs from now on."""
+        if session.intake is not None:
+            self.manager.unstore(f"s{session.serial}.sock")
+            session.intake.close()
+            session.intake = None
+        session.start(owner, number)
+        self.manager.store(f"s{session.serial}.pty", owner.fd)
+        self._spawn(session)
+
+    # --- lookup --------------------------------------------------------------------
 
     def get(self, text: str) -> Session:
         name = parse_name(text)
@@ -103,7 +181,7 @@ class SessionTable:
         chosen.sort(key=lambda s: (s.name.id, s.name.exec is not None, s.name.exec or ""))
         return chosen
 
-    # --- creation ------------------------------------------------------------
+    # --- creation --------------------------------------------------------------------
 
     def _check_free(self, name: SessionName) -> None:
         existing = self._sessions.get(name)
@@ -118,6 +196,13 @@ class SessionTable:
         raise RequestError(
             ErrorCode.NAME_IN_USE, f"session {name} already exists ({existing.state})"
         )
+
+    def unnamed_name(self) -> SessionName:
+        """A free ``unnamed-N``, for a master whose container cannot be told."""
+        while True:
+            name = SessionName(f"unnamed-{next(self._unnamed)}")
+            if name not in self._sessions:
+                return name
 
     def free_exec_name(self, container: str, base: str) -> SessionName:
         """The first free ``container/base-N``."""
@@ -136,103 +221,129 @@ class SessionTable:
         if self.shutting_down:
             raise RequestError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
         self._check_free(name)
-        log_file = None
-        if self._log_dir_fd is not None and self.config.log_dir is not None:
-            try:
-                log_file = LogFile(
-                    self._log_dir_fd,
-                    os.fspath(self.config.log_dir),
-                    name.file_stem,
-                    LogFormat(self.config.log_file_format),
-                    self.config.log_max_size,
-                )
-            except (OSError, LogFileError) as exc:
-                message = getattr(exc, "strerror", None) or str(exc)
-                raise RequestError(
-                    ErrorCode.INTERNAL, f"cannot create the log file for {name}: {message}"
-                ) from None
-        session = Session(
-            name,
-            scrollback=self.config.scrollback,
-            size_policy=self.config.size_policy,
-            log_file=log_file,
-        )
-        self._sessions[name] = session
+        limit = self.config.limits.sessions
+        if len(self._sessions) >= limit:
+            raise RequestError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"the daemon already holds {limit} sessions (--max-sessions); "
+                "remove exited ones with consoled rm",
+            )
+        serial = next(self._serials)
+        try:
+            session = Session.new(
+                serial,
+                name,
+                scrollback=self.config.scrollback,
+                size_policy=self.config.size_policy,
+            )
+        except (OSError, RecordError) as exc:
+            raise RequestError(ErrorCode.INTERNAL, f"cannot create session {name}: {exc}") from None
+        if not session.record.durable:
+            log.warning(
+                "session.not_durable",
+                session=str(name),
+                why="no memfd could be created (out of fds?): this session's name and "
+                "output will not survive a crash",
+            )
+        self._open_log(session)
+        self._register(session)
+        for fd_name, owner in session.fds():
+            self.manager.store(fd_name, owner.fd)
         return session
+
+    def _open_log(self, session: Session) -> None:
+        """Give ``session`` its log file; if that fails it is served without one."""
+        if self.log_dir is None:
+            return
+        config = self.config
+        try:
+            session.log_file = LogFile.create(
+                self.log_dir,
+                session.name.file_stem,
+                LogFormat(config.log_file_format),
+                max_size=config.log_max_size,
+                max_files=config.log_max_files,
+                written_to=session.record.end,
+            )
+        except LogFileError as exc:
+            # The log is the optional part: the session is held and served anyway.
+            log.error("logfile.create_failed", session=str(session.name), error=str(exc))
+            return
+        session.persist()
 
     def create_waiting(self, name: SessionName) -> Session:
         """A new session waiting on its own console socket (``consoled socket``)."""
+        limit = self.config.limits.waiting
+        if sum(1 for s in self._sessions.values() if s.state is SessionState.WAITING) >= limit:
+            raise RequestError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"{limit} sessions are already waiting for their master (--max-waiting)",
+            )
         session = self._new_session(name)
-        path = self.config.intake_dir / f"{next(self._socket_numbers)}.sock"
+        path = self.config.intake_dir / f"{session.serial}.sock"
         try:
-            console = ConsoleSocket(path, self.config.intake_timeout)
+            session.intake = Listener.bind(path, f"s{session.serial}.sock", backlog=16)
         except OSError as exc:
             self._forget(session)
             raise RequestError(
                 ErrorCode.INTERNAL, f"cannot create a console socket at {path}: {exc}"
             ) from None
-        session.socket_path = os.fspath(path)
-        self._nursery.start_soon(self._run, session, console, None)
+        if self.config.intake_timeout:
+            session.intake_deadline = session.created + self.config.intake_timeout
+        session.persist()
+        self.manager.store(session.intake.name, session.intake.fileno())
+        self._spawn(session)
         return session
 
-    def adopt(self, name: SessionName, master: tuple[FdHolder, int]) -> Session:
+    def adopt(self, name: SessionName, owner: OwnedFd, number: int) -> Session:
         """A new running session for a master that already arrived (well-known socket)."""
-        try:
+        with close_on_error(owner):
             session = self._new_session(name)
-        except BaseException:
-            master[0].close()
-            raise
-        self._nursery.start_soon(self._run, session, None, master)
+        self._arrived(session, owner, number)
         return session
 
-    async def _run(
-        self,
-        session: Session,
-        console: ConsoleSocket | None,
-        master: tuple[FdHolder, int] | None,
-    ) -> None:
-        async def intake(_: Session) -> tuple[FdHolder, int]:
-            assert console is not None
-            return await console.wait_master()
+    def restored(self, session: Session) -> None:
+        """Take in a session rebuilt from a predecessor's or the fd store's fds."""
+        self._register(session)
+        self._serials = itertools.count(max(session.serial + 1, next(self._serials)))
 
-        structlog.contextvars.clear_contextvars()  # not the requesting client's
-        with structlog.contextvars.bound_contextvars(session=str(session.name)):
-            try:
-                await session.run(intake if console is not None else None, master)
-            except IntakeGone as exc:
-                log.warning("intake.gave_up", reason=str(exc))
-                self._forget(session)
-                return
-            except Exception as exc:
-                # A bug or an unexpected errno in this session: it ends, the daemon goes on.
-                log.error("session.failed", error=str(exc), exc_info=exc)
-                if session.master is None:
-                    self._forget(session)
-                    return
-            finally:
-                if console is not None:
-                    console.close()
-            if session.end_reason is EndReason.REMOVED:
-                self._forget(session)
-            else:
-                self._retire(session)
+    def _register(self, session: Session) -> None:
+        self._sessions[session.name] = session
 
-    def _retire(self, session: Session) -> None:
+        def replaced(name: str, owner: OwnedFd) -> None:
+            self.manager.unstore(name)
+            self.manager.store(name, owner.fd)
+
+        session.fd_replaced = replaced
+
+    # --- endings -----------------------------------------------------------------------
+
+    def _exited(self, session: Session) -> None:
+        """A session ended: keep it (and its output) until rm or the retention limit."""
         if self._sessions.get(session.name) is not session:
+            session.close()
             return
-        self._exited.append(session)
-        while len(self._exited) > self.config.max_exited:
-            oldest = self._exited.popleft()
+        if session.end_reason is EndReason.REMOVED:
+            self._forget(session)
+            return
+        self.manager.unstore(f"s{session.serial}.pty")
+        self.manager.unstore(f"s{session.serial}.log")
+        exited = sorted(
+            (s for s in self._sessions.values() if s.state is SessionState.EXITED),
+            key=lambda s: s.exited_at or 0.0,
+        )
+        for oldest in exited[: max(0, len(exited) - self.config.max_exited)]:
             log.info("session.expired", session=str(oldest.name))
             self._forget(oldest)
 
     def _forget(self, session: Session) -> None:
         if self._sessions.get(session.name) is session:
             del self._sessions[session.name]
-        with contextlib.suppress(ValueError):
-            self._exited.remove(session)
+        for suffix in ("rec", "pty", "sock", "log"):
+            self.manager.unstore(f"s{session.serial}.{suffix}")
+        session.close()
 
-    # --- changes -------------------------------------------------------------
+    # --- changes -------------------------------------------------------------------------
 
     async def remove(self, text: str, *, force: bool) -> SessionState:
         session = self.get(text)
@@ -246,9 +357,7 @@ class SessionTable:
                 )
             log.info("session.remove", session=str(session.name), forced=True)
         if state is not SessionState.EXITED:
-            session.cancel(EndReason.REMOVED)
-            with trio.move_on_after(REMOVE_TIMEOUT):
-                await session.done.wait()
+            session.exit(EndReason.REMOVED)
         self._forget(session)
         return state
 
@@ -267,6 +376,7 @@ class SessionTable:
                 session.log_file.rename(new.file_stem)
             except OSError as exc:
                 log.error("logfile.rename_failed", error=exc.strerror)
+        session.persist()
         log.info("session.renamed", old=str(old), new=str(new))
         return session
 
@@ -286,10 +396,25 @@ class SessionTable:
     async def wait_streams_done(self) -> None:
         await self._streams_done.wait()
 
-    def shutdown(self) -> None:
-        """Tell every client the daemon is going and stop every session."""
-        self.shutting_down = True
+    def end_streams(self, reason: EndReason, message: str) -> None:
+        """End every client's stream (shutdown, or a reexec: they resume)."""
         for session in self._sessions.values():
-            session.end_reason = EndReason.SHUTDOWN
-            for sub in list(session.subscribers):
-                sub.end(EndReason.SHUTDOWN, "the consoled daemon is shutting down")
+            session.hub.end_all(reason, message)
+
+    def shutdown(self) -> None:
+        """Tell every client the daemon is going; refuse new sessions."""
+        self.shutting_down = True
+        self.end_streams(EndReason.SHUTDOWN, "the consoled daemon is shutting down")
+
+    def close(self) -> None:
+        """Close every session's fds (the daemon stops, or has handed them over)."""
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
+
+    def fds(self) -> Iterator[tuple[str, OwnedFd | Listener]]:
+        """Every fd the sessions hold, named, for a handover."""
+        for session in self._sessions.values():
+            yield from session.fds()
+            if session.intake is not None:
+                yield session.intake.name, session.intake

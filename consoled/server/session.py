@@ -1,82 +1,201 @@
-"""One console session: its master, scrollback, log file, clients and window size.
+"""One console session: its record, its master and pump, its log file, its clients.
 
-The session's task (:meth:`Session.run`) waits for the master (intake), then
-drains it until the container side hangs up, publishing every batch to the
-scrollback, the log file and each subscriber's bounded queue, none of which
-can block it.
+A session owns its fds and outlives the tasks that serve it: the pump
+(:meth:`Session.pump`, which drains the master) and the intake (which waits
+for the master, in :mod:`.intake`) run in the daemon's work nursery, and
+cancelling them (a reexec quiescing the daemon) leaves every fd open and
+every byte not yet read in the kernel's pty buffer, for whoever serves the
+session next.  Only :meth:`Session.exit` (the terminal hung up, or
+``rm --force``) and :meth:`Session.close` end it.
+
+Every batch read goes to the record's ring first, then the log file, then
+the clients: a client is never sent a byte the ring does not hold, so a
+client that resumes after a restart finds its place.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any, Final
 
 import structlog
 import trio
 
+from ..io.fds import OwnedFd
+from ..io.listener import Listener
+from ..io.pty import Hangup, PtyMaster
+from ..io.record import Record, RecordError
 from ..names import SessionName
 from ..protocol.events import EndReason, SessionInfo, SessionState
-from .fdpass import FdHolder
-from .intake import IntakeGone
-from .logfile import LogFile
-from .pty import Hangup, PtyMaster
-from .scrollback import Scrollback
-from .sizepolicy import ClientSize, SizePolicy, choose_size
+from .hub import ClientHub
+from .logfile import LogFile, LogFileError
+from .sizepolicy import SizePolicy
 from .subscriber import Subscriber
 
 log = structlog.get_logger("consoled.session")
 
-#: Waits for the master of a session: returns its holder and pty number.
-Intake = Callable[["Session"], Awaitable[tuple[FdHolder, int]]]
+#: Seconds between attempts to write a log file again after a write failed.
+LOG_RETRY_INTERVAL: Final = 5.0
 
 
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def end_message(name: SessionName, reason: EndReason) -> str:
+    return {
+        EndReason.EXITED: f"session {name} ended",
+        EndReason.REMOVED: f"session {name} was removed",
+        EndReason.SHUTDOWN: "the consoled daemon is shutting down",
+    }.get(reason, f"session {name} ended ({reason})")
+
+
 class Session:
     """A session and everything it holds.
 
+    Build one with :meth:`new` or :meth:`restore`.
+
     Args:
+        serial: the daemon-wide number that names the session's fds.
         name: the session's name.
-        scrollback: bytes of newest output retained.
+        record: its durable state and ring.
         size_policy: how attached clients' sizes combine.
-        log_file: where every byte read goes, or None.
     """
 
     def __init__(
         self,
+        serial: int,
         name: SessionName,
+        record: Record,
         *,
-        scrollback: int,
         size_policy: SizePolicy,
-        log_file: LogFile | None = None,
+        uid: str,
+        created: float,
     ) -> None:
+        self.serial = serial
         self.name = name
+        self.record = record
+        self.uid = uid
+        self.created = created
         self.state = SessionState.WAITING
-        self.created = time.time()
         self.exited_at: float | None = None
-        self.scrollback = Scrollback(scrollback)
-        self.size_policy = size_policy
-        self.log_file = log_file
-        self.subscribers: dict[Subscriber, None] = {}
-        self.master: PtyMaster | None = None
-        self.rows = 0
-        self.cols = 0
-        self.socket_path: str | None = None
         self.end_reason = EndReason.EXITED
         self.end_message: str | None = None
-        self._activity = itertools.count(1)
-        self._cancel_scope = trio.CancelScope()
+        self.hub = ClientHub(size_policy)
+        self.master: PtyMaster | None = None
+        self.intake: Listener | None = None
+        #: Wall-clock time after which a waiting session gives up (None: never).
+        self.intake_deadline: float | None = None
+        self.log_file: LogFile | None = None
+        self.rows = 0
+        self.cols = 0
+        self.running = trio.Event()
         self.done = trio.Event()
+        self._log_failed_at: float | None = None
+        #: Told when one of the session's fds is replaced (a log file rotated):
+        #: the service manager's fd store must follow.
+        self.fd_replaced: Callable[[str, OwnedFd], None] = lambda name, owner: None
+
+    @classmethod
+    def new(
+        cls, serial: int, name: SessionName, *, scrollback: int, size_policy: SizePolicy
+    ) -> Session:
+        """A new, waiting session with a fresh record.
+
+        Raises:
+            RecordError: its metadata does not fit (a bug: names are bounded).
+        """
+        uid = uuid.uuid4().hex[:16]
+        created = time.time()
+        record = Record.create(scrollback, {}, label=f"s{serial}")
+        session = cls(serial, name, record, size_policy=size_policy, uid=uid, created=created)
+        try:
+            record.write_meta(session.meta())
+        except BaseException:
+            record.close()
+            raise
+        return session
+
+    @classmethod
+    def restore(cls, serial: int, record: Record, *, size_policy: SizePolicy) -> Session:
+        """The session a record describes, as it was (no master, intake or log file yet).
+
+        Raises:
+            RecordError: the metadata is incomplete or invalid.
+        """
+        meta = record.meta
+        try:
+            name = SessionName.parse(str(meta["name"]))
+            session = cls(
+                serial,
+                name,
+                record,
+                size_policy=size_policy,
+                uid=str(meta["uid"]),
+                created=float(meta["created"]),
+            )
+            session.state = SessionState(meta["state"])
+            exited_at = meta.get("exited_at")
+            session.exited_at = None if exited_at is None else float(exited_at)
+            session.end_reason = EndReason(meta.get("end_reason", "exited"))
+            session.end_message = meta.get("end_message")
+            deadline = meta.get("intake_deadline")
+            session.intake_deadline = None if deadline is None else float(deadline)
+            session.rows, session.cols = int(meta.get("rows", 0)), int(meta.get("cols", 0))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise RecordError(f"session record metadata is invalid: {exc!r}") from None
+        if session.state is SessionState.EXITED:
+            session.done.set()
+        return session
+
+    # --- durable state -----------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        """Everything a successor needs to carry on with this session."""
+        return {
+            "name": str(self.name),
+            "uid": self.uid,
+            "created": self.created,
+            "state": str(self.state),
+            "exited_at": self.exited_at,
+            "end_reason": str(self.end_reason),
+            "end_message": None if self.end_message is None else self.end_message[:200],
+            "intake_deadline": self.intake_deadline,
+            "rows": self.rows,
+            "cols": self.cols,
+            "log": None if self.log_file is None else self.log_file.meta(),
+        }
+
+    def persist(self) -> None:
+        """Write the metadata to the record; a failure is logged, never raised."""
+        try:
+            self.record.write_meta(self.meta())
+        except (OSError, RecordError) as exc:
+            log.error("session.persist_failed", session=str(self.name), error=str(exc))
+
+    def fds(self) -> Iterator[tuple[str, OwnedFd]]:
+        """Every fd this session holds, with the name it is stored and handed over under."""
+        if self.record.owner is not None:
+            yield f"s{self.serial}.rec", self.record.owner
+        if self.master is not None and not self.master.closed:
+            yield f"s{self.serial}.pty", self.master.owner
+        if self.log_file is not None and not self.log_file.closed:
+            yield f"s{self.serial}.log", self.log_file.owner
 
     # --- introspection -----------------------------------------------------------
 
     @property
     def bytes_out(self) -> int:
-        return self.scrollback.end
+        return self.record.end
+
+    @property
+    def socket_path(self) -> str | None:
+        if self.intake is None or self.intake.path is None:
+            return None
+        return str(self.intake.path)
 
     def info(self) -> SessionInfo:
         return SessionInfo(
@@ -84,7 +203,7 @@ class Session:
             id=self.name.id,
             exec=self.name.exec,
             state=self.state,
-            clients=sum(1 for s in self.subscribers if not s.follower),
+            clients=self.hub.attached,
             rows=self.rows,
             cols=self.cols,
             created=rfc3339(self.created),
@@ -92,42 +211,19 @@ class Session:
             exited_at=None if self.exited_at is None else rfc3339(self.exited_at),
             socket=self.socket_path,
             log_path=None if self.log_file is None else self.log_file.path,
-            scrollback_bytes=len(self.scrollback),
+            scrollback_bytes=len(self.record),
+            uid=self.uid,
         )
 
     # --- life --------------------------------------------------------------------
 
-    async def run(self, intake: Intake | None, master: tuple[FdHolder, int] | None = None) -> None:
-        """Wait for the master (unless given), drain it until hangup, then exit.
-
-        Cancelled by :meth:`cancel`; whatever the way out, the master is closed,
-        the log file flushed and every subscriber told why the session ended.
-        """
-        try:
-            with self._cancel_scope:
-                if master is None:
-                    assert intake is not None
-                    try:
-                        master = await intake(self)
-                    except IntakeGone as exc:
-                        self.end_message = f"session {self.name} gave up waiting: {exc}"
-                        raise
-                self._start(*master)
-                await self._drain()
-        finally:
-            self._finish()
-
-    def cancel(self, reason: EndReason) -> None:
-        """Stop the session (``rm --force``, shutdown): the master is closed."""
-        self.end_reason = reason
-        self._cancel_scope.cancel()
-
-    def _start(self, holder: FdHolder, number: int) -> None:
-        self.master = PtyMaster(holder, number)
+    def start(self, owner: OwnedFd, number: int) -> None:
+        """The master has arrived: the session runs (its pump is started by the caller)."""
+        self.master = PtyMaster(owner, number)
         self.state = SessionState.RUNNING
-        self.socket_path = None
+        self.intake_deadline = None
         rows, cols = self.master.get_size()
-        wanted = self._wanted_size()
+        wanted = self.hub.wanted_size()
         if wanted is not None:
             rows, cols = wanted
             self.master.set_size(rows, cols)
@@ -135,66 +231,153 @@ class Session:
             rows, cols = self.rows, self.cols  # set by `resize` while waiting
             self.master.set_size(rows, cols)
         self.rows, self.cols = rows, cols
-        log.info("session.running", pty=number, rows=rows, cols=cols)
+        self.persist()
+        self.running.set()
+        log.info("session.running", session=str(self.name), pty=number, rows=rows, cols=cols)
 
-    async def _drain(self) -> None:
-        assert self.master is not None
+    def resume_master(self, owner: OwnedFd, number: int) -> None:
+        """Take back the master of a session that was running before a restart."""
+        self.master = PtyMaster(owner, number)
+        self.state = SessionState.RUNNING
+        self.rows, self.cols = self.master.get_size()
+        self.running.set()
+
+    async def pump(self) -> None:
+        """Drain the master until the terminal hangs up, then end the session.
+
+        Cancelling it (a reexec) leaves everything as it is, unread bytes in
+        the kernel's buffer.
+        """
         master = self.master
-        while True:
-            try:
-                data = await master.read_batch()
-            except Hangup:
-                return
-            self._publish(data)
-            if not master.drained:
-                # More is waiting and read_batch will not yield: let the rest run.
-                # (When the pty was emptied, read_batch's wait is the yield.)
-                await trio.lowlevel.checkpoint()
+        assert master is not None
+        try:
+            while True:
+                try:
+                    data = await master.read_batch()
+                except Hangup:
+                    break
+                self.publish(data)
+                if not master.drained:
+                    # More is waiting and read_batch will not yield: let the rest run.
+                    # (When the pty was emptied, read_batch's wait is the yield.)
+                    await trio.lowlevel.checkpoint()
+        except trio.ClosedResourceError:
+            return  # closed under us by exit(): rm --force or shutdown
+        self.exit(EndReason.EXITED)
 
-    def _publish(self, data: bytes) -> None:
-        self.scrollback.append(data)
+    def publish(self, data: bytes) -> None:
+        """One batch of output: into the ring, the log file, then to every client."""
+        record = self.record
+        try:
+            record.append(data)
+        except OSError as exc:
+            log.error("session.ring_write_failed", session=str(self.name), error=exc.strerror)
+            record.skip(len(data))
         if self.log_file is not None:
-            try:
-                self.log_file.write(data)
-            except OSError as exc:
-                log.error("logfile.write_failed", error=exc.strerror, path=self.log_file.path)
-                self.log_file.close()
-        lagged = [sub for sub in self.subscribers if not sub.push(data)]
-        for sub in lagged:
-            log.warning("client.lagged", client=sub.label, limit=sub.limit)
-            self.remove_subscriber(sub)
+            self._write_log(data)
+        self.hub.publish(data)
 
-    def _finish(self) -> None:
+    def _write_log(self, data: bytes) -> None:
+        log_file = self.log_file
+        assert log_file is not None
+        end = self.record.end
+        try:
+            if log_file.written_to == end - len(data):
+                if log_file.write(data, end):
+                    self._rotated()
+                return
+            # Behind after a failed write: catch up from the ring, at most every few seconds.
+            now = time.monotonic()
+            if self._log_failed_at is not None and now - self._log_failed_at < LOG_RETRY_INTERVAL:
+                return
+            first, chunks = self.record.read_from(log_file.written_to)
+            if first > log_file.written_to:
+                log.warning(
+                    "logfile.gap",
+                    session=str(self.name),
+                    path=log_file.path,
+                    missing=first - log_file.written_to,
+                )
+                log_file.skip_to(first)
+            rotated = False
+            for chunk in chunks:
+                rotated |= log_file.write(chunk, log_file.written_to + len(chunk))
+            self._log_failed_at = None
+            log.info("logfile.writing_again", session=str(self.name), path=log_file.path)
+            if rotated:
+                self._rotated()
+            else:
+                self.persist()
+        except (OSError, LogFileError) as exc:
+            if self._log_failed_at is None:
+                message = exc.strerror if isinstance(exc, OSError) else str(exc)
+                log.error("logfile.write_failed", session=str(self.name), error=message,
+                          path=log_file.path)  # fmt: skip
+            self._log_failed_at = time.monotonic()
+
+    def catch_up_log(self) -> None:
+        """Write to the log file what the ring holds beyond it (after a crash)."""
+        log_file = self.log_file
+        if log_file is None or log_file.closed or log_file.written_to >= self.record.end:
+            return
+        self._log_failed_at = None
+        self._write_log(b"")
+
+    def _rotated(self) -> None:
+        assert self.log_file is not None
+        self.persist()
+        self.fd_replaced(f"s{self.serial}.log", self.log_file.owner)
+
+    def exit(self, reason: EndReason, message: str | None = None) -> None:
+        """End the session: close the master, tell every client why, keep the output.
+
+        The terminal hangs up when the master closes (``rm --force``); after
+        a hangup (EXITED) everything it wrote has been read.
+        """
+        if self.state is SessionState.EXITED:
+            return
         was_running = self.master is not None
         if self.master is not None:
-            # Whatever is still buffered is lost on rm --force; on hangup it is all read.
             self.master.close()
+        if self.intake is not None:
+            self.intake.close()
+            self.intake = None
         if self.log_file is not None:
             self.log_file.close()
         self.state = SessionState.EXITED
         self.exited_at = time.time()
-        self.socket_path = None
-        reason = self.end_reason
-        message = self.end_message or {
-            EndReason.EXITED: f"session {self.name} ended",
-            EndReason.REMOVED: f"session {self.name} was removed",
-            EndReason.SHUTDOWN: "the consoled daemon is shutting down",
-        }.get(reason, f"session {self.name} ended ({reason})")
-        for sub in list(self.subscribers):
-            sub.end(reason, message)
-        self.subscribers.clear()
+        self.end_reason = reason
+        self.end_message = message or self.end_message or end_message(self.name, reason)
+        self.hub.end_all(reason, self.end_message)
+        self.persist()
         if was_running:
-            log.info("session.exited", reason=str(reason), bytes_out=self.bytes_out)
+            log.info(
+                "session.exited", session=str(self.name), reason=str(reason),
+                bytes_out=self.bytes_out,
+            )  # fmt: skip
+        self.running.set()  # wakes input waiting for a master that will never come
         self.done.set()
+
+    def close(self) -> None:
+        """Close every fd this session holds (it is forgotten, or the daemon stops)."""
+        if self.master is not None:
+            self.master.close()
+        if self.intake is not None:
+            self.intake.close()
+            self.intake = None
+        if self.log_file is not None:
+            self.log_file.close()
+        self.record.close()
 
     # --- clients -----------------------------------------------------------------
 
-    def add_subscriber(
+    def attach(
         self,
         sub: Subscriber,
-        replay: int | None,
-        size: tuple[int, int] | None,
         *,
+        replay: int | None,
+        resume: int | None = None,
+        size: tuple[int, int] | None = None,
         nudge: bool = True,
     ) -> int:
         """Attach ``sub``: queue the replay and register it, with no gap in between.
@@ -203,36 +386,34 @@ class Session:
         snapshot and the registration: the client sees every byte exactly once.
 
         Returns:
-            The number of replayed bytes.
+            The stream offset of the first byte queued for it.
         """
-        chunks = self.scrollback.tail(replay) if replay != 0 else []
+        record = self.record
+        if resume is not None:
+            first, chunks = record.read_from(resume)
+        elif replay == 0:
+            first, chunks = record.end, []
+        else:
+            chunks = record.tail(replay)
+            first = record.end - sum(map(len, chunks))
         sub.preload(chunks)
         if self.state is SessionState.EXITED:
-            sub.end(self.end_reason, f"session {self.name} ended")
-            return sum(map(len, chunks))
-        self.subscribers[sub] = None
-        if size is not None and not sub.read_only:
-            sub.size = ClientSize(size[0], size[1], next(self._activity))
-        self._resize_to_policy(nudge=nudge)
-        return sum(map(len, chunks))
+            sub.end(self.end_reason, self.end_message or end_message(self.name, self.end_reason))
+            return first
+        self.hub.add(sub, size)
+        self._resize_to_policy(nudge=nudge and resume is None)
+        return first
 
-    def remove_subscriber(self, sub: Subscriber) -> None:
-        if sub in self.subscribers:
-            del self.subscribers[sub]
-            if sub.size is not None:
-                self._resize_to_policy()
+    def detach(self, sub: Subscriber) -> None:
+        if self.hub.remove(sub):
+            self._resize_to_policy()
 
     def client_resized(self, sub: Subscriber, rows: int, cols: int) -> None:
-        if sub.read_only or sub not in self.subscribers:
-            return
-        sub.size = ClientSize(rows, cols, next(self._activity))
-        self._resize_to_policy()
+        if self.hub.resized(sub, rows, cols):
+            self._resize_to_policy()
 
     def client_typed(self, sub: Subscriber) -> None:
-        if sub.size is None or self.size_policy is not SizePolicy.LATEST:
-            return
-        sub.size = ClientSize(sub.size.rows, sub.size.cols, next(self._activity))
-        if (sub.size.rows, sub.size.cols) != (self.rows, self.cols):
+        if self.hub.typed(sub) and self.hub.wanted_size() != (self.rows, self.cols):
             self._resize_to_policy()
 
     def set_size(self, rows: int, cols: int) -> None:
@@ -240,7 +421,13 @@ class Session:
         self._apply_size(rows, cols)
 
     async def write_input(self, data: bytes) -> bool:
-        """Write input to the terminal; False if the session cannot take it."""
+        """Write input to the terminal, waiting for the master if it has not arrived yet.
+
+        Returns:
+            False if the session cannot take it (it ended).
+        """
+        if self.state is SessionState.WAITING:
+            await self.running.wait()
         master = self.master
         if master is None or self.state is not SessionState.RUNNING:
             return False
@@ -251,8 +438,14 @@ class Session:
         return True
 
     def write_input_now(self, data: bytes) -> int:
-        """Write what the terminal takes now; all of ``data`` counts as done if the
-        session cannot take input any more."""
+        """Write what the terminal takes now, without waiting.
+
+        Returns:
+            The bytes written: 0 while the master has not arrived (the rest
+            waits for it), all of ``data`` once the session can take no input.
+        """
+        if self.state is SessionState.WAITING:
+            return 0
         master = self.master
         if master is None or self.state is not SessionState.RUNNING:
             return len(data)
@@ -261,13 +454,8 @@ class Session:
         except (Hangup, trio.ClosedResourceError):
             return len(data)
 
-    def _wanted_size(self) -> tuple[int, int] | None:
-        return choose_size(
-            self.size_policy, (s.size for s in self.subscribers if s.size is not None)
-        )
-
     def _resize_to_policy(self, *, nudge: bool = False) -> None:
-        wanted = self._wanted_size()
+        wanted = self.hub.wanted_size()
         if wanted is None:
             if nudge:
                 self._nudge()
@@ -281,7 +469,7 @@ class Session:
         self.rows, self.cols = rows, cols
         if self.master is not None and not self.master.closed:
             self.master.set_size(rows, cols)
-            log.debug("session.resized", rows=rows, cols=cols)
+            log.debug("session.resized", session=str(self.name), rows=rows, cols=cols)
 
     def _nudge(self) -> None:
         """Make a full-screen program redraw by changing the size and back.

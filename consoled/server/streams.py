@@ -20,7 +20,9 @@ import trio
 
 from ..protocol import MAX_DATA_CHUNK, ErrorCode
 from ..protocol import events as ev
+from .audit import audit
 from .channel import Channel
+from .config import DaemonConfig
 from .cri import CriDecoder, CriFormatError
 from .errors import RequestError
 from .logfile import LogFileError, LogFormat, LogSnapshot
@@ -43,6 +45,25 @@ INPUT_FLUSH_TIMEOUT: Final = 1.0
 
 
 _labels = itertools.count(1)
+
+
+class StreamContext:
+    """What a stream needs from the daemon: its sessions and settings."""
+
+    def __init__(self, table: SessionTable, config: DaemonConfig) -> None:
+        self.table = table
+        self.config = config
+
+    def session_for_stream(self, name: str) -> Session:
+        """The session, if it may take one more client."""
+        session = self.table.get(name)
+        limit = self.config.limits.clients_per_session
+        if len(session.hub) >= limit:
+            raise RequestError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"session {session.name} already has {limit} clients (--max-clients-per-session)",
+            )
+        return session
 
 
 class PendingInput:
@@ -121,7 +142,7 @@ async def _pump_output(channel: Channel, session: Session, sub: Subscriber) -> N
             continue
         notice = sub.end_notice
         assert notice is not None  # woken with nothing queued: the stream ended
-        session.remove_subscriber(sub)
+        session.detach(sub)
         await channel.send(ev.Ended(notice.reason, notice.message))
         return
 
@@ -134,15 +155,23 @@ async def _watch_lag(sub: Subscriber, scope: trio.CancelScope) -> None:
         scope.deadline = min(scope.deadline, trio.current_time() + LAGGED_GRACE)
 
 
-async def stream_attach(channel: Channel, table: SessionTable, request: ev.Attach) -> None:
-    session = table.get(request.session)
-    if session.state is ev.SessionState.EXITED:
+async def stream_attach(channel: Channel, context: StreamContext, request: ev.Attach) -> None:
+    session = context.session_for_stream(request.session)
+    if request.uid is not None and request.uid != session.uid:
+        raise RequestError(
+            ErrorCode.UNKNOWN_SESSION,
+            f"session {session.name} is not the one this client was attached to "
+            "(it ended and the name was reused)",
+        )
+    if session.state is ev.SessionState.EXITED and request.resume is None:
         raise RequestError(
             ErrorCode.SESSION_NOT_RUNNING,
             f"session {session.name} has exited; its output is in `consoled logs {session.name}`",
         )
     if request.replay is not None and request.replay < 0:
         raise RequestError(ErrorCode.INVALID_ARGUMENT, "replay must be >= 0 bytes")
+    if request.resume is not None and request.resume < 0:
+        raise RequestError(ErrorCode.INVALID_ARGUMENT, "resume must be an offset >= 0")
     size: tuple[int, int] | None = None
     if request.rows or request.cols:
         problem = size_error(request.rows, request.cols)
@@ -150,27 +179,39 @@ async def stream_attach(channel: Channel, table: SessionTable, request: ev.Attac
             raise RequestError(ErrorCode.INVALID_SIZE, problem)
         size = (request.rows, request.cols)
     label = f"attach-{next(_labels)}"
-    sub = Subscriber(table.config.client_queue, read_only=request.read_only, label=label)
+    sub = Subscriber(context.config.client_queue, read_only=request.read_only, label=label)
     # No await between the replay snapshot and the `attached` reply's bytes
-    # being queued: add_subscriber is synchronous.
-    replayed = session.add_subscriber(sub, request.replay, size)
-    with table.track_stream():
-        await _attached(channel, session, sub, replayed)
+    # being queued: Session.attach is synchronous.
+    first = session.attach(sub, replay=request.replay, resume=request.resume, size=size)
+    with context.table.track_stream():
+        await _attached(channel, session, sub, first, resumed=request.resume is not None)
 
 
-async def _attached(channel: Channel, session: Session, sub: Subscriber, replayed: int) -> None:
-    request_ro = sub.read_only
+async def _attached(
+    channel: Channel, session: Session, sub: Subscriber, first: int, *, resumed: bool
+) -> None:
+    replayed = session.record.end - first
     log.info(
         "client.attached",
         session=str(session.name),
-        read_only=request_ro,
+        read_only=sub.read_only,
         replay=replayed,
         rows=session.rows,
         cols=session.cols,
+        resumed=resumed,
     )
+    audit("attach", session=str(session.name), read_only=sub.read_only, resumed=resumed)
     try:
         await channel.send(
-            ev.Attached(str(session.name), session.state, session.rows, session.cols, replayed)
+            ev.Attached(
+                str(session.name),
+                session.state,
+                session.rows,
+                session.cols,
+                replayed,
+                offset=first,
+                uid=session.uid,
+            )
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_lag, sub, nursery.cancel_scope)
@@ -190,9 +231,10 @@ async def _attached(channel: Channel, session: Session, sub: Subscriber, replaye
                 writer.cancel_scope.cancel()
             # The client closed its side, or asked to detach: the pump finishes.
     finally:
-        session.remove_subscriber(sub)
+        session.detach(sub)
         reason = sub.end_notice.reason if sub.end_notice else "disconnected"
         log.info("client.detached", session=str(session.name), reason=str(reason))
+        audit("detach", session=str(session.name), reason=str(reason))
 
 
 async def _input_loop(
@@ -200,6 +242,7 @@ async def _input_loop(
 ) -> None:
     warned_read_only = False
     warned_dropped = False
+    typed = False
     while True:
         event = await channel.receive()
         if event is None:
@@ -213,6 +256,9 @@ async def _input_loop(
                         ev.Error(ErrorCode.READ_ONLY, "this client is read-only; input ignored")
                     )
                 continue
+            if not typed:
+                typed = True
+                audit("input", session=str(session.name))
             session.client_typed(sub)
             data = event.data
             if pending.idle:
@@ -243,30 +289,45 @@ async def _input_loop(
             return
 
 
-async def stream_logs(channel: Channel, table: SessionTable, request: ev.Logs) -> None:
+async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs) -> None:
     """Send a session's log file (or scrollback), then follow it if asked."""
-    session = table.get(request.session)
+    session = context.session_for_stream(request.session)
     follow = request.follow and session.state is not ev.SessionState.EXITED
-    sub = Subscriber(table.config.client_queue, read_only=True, label="logs", follower=True)
+    sub = Subscriber(context.config.client_queue, read_only=True, label="logs", follower=True)
     snapshot: LogSnapshot | None = None
-    # Synchronous from here to add_subscriber: the file holds exactly the
-    # output up to the moment the follower is registered.
-    if session.log_file is not None:
+    # Synchronous from here to the follower's registration: the file (and the
+    # ring after it) hold exactly the output up to that moment.
+    log_file = session.log_file
+    if log_file is not None:
         try:
-            snapshot = session.log_file.snapshot()
+            snapshot = log_file.snapshot()
         except LogFileError as exc:
-            raise RequestError(ErrorCode.INTERNAL, str(exc)) from None
-    replay = 0 if snapshot is not None else None
-    if follow:
-        session.add_subscriber(sub, replay, None, nudge=False)
-    else:
-        sub.preload(session.scrollback.tail() if snapshot is None else [])
-        if session.state is ev.SessionState.EXITED:
-            sub.end(ev.EndReason.EXITED, f"session {session.name} ended")
+            # A file we cannot read (something planted in the directory): the ring will do.
+            log.error("logfile.unreadable", session=str(session.name), error=str(exc))
+    try:
+        if snapshot is not None:
+            # The files, then whatever they lack (a write failed) from the ring.
+            resume: int | None = snapshot.written_to
+            replay: int | None = None
         else:
-            sub.end(ev.EndReason.END_OF_LOG, "")
-    with table.track_stream():
-        await _logs_stream(channel, session, sub, snapshot)
+            resume, replay = None, None
+        if follow:
+            session.attach(sub, replay=replay, resume=resume, nudge=False)
+        else:
+            if resume is not None:
+                _, chunks = session.record.read_from(resume)
+            else:
+                chunks = session.record.tail()
+            sub.preload(chunks)
+            if session.state is ev.SessionState.EXITED:
+                sub.end(ev.EndReason.EXITED, f"session {session.name} ended")
+            else:
+                sub.end(ev.EndReason.END_OF_LOG, "")
+        with context.table.track_stream():
+            await _logs_stream(channel, session, sub, snapshot)
+    finally:
+        if snapshot is not None:
+            snapshot.close()
 
 
 async def _logs_stream(
@@ -275,10 +336,7 @@ async def _logs_stream(
     try:
         await channel.send(ev.Attached(str(session.name), session.state, 0, 0, 0))
         if snapshot is not None:
-            try:
-                await _send_files(channel, snapshot)
-            finally:
-                snapshot.close()
+            await _send_files(channel, snapshot)
         async with trio.open_nursery() as nursery:
 
             async def watch_client() -> None:
@@ -293,12 +351,13 @@ async def _logs_stream(
             await _pump_output(channel, session, sub)
             nursery.cancel_scope.cancel()
     finally:
-        session.remove_subscriber(sub)
+        session.detach(sub)
 
 
 async def _send_files(channel: Channel, snapshot: LogSnapshot) -> None:
     decoder = CriDecoder() if snapshot.format is LogFormat.CRI else None
-    for fd, size in snapshot.parts:
+    for owner, size in snapshot.parts:
+        fd = owner.fd
         offset = 0
         while offset < size:
             data = os.pread(fd, min(FILE_CHUNK, size - offset), offset)

@@ -79,11 +79,12 @@ class Subscriber:
         return True
 
     def end(self, reason: EndReason, message: str = "") -> None:
-        """End the stream; queued output is still delivered unless it lagged or detached."""
+        """End the stream; queued output is still delivered unless it lagged or detached,
+        or the daemon is restarting (the client resumes from what it has)."""
         if self.end_notice is not None:
             return
         self.end_notice = EndNotice(reason, message)
-        if reason in (EndReason.LAGGED, EndReason.DETACHED):
+        if reason in (EndReason.LAGGED, EndReason.DETACHED, EndReason.RESTARTING):
             self._chunks.clear()
             self._queued = 0
         self._wakeup.set()

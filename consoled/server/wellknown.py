@@ -17,95 +17,32 @@ identified it is held under ``unnamed-<n>`` with a warning saying why, and
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import itertools
 import os
 import re
-import signal
 import socket
 import struct
 import termios
-from dataclasses import dataclass
 from typing import Final
 
 import structlog
 import trio
 
+from ..io.listener import Listener, serve_listener
+from ..io.peer import Peer, identify_peer, read_cmdline
 from ..names import InvalidName, SessionName, check_part
 from ..protocol.events import SessionState
 from ..runtimeargv import RUNTIME_OPTIONS, ArgvError, RuntimeInvocation, parse_runtime_argv
-from .config import DaemonConfig
 from .errors import RequestError
-from .intake import bind_listen, receive_or_reject, unlink_if_ours
+from .intake import receive_or_reject
 from .registry import SessionTable, exec_base
 
 log = structlog.get_logger("consoled.wellknown")
 
-#: ``SO_PEERPIDFD`` (Linux 6.5): a pidfd for the peer as of connect().
-SO_PEERPIDFD: Final = getattr(socket, "SO_PEERPIDFD", 77)
 #: ``TIOCGSID``: on a pty master, the session of its slave side.
 TIOCGSID: Final = getattr(termios, "TIOCGSID", 0x5429)
-#: Longest /proc/PID/cmdline we read.
-MAX_CMDLINE: Final = 256 * 1024
-#: Seconds to wait before accepting again after running out of fds or memory.
-ACCEPT_BACKOFF: Final = 0.1
 _UNNAMED: Final = re.compile(r"unnamed-[0-9]+")
-# accept() errors that concern only the connection being accepted.
-_ACCEPT_RETRY: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EINTR})
-# accept() errors that pass once other fds or memory are freed.
-_ACCEPT_LATER: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    pid: int
-    uid: int
-    argv: tuple[str, ...] | None
-    problem: str | None  # why argv is unknown
-
-
-def _peer_pidfd(sock: socket.socket) -> int | None:
-    try:
-        return sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
-    except OSError as exc:
-        if exc.errno in (errno.ENOPROTOOPT, errno.EINVAL, errno.ENODATA):
-            return None  # an older kernel: fall back to the bare pid
-        raise
-
-
-def read_cmdline(pid: int) -> tuple[str, ...]:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        data = f.read(MAX_CMDLINE)
-    if not data:
-        raise ProcessLookupError(pid)  # a zombie or kernel thread
-    return tuple(os.fsdecode(arg) for arg in data.rstrip(b"\0").split(b"\0"))
-
-
-def identify_peer(sock: socket.socket) -> Peer:
-    """Who is on the other end of ``sock``, and what was its command line."""
-    pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    if pid <= 0:
-        return Peer(pid, uid, None, "the peer is in another pid namespace (SO_PEERCRED pid 0)")
-    pidfd = _peer_pidfd(sock)
-    try:
-        try:
-            argv = read_cmdline(pid)
-        except (FileNotFoundError, ProcessLookupError):
-            return Peer(pid, uid, None, f"process {pid} exited before it could be identified")
-        except OSError as exc:
-            return Peer(pid, uid, None, f"cannot read /proc/{pid}/cmdline: {exc.strerror}")
-        if pidfd is not None:
-            # If the peer is still alive, the pid cannot have been reused while
-            # we read its command line.
-            try:
-                signal.pidfd_send_signal(pidfd, 0)
-            except ProcessLookupError:
-                return Peer(pid, uid, None, f"process {pid} exited before it could be identified")
-        return Peer(pid, uid, argv, None)
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
 
 
 def terminal_leader(master_fd: int) -> int | None:
@@ -135,59 +72,24 @@ def mount_namespace(pid: int | str) -> tuple[int, int] | None:
 class WellKnownSocket:
     """Serves ``console.sock`` in the state directory."""
 
-    def __init__(self, config: DaemonConfig, table: SessionTable) -> None:
-        self.config = config
+    def __init__(self, listener: Listener, table: SessionTable) -> None:
+        self.listener = listener
         self.table = table
-        self._unnamed = itertools.count(1)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        path = self.config.console_socket
-        # Accepted synchronously on readiness, not with ``await sock.accept()``: that
-        # yields to the scheduler after accepting, and every yield between accept and
-        # reading /proc/PID/cmdline lets a fast runtime (``crun exec -d`` exits about a
-        # millisecond after connecting) be gone before it is identified.
-        listener = socket.socket(fileno=bind_listen(path, backlog=512).detach())
-        listener.setblocking(False)
-        ino = os.stat(path).st_ino
-        try:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                while True:
-                    await trio.lowlevel.wait_readable(listener)
-                    try:
-                        while (accepted := self._accept(listener)) is not None:
-                            nursery.start_soon(self._handle, *accepted)
-                    except OSError as exc:
-                        if exc.errno not in _ACCEPT_LATER:
-                            raise
-                        # Out of fds or memory: the connection stays queued; try again soon.
-                        log.warning("intake.accept_failed", error=exc.strerror)
-                        await trio.sleep(ACCEPT_BACKOFF)
-        finally:
-            trio.lowlevel.notify_closing(listener)
-            listener.close()
-            unlink_if_ours(path, ino)
+        """Take masters on the well-known socket until cancelled (the listener stays open)."""
+        async with trio.open_nursery() as nursery:
 
-    @staticmethod
-    def _accept(listener: socket.socket) -> tuple[trio.socket.SocketType, Peer] | None:
-        """The next pending connection and its peer, identified at once; None if none."""
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except BlockingIOError:
-                return None
-            except OSError as exc:
-                if exc.errno in _ACCEPT_RETRY:
-                    continue  # that connection is gone; take the next
-                raise
-            try:
+            def handle(conn: socket.socket) -> None:
+                # Identified at once, before anything yields: every yield between
+                # accept and reading /proc/PID/cmdline lets a fast runtime (``crun
+                # exec -d`` exits about a millisecond after connecting) be gone first.
                 peer = identify_peer(conn)
-            except Exception as exc:
-                # A bug in handling one connection must not take the listener down.
-                conn.close()
-                log.error("intake.internal_error", exc_info=exc)
-                continue
-            return trio.socket.from_stdlib_socket(conn), peer
+                nursery.start_soon(self._handle, trio.socket.from_stdlib_socket(conn), peer)
+
+            await serve_listener(
+                self.listener, handle, gate=self.table.gate, task_status=task_status
+            )
 
     async def _handle(self, conn: trio.socket.SocketType, peer: Peer) -> None:
         try:
@@ -198,13 +100,13 @@ class WellKnownSocket:
 
     async def _intake(self, conn: trio.socket.SocketType, peer: Peer) -> None:
         with conn, structlog.contextvars.bound_contextvars(peer_pid=peer.pid):
-            received = await receive_or_reject(conn)
+            received = await receive_or_reject(conn, self.table.in_flight)
             if received is None:
                 return
-            holder, number, _payload = received
-            name, warning, via = self._name_for(peer, holder.fd)
+            owner, number, _payload = received
+            name, warning, via = self._name_for(peer, owner.fd)
             try:
-                session = self.table.adopt(name, (holder, number))
+                session = self.table.adopt(name, owner, number)
             except RequestError as exc:  # shutting down: adopt closed the master
                 log.warning("intake.rejected", kind="refused", error=exc.message)
                 return
@@ -220,13 +122,13 @@ class WellKnownSocket:
             name = self._exec_name_from_terminal(master_fd)
             if name is not None:
                 return name, None, "terminal"
-            return self._unnamed_name(), f"cannot name the session: {peer.problem}", None
+            return self.table.unnamed_name(), f"cannot name the session: {peer.problem}", None
         try:
             inv = parse_runtime_argv(peer.argv)
             check_part(inv.container_id, "container id")
         except (ArgvError, InvalidName) as exc:
             why = f"cannot name the session from the command line of process {peer.pid}: {exc}"
-            return self._unnamed_name(), why, None
+            return self.table.unnamed_name(), why, None
         if inv.command == "exec":
             base = exec_base(inv.process_args[0]) if inv.process_args else "exec"
             return self.table.free_exec_name(inv.container_id, base), None, "cmdline"
@@ -292,9 +194,3 @@ class WellKnownSocket:
                     f"this master is held as {candidate}"
                 )
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _unnamed_name(self) -> SessionName:  # always matches _UNNAMED
-        while True:
-            name = SessionName(f"unnamed-{next(self._unnamed)}")
-            if self.table.lookup(name) is None:
-                return name

@@ -1,9 +1,9 @@
-"""Receiving a pty master over SCM_RIGHTS, and owning the fds that arrive.
+"""Passing fds over SCM_RIGHTS: a runtime's pty master in, and batches of fds
+between a daemon and its successor.
 
-Every fd the kernel hands us is owned by an :class:`FdHolder` from the moment
-``recvmsg`` returns: on any error, truncation or rejection, every fd that
-arrived is closed, and a closed holder forgets its number so that a reused fd
-is never touched.
+Every fd the kernel hands us is owned by an :class:`~.fds.OwnedFd` from the
+moment ``recvmsg`` returns: on any error, truncation or rejection, every fd
+that arrived is closed.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Final
 
 import trio
 
+from .fds import OwnedFd
+
 #: ``_IOR('T', 0x30, unsigned int)``: the pty number; succeeds on a master only.
 TIOCGPTN: Final = 0x80045430
 #: How many fds we make room for in one message, so that a sender passing
@@ -26,48 +28,6 @@ TIOCGPTN: Final = 0x80045430
 MAX_FDS: Final = 16
 #: Bytes of payload read with the fds (runc sends a path, crun one space).
 PAYLOAD_SIZE: Final = 4096
-
-
-class FdHolder:
-    """Owns one file descriptor until it is closed or handed on."""
-
-    __slots__ = ("_fd",)
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    @property
-    def fd(self) -> int:
-        if self._fd < 0:
-            raise trio.ClosedResourceError("file descriptor already closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def release(self) -> int:
-        """Give up ownership and return the fd; the caller now owns it."""
-        fd = self.fd
-        self._fd = -1
-        return fd
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            # Wake any task waiting on this fd before the number can be reused.
-            trio.lowlevel.notify_closing(fd)
-            os.close(fd)
-
-    def __enter__(self) -> FdHolder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:  # a leak is a bug, but never leak the fd itself
-        if self._fd >= 0:
-            os.close(self._fd)
 
 
 class IntakeError(Exception):
@@ -85,7 +45,7 @@ class IntakeError(Exception):
 @dataclass(slots=True)
 class Received:
     payload: bytes
-    fds: list[FdHolder]
+    fds: list[OwnedFd]
 
 
 def _describe_fd(fd: int) -> str:
@@ -136,6 +96,17 @@ def check_master(fd: int) -> int:
     raise IntakeError("not_a_pty", f"received {_describe_fd(fd)}, not a pty master")
 
 
+def owners_from_ancdata(ancdata: list[tuple[int, int, bytes]], kind: str = "fd") -> list[OwnedFd]:
+    """An owner for every fd in ``recvmsg`` ancillary data, in order."""
+    owners: list[OwnedFd] = []
+    for level, type_, data in ancdata:
+        if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            owners.extend(OwnedFd(fd, kind) for fd in fds)
+    return owners
+
+
 async def receive_fds(sock: trio.socket.SocketType) -> Received:
     """Receive one message with its SCM_RIGHTS fds from a runtime.
 
@@ -148,13 +119,8 @@ async def receive_fds(sock: trio.socket.SocketType) -> Received:
     """
     ancsize = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
     msg, ancdata, flags, _ = await sock.recvmsg(PAYLOAD_SIZE, ancsize, socket.MSG_CMSG_CLOEXEC)
-    holders: list[FdHolder] = []
+    holders = owners_from_ancdata(ancdata)
     try:
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                holders.extend(FdHolder(fd) for fd in fds)
         if flags & socket.MSG_CTRUNC:
             raise IntakeError(
                 "truncated",
@@ -174,7 +140,7 @@ async def receive_fds(sock: trio.socket.SocketType) -> Received:
     return Received(msg, holders)
 
 
-async def receive_master(sock: trio.socket.SocketType) -> tuple[FdHolder, int, bytes]:
+async def receive_master(sock: trio.socket.SocketType) -> tuple[OwnedFd, int, bytes]:
     """Receive exactly one pty master; return its holder, pty number and payload.
 
     Raises:
@@ -188,6 +154,7 @@ async def receive_master(sock: trio.socket.SocketType) -> tuple[FdHolder, int, b
                 f"expected exactly one fd, received {len(received.fds)}; closed them all",
             )
         number = check_master(received.fds[0].fd)
+        received.fds[0].kind = "pty"
     except BaseException:
         for holder in received.fds:
             holder.close()
@@ -195,11 +162,36 @@ async def receive_master(sock: trio.socket.SocketType) -> tuple[FdHolder, int, b
     return received.fds[0], number, received.payload
 
 
-def set_nonblocking(fd: int) -> None:
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+# --- batches, for handing everything over to a successor ----------------------------------
+
+#: The kernel's limit on fds in one SCM_RIGHTS message (``SCM_MAX_FD``).
+SCM_MAX_FD: Final = 253
+#: Fds sent per message in a batch transfer (below SCM_MAX_FD).
+BATCH_FDS: Final = 250
 
 
-def is_hangup_errno(exc: OSError) -> bool:
-    """EIO on a master means the slave side is closed for good."""
-    return exc.errno in (errno.EIO, errno.ENXIO)
+async def send_with_fds(sock: trio.socket.SocketType, payload: bytes, fds: list[int]) -> None:
+    """Send one message with up to :data:`SCM_MAX_FD` fds (duplicated into the receiver)."""
+    if len(fds) > SCM_MAX_FD:
+        raise ValueError(f"{len(fds)} fds exceed the {SCM_MAX_FD} one message can carry")
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    await sock.sendmsg([payload], ancillary)
+
+
+async def receive_with_fds(
+    sock: trio.socket.SocketType, max_payload: int, max_fds: int = SCM_MAX_FD
+) -> tuple[bytes, list[OwnedFd]]:
+    """Receive one message and the fds it carries (owned; closed if this raises).
+
+    Raises:
+        OSError: the control data was truncated (``EMSGSIZE``: more fds than
+            ``max_fds``, or no fd slots left in this process).
+    """
+    ancsize = socket.CMSG_SPACE(max_fds * array.array("i").itemsize)
+    msg, ancdata, flags, _ = await sock.recvmsg(max_payload, ancsize, socket.MSG_CMSG_CLOEXEC)
+    owners = owners_from_ancdata(ancdata)
+    if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        for owner in owners:
+            owner.close()
+        raise OSError(errno.EMSGSIZE, "a message or its fds were truncated")
+    return msg, owners

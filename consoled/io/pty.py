@@ -17,7 +17,7 @@ from typing import Final
 
 import trio
 
-from .fdpass import FdHolder, set_nonblocking
+from .fds import OwnedFd, set_nonblocking
 
 #: One read() from a pty returns at most a few KiB; keep reading without
 #: waiting until this much has been collected or the pty is empty.  Kept well
@@ -34,9 +34,9 @@ class Hangup(Exception):
 
 
 class PtyMaster:
-    """Owns a pty master fd (through its :class:`FdHolder`)."""
+    """Owns a pty master fd (through its :class:`~.fds.OwnedFd`)."""
 
-    def __init__(self, holder: FdHolder, number: int) -> None:
+    def __init__(self, holder: OwnedFd, number: int) -> None:
         self._holder = holder
         self.number = number
         set_nonblocking(holder.fd)
@@ -51,6 +51,11 @@ class PtyMaster:
     @property
     def fd(self) -> int:
         return self._holder.fd
+
+    @property
+    def owner(self) -> OwnedFd:
+        """The fd's owner, for handing it on."""
+        return self._holder
 
     def close(self) -> None:
         """Close the master: the container's terminal hangs up."""

@@ -1,0 +1,92 @@
+"""The clients of one session: fan-out of output, and the window size they agree on.
+
+Pure bookkeeping (no I/O): the session's pump calls :meth:`ClientHub.publish`
+for every batch, which never waits; a client that falls too far behind is
+ended as *lagged*.  Window sizes combine by the daemon's size policy; the
+session applies the result to its terminal.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import structlog
+
+from ..protocol.events import EndReason
+from .sizepolicy import ClientSize, SizePolicy, choose_size
+from .subscriber import Subscriber
+
+log = structlog.get_logger("consoled.session")
+
+
+class ClientHub:
+    """The subscribers of one session.
+
+    Args:
+        size_policy: how attached clients' sizes combine.
+    """
+
+    def __init__(self, size_policy: SizePolicy) -> None:
+        self.size_policy = size_policy
+        self._subscribers: dict[Subscriber, None] = {}
+        self._activity = itertools.count(1)
+
+    def __iter__(self) -> Iterator[Subscriber]:
+        return iter(list(self._subscribers))
+
+    def __contains__(self, sub: object) -> bool:
+        return sub in self._subscribers
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    @property
+    def attached(self) -> int:
+        """Attached clients (``logs -f`` followers not counted)."""
+        return sum(1 for s in self._subscribers if not s.follower)
+
+    def publish(self, data: bytes) -> None:
+        """Queue ``data`` for every subscriber; drop those that lagged."""
+        lagged = [sub for sub in self._subscribers if not sub.push(data)]
+        for sub in lagged:
+            log.warning("client.lagged", client=sub.label, limit=sub.limit)
+            del self._subscribers[sub]
+
+    def add(self, sub: Subscriber, size: tuple[int, int] | None) -> None:
+        self._subscribers[sub] = None
+        if size is not None and not sub.read_only:
+            sub.size = ClientSize(size[0], size[1], next(self._activity))
+
+    def remove(self, sub: Subscriber) -> bool:
+        """Forget ``sub``; True if its size counted (the size should be recomputed)."""
+        if sub not in self._subscribers:
+            return False
+        del self._subscribers[sub]
+        return sub.size is not None
+
+    def resized(self, sub: Subscriber, rows: int, cols: int) -> bool:
+        """A client's window changed; True if it counts."""
+        if sub.read_only or sub not in self._subscribers:
+            return False
+        sub.size = ClientSize(rows, cols, next(self._activity))
+        return True
+
+    def typed(self, sub: Subscriber) -> bool:
+        """A client typed; True if that may change the size (policy ``latest``)."""
+        if sub.size is None or self.size_policy is not SizePolicy.LATEST:
+            return False
+        sub.size = ClientSize(sub.size.rows, sub.size.cols, next(self._activity))
+        return True
+
+    def wanted_size(self) -> tuple[int, int] | None:
+        """The size the policy picks, or None when no client has a size."""
+        return choose_size(
+            self.size_policy, (s.size for s in self._subscribers if s.size is not None)
+        )
+
+    def end_all(self, reason: EndReason, message: str) -> None:
+        """End every stream (queued output is still delivered unless the reason drops it)."""
+        for sub in list(self._subscribers):
+            sub.end(reason, message)
+        self._subscribers.clear()

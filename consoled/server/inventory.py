@@ -1,0 +1,196 @@
+"""Rebuilding the daemon from named fds: a predecessor's, or the fd store's after a crash.
+
+Both ways in give the same thing, a list of ``(name, fd)``, and this module
+turns it back into listeners and sessions, whichever way it came:
+
+============================  =================================================
+``control``, ``console``      sockets of a ``.socket`` unit (the manager's file)
+``listen.control``, ...       the daemon's own listening sockets
+``lock``, ``stderr``          the state directory's lock, the log's destination
+``s<N>.rec``                  session N's record: name, state, ring
+``s<N>.pty``                  its master, while it runs
+``s<N>.sock``                 its console socket, while it waits
+``s<N>.log``                  its log file, while it runs
+============================  =================================================
+
+Nothing a successor or the fd store hands back is trusted blindly: a master
+is checked with ``TIOCGPTN``, a record's header and metadata are validated,
+and anything unknown or broken is closed and logged, never fatal.  A master
+without a readable record is still held, as ``unnamed-N``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Final
+
+import structlog
+
+from ..io.fdpass import IntakeError, check_master
+from ..io.fds import OwnedFd
+from ..io.listener import Listener, Origin
+from ..io.record import Record, RecordError
+from ..protocol.events import EndReason, SessionState
+from .logfile import LogDir, LogFile, LogFileError
+from .registry import SessionTable
+from .session import Session
+
+log = structlog.get_logger("consoled.inventory")
+
+_SESSION_FD: Final = re.compile(r"s([0-9]{1,18})\.(rec|pty|sock|log)")
+#: Names of the daemon's own listening sockets, and of a socket unit's.
+LISTENERS: Final = {
+    "listen.control": ("control", Origin.BOUND),
+    "listen.console": ("console", Origin.BOUND),
+    "control": ("control", Origin.MANAGER),
+    "console": ("console", Origin.MANAGER),
+}
+
+
+@dataclass(slots=True)
+class Inventory:
+    """What a set of named fds turned out to hold."""
+
+    listeners: dict[str, Listener] = field(default_factory=dict)
+    lock: OwnedFd | None = None
+    stderr: OwnedFd | None = None
+    sessions: int = 0
+    orphans: list[tuple[OwnedFd, int]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for listener in self.listeners.values():
+            listener.close(unlink=False)
+        for owner in (self.lock, self.stderr):
+            if owner is not None:
+                owner.close()
+        for owner, _ in self.orphans:
+            owner.close()
+
+
+def _take_listener(inventory: Inventory, name: str, owner: OwnedFd) -> None:
+    role, origin = LISTENERS[name]
+    fd = owner.release()
+    try:
+        listener = Listener.adopt(fd, f"listen.{role}", origin)
+    except ValueError as exc:
+        log.warning("inventory.rejected", fd=name, error=str(exc))
+        return
+    previous = inventory.listeners.get(role)
+    if previous is not None:
+        # The same socket twice (a socket unit's, also in the fd store): keep one.
+        if previous.origin is Origin.MANAGER:
+            listener.close(unlink=False)
+            return
+        previous.close(unlink=False)
+    inventory.listeners[role] = listener
+
+
+def restore(
+    named: list[tuple[str, OwnedFd]], table: SessionTable, log_dir: LogDir | None
+) -> Inventory:
+    """Rebuild listeners and sessions from ``named`` (all of which this takes over).
+
+    Sessions go into ``table``; the rest is returned.
+    """
+    inventory = Inventory()
+    parts: dict[int, dict[str, OwnedFd]] = defaultdict(dict)
+    for name, owner in named:
+        match = _SESSION_FD.fullmatch(name)
+        if match:
+            serial, kind = int(match.group(1)), match.group(2)
+            if kind in parts[serial]:
+                parts[serial][kind].close()  # the same fd stored twice
+            parts[serial][kind] = owner
+        elif name in LISTENERS:
+            _take_listener(inventory, name, owner)
+        elif name in ("lock", "stderr") and getattr(inventory, name) is None:
+            owner.kind = name
+            setattr(inventory, name, owner)
+        else:
+            log.warning("inventory.rejected", fd=name, error="unknown fd name")
+            owner.close()
+    for serial in sorted(parts):
+        _restore_session(serial, parts[serial], table, log_dir, inventory)
+    return inventory
+
+
+def _master_number(owner: OwnedFd, what: str) -> int | None:
+    try:
+        return check_master(owner.fd)
+    except IntakeError as exc:
+        log.warning("inventory.rejected", fd=what, error=str(exc))
+        owner.close()
+        return None
+
+
+def _restore_session(
+    serial: int,
+    fds: dict[str, OwnedFd],
+    table: SessionTable,
+    log_dir: LogDir | None,
+    inventory: Inventory,
+) -> None:
+    rec, pty, sock, log_fd = (fds.get(k) for k in ("rec", "pty", "sock", "log"))
+    number = None if pty is None else _master_number(pty, f"s{serial}.pty")
+    if number is None:
+        pty = None
+    session = None
+    if rec is not None:
+        rec.kind = "record"
+        try:
+            session = Session.restore(
+                serial, Record.load(rec), size_policy=table.config.size_policy
+            )
+        except RecordError as exc:
+            log.warning("inventory.rejected", fd=f"s{serial}.rec", error=str(exc))
+            rec.close()
+    if session is None or table.lookup(session.name) is not None:
+        if session is not None:
+            log.warning("inventory.rejected", fd=f"s{serial}.rec", error="duplicate session name")
+            session.record.close()
+        for owner in (sock, log_fd):
+            if owner is not None:
+                owner.close()
+        if pty is not None and number is not None:
+            inventory.orphans.append((pty, number))  # held all the same, as unnamed-N
+        return
+    meta_log = session.record.meta.get("log")
+    if log_dir is not None and isinstance(meta_log, dict):
+        try:
+            session.log_file = LogFile.adopt(
+                log_dir, meta_log, log_fd, writing=session.state is SessionState.RUNNING
+            )
+            log_fd = None
+        except (LogFileError, OSError, KeyError, ValueError) as exc:
+            log.warning("inventory.log_lost", session=str(session.name), error=str(exc))
+    if log_fd is not None:
+        log_fd.close()
+    session.catch_up_log()  # a crash may have come between the ring and the file
+    if session.state is SessionState.WAITING:
+        try:
+            if sock is None:
+                raise ValueError("a waiting session without its console socket")
+            session.intake = Listener.adopt(sock.release(), f"s{serial}.sock", Origin.BOUND)
+        except ValueError as exc:
+            log.warning("inventory.rejected", fd=f"s{serial}.sock", error=str(exc))
+            if pty is not None and number is not None:
+                inventory.orphans.append((pty, number))
+            session.close()
+            return
+    elif sock is not None:
+        sock.close()
+    if pty is not None and number is not None:
+        if session.state is SessionState.RUNNING:
+            session.resume_master(pty, number)
+        else:
+            log.warning("inventory.rejected", fd=f"s{serial}.pty", error="session not running")
+            inventory.orphans.append((pty, number))
+    elif session.state is SessionState.RUNNING:
+        # The terminal hung up while no daemon held it (the manager drops a
+        # stored master that reports a hangup): it ended.
+        session.master = None
+        session.exit(EndReason.EXITED, f"session {session.name} ended while the daemon was down")
+    table.restored(session)
+    inventory.sessions += 1
