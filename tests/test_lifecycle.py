@@ -218,8 +218,13 @@ async def test_retention_keeps_newest_exited(
     for n, cid in enumerate(cids):
         await run_to_exit(daemon, runc, b, cid)
         # Oldest forgotten first, as soon as one too many has exited.
+        if n >= keep:
+            await daemon.wait_event("session.expired", session=cids[n - keep])
+        # The check for "nothing more expired" is answered by ls, after any log line.
+        listed = {str(e["session"]) for e in await ls_json(daemon)}
         expired = [e["session"] for e in daemon.find("session.expired")]
         assert expired == cids[: max(0, n + 1 - keep)]
+        assert listed == set(cids[max(0, n + 1 - keep) : n + 1])
     assert {str(e["session"]) for e in await ls_json(daemon)} == set(cids[-keep:])
     # A forgotten session is gone for every command.
     result = await cli(daemon, "logs", cids[0])
