@@ -1,6 +1,6 @@
 """Scenario 7: thousands of sessions in one daemon.
 
-A helper process (:mod:`benchmarks.ptyholder`) opens the ptys, hands each
+A helper process (:mod:`tests.support.ptyholder`) opens the ptys, hands each
 master to a session's console socket exactly as a runtime does, and keeps
 the slaves open; each terminal then prints 1 KiB.  Measured on a daemon of
 its own: intake rate, memory per additional session (PSS, after a warm-up
@@ -58,7 +58,7 @@ class Holder:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.ptyholder"],
+            [sys.executable, "-m", "tests.support.ptyholder"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -232,11 +232,11 @@ def _write_stdout(data: bytes) -> None:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    client = Client(
-        os.path.join(state_dir_of(args), "control.sock"), timeout=None if args.follow else 30.0
-    )
-    with client:
-        client.call(ev.Logs(args.session, follow=args.follow), ev.Attached)
+    path = os.path.join(state_dir_of(args), "control.sock")
+    timeout = None if args.follow else 30.0
+    client = Client(path, timeout=timeout)
+    try:
+        attached = client.call(ev.Logs(args.session, follow=args.follow), ev.Attached)
         try:
             while True:
                 event = client.receive()
@@ -245,6 +245,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 if isinstance(event, ev.Output):
                     _write_stdout(event.data)
                 elif isinstance(event, ev.Ended):
+                    if event.reason is ev.EndReason.RESTARTING and event.resume is not None:
+                        # The daemon handed over to its successor: follow on from there.
+                        client.close()
+                        client = Client(path, timeout=timeout, wait=10.0)
+                        request = ev.Logs(
+                            args.session, follow=True, resume=event.resume, uid=attached.uid
+                        )
+                        attached = client.call(request, ev.Attached)
+                        continue
                     if event.reason is ev.EndReason.SHUTDOWN:
                         print("consoled: the consoled daemon stopped", file=sys.stderr)
                         return EXIT_ERROR
@@ -258,6 +267,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
             # `consoled logs x | head`: the reader has all it wanted.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_OK
+    finally:
+        client.close()
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

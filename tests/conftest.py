@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import trio
 from tests.support.bundle import build_rootfs, make_bundle
 from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
+from tests.support.ptyproc import EXIT_TIMEOUT, PtyProcess, wait_raw
 from tests.support.runtime import Runtime, new_container_id
 
 RUNTIMES = ("runc", "crun")
@@ -122,8 +124,10 @@ async def daemon_factory(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterato
     started: list[DaemonProcess] = []
     counter = iter(range(1, 100))
 
-    async def start(*args: str, state_dir: Path | None = None) -> DaemonProcess:
-        d = DaemonProcess(state_dir or short_tmp / f"s{next(counter)}", args)
+    async def start(
+        *args: str, state_dir: Path | None = None, env: dict[str, str] | None = None
+    ) -> DaemonProcess:
+        d = DaemonProcess(state_dir or short_tmp / f"s{next(counter)}", args, extra_env=env)
         started.append(d)
         await d.start(nursery)
         return d
@@ -153,3 +157,36 @@ async def client(daemon: DaemonProcess) -> AsyncIterator[AsyncClient]:
         yield c
     finally:
         await c.aclose()
+
+
+Spawn = Callable[..., Awaitable[PtyProcess]]
+
+
+@pytest.fixture
+async def attach(nursery: trio.Nursery, daemon_factory: DaemonFactory) -> AsyncIterator[Spawn]:
+    """``await attach(daemon, *args, rows=, cols=)``: ``consoled attach ARGS`` under a pty.
+
+    Returns once the client's terminal is raw, that is once the daemon has
+    accepted the attach.  Every client is killed and reaped on teardown.
+    (Depends on ``daemon_factory`` so that clients go before their daemons.)
+    """
+    started: list[PtyProcess] = []
+
+    async def spawn(
+        daemon: DaemonProcess, *args: str, rows: int = 24, cols: int = 80, wait: bool = True
+    ) -> PtyProcess:
+        argv = [sys.executable, "-m", "consoled", "attach", *args]
+        proc = await PtyProcess.spawn(nursery, argv, env=daemon.env(), rows=rows, cols=cols)
+        started.append(proc)
+        if wait:
+            await wait_raw(proc)
+        return proc
+
+    try:
+        yield spawn
+    finally:
+        with trio.CancelScope(shield=True):
+            for proc in started:
+                proc.close()
+                with trio.move_on_after(EXIT_TIMEOUT):
+                    await proc.proc.wait()

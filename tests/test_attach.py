@@ -21,7 +21,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -29,76 +29,18 @@ import trio
 
 from consoled.protocol import ErrorCode
 from consoled.protocol import events as ev
-from tests.conftest import BundleFactory, DaemonFactory
+from tests.conftest import BundleFactory, DaemonFactory, Spawn
 from tests.support.cli import cli
 from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
-from tests.support.ptyproc import PtyProcess
+from tests.support.ptyproc import EXIT_TIMEOUT, PtyProcess, is_raw
 from tests.support.runtime import Runtime, new_container_id
 
-#: Bound on waiting for a client's terminal to go raw (it has no event to await).
-RAW_TIMEOUT = 20.0
-#: Bound on a client process exiting once it has been told to.
-EXIT_TIMEOUT = 20.0
 DETACH = b"\x10\x11"  # ctrl-p ctrl-q
 PROMPT = b"# "
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-Spawn = Callable[..., Awaitable[PtyProcess]]
-
-
-@pytest.fixture
-async def attach(nursery: trio.Nursery, daemon_factory: DaemonFactory) -> AsyncIterator[Spawn]:
-    """``await attach(daemon, *args, rows=, cols=)``: ``consoled attach ARGS`` under a pty.
-
-    Returns once the client's terminal is raw, that is once the daemon has
-    accepted the attach.  Every client is killed and reaped on teardown.
-    (Depends on ``daemon_factory`` so that clients go before their daemons.)
-    """
-    started: list[PtyProcess] = []
-
-    async def spawn(
-        daemon: DaemonProcess, *args: str, rows: int = 24, cols: int = 80, wait: bool = True
-    ) -> PtyProcess:
-        argv = [sys.executable, "-m", "consoled", "attach", *args]
-        proc = await PtyProcess.spawn(nursery, argv, env=daemon.env(), rows=rows, cols=cols)
-        started.append(proc)
-        if wait:
-            await wait_raw(proc)
-        return proc
-
-    try:
-        yield spawn
-    finally:
-        with trio.CancelScope(shield=True):
-            for proc in started:
-                proc.close()
-                with trio.move_on_after(EXIT_TIMEOUT):
-                    await proc.proc.wait()
-
-
-def is_raw(proc: PtyProcess) -> bool:
-    lflag = proc.termios()[3]
-    assert isinstance(lflag, int)
-    return not lflag & termios.ICANON
-
-
-async def wait_raw(proc: PtyProcess) -> None:
-    """Wait until the client has put its terminal into raw mode.
-
-    A change of terminal modes sends no notification, so this polls, bounded.
-    """
-    with trio.move_on_after(RAW_TIMEOUT):
-        while not is_raw(proc):
-            if proc.proc.poll() is not None:
-                raise AssertionError(
-                    f"attach exited {proc.proc.returncode}: {bytes(proc.output)!r}"
-                )
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"attach not raw within {RAW_TIMEOUT} s: {bytes(proc.output)!r}")
 
 
 def fresh_termios() -> list[object]:

@@ -378,7 +378,7 @@ async def test_sighup_is_ignored_and_the_console_lives_on(
     await runc.run(cid, bundle(["sh", "-c", script]), await socket_for(daemon, cid))
     await wait_output(daemon.control_socket, cid, b"up\r\n")
     assert daemon.proc is not None
-    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.send_signal(signal.SIGHUP)
     await daemon.wait_event("daemon.sighup_ignored")
     attach = await AsyncClient.connect(daemon.control_socket)
     try:

@@ -200,7 +200,9 @@ REQUESTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
         resume=opt_ints,
         uid=opt_texts,
     ),
-    ev.Logs: st.builds(ev.Logs, session=texts, follow=st.booleans()),
+    ev.Logs: st.builds(
+        ev.Logs, session=texts, follow=st.booleans(), resume=opt_ints, uid=opt_texts
+    ),
     ev.Reexec: st.builds(ev.Reexec),
 }
 REPLIES: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
@@ -244,7 +246,9 @@ STREAM_INPUTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
     ev.Detach: st.builds(ev.Detach),
 }
 outputs = st.builds(ev.Output, data=bins)
-endeds = st.builds(ev.Ended, reason=st.sampled_from(ev.EndReason), message=texts)
+endeds = st.builds(
+    ev.Ended, reason=st.sampled_from(ev.EndReason), message=texts, resume=opt_ints, input=opt_ints
+)
 
 REPLY_FOR_REQUEST = {
     ev.CreateSocket: ev.SocketCreated,

@@ -24,13 +24,17 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final
 
-from ..protocol import CLOSED, NEED_DATA, ErrorCode
+from ..protocol import CLOSED, NEED_DATA, ErrorCode, ProtocolError
 from ..protocol import events as ev
-from .conn import Client, DaemonUnavailable
+from .conn import RESTART_WAIT, Client, ClientError, DaemonUnavailable
 from .detachkeys import DetachMatcher
 
 #: Seconds to wait for the daemon to confirm a detach before leaving anyway.
 DETACH_CONFIRM_TIMEOUT: Final = 2.0
+#: Seconds to wait for the daemon to answer the attach.
+ATTACH_TIMEOUT: Final = 30.0
+#: Bytes of sent input kept until the daemon says it consumed them (on a restart).
+SENT_HISTORY: Final = 1024 * 1024
 READ_SIZE: Final = 64 * 1024
 
 
@@ -136,10 +140,39 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-class Attacher:
-    """One attach session: the poll loop between terminal and daemon."""
+def _attach_request(
+    options: AttachOptions, size: tuple[int, int], resume: int | None = None, uid: str | None = None
+) -> ev.Attach:
+    rows, cols = size if size[0] and size[1] else (0, 0)
+    return ev.Attach(
+        options.session,
+        read_only=options.read_only,
+        replay=options.replay,
+        rows=rows,
+        cols=cols,
+        resume=resume,
+        uid=uid,
+    )
 
-    def __init__(self, client: Client, options: AttachOptions, stdin: int, stdout: int) -> None:
+
+class Attacher:
+    """One attach session: the poll loop between terminal and daemon.
+
+    If the stream breaks off because the daemon restarts (a reexec says so
+    with ``ended: restarting``; a crash just closes the connection), the
+    attacher connects again for up to :data:`~.conn.RESTART_WAIT` seconds
+    and resumes at the byte it had reached, so the terminal sees no gap and
+    no repeat.  Keys typed meanwhile wait in the terminal's input buffer.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        attached: ev.Attached,
+        options: AttachOptions,
+        stdin: int,
+        stdout: int,
+    ) -> None:
         self.client = client
         self.options = options
         self.stdin = stdin
@@ -148,6 +181,17 @@ class Attacher:
         self.stdin_open = True
         self.ended: ev.Ended | None = None
         self.at_line_start = True
+        self.uid = attached.uid
+        #: Stream offset of the next byte we expect.
+        self.offset = attached.offset
+        self.resumes = 0
+        #: Input sent on this connection (its newest SENT_HISTORY bytes), and how
+        #: much was sent before those: a restarting daemon says how much it consumed.
+        self.sent = bytearray()
+        self.sent_before = 0
+        #: Input to send first once connected again.
+        self.unsent = b""
+        self.broken = False
 
     def run(self, wakeup_fd: int) -> ev.Ended | None:
         """Pump until the stream ends; return the daemon's ``ended`` (None if it vanished)."""
@@ -159,9 +203,18 @@ class Attacher:
             poller.register(self.stdin, select.POLLIN)
         # The reply to `attach` may have arrived in the same read as the first
         # output: handle what the codec already holds before waiting on the socket.
-        if not self._handle_events():
-            return None
-        while self.ended is None:
+        keep_going = self._handle_events()
+        while True:
+            if not keep_going or self.broken or self._restarting():
+                poller.unregister(sock)
+                if not self._resume():
+                    return self.ended
+                sock = self.client.fileno()
+                poller.register(sock, select.POLLIN)
+                keep_going = self._handle_events()
+                continue
+            if self.ended is not None:
+                return self.ended
             timeout_ms = None
             if self.matcher.deadline is not None:
                 timeout_ms = max(0, int((self.matcher.deadline - time.monotonic()) * 1000) + 1)
@@ -169,7 +222,7 @@ class Attacher:
                 if fd == sock:
                     keep_going = self._from_daemon()
                     if not keep_going:
-                        return None
+                        break
                 elif fd == wakeup_fd:
                     self._signals(wakeup_fd)
                 elif fd == self.stdin and not self._from_terminal():
@@ -182,12 +235,62 @@ class Attacher:
             deadline = self.matcher.deadline
             if deadline is not None and time.monotonic() >= deadline:
                 self._send_input(self.matcher.flush())
-        return self.ended
+
+    def _restarting(self) -> bool:
+        return self.ended is not None and self.ended.reason is ev.EndReason.RESTARTING
+
+    def _resume(self) -> bool:
+        """Attach again where the stream broke off; False if that cannot be done."""
+        self.client.close()
+        if self._restarting():
+            assert self.ended is not None
+            self._requeue_input(self.ended.input)
+        self.ended = None
+        self.broken = False
+        deadline = time.monotonic() + RESTART_WAIT
+        size = window_size(self.stdin) if self.options.tty else (0, 0)
+        request = _attach_request(self.options, size, resume=self.offset, uid=self.uid)
+        while True:
+            try:
+                client = Client(self.client.path, timeout=ATTACH_TIMEOUT, wait=RESTART_WAIT)
+                try:
+                    attached = client.call(request, ev.Attached)
+                except BaseException:
+                    client.close()
+                    raise
+                break
+            except DaemonUnavailable:
+                if time.monotonic() >= deadline:
+                    return False  # reported as a lost connection
+                time.sleep(0.1)
+            except ClientError as exc:
+                self.ended = ev.Ended(ev.EndReason.EXITED, exc.message)
+                return False
+        client.sock.settimeout(None)
+        self.client = client
+        self.resumes += 1
+        self.sent, self.sent_before = bytearray(), 0
+        unsent, self.unsent = self.unsent, b""
+        self._send_input(unsent)
+        missed = attached.offset - self.offset
+        self.offset = attached.offset
+        if missed > 0:
+            self._notice(
+                f"consoled: the daemon restarted; {missed} bytes of output were lost "
+                "before this client could resume"
+            )
+        return True
 
     def _from_daemon(self) -> bool:
         """Handle what the daemon sent; False once it closed the connection."""
-        self.client.receive_data()  # at EOF this feeds b"", which the codec takes as closed
-        return self._handle_events()
+        try:
+            self.client.receive_data()  # at EOF this feeds b"", which the codec takes as closed
+        except DaemonUnavailable:
+            return False  # a broken connection: the daemon died
+        try:
+            return self._handle_events()
+        except ProtocolError:
+            return False  # a connection cut inside a frame (the daemon died mid-write)
 
     def _handle_events(self) -> bool:
         """Handle every event the codec holds; False once the daemon closed the connection."""
@@ -200,6 +303,7 @@ class Attacher:
                 return False
             if isinstance(event, ev.Output):
                 write_all(self.stdout, event.data)
+                self.offset += len(event.data)
                 self.at_line_start = event.data.endswith(b"\n")
             elif isinstance(event, ev.Ended):
                 self.ended = event
@@ -225,8 +329,32 @@ class Attacher:
         return True
 
     def _send_input(self, data: bytes) -> None:
-        if data and not self.options.read_only:
+        if not data or self.options.read_only:
+            return
+        if self.broken:
+            self.unsent += data
+            return
+        try:
             self.client.send(ev.Input(data))
+        except DaemonUnavailable:
+            self.unsent += data  # the daemon died: sent again once it is back
+            self.broken = True
+            return
+        self.sent += data
+        excess = len(self.sent) - SENT_HISTORY
+        if excess > 0:
+            del self.sent[:excess]
+            self.sent_before += excess
+
+    def _requeue_input(self, consumed: int | None) -> None:
+        """After a restart: queue again the input the old daemon did not consume."""
+        if consumed is None:
+            return
+        start = consumed - self.sent_before
+        if start < 0:
+            self._notice(f"consoled: {-start} bytes of typed input may have been lost")
+            start = 0
+        self.unsent = bytes(self.sent[start:]) + self.unsent
 
     def _signals(self, wakeup_fd: int) -> None:
         try:
@@ -235,11 +363,18 @@ class Attacher:
             return
         if signal.SIGWINCH in signums and self.options.tty and not self.options.read_only:
             rows, cols = window_size(self.stdin)
-            if rows and cols:
-                self.client.send(ev.WindowSize(rows, cols))
+            if rows and cols and not self.broken:
+                try:
+                    self.client.send(ev.WindowSize(rows, cols))
+                except DaemonUnavailable:
+                    self.broken = True  # the size goes with the attach that resumes
 
     def _detach(self) -> ev.Ended | None:
-        self.client.send(ev.Detach())
+        try:
+            self.client.send(ev.Detach())
+        except DaemonUnavailable:
+            self.ended = ev.Ended(ev.EndReason.DETACHED, "detached")
+            return self.ended
         deadline = time.monotonic() + DETACH_CONFIRM_TIMEOUT
         self.client.sock.settimeout(DETACH_CONFIRM_TIMEOUT)
         while self.ended is None and time.monotonic() < deadline:
@@ -276,26 +411,17 @@ def attach(
     tty = options.tty and os.isatty(stdin)
     if tty != options.tty:
         options = dataclasses.replace(options, tty=tty)
-    rows, cols = window_size(stdin) if tty else (0, 0)
-    client = Client(control_path, timeout=None)
-    with client:
-        client.sock.settimeout(30.0)
-        attached = client.call(
-            ev.Attach(
-                options.session,
-                read_only=options.read_only,
-                replay=options.replay,
-                rows=rows if rows and cols else 0,
-                cols=cols if rows and cols else 0,
-            ),
-            ev.Attached,
-        )
+    size = window_size(stdin) if tty else (0, 0)
+    client = Client(control_path, timeout=ATTACH_TIMEOUT)
+    attacher: Attacher | None = None
+    try:
+        attached = client.call(_attach_request(options, size), ev.Attached)
         client.sock.settimeout(None)
         if before_loop is not None:
             status = before_loop()
             if status is not None:
                 return status
-        attacher = Attacher(client, options, stdin, stdout)
+        attacher = Attacher(client, attached, options, stdin, stdout)
         ended: ev.Ended | None = None
         try:
             with (
@@ -311,6 +437,8 @@ def attach(
             )
             return 128 + exc.signum
         return _report(attacher, attached.session, ended)
+    finally:
+        (attacher.client if attacher is not None else client).close()
 
 
 def _say(attacher: Attacher, text: str) -> None:

@@ -6,8 +6,10 @@ importing only this, the protocol package and msgpack.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import time
 from typing import Final, TypeVar
 
 from .. import __version__
@@ -17,6 +19,10 @@ from ..protocol import events as ev
 RECEIVE_SIZE: Final = 256 * 1024
 #: Seconds to wait for the daemon to answer a request.
 REQUEST_TIMEOUT: Final = 30.0
+#: Seconds a client waits for a restarting daemon (a reexec, or a crash under systemd).
+RESTART_WAIT: Final = 10.0
+#: connect() errors that a daemon coming back cures.
+_NOT_YET: Final = frozenset({errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN})
 
 E = TypeVar("E", bound=ev.Event)
 
@@ -37,31 +43,77 @@ class DaemonUnavailable(ClientError):
     """The daemon is not running at the control socket, or it went away."""
 
 
+class Restarting(DaemonUnavailable):
+    """The daemon is handing over to its successor: the request was not started."""
+
+
 class Client:
     """One connection to the daemon's control socket, handshake done.
+
+    A daemon that is handing over to its successor answers ``restarting``
+    instead of starting a request; the client then connects again (the
+    successor serves the same socket) and sends it again, for up to
+    :data:`RESTART_WAIT` seconds.
 
     Args:
         path: the control socket.
         timeout: seconds to wait for each answer (None: forever).
+        wait: seconds to keep trying to connect while nothing listens at
+            ``path`` (0: fail at once).
 
     Raises:
         DaemonUnavailable: nothing answers at ``path``.
     """
 
-    def __init__(self, path: str, *, timeout: float | None = REQUEST_TIMEOUT) -> None:
+    def __init__(
+        self, path: str, *, timeout: float | None = REQUEST_TIMEOUT, wait: float = 0.0
+    ) -> None:
         self.path = path
-        self.conn = Connection(Role.CLIENT)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        self.sock.settimeout(timeout)
+        self.timeout = timeout
+        self.daemon_pid = 0
+        self.reconnect(wait)
+
+    def reconnect(self, wait: float = RESTART_WAIT) -> None:
+        """Connect (again), retrying while the daemon says it is restarting.
+
+        Args:
+            wait: seconds to keep trying while nothing listens at the path.
+        """
+        deadline = time.monotonic() + max(wait, RESTART_WAIT)
+        while True:
+            try:
+                self._connect(wait_until=time.monotonic() + wait)
+                return
+            except Restarting:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _connect(self, wait_until: float) -> None:
+        delay = 0.02
+        while True:
+            self.conn = Connection(Role.CLIENT)
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            self.sock.settimeout(self.timeout)
+            try:
+                self.sock.connect(self.path)
+                break
+            except OSError as exc:
+                self.sock.close()
+                if exc.errno in _NOT_YET and time.monotonic() < wait_until:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                if exc.errno in (errno.EACCES, errno.EPERM):
+                    raise DaemonUnavailable(
+                        f"permission denied: cannot connect to {self.path} (ask the daemon's "
+                        "operator for --group or --watch-group)"
+                    ) from None
+                raise DaemonUnavailable(
+                    f"the daemon is not running: cannot connect to {self.path} ({exc.strerror})"
+                ) from None
         try:
-            self.sock.connect(path)
-        except OSError as exc:
-            self.sock.close()
-            raise DaemonUnavailable(
-                f"the daemon is not running: cannot connect to {path} ({exc.strerror})"
-            ) from None
-        try:
-            welcome = self.request(ev.Hello(PROTOCOL_VERSION, f"consoled-cli/{__version__}"))
+            welcome = self._request_once(ev.Hello(PROTOCOL_VERSION, f"consoled-cli/{__version__}"))
         except BaseException:
             self.sock.close()
             raise
@@ -111,12 +163,23 @@ class Client:
         return len(data)
 
     def request(self, event: ev.Event) -> ev.Event:
-        """Send a request and return its reply.
+        """Send a request and return its reply (again to the successor of a restarting daemon).
 
         Raises:
             ClientError: the daemon answered with an error.
             DaemonUnavailable: the daemon closed the connection.
         """
+        deadline = time.monotonic() + RESTART_WAIT
+        while True:
+            try:
+                return self._request_once(event)
+            except Restarting:
+                if time.monotonic() >= deadline:
+                    raise
+                self.sock.close()
+                self.reconnect()
+
+    def _request_once(self, event: ev.Event) -> ev.Event:
         self.send(event)
         return self.expect_reply()
 
@@ -125,6 +188,10 @@ class Client:
         if reply is None:
             raise DaemonUnavailable("consoled closed the connection")
         if isinstance(reply, ev.Error):
+            if reply.code is ErrorCode.RESTARTING:
+                raise Restarting(reply.message, reply.code)
+            if reply.code is ErrorCode.PERMISSION_DENIED:
+                raise DaemonUnavailable(reply.message, reply.code)
             raise ClientError(reply.message, reply.code)
         return reply
 

@@ -249,6 +249,8 @@ class Logs(Event):
     TYPE: ClassVar[str] = "logs"
     session: str
     follow: bool = False
+    resume: int | None = None  # continue following from this stream offset (no file)
+    uid: str | None = None  # with ``resume``: the session incarnation followed
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +299,8 @@ class Ended(Event):
     TYPE: ClassVar[str] = "ended"
     reason: EndReason
     message: str = ""
+    resume: int | None = None  # with reason ``restarting``: the offset to resume from
+    input: int | None = None  # with ``restarting``: bytes of this client's input consumed
 
 
 CLIENT_REQUESTS: tuple[type[Event], ...] = (

@@ -183,7 +183,7 @@ class Daemon:
         """Close everything; socket files are removed unless a successor serves them."""
         unlink = self.owns_paths and not self.handed_over
         if self.table is not None:
-            self.table.close()
+            self.table.close(unlink=unlink)
         for listener in self.listeners.values():
             listener.close(unlink=unlink)
         if self.log_dir is not None:

@@ -35,6 +35,8 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        # One write(2) per line: the lines of a daemon and its successor, which share
+        # stderr during a reexec, never interleave.
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=True,
     )

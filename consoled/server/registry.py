@@ -406,10 +406,14 @@ class SessionTable:
         self.shutting_down = True
         self.end_streams(EndReason.SHUTDOWN, "the consoled daemon is shutting down")
 
-    def close(self) -> None:
-        """Close every session's fds (the daemon stops, or has handed them over)."""
+    def close(self, *, unlink: bool = True) -> None:
+        """Close every session's fds (the daemon stops, or has handed them over).
+
+        Args:
+            unlink: remove console socket files too; False when a successor serves them.
+        """
         for session in self._sessions.values():
-            session.close()
+            session.close(unlink=unlink)
         self._sessions.clear()
 
     def fds(self) -> Iterator[tuple[str, OwnedFd | Listener]]:

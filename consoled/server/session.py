@@ -358,12 +358,17 @@ class Session:
         self.running.set()  # wakes input waiting for a master that will never come
         self.done.set()
 
-    def close(self) -> None:
-        """Close every fd this session holds (it is forgotten, or the daemon stops)."""
+    def close(self, *, unlink: bool = True) -> None:
+        """Close every fd this session holds (it is forgotten, or the daemon stops).
+
+        Args:
+            unlink: remove its console socket's file too; False once a
+                successor serves it.
+        """
         if self.master is not None:
             self.master.close()
         if self.intake is not None:
-            self.intake.close()
+            self.intake.close(unlink=unlink)
             self.intake = None
         if self.log_file is not None:
             self.log_file.close()
@@ -396,6 +401,7 @@ class Session:
         else:
             chunks = record.tail(replay)
             first = record.end - sum(map(len, chunks))
+        sub.offset = first
         sub.preload(chunks)
         if self.state is SessionState.EXITED:
             sub.end(self.end_reason, self.end_message or end_message(self.name, self.end_reason))

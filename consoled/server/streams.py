@@ -71,6 +71,10 @@ class PendingInput:
 
     def __init__(self, limit: int = INPUT_QUEUE) -> None:
         self.limit = limit
+        #: Bytes of this client's input that are done with: written to the
+        #: terminal, or dropped (and the client told).  A client that resumes
+        #: after a restart sends again whatever lies beyond.
+        self.consumed = 0
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._writing = False
@@ -122,15 +126,39 @@ async def _write_input(session: Session, pending: PendingInput) -> None:
         try:
             if not await session.write_input(data):
                 log.debug("input.dropped", reason="session not running")
+            pending.consumed += len(data)
         finally:
             pending.written()
 
 
-async def _pump_output(channel: Channel, session: Session, sub: Subscriber) -> None:
+class InputSide:
+    """An attached client's input: the keys on their way, and how to stop taking more."""
+
+    def __init__(self) -> None:
+        self.pending = PendingInput()
+        self.scope = trio.CancelScope()
+
+    async def stop(self) -> int:
+        """Take no more input, let what was taken reach the terminal (bounded).
+
+        Returns:
+            The bytes of input consumed, final from now on.
+        """
+        self.scope.cancel()
+        with trio.move_on_after(INPUT_FLUSH_TIMEOUT):
+            await self.pending.wait_idle()
+        return self.pending.consumed
+
+
+async def _pump_output(
+    channel: Channel, session: Session, sub: Subscriber, inputs: InputSide | None = None
+) -> None:
     """Send queued output, then the ``ended`` notice.
 
     The client leaves the session before it is told the stream ended, so
-    that whatever it does next (``consoled ls``) no longer counts it.
+    that whatever it does next (``consoled ls``) no longer counts it.  When
+    the daemon is restarting, the notice says where the client resumes its
+    output and how much of its input was consumed.
     """
     while True:
         await sub.wait_output()
@@ -143,7 +171,13 @@ async def _pump_output(channel: Channel, session: Session, sub: Subscriber) -> N
         notice = sub.end_notice
         assert notice is not None  # woken with nothing queued: the stream ended
         session.detach(sub)
-        await channel.send(ev.Ended(notice.reason, notice.message))
+        if notice.reason is not ev.EndReason.RESTARTING:
+            await channel.send(ev.Ended(notice.reason, notice.message))
+            return
+        consumed = None if inputs is None else await inputs.stop()
+        await channel.send(
+            ev.Ended(notice.reason, notice.message, resume=sub.offset, input=consumed)
+        )
         return
 
 
@@ -216,15 +250,18 @@ async def _attached(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_lag, sub, nursery.cancel_scope)
 
+            inputs = InputSide()
+
             async def output_then_stop() -> None:
-                await _pump_output(channel, session, sub)
+                await _pump_output(channel, session, sub, inputs)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(output_then_stop)
-            pending = PendingInput()
+            pending = inputs.pending
             async with trio.open_nursery() as writer:
                 writer.start_soon(_write_input, session, pending)
-                await _input_loop(channel, session, sub, pending)
+                with inputs.scope:
+                    await _input_loop(channel, session, sub, pending)
                 # Let keys typed just before detaching reach the terminal.
                 with trio.move_on_after(INPUT_FLUSH_TIMEOUT):
                     await pending.wait_idle()
@@ -250,6 +287,7 @@ async def _input_loop(
             return
         if isinstance(event, ev.Input):
             if sub.read_only:
+                pending.consumed += len(event.data)
                 if not warned_read_only:
                     warned_read_only = True
                     await channel.send(
@@ -263,21 +301,25 @@ async def _input_loop(
             data = event.data
             if pending.idle:
                 # The usual keystroke: straight to the terminal, no task switch.
-                data = data[session.write_input_now(data) :]
-            if data and not pending.put(data) and not warned_dropped:
-                warned_dropped = True
-                log.info(
-                    "input.dropped",
-                    session=str(session.name),
-                    reason="the terminal is not reading its input",
-                )
-                await channel.send(
-                    ev.Error(
-                        ErrorCode.INPUT_DROPPED,
-                        "the program is not reading its terminal; input beyond "
-                        f"{pending.limit} bytes was dropped",
+                written = session.write_input_now(data)
+                pending.consumed += written
+                data = data[written:]
+            if data and not pending.put(data):
+                pending.consumed += len(data)  # dropped, and the client is told: never resent
+                if not warned_dropped:
+                    warned_dropped = True
+                    log.info(
+                        "input.dropped",
+                        session=str(session.name),
+                        reason="the terminal is not reading its input",
                     )
-                )
+                    await channel.send(
+                        ev.Error(
+                            ErrorCode.INPUT_DROPPED,
+                            "the program is not reading its terminal; input beyond "
+                            f"{pending.limit} bytes was dropped",
+                        )
+                    )
         elif isinstance(event, ev.WindowSize):
             if not valid_size(event.rows, event.cols):
                 problem = size_error(event.rows, event.cols)
@@ -292,25 +334,33 @@ async def _input_loop(
 async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs) -> None:
     """Send a session's log file (or scrollback), then follow it if asked."""
     session = context.session_for_stream(request.session)
-    follow = request.follow and session.state is not ev.SessionState.EXITED
+    if request.uid is not None and request.uid != session.uid:
+        raise RequestError(
+            ErrorCode.UNKNOWN_SESSION,
+            f"session {session.name} is not the one this client followed "
+            "(it ended and the name was reused)",
+        )
+    if request.resume is not None and request.resume < 0:
+        raise RequestError(ErrorCode.INVALID_ARGUMENT, "resume must be an offset >= 0")
+    follow = request.follow and (
+        session.state is not ev.SessionState.EXITED or request.resume is not None
+    )
     sub = Subscriber(context.config.client_queue, read_only=True, label="logs", follower=True)
     snapshot: LogSnapshot | None = None
     # Synchronous from here to the follower's registration: the file (and the
     # ring after it) hold exactly the output up to that moment.
     log_file = session.log_file
-    if log_file is not None:
+    if log_file is not None and request.resume is None:
         try:
             snapshot = log_file.snapshot()
         except LogFileError as exc:
             # A file we cannot read (something planted in the directory): the ring will do.
             log.error("logfile.unreadable", session=str(session.name), error=str(exc))
     try:
+        resume, replay = request.resume, None
         if snapshot is not None:
             # The files, then whatever they lack (a write failed) from the ring.
-            resume: int | None = snapshot.written_to
-            replay: int | None = None
-        else:
-            resume, replay = None, None
+            resume = snapshot.written_to
         if follow:
             session.attach(sub, replay=replay, resume=resume, nudge=False)
         else:
@@ -324,17 +374,28 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
             else:
                 sub.end(ev.EndReason.END_OF_LOG, "")
         with context.table.track_stream():
-            await _logs_stream(channel, session, sub, snapshot)
+            await _logs_stream(channel, session, sub, snapshot, resumed=request.resume is not None)
     finally:
         if snapshot is not None:
             snapshot.close()
 
 
 async def _logs_stream(
-    channel: Channel, session: Session, sub: Subscriber, snapshot: LogSnapshot | None
+    channel: Channel,
+    session: Session,
+    sub: Subscriber,
+    snapshot: LogSnapshot | None,
+    *,
+    resumed: bool,
 ) -> None:
+    if resumed:
+        log.info("client.following", session=str(session.name), resumed=True, offset=sub.offset)
     try:
-        await channel.send(ev.Attached(str(session.name), session.state, 0, 0, 0))
+        await channel.send(
+            ev.Attached(
+                str(session.name), session.state, 0, 0, 0, offset=sub.offset, uid=session.uid
+            )
+        )
         if snapshot is not None:
             await _send_files(channel, snapshot)
         async with trio.open_nursery() as nursery:

@@ -45,6 +45,9 @@ class Subscriber:
         self._wakeup = trio.Event()
         self.end_notice: EndNotice | None = None
         self.ended = trio.Event()
+        #: Stream offset of the next byte :meth:`take` returns: where a client
+        #: that lost this stream resumes.
+        self.offset = 0
 
     @property
     def queued(self) -> int:
@@ -100,6 +103,7 @@ class Subscriber:
             out.append(chunk)
             total += len(chunk)
         self._queued -= total
+        self.offset += total
         self._allowance = max(0, self._allowance - total)
         if not chunks and self.end_notice is None:
             self._wakeup = trio.Event()

@@ -2,8 +2,12 @@
 
 Readiness is awaited, not guessed: the daemon is started with
 ``$NOTIFY_SOCKET`` pointing at a datagram socket we hold, and says
-``READY=1`` there once it serves, exactly as under systemd.  Its JSON log
-lines are read as they come so a test can await a specific event.
+``READY=1`` there once it serves, exactly as under systemd.  The socket stays
+open for the daemon's life: after ``consoled reexec`` the successor's
+``MAINPID=`` tells us which process is the daemon now.  The daemon runs
+under :mod:`tests.support.reaper`, which adopts the successor, so its exit
+status is still known.  Its JSON log lines are read as they come so a test
+can await a specific event.
 """
 
 from __future__ import annotations
@@ -35,20 +39,34 @@ class DaemonProcess:
         args: extra ``serve`` options.
         nofile: start the daemon with this (soft, hard) RLIMIT_NOFILE, or
             inherit ours when None.
+        extra_env: more environment for the daemon alone (not for the CLI).
     """
 
     def __init__(
-        self, state_dir: Path, args: Sequence[str] = (), *, nofile: tuple[int, int] | None = None
+        self,
+        state_dir: Path,
+        args: Sequence[str] = (),
+        *,
+        nofile: tuple[int, int] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.args = list(args)
         self.nofile = nofile
+        self.extra_env = dict(extra_env or {})
         self.events: list[dict[str, Any]] = []
         self.raw_stderr: list[str] = []
         self._changed = trio.Event()
         self._log_done = trio.Event()
         self.proc: trio.Process | None = None
         self.returncode: int | None = None
+        #: The daemon's pid (a successor's after a reexec), from its MAINPID=.
+        self.main_pid = 0
+        #: Every READY=1 so far (one per start and per reexec).
+        self.readies = 0
+        self.notifications: list[str] = []
+        self._notified = trio.Event()
+        self._notify: trio.socket.SocketType | None = None
 
     @property
     def control_socket(self) -> str:
@@ -60,8 +78,9 @@ class DaemonProcess:
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        """The daemon's current pid (it changes with a reexec)."""
+        assert self.main_pid
+        return self.main_pid
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -69,16 +88,51 @@ class DaemonProcess:
         env.pop("NOTIFY_SOCKET", None)
         return env
 
+    @property
+    def notify_path(self) -> str:
+        return str(self.state_dir) + ".notify"
+
+    async def _watch_notify(self) -> None:
+        assert self._notify is not None
+        try:
+            while True:
+                data = await self._notify.recv(65536)
+                for line in data.decode(errors="replace").split("\n"):
+                    self.notifications.append(line)
+                    if line == "READY=1":
+                        self.readies += 1
+                    elif line.startswith("MAINPID="):
+                        self.main_pid = int(line.partition("=")[2])
+                self._notified.set()
+                self._notified = trio.Event()
+        finally:
+            self._notify.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.notify_path)
+
+    async def wait_ready(self, count: int, timeout: float = START_TIMEOUT) -> None:
+        """Wait until the daemon said READY=1 ``count`` times in all."""
+        with trio.move_on_after(timeout):
+            while self.readies < count:
+                await self._notified.wait()
+            return
+        raise AssertionError(
+            f"READY=1 seen {self.readies} times, not {count}, within {timeout} s; log:\n"
+            + "".join(self.raw_stderr[-40:])
+        )
+
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the daemon and wait until it says READY=1."""
-        notify_path = str(self.state_dir) + ".notify"
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(notify_path)
-        notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        await notify.bind(notify_path)
+            os.unlink(self.notify_path)
+        self._notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        await self._notify.bind(self.notify_path)
+        nursery.start_soon(self._watch_notify)
         env = self.env()
-        env["NOTIFY_SOCKET"] = notify_path
+        env.update(self.extra_env)
+        env["NOTIFY_SOCKET"] = self.notify_path
         argv = [
+            sys.executable, str(Path(__file__).with_name("reaper.py")),
             sys.executable, "-m", "consoled", "serve", "--state-dir", str(self.state_dir),
             *self.args,
         ]  # fmt: skip
@@ -94,6 +148,9 @@ class DaemonProcess:
             stdin=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=None if nofile is None else set_limits,
+            # Not the checkout: the daemon imports consoled as installed (or from
+            # $PYTHONPATH, as a test that upgrades an installed copy sets it).
+            cwd=self.state_dir.parent,
         )
         nursery.start_soon(self._read_log)
         try:
@@ -101,8 +158,7 @@ class DaemonProcess:
                 async with trio.open_nursery() as race:
 
                     async def ready() -> None:
-                        while b"READY=1" not in (await notify.recv(4096)).split(b"\n"):
-                            pass
+                        await self.wait_ready(1, START_TIMEOUT)
                         race.cancel_scope.cancel()
 
                     async def died() -> None:
@@ -121,9 +177,6 @@ class DaemonProcess:
             raise AssertionError(
                 f"daemon not ready within {START_TIMEOUT} s; stderr:\n" + "".join(self.raw_stderr)
             ) from None
-        finally:
-            notify.close()
-            os.unlink(notify_path)
 
     async def _read_log(self) -> None:
         try:
@@ -174,15 +227,21 @@ class DaemonProcess:
             or e.get("event") == "<unparsed>"
         ]  # fmt: skip
 
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the daemon (the current one, after a reexec)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         """Signal the daemon and wait for it to exit; kill it if it hangs."""
         if self.proc is None:
             return 0
         if self.proc.returncode is None:
-            self.proc.send_signal(sig)
+            self.send_signal(sig)
         with trio.move_on_after(STOP_TIMEOUT):
             self.returncode = await self.proc.wait()
             return self.returncode
+        self.send_signal(signal.SIGKILL)
         self.proc.kill()
         await self.proc.wait()
         raise AssertionError(f"daemon did not stop within {STOP_TIMEOUT} s of {sig}")

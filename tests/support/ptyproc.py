@@ -18,6 +18,10 @@ from collections.abc import Sequence
 import trio
 
 EXPECT_TIMEOUT = 15.0
+#: Bound on waiting for a client's terminal to go raw (it has no event to await).
+RAW_TIMEOUT = 20.0
+#: Bound on a client process exiting once it has been told to.
+EXIT_TIMEOUT = 20.0
 
 
 def _become_tty_leader() -> None:  # runs in the child between fork and exec
@@ -101,6 +105,11 @@ class PtyProcess:
             f"{bytes(self.output[self._pos :])!r}"
         )
 
+    async def wait_changed(self) -> None:
+        """Wait until more output arrives (or the terminal closes)."""
+        if not self.eof:
+            await self._changed.wait()
+
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
@@ -125,3 +134,25 @@ class PtyProcess:
                 trio.lowlevel.notify_closing(fd)
                 os.close(fd)
         self.master = self.slave = -1
+
+
+def is_raw(proc: PtyProcess) -> bool:
+    lflag = proc.termios()[3]
+    assert isinstance(lflag, int)
+    return not lflag & termios.ICANON
+
+
+async def wait_raw(proc: PtyProcess) -> None:
+    """Wait until the client has put its terminal into raw mode.
+
+    A change of terminal modes sends no notification, so this polls, bounded.
+    """
+    with trio.move_on_after(RAW_TIMEOUT):
+        while not is_raw(proc):
+            if proc.proc.poll() is not None:
+                raise AssertionError(
+                    f"attach exited {proc.proc.returncode}: {bytes(proc.output)!r}"
+                )
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"attach not raw within {RAW_TIMEOUT} s: {bytes(proc.output)!r}")

@@ -1,4 +1,6 @@
-"""Helper process for the scale scenario: opens ptys, hands the masters over, holds the slaves.
+"""A process that stands in for many containers: opens ptys, hands the masters
+over as a runtime does, holds the slaves (the benchmarks' scale scenario, the
+reexec and crash tests).
 
 Commands, one per line on stdin:
 
@@ -6,6 +8,9 @@ Commands, one per line on stdin:
   master exactly as a runtime does (one message, payload ``/dev/ptmx``, the
   fd in SCM_RIGHTS), close our copy of the master, keep the slave open.
 - ``write N``: write N bytes to every slave not written to yet; answers ``written K``.
+- ``say I TEXT``: write TEXT and a newline to slave number I (from 0); answers ``said I``.
+- ``hangups``: answers ``hangups K``: how many slaves saw their master go
+  (POLLHUP: the terminal hung up).
 - ``sync``: answers ``ok COUNT`` once every earlier command is done.
 
 End of input closes every slave (the sessions' terminals hang up) and exits.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import array
 import os
 import resource
+import select
 import socket
 import sys
 
@@ -54,6 +60,16 @@ def main() -> int:
                 os.write(fd, data)
             print(f"written {len(slaves) - written}", flush=True)
             written = len(slaves)
+        elif command == "say":
+            index, _, text = arg.partition(" ")
+            os.write(slaves[int(index)], text.encode() + b"\n")
+            print(f"said {index}", flush=True)
+        elif command == "hangups":
+            poller = select.poll()
+            for fd in slaves:
+                poller.register(fd, select.POLLIN)
+            hups = sum(1 for _, mask in poller.poll(0) if mask & select.POLLHUP)
+            print(f"hangups {hups}", flush=True)
         elif command == "sync":
             print(f"ok {len(slaves)}", flush=True)
     for fd in slaves:

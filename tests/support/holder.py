@@ -1,0 +1,82 @@
+"""Drive :mod:`tests.support.ptyholder` from trio: ptys whose slaves another process holds.
+
+The holder stands in for containers: it opens ptys, hands the masters to the
+daemon as a runtime does, keeps the slaves open, writes to them when told,
+and reports whether any terminal hung up.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+#: Seconds any holder command may take.
+HOLDER_TIMEOUT = 60.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class PtyHolder:
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self._buf = b""
+
+    @classmethod
+    async def start(cls, nursery: trio.Nursery, argv_prefix: Sequence[str] = ()) -> PtyHolder:
+        """Start the holder (``argv_prefix`` may run it elsewhere, e.g. in a namespace)."""
+        proc = await trio.lowlevel.open_process(
+            [*argv_prefix, sys.executable, "-m", "tests.support.ptyholder"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        return cls(proc)
+
+    async def send(self, *lines: str) -> None:
+        assert self.proc.stdin is not None
+        await self.proc.stdin.send_all("".join(line + "\n" for line in lines).encode())
+
+    async def _line(self) -> str:
+        assert self.proc.stdout is not None
+        while b"\n" not in self._buf:
+            chunk = await self.proc.stdout.receive_some(65536)
+            if not chunk:
+                raise AssertionError("the pty holder exited")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    async def ask(self, line: str) -> str:
+        with trio.fail_after(HOLDER_TIMEOUT):
+            await self.send(line)
+            return await self._line()
+
+    async def hand(self, paths: Sequence[str]) -> int:
+        """Hand a master to each console socket; returns how many slaves it holds now."""
+        with trio.fail_after(HOLDER_TIMEOUT):
+            await self.send(*(f"hand {path}" for path in paths))
+            answer = await self.ask("sync")
+        assert answer.startswith("ok "), answer
+        return int(answer.split()[1])
+
+    async def say(self, index: int, text: str) -> None:
+        assert await self.ask(f"say {index} {text}") == f"said {index}"
+
+    async def hangups(self) -> int:
+        answer = await self.ask("hangups")
+        assert answer.startswith("hangups "), answer
+        return int(answer.split()[1])
+
+    async def aclose(self) -> None:
+        """Close every slave (their terminals hang up) and wait for the holder to exit."""
+        with trio.CancelScope(shield=True):
+            if self.proc.stdin is not None:
+                await self.proc.stdin.aclose()
+            with trio.move_on_after(HOLDER_TIMEOUT):
+                await self.proc.wait()
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()

@@ -1,0 +1,307 @@
+"""``consoled reexec``: a new program takes over every console, and nothing is lost.
+
+The containers are real (runc) or stand-ins whose slaves a helper holds
+(:mod:`tests.support.holder`); the clients are the real ``consoled attach``,
+under a real pty or on pipes.  Every test checks what a user would see: each
+number a container printed reaches the log file and every attached client
+exactly once, in order; no terminal hangs up; no client exits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+import consoled
+from consoled.protocol import ErrorCode
+from consoled.protocol import events as ev
+from tests.conftest import BundleFactory, DaemonFactory, Spawn
+from tests.support.cli import cli
+from tests.support.client import AsyncClient, wait_output
+from tests.support.daemon import DaemonProcess
+from tests.support.holder import PtyHolder
+from tests.support.runtime import Runtime
+
+#: Bound on one `consoled reexec` in these tests.
+REEXEC_TIMEOUT = 60.0
+#: Bound on the clients catching up with the container's last line.
+CATCH_UP_TIMEOUT = 60.0
+NUMBER = re.compile(rb"n(\d+)\r\n")
+
+
+async def reexec(daemon: DaemonProcess) -> str:
+    """Run ``consoled reexec``; it must succeed.  Returns its message."""
+    before = daemon.pid
+    readies = daemon.readies
+    result = await cli(daemon, "reexec", timeout=REEXEC_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    await daemon.wait_ready(readies + 1)
+    assert daemon.pid != before
+    return result.stderr.decode()
+
+
+def numbers(out: bytes) -> list[int]:
+    return [int(m.group(1)) for m in NUMBER.finditer(out)]
+
+
+def assert_exactly_once(values: list[int], first: int, last: int) -> None:
+    """``values`` is first..last, each once, in order."""
+    assert values, "no numbers at all"
+    for prev, cur in itertools.pairwise(values):
+        assert cur == prev + 1, f"{prev} then {cur}"
+    assert (values[0], values[-1]) == (first, last), (values[0], values[-1])
+
+
+async def test_reexec_under_load_loses_and_repeats_nothing(
+    *,
+    daemon_factory: DaemonFactory,
+    runc: Runtime,
+    bundle: BundleFactory,
+    out_dir: Path,
+    tmp_path: Path,
+    attach: Spawn,
+    nursery: trio.Nursery,
+    container_id: Callable[[str], str],
+) -> None:
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory("--log-dir", str(log_dir), "--scrollback", "8M")
+    cid = container_id("load")
+    # Numbered lines as fast as the shell can print them, until /out/stop appears.
+    # A hangup would be recorded by the trap.
+    script = (
+        "trap 'echo HUP >/out/hup' HUP; i=0; "
+        "while [ ! -e /out/stop ]; do i=$((i+1)); echo n$i; done; echo END-$i; exec sleep 600"
+    )
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        path = await client.create_socket(cid)
+    finally:
+        await client.aclose()
+    await runc.run(cid, bundle(["sh", "-c", script]), path)
+    await wait_output(daemon.control_socket, cid, b"n100\r\n")
+
+    # One client on a real terminal, one on pipes.
+    tty = await attach(daemon, "--no-replay", cid)
+    piped = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "consoled", "attach", "--no-tty", "--no-replay", cid],
+        env=daemon.env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    piped_out = bytearray()
+    piped_err = bytearray()
+    piped_changed = trio.Event()
+
+    async def drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+        nonlocal piped_changed
+        async for chunk in stream:
+            into += chunk
+            piped_changed.set()
+            piped_changed = trio.Event()
+
+    assert piped.stdout is not None and piped.stderr is not None
+    nursery.start_soon(drain, piped.stdout, piped_out)
+    nursery.start_soon(drain, piped.stderr, piped_err)
+    try:
+        await tty.expect(NUMBER)
+        pids = [daemon.pid]
+        for _ in range(3):
+            mark = len(tty.output)
+            await reexec(daemon)
+            pids.append(daemon.pid)
+            # Output keeps flowing to the clients through the new daemon.
+            with trio.fail_after(CATCH_UP_TIMEOUT):
+                while not NUMBER.search(tty.output, mark + 4096):
+                    await tty.wait_changed()
+        assert len(set(pids)) == 4
+
+        (out_dir / "stop").touch()
+        end = re.compile(rb"END-(\d+)\r\n")
+        last_line = await tty.expect(end, timeout=CATCH_UP_TIMEOUT)
+        match = end.search(last_line)
+        assert match is not None
+        last = int(match.group(1))
+        with trio.fail_after(CATCH_UP_TIMEOUT):
+            while not end.search(piped_out):
+                await piped_changed.wait()
+        await wait_output(daemon.control_socket, cid, b"END-")
+
+        # The log file: every number from 1, once, in order.
+        logged = (log_dir / f"{cid}.log").read_bytes()
+        assert_exactly_once(numbers(logged), 1, last)
+        # Each client: from where it attached to the end, once, in order.
+        tty_values = numbers(bytes(tty.output))
+        assert_exactly_once(tty_values, tty_values[0], last)
+        piped_values = numbers(bytes(piped_out))
+        assert_exactly_once(piped_values, piped_values[0], last)
+        # Nobody noticed: no hangup, no client exited, nothing said on the terminal.
+        assert not (out_dir / "hup").exists()
+        assert tty.proc.returncode is None
+        assert piped.returncode is None
+        assert b"consoled:" not in bytes(tty.output)
+        assert piped_err == b""
+        assert daemon.find("reexec.done")
+        assert not daemon.find("reexec.failed")
+    finally:
+        piped.kill()
+        with trio.CancelScope(shield=True):
+            await piped.wait()
+            await runc.kill(cid)
+
+
+async def test_reexec_moves_a_thousand_sessions(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    count = 1000
+    daemon = await daemon_factory("--log-dir", str(tmp_path / "logs"))
+    holder = await PtyHolder.start(nursery)
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        names = [f"k{n}" for n in range(count)]
+        paths = [await client.create_socket(name) for name in names]
+        assert await holder.hand(paths) == count
+        await daemon.wait_event("session.running", count=count, timeout=60)
+        await holder.say(7, "before-the-switch")
+        await wait_output(daemon.control_socket, "k7", b"before-the-switch")
+        # A session still waiting for its master, and one that has exited.
+        waiting = await client.create_socket("late")
+        await client.aclose()
+
+        message = await reexec(daemon)
+        assert f"took over {count + 1} sessions" in message
+
+        client = await AsyncClient.connect(daemon.control_socket)
+        sessions = {s.session: s for s in await client.list_sessions()}
+        assert len(sessions) == count + 1
+        assert all(sessions[name].state is ev.SessionState.RUNNING for name in names)
+        assert sessions["late"].state is ev.SessionState.WAITING
+        assert sessions["k7"].bytes_out > 0
+        # Nothing hung up, and the new daemon drains and keeps what came before.
+        assert await holder.hangups() == 0
+        await holder.say(999, "after-the-switch")
+        await wait_output(daemon.control_socket, "k999", b"after-the-switch")
+        result = await cli(daemon, "logs", "k7")
+        assert b"before-the-switch" in result.stdout
+        # The waiting session's socket still takes its master.
+        assert await holder.hand([waiting]) == count + 1
+        await daemon.wait_event("session.running", session="late")
+    finally:
+        await client.aclose()
+        await holder.aclose()
+    await daemon.wait_event("session.exited", count=count + 1, timeout=60)
+
+
+def installed_copy(tmp_path: Path) -> Path:
+    """A copy of the consoled package: the install a test upgrades (or breaks)."""
+    root = tmp_path / "install"
+    shutil.copytree(
+        Path(consoled.__file__).parent, root / "consoled", ignore=shutil.ignore_patterns("*.pyc")
+    )
+    return root
+
+
+def break_install(root: Path, how: str) -> str:
+    """Break an installed copy; returns what the failure must say."""
+    if how == "import-error":
+        path = root / "consoled" / "server" / "daemon.py"
+        path.write_text('raise ImportError("planted: this install is broken")\n')
+        return "planted: this install is broken"
+    path = root / "consoled" / "__main__.py"
+    path.write_text("import sys\nsys.exit(1)\n")
+    return "exited with status 1"
+
+
+@pytest.mark.parametrize("how", ["import-error", "exits-1"])
+async def test_reexec_into_a_broken_install_keeps_the_old_daemon(
+    daemon_factory: DaemonFactory,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    attach: Spawn,
+    how: str,
+) -> None:
+    root = installed_copy(tmp_path)
+    # The daemon runs the copy, as a package manager would have installed it.
+    daemon = await daemon_factory(env={"PYTHONPATH": str(root)})
+    holder = await PtyHolder.start(nursery)
+    try:
+        client = await AsyncClient.connect(daemon.control_socket)
+        path = await client.create_socket("keep")
+        await client.aclose()
+        await holder.hand([path])
+        await daemon.wait_event("session.running", session="keep")
+        old = daemon.pid
+
+        why = break_install(root, how)
+        result = await cli(daemon, "reexec", timeout=REEXEC_TIMEOUT)
+        assert result.returncode == 1
+        err = result.stderr.decode()
+        assert "reexec failed" in err and why in err, err
+        assert "Traceback" not in err
+        failed = await daemon.wait_event("reexec.failed")
+        assert why in failed["error"]
+
+        # The old daemon serves on as if nothing had happened.
+        assert daemon.pid == old
+        assert daemon.readies == 2  # READY=1 again after RELOADING=1
+        assert await holder.hangups() == 0
+        proc = await attach(daemon, "--no-replay", "keep")
+        await holder.say(0, "still-served")
+        await proc.expect(b"still-served")
+        result = await cli(daemon, "ls", "--json")
+        assert result.returncode == 0
+    finally:
+        await holder.aclose()
+
+
+async def test_reexec_over_the_protocol_and_info_shows_the_new_program(
+    daemon: DaemonProcess,
+) -> None:
+    result = await cli(daemon, "info", "--json")
+    before = json.loads(result.stdout)
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        reply = await client.request(ev.Reexec())
+        assert isinstance(reply, ev.Reexeced), reply
+        assert reply.pid != before["pid"]
+        assert reply.version == consoled.__version__
+        # The connection that asked is closed once it has its answer.
+        assert await client.receive() is None
+    finally:
+        await client.aclose()
+    await daemon.wait_ready(2)
+    assert daemon.pid == reply.pid
+    # The daemon that took over serves the same sockets, and says when it started.
+    result = await cli(daemon, "info", "--json")
+    assert result.returncode == 0, result.stderr
+    after = json.loads(result.stdout)
+    assert after["pid"] == reply.pid
+    assert after["version"] == consoled.__version__
+    assert after["started"] > before["started"]
+
+
+async def test_a_second_reexec_waits_for_the_first(daemon: DaemonProcess) -> None:
+    first = await AsyncClient.connect(daemon.control_socket)
+    second = await AsyncClient.connect(daemon.control_socket)
+    try:
+        await first.send(ev.Reexec())
+        await daemon.wait_event("reexec.starting")
+        reply = await second.request(ev.Reexec())
+        # Refused with a reason while the first runs, or answered as "restarting"
+        # (sent again, it reaches the successor): never two handovers at once.
+        assert isinstance(reply, ev.Error), reply
+        assert reply.code in (ErrorCode.REEXEC_FAILED, ErrorCode.RESTARTING), reply
+        assert isinstance(await first.receive(), ev.Reexeced)
+    finally:
+        await first.aclose()
+        await second.aclose()
+    await daemon.wait_ready(2)
