@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server.daemon import StartupError, serve
     from .server.sizepolicy import SizePolicy
 
-    logconfig.configure(args.log_format, args.log_level)
+    sink = logconfig.configure(args.log_format, args.log_level)
     config = DaemonConfig(
         state_dir=Path(state_dir_of(args)),
         scrollback=args.scrollback,
@@ -100,8 +100,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         trio.run(serve, config)
     except StartupError as exc:
+        sink.close()  # the events before it come first
         print(f"consoled: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        sink.close()  # bounded: the last events ("daemon.stopped") normally make it out
     return EXIT_OK
 
 

@@ -12,14 +12,18 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from consoled.server.logconfig import make_sink
+from consoled.server.logsink import LogSink
 from tests.support.bundle import build_rootfs, make_bundle
 from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
 from tests.support.runtime import Runtime, new_container_id
+from tests.support.sink import SinkFactory
 
 RUNTIMES = ("runc", "crun")
 
@@ -47,6 +51,22 @@ def short_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def new_sink() -> Iterator[SinkFactory]:
+    """``new_sink(fd, fmt="json", **options)``: the daemon's log sink on ``fd``,
+    closed (briefly waited for) at the end of the test."""
+    made: list[LogSink] = []
+
+    def factory(fd: int, fmt: str = "json", **options: Any) -> LogSink:
+        sink = make_sink(fd, fmt, **options)
+        made.append(sink)
+        return sink
+
+    yield factory
+    for sink in made:
+        sink.close(0.5)
 
 
 @pytest.fixture

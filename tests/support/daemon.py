@@ -25,6 +25,8 @@ import trio
 #: Seconds the daemon gets to become ready or to stop.
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
+#: Seconds the last lines of its stderr may take to be read after it exited.
+LAST_LINES_TIMEOUT = 5.0
 
 
 class DaemonProcess:
@@ -124,6 +126,9 @@ class DaemonProcess:
         finally:
             notify.close()
             os.unlink(notify_path)
+        # daemon.ready is logged before READY=1 is sent, but written by the
+        # daemon's log thread: it may come a little later.
+        await self.wait_event("daemon.ready", START_TIMEOUT)
 
     async def _read_log(self) -> None:
         try:
@@ -182,7 +187,10 @@ class DaemonProcess:
             self.proc.send_signal(sig)
         with trio.move_on_after(STOP_TIMEOUT):
             self.returncode = await self.proc.wait()
-            return self.returncode
-        self.proc.kill()
-        await self.proc.wait()
-        raise AssertionError(f"daemon did not stop within {STOP_TIMEOUT} s of {sig}")
+        if self.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+            raise AssertionError(f"daemon did not stop within {STOP_TIMEOUT} s of {sig}")
+        with trio.move_on_after(LAST_LINES_TIMEOUT):
+            await self._log_done.wait()  # what it wrote last, read after its exit
+        return self.returncode
