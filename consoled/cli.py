@@ -75,8 +75,11 @@ def connect(args: argparse.Namespace) -> Client:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import contextlib
+    import signal
     from pathlib import Path
 
+    import structlog
     import trio
 
     from .server import logconfig
@@ -84,7 +87,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server.daemon import StartupError, serve
     from .server.sizepolicy import SizePolicy
 
-    sink = logconfig.configure(args.log_format, args.log_level)
+    # A write past RLIMIT_FSIZE must fail with EFBIG, not kill the daemon and
+    # hang up every terminal it holds.  CPython ignores SIGXFSZ at start-up
+    # already; an embedding interpreter might not.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    sink = logconfig.configure(args.log_format, args.log_level, journal_socket=args.journal_socket)
     config = DaemonConfig(
         state_dir=Path(state_dir_of(args)),
         scrollback=args.scrollback,
@@ -97,15 +104,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_max_size=args.log_max_size,
         shutdown_grace=args.shutdown_grace,
     )
+    status, problem = EXIT_OK, None
     try:
         trio.run(serve, config)
     except StartupError as exc:
-        sink.close()  # the events before it come first
-        print(f"consoled: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        status, problem = EXIT_ERROR, f"consoled: {exc}"
+    except Exception as exc:
+        # A bug: the last words go where every event goes, as an event (with
+        # the traceback), not as a raw traceback on a stderr that may be broken.
+        structlog.get_logger("consoled.daemon").critical("daemon.crashed", exc_info=exc)
+        status = EXIT_ERROR
     finally:
         sink.close()  # bounded: the last events ("daemon.stopped") normally make it out
-    return EXIT_OK
+    if problem is not None:
+        with contextlib.suppress(OSError):
+            print(problem, file=sys.stderr, flush=True)
+    return status
 
 
 def cmd_socket(args: argparse.Namespace) -> int:
@@ -472,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shutdown-grace", type=float, default=2.0, metavar="SECONDS", help=argparse.SUPPRESS
     )
+    # journald's native socket, when $JOURNAL_STREAM says stderr is the journal (for tests).
+    p.add_argument("--journal-socket", metavar="PATH", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

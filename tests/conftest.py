@@ -138,12 +138,13 @@ DaemonFactory = Callable[..., Awaitable[DaemonProcess]]
 
 @pytest.fixture
 async def daemon_factory(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[DaemonFactory]:
-    """Start daemons with extra ``serve`` options; each is checked on teardown."""
+    """Start daemons with extra ``serve`` options (and DaemonProcess keyword
+    options); each is checked on teardown."""
     started: list[DaemonProcess] = []
     counter = iter(range(1, 100))
 
-    async def start(*args: str, state_dir: Path | None = None) -> DaemonProcess:
-        d = DaemonProcess(state_dir or short_tmp / f"s{next(counter)}", args)
+    async def start(*args: str, state_dir: Path | None = None, **options: Any) -> DaemonProcess:
+        d = DaemonProcess(state_dir or short_tmp / f"s{next(counter)}", args, **options)
         started.append(d)
         await d.start(nursery)
         return d
