@@ -86,9 +86,11 @@ def _group_id(text: str | None) -> int | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import contextlib
     import signal
     from pathlib import Path
 
+    import structlog
     import trio
 
     from .server import logconfig
@@ -97,11 +99,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server.handover import HandoverError
     from .server.sizepolicy import SizePolicy
 
-    # A closed terminal or a log rotation must not stop every console; a log
-    # file past RLIMIT_FSIZE must fail the write (EFBIG), not kill the daemon.
+    # A closed terminal or a log rotation must not stop every console.  A write
+    # past RLIMIT_FSIZE must fail with EFBIG, not kill the daemon and hang up
+    # every terminal it holds (CPython ignores SIGXFSZ at start-up already; an
+    # embedding interpreter might not).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    logconfig.configure(args.log_format, args.log_level)
+    sink = logconfig.configure(args.log_format, args.log_level, journal_socket=args.journal_socket)
     config = DaemonConfig(
         state_dir=Path(state_dir_of(args)),
         scrollback=args.scrollback,
@@ -126,12 +130,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             buffered=args.max_buffered,
         ),
     )
+    status, problem = EXIT_OK, None
     try:
         trio.run(serve, config)
     except (StartupError, HandoverError) as exc:
-        print(f"consoled: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_OK
+        status, problem = EXIT_ERROR, f"consoled: {exc}"
+    except Exception as exc:
+        # A bug: the last words go where every event goes, as an event (with
+        # the traceback), not as a raw traceback on a stderr that may be broken.
+        structlog.get_logger("consoled.daemon").critical("daemon.crashed", exc_info=exc)
+        status = EXIT_ERROR
+    finally:
+        sink.close()  # bounded: the last events ("daemon.stopped") normally make it out
+    if problem is not None:
+        with contextlib.suppress(OSError):
+            print(problem, file=sys.stderr, flush=True)
+    return status
 
 
 def cmd_reexec(args: argparse.Namespace) -> int:
@@ -577,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shutdown-grace", type=float, default=2.0, metavar="SECONDS", help=argparse.SUPPRESS
     )
+    # journald's native socket, when $JOURNAL_STREAM says stderr is the journal (for tests).
+    p.add_argument("--journal-socket", metavar="PATH", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

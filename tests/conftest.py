@@ -13,15 +13,19 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from consoled.server.logconfig import make_sink
+from consoled.server.logsink import LogSink
 from tests.support.bundle import build_rootfs, make_bundle
 from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
 from tests.support.ptyproc import EXIT_TIMEOUT, PtyProcess, wait_raw
 from tests.support.runtime import Runtime, new_container_id
+from tests.support.sink import SinkFactory
 
 RUNTIMES = ("runc", "crun")
 
@@ -49,6 +53,22 @@ def short_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def new_sink() -> Iterator[SinkFactory]:
+    """``new_sink(fd, fmt="json", **options)``: the daemon's log sink on ``fd``,
+    closed (briefly waited for) at the end of the test."""
+    made: list[LogSink] = []
+
+    def factory(fd: int, fmt: str = "json", **options: Any) -> LogSink:
+        sink = make_sink(fd, fmt, **options)
+        made.append(sink)
+        return sink
+
+    yield factory
+    for sink in made:
+        sink.close(0.5)
 
 
 @pytest.fixture
@@ -120,14 +140,13 @@ DaemonFactory = Callable[..., Awaitable[DaemonProcess]]
 
 @pytest.fixture
 async def daemon_factory(nursery: trio.Nursery, short_tmp: Path) -> AsyncIterator[DaemonFactory]:
-    """Start daemons with extra ``serve`` options; each is checked on teardown."""
+    """Start daemons with extra ``serve`` options (and DaemonProcess keyword
+    options); each is checked on teardown."""
     started: list[DaemonProcess] = []
     counter = iter(range(1, 100))
 
-    async def start(
-        *args: str, state_dir: Path | None = None, env: dict[str, str] | None = None
-    ) -> DaemonProcess:
-        d = DaemonProcess(state_dir or short_tmp / f"s{next(counter)}", args, extra_env=env)
+    async def start(*args: str, state_dir: Path | None = None, **options: Any) -> DaemonProcess:
+        d = DaemonProcess(state_dir or short_tmp / f"s{next(counter)}", args, **options)
         started.append(d)
         await d.start(nursery)
         return d

@@ -231,7 +231,7 @@ async def test_reexec_into_a_broken_install_keeps_the_old_daemon(
 ) -> None:
     root = installed_copy(tmp_path)
     # The daemon runs the copy, as a package manager would have installed it.
-    daemon = await daemon_factory(env={"PYTHONPATH": str(root)})
+    daemon = await daemon_factory(extra_env={"PYTHONPATH": str(root)})
     holder = await PtyHolder.start(nursery)
     try:
         client = await AsyncClient.connect(daemon.control_socket)

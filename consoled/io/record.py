@@ -115,19 +115,23 @@ class Record:
         try:
             owner = OwnedFd(os.memfd_create(f"consoled:{label}", os.MFD_CLOEXEC), "record")
         except OSError:
-            record = cls(None, scrollback, 0, meta, 0)
-            record._check_meta(meta)
-            return record
-        try:
-            fd = owner.fd
-            os.ftruncate(fd, DATA_OFFSET + scrollback + WRITE_SLACK)
-            _pwrite_all(fd, _HEAD.pack(MAGIC, VERSION, DATA_OFFSET), 0)
-            _pwrite_all(fd, struct.pack("<QQ", scrollback + WRITE_SLACK, 0), 16)
-            record = cls(owner, scrollback, 0, {}, 0)
-            record.write_meta(meta)
-        except BaseException:
-            owner.close()
-            raise
+            owner = None  # out of fds or memory
+        if owner is not None:
+            try:
+                fd = owner.fd
+                os.ftruncate(fd, DATA_OFFSET + scrollback + WRITE_SLACK)
+                _pwrite_all(fd, _HEAD.pack(MAGIC, VERSION, DATA_OFFSET), 0)
+                _pwrite_all(fd, struct.pack("<QQ", scrollback + WRITE_SLACK, 0), 16)
+                record = cls(owner, scrollback, 0, {}, 0)
+                record.write_meta(meta)
+                return record
+            except OSError:
+                owner.close()  # out of memory, or past RLIMIT_FSIZE (EFBIG): memory will do
+            except BaseException:
+                owner.close()
+                raise
+        record = cls(None, scrollback, 0, meta, 0)
+        record._check_meta(meta)
         return record
 
     @classmethod

@@ -8,6 +8,11 @@ open for the daemon's life: after ``consoled reexec`` the successor's
 under :mod:`tests.support.reaper`, which adopts the successor, so its exit
 status is still known.  Its JSON log lines are read as they come so a test
 can await a specific event.
+
+A test can also give the daemon a stderr that misbehaves (a pipe nobody
+reads, a pipe whose reader is gone, a file under a size limit), or make
+stderr "the journal" and read the native-protocol entries the daemon sends
+to a datagram socket the test binds in journald's place.
 """
 
 from __future__ import annotations
@@ -22,13 +27,23 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import trio
+
+from tests.support.journal import parse_entry, receive_entry
 
 #: Seconds the daemon gets to become ready or to stop.
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
+#: Seconds the last lines of its stderr may take to be read after it exited.
+LAST_LINES_TIMEOUT = 5.0
+
+#: Where the daemon's stderr goes: ``read`` (a pipe whose lines the test
+#: follows), ``unread`` (a pipe nobody reads until :meth:`DaemonProcess.read_stderr`),
+#: ``closed`` (a pipe whose read end is closed before the daemon starts), or a
+#: file, opened ``O_APPEND`` as systemd's ``StandardError=append:`` does.
+Stderr = Literal["read", "unread", "closed"] | Path
 
 
 class DaemonProcess:
@@ -39,6 +54,11 @@ class DaemonProcess:
         args: extra ``serve`` options.
         nofile: start the daemon with this (soft, hard) RLIMIT_NOFILE, or
             inherit ours when None.
+        stderr: where its stderr goes (see :data:`Stderr`).
+        fsize: start the daemon with this RLIMIT_FSIZE (bytes), or inherit ours.
+        journal: make stderr look like the journal (``$JOURNAL_STREAM``) and
+            receive the daemon's entries on a socket standing in for journald's;
+            their ``MESSAGE`` lines become :attr:`events`.
         extra_env: more environment for the daemon alone (not for the CLI).
     """
 
@@ -49,15 +69,25 @@ class DaemonProcess:
         *,
         nofile: tuple[int, int] | None = None,
         extra_env: dict[str, str] | None = None,
+        stderr: Stderr = "read",
+        fsize: int | None = None,
+        journal: bool = False,
     ) -> None:
         self.state_dir = state_dir
         self.args = list(args)
         self.nofile = nofile
         self.extra_env = dict(extra_env or {})
+        self.stderr = stderr
+        self.fsize = fsize
+        self.journal = journal
+        #: The journal entries received, field name to value.
+        self.entries: list[dict[str, bytes]] = []
         self.events: list[dict[str, Any]] = []
         self.raw_stderr: list[str] = []
         self._changed = trio.Event()
         self._log_done = trio.Event()
+        self._stderr_stream: trio.lowlevel.FdStream | None = None
+        self._reading = stderr == "read"
         self.proc: trio.Process | None = None
         self.returncode: int | None = None
         #: The daemon's pid (a successor's after a reexec), from its MAINPID=.
@@ -67,6 +97,10 @@ class DaemonProcess:
         self.notifications: list[str] = []
         self._notified = trio.Event()
         self._notify: trio.socket.SocketType | None = None
+
+    @property
+    def journal_socket(self) -> str:
+        return str(self.state_dir) + ".journal"
 
     @property
     def control_socket(self) -> str:
@@ -86,6 +120,7 @@ class DaemonProcess:
         env = dict(os.environ)
         env["CONSOLED_STATE_DIR"] = str(self.state_dir)
         env.pop("NOTIFY_SOCKET", None)
+        env.pop("JOURNAL_STREAM", None)  # ours, if the tests run under systemd
         return env
 
     @property
@@ -136,23 +171,37 @@ class DaemonProcess:
             sys.executable, "-m", "consoled", "serve", "--state-dir", str(self.state_dir),
             *self.args,
         ]  # fmt: skip
-        nofile = self.nofile
+        stderr = self._open_stderr()
+        try:
+            if self.journal:
+                await self._bind_journal(nursery)
+                st = os.fstat(stderr)
+                env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+                argv += ["--journal-socket", self.journal_socket]
+            nofile, fsize = self.nofile, self.fsize
 
-        def set_limits() -> None:  # in the child, between fork and exec
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+            def set_limits() -> None:  # in the child, between fork and exec
+                if nofile is not None:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+                if fsize is not None:
+                    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
-        self.proc = await trio.lowlevel.open_process(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            preexec_fn=None if nofile is None else set_limits,
-            # Not the checkout: the daemon imports consoled as installed (or from
-            # $PYTHONPATH, as a test that upgrades an installed copy sets it).
-            cwd=self.state_dir.parent,
-        )
-        nursery.start_soon(self._read_log)
+            self.proc = await trio.lowlevel.open_process(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stderr=stderr,
+                preexec_fn=None if nofile is None and fsize is None else set_limits,
+                # Not the checkout: the daemon imports consoled as installed (or from
+                # $PYTHONPATH, as a test that upgrades an installed copy sets it).
+                cwd=self.state_dir.parent,
+            )
+        finally:
+            os.close(stderr)
+        if self.stderr == "read":
+            nursery.start_soon(self._read_log)
+        else:
+            self._log_done.set()
         try:
             with trio.fail_after(START_TIMEOUT):
                 async with trio.open_nursery() as race:
@@ -177,6 +226,54 @@ class DaemonProcess:
             raise AssertionError(
                 f"daemon not ready within {START_TIMEOUT} s; stderr:\n" + "".join(self.raw_stderr)
             ) from None
+        if self._reading:
+            # daemon.ready is logged before READY=1 is sent, but written by
+            # the daemon's log thread: it may come a little later.
+            await self.wait_event("daemon.ready", START_TIMEOUT)
+
+    def _open_stderr(self) -> int:
+        """The fd to give the daemon as stderr; a pipe's read end is kept as a stream."""
+        if isinstance(self.stderr, Path):
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+            return os.open(self.stderr, flags, 0o600)
+        r, w = os.pipe()
+        if self.stderr == "closed":
+            os.close(r)
+        else:
+            self._stderr_stream = trio.lowlevel.FdStream(r)
+        return w
+
+    async def read_stderr(self, nursery: trio.Nursery) -> None:
+        """Start reading an ``unread`` stderr pipe (what the daemon still has to say)."""
+        assert self.stderr == "unread" and self._stderr_stream is not None
+        self._log_done = trio.Event()
+        self._reading = True
+        nursery.start_soon(self._read_log)
+
+    async def _bind_journal(self, nursery: trio.Nursery) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.journal_socket)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            await sock.bind(self.journal_socket)
+        except BaseException:
+            sock.close()
+            raise
+        nursery.start_soon(self._read_journal, sock)
+
+    async def _read_journal(self, sock: trio.socket.SocketType) -> None:
+        with sock:
+            try:
+                while True:
+                    fields = parse_entry((await receive_entry(sock)).data)
+                    self.entries.append(fields)
+                    text = fields.get("MESSAGE", b"").decode(errors="replace")
+                    self._add_line(text)
+                    self._changed.set()
+                    self._changed = trio.Event()
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.journal_socket)
 
     async def _read_log(self) -> None:
         try:
@@ -185,21 +282,25 @@ class DaemonProcess:
             self._log_done.set()
 
     async def _read_lines(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        buf = b""
-        async for chunk in self.proc.stderr:
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                text = line.decode(errors="replace")
-                self.raw_stderr.append(text + "\n")
-                try:
-                    event = json.loads(text)
-                except ValueError:
-                    event = {"event": "<unparsed>", "text": text}
-                self.events.append(event)
-            self._changed.set()
-            self._changed = trio.Event()
+        assert self._stderr_stream is not None
+        async with self._stderr_stream as stream:
+            buf = b""
+            async for chunk in stream:
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    text = line.decode(errors="replace")
+                    self.raw_stderr.append(text + "\n")
+                    self._add_line(text)
+                self._changed.set()
+                self._changed = trio.Event()
+
+    def _add_line(self, text: str) -> None:
+        try:
+            event = json.loads(text)
+        except ValueError:
+            event = {"event": "<unparsed>", "text": text}
+        self.events.append(event)
 
     def find(self, event: str, **match: object) -> list[dict[str, Any]]:
         return [
@@ -238,10 +339,17 @@ class DaemonProcess:
             return 0
         if self.proc.returncode is None:
             self.send_signal(sig)
-        with trio.move_on_after(STOP_TIMEOUT):
-            self.returncode = await self.proc.wait()
+        try:
+            with trio.move_on_after(STOP_TIMEOUT):
+                self.returncode = await self.proc.wait()
+            if self.returncode is None:
+                self.send_signal(signal.SIGKILL)
+                self.proc.kill()
+                await self.proc.wait()
+                raise AssertionError(f"daemon did not stop within {STOP_TIMEOUT} s of {sig}")
+            with trio.move_on_after(LAST_LINES_TIMEOUT):
+                await self._log_done.wait()  # what it wrote last, read after its exit
             return self.returncode
-        self.send_signal(signal.SIGKILL)
-        self.proc.kill()
-        await self.proc.wait()
-        raise AssertionError(f"daemon did not stop within {STOP_TIMEOUT} s of {sig}")
+        finally:
+            if self.stderr == "unread" and not self._reading and self._stderr_stream is not None:
+                await self._stderr_stream.aclose()
