@@ -20,6 +20,8 @@ from tests.support.bundle import build_rootfs, make_bundle
 from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
 from tests.support.runtime import Runtime, new_container_id
+from tests.support.servicevenv import venv_python
+from tests.support.usermanager import UserManager
 
 RUNTIMES = ("runc", "crun")
 
@@ -153,3 +155,24 @@ async def client(daemon: DaemonProcess) -> AsyncIterator[AsyncClient]:
         yield c
     finally:
         await c.aclose()
+
+
+@pytest.fixture(scope="session")
+def service_python() -> Path:
+    """Debian's python3 in a world-readable venv with this checkout installed.
+
+    For services run by a test user (see ``user_manager``), who cannot
+    execute an interpreter under /root.  Built once per change of the
+    project's files, shared between sessions (tests.support.servicevenv).
+    """
+    return venv_python(Path(__file__).resolve().parent.parent)
+
+
+@pytest.fixture
+async def user_manager() -> AsyncIterator[UserManager]:
+    """A running ``systemd --user`` for a throw-away user, removed afterwards.
+
+    See tests.support.usermanager for how it is run safely on a shared host.
+    """
+    async with UserManager.start() as um:
+        yield um
