@@ -72,8 +72,8 @@ _ENTER_CGROUP = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
 _DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
 
 
-class CleanupError(Exception):
-    """Something of the throw-away user could not be removed."""
+class ThrowawayError(Exception):
+    """The throw-away user or its cgroups could not be made or removed."""
 
 
 def cgroup2_root() -> Path:
@@ -112,14 +112,14 @@ async def empty_cgroup(cgroup: Path, timeout: float = CLEANUP_TIMEOUT) -> None:
     """Kill every process in our ``cgroup`` subtree and wait until none is left.
 
     Raises:
-        CleanupError: processes were still there after ``timeout`` seconds.
+        ThrowawayError: processes were still there after ``timeout`` seconds.
     """
     with trio.move_on_after(timeout):
         while pids := processes_in(cgroup):
             (cgroup / "cgroup.kill").write_text("1")
             await wait_exited(pids)
         return
-    raise CleanupError(f"{cgroup} still holds {processes_in(cgroup)} after {timeout} s")
+    raise ThrowawayError(f"{cgroup} still holds {processes_in(cgroup)} after {timeout} s")
 
 
 def remove_cgroup(cgroup: Path) -> None:
@@ -135,7 +135,7 @@ async def _admin(argv: Sequence[str]) -> None:
             check=False,
         )  # fmt: skip
     if result.returncode != 0:
-        raise CleanupError(
+        raise ThrowawayError(
             f"{' '.join(argv)} exited {result.returncode}: {result.stderr.decode(errors='replace')}"
         )
 
@@ -176,8 +176,8 @@ class ThrowawayUser:
             The user.
 
         Raises:
-            CleanupError: something could not be removed (the guardian then
-                tries again).
+            ThrowawayError: ``useradd`` failed, or something could not be
+                removed (the guardian then tries again).
         """
         name = f"cdsd-{os.getpid()}-{next(_serial)}"
         cgroup = cgroup2_root() / f"consoled-sd-{name}"
@@ -214,7 +214,7 @@ class ThrowawayUser:
             raise
         errors = await _finish(guardian, user, ours)
         if errors:
-            raise CleanupError("\n".join(errors))
+            raise ThrowawayError("\n".join(errors))
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run in our ``helpers`` cgroup, so that clean-up finds it."""
@@ -233,12 +233,12 @@ async def _finish(guardian: trio.Process, user: str | None, cgroup: Path | None)
             try:
                 await empty_cgroup(cgroup)
                 remove_cgroup(cgroup)
-            except (CleanupError, OSError) as exc:
+            except (ThrowawayError, OSError) as exc:
                 errors.append(f"cgroup {cgroup}: {exc}")
         if user is not None:
             try:
                 await _admin(["userdel", "--remove", user])
-            except (CleanupError, trio.TooSlowError) as exc:
+            except (ThrowawayError, trio.TooSlowError) as exc:
                 errors.append(f"user {user}: {exc}")
         assert guardian.stdin is not None
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
