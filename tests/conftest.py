@@ -25,7 +25,9 @@ from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
 from tests.support.ptyproc import EXIT_TIMEOUT, PtyProcess, wait_raw
 from tests.support.runtime import Runtime, new_container_id
+from tests.support.servicevenv import venv_python
 from tests.support.sink import SinkFactory
+from tests.support.usermanager import UserManager
 
 RUNTIMES = ("runc", "crun")
 
@@ -209,3 +211,24 @@ async def attach(nursery: trio.Nursery, daemon_factory: DaemonFactory) -> AsyncI
                 proc.close()
                 with trio.move_on_after(EXIT_TIMEOUT):
                     await proc.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def service_python() -> Path:
+    """Debian's python3 in a world-readable venv with this checkout installed.
+
+    For services run by a test user (see ``user_manager``), who cannot
+    execute an interpreter under /root.  Built once per change of the
+    project's files, shared between sessions (tests.support.servicevenv).
+    """
+    return venv_python(Path(__file__).resolve().parent.parent)
+
+
+@pytest.fixture
+async def user_manager() -> AsyncIterator[UserManager]:
+    """A running ``systemd --user`` for a throw-away user, removed afterwards.
+
+    See tests.support.usermanager for how it is run safely on a shared host.
+    """
+    async with UserManager.start() as um:
+        yield um
