@@ -271,8 +271,8 @@ class Daemon:
         self._open_log_dir()
         self.table = SessionTable(config, self.log_dir, self.manager, self.gate)
         inventory = self._restore(take_listen_fds(self.env))
-        inventory.close()  # a lock or stderr from the store are not used on a fresh start
         self._take_listeners(inventory)
+        inventory.close()  # what is left: a lock or stderr, not used on a fresh start
         self._clean_intake_dir()
         return len(self.table)
 
@@ -508,7 +508,14 @@ async def serve(
                 link.close()
         else:
             sessions = daemon.start_fresh()
-        log.info("daemon.starting", sessions=sessions, nofile=nofile, successor=link is not None)
+        log.info(
+            "daemon.starting",
+            sessions=sessions,
+            nofile=nofile,
+            successor=link is not None,
+            listeners={role: str(lst.origin.value) for role, lst in daemon.listeners.items()},
+            fd_store=daemon.manager.fd_store,
+        )
         await daemon.run(task_status=task_status)
     finally:
         daemon.close()

@@ -149,6 +149,8 @@ class Predecessor:
         )
         env = dict(os.environ)
         env[HANDOVER_ENV] = str(theirs.fileno())
+        # systemd set WATCHDOG_PID to our pid; the successor pings as the new main pid.
+        env.pop("WATCHDOG_PID", None)
         relay = StderrRelay()
         sock = trio.socket.from_stdlib_socket(ours)
         try:

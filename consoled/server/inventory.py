@@ -5,6 +5,7 @@ turns it back into listeners and sessions, whichever way it came:
 
 ============================  =================================================
 ``control``, ``console``      sockets of a ``.socket`` unit (the manager's file)
+any other name                a ``.socket`` unit's socket, known by its path
 ``listen.control``, ...       the daemon's own listening sockets
 ``lock``, ``stderr``          the state directory's lock, the log's destination
 ``s<N>.rec``                  session N's record: name, state, ring
@@ -87,6 +88,22 @@ def _take_listener(inventory: Inventory, name: str, owner: OwnedFd) -> None:
     inventory.listeners[role] = listener
 
 
+def _by_path(inventory: Inventory, name: str, owner: OwnedFd, table: SessionTable) -> bool:
+    """Take a socket unit's listening socket whose name says nothing, by its path."""
+    config = table.config
+    roles = {str(config.control_socket): "control", str(config.console_socket): "console"}
+    try:
+        listener = Listener.adopt(owner.dup().release(), name, Origin.MANAGER)
+    except (ValueError, OSError):
+        return False
+    role = roles.get(str(listener.path))
+    listener.close(unlink=False)
+    if role is None:
+        return False
+    _take_listener(inventory, role, owner)
+    return True
+
+
 def restore(
     named: list[tuple[str, OwnedFd]], table: SessionTable, log_dir: LogDir | None
 ) -> Inventory:
@@ -108,7 +125,7 @@ def restore(
         elif name in ("lock", "stderr") and getattr(inventory, name) is None:
             owner.kind = name
             setattr(inventory, name, owner)
-        else:
+        elif not _by_path(inventory, name, owner, table):
             log.warning("inventory.rejected", fd=name, error="unknown fd name")
             owner.close()
     for serial in sorted(parts):

@@ -60,6 +60,7 @@ class DaemonProcess:
             receive the daemon's entries on a socket standing in for journald's;
             their ``MESSAGE`` lines become :attr:`events`.
         extra_env: more environment for the daemon alone (not for the CLI).
+        wrapper: a command that runs the daemon (``systemd-socket-activate ...``).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class DaemonProcess:
         *,
         nofile: tuple[int, int] | None = None,
         extra_env: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
         stderr: Stderr = "read",
         fsize: int | None = None,
         journal: bool = False,
@@ -77,6 +79,7 @@ class DaemonProcess:
         self.args = list(args)
         self.nofile = nofile
         self.extra_env = dict(extra_env or {})
+        self.wrapper = list(wrapper)
         self.stderr = stderr
         self.fsize = fsize
         self.journal = journal
@@ -167,7 +170,7 @@ class DaemonProcess:
         env.update(self.extra_env)
         env["NOTIFY_SOCKET"] = self.notify_path
         argv = [
-            sys.executable, str(Path(__file__).with_name("reaper.py")),
+            sys.executable, str(Path(__file__).with_name("reaper.py")), *self.wrapper,
             sys.executable, "-m", "consoled", "serve", "--state-dir", str(self.state_dir),
             *self.args,
         ]  # fmt: skip

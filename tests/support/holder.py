@@ -24,14 +24,16 @@ class PtyHolder:
         self.proc = proc
         self._buf = b""
 
+    @staticmethod
+    def argv() -> list[str]:
+        """The holder's command line (stdlib only, runnable from anywhere)."""
+        return [sys.executable, str(ROOT / "tests" / "support" / "ptyholder.py")]
+
     @classmethod
-    async def start(cls, nursery: trio.Nursery, argv_prefix: Sequence[str] = ()) -> PtyHolder:
-        """Start the holder (``argv_prefix`` may run it elsewhere, e.g. in a namespace)."""
+    async def start(cls, nursery: trio.Nursery) -> PtyHolder:
+        """Start the holder as a child of this process."""
         proc = await trio.lowlevel.open_process(
-            [*argv_prefix, sys.executable, "-m", "tests.support.ptyholder"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
+            cls.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT
         )
         return cls(proc)
 
@@ -67,6 +69,12 @@ class PtyHolder:
 
     async def hangups(self) -> int:
         answer = await self.ask("hangups")
+        assert answer.startswith("hangups "), answer
+        return int(answer.split()[1])
+
+    async def wait_hangups(self, count: int, *, within: float) -> int:
+        """Wait (poll(2) in the holder) until ``count`` terminals hung up; how many did."""
+        answer = await self.ask(f"wait-hangups {count} {within}")
         assert answer.startswith("hangups "), answer
         return int(answer.split()[1])
 

@@ -11,6 +11,8 @@ Commands, one per line on stdin:
 - ``say I TEXT``: write TEXT and a newline to slave number I (from 0); answers ``said I``.
 - ``hangups``: answers ``hangups K``: how many slaves saw their master go
   (POLLHUP: the terminal hung up).
+- ``wait-hangups K SECONDS``: waits (poll) until K slaves saw a hangup or
+  SECONDS pass; answers ``hangups K``.
 - ``sync``: answers ``ok COUNT`` once every earlier command is done.
 
 End of input closes every slave (the sessions' terminals hang up) and exits.
@@ -25,6 +27,7 @@ import resource
 import select
 import socket
 import sys
+import time
 
 
 def hand(path: str) -> int:
@@ -40,6 +43,15 @@ def hand(path: str) -> int:
     finally:
         os.close(master)
     return slave
+
+
+def hung_up(fds: list[int], deadline: float) -> set[int]:
+    """The fds among ``fds`` that report POLLHUP, waiting until ``deadline`` for one."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, 0)  # POLLHUP is always reported
+    timeout = max(0, int((deadline - time.monotonic()) * 1000)) if deadline else 0
+    return {fd for fd, mask in poller.poll(timeout) if mask & select.POLLHUP}
 
 
 def main() -> int:
@@ -65,11 +77,15 @@ def main() -> int:
             os.write(slaves[int(index)], text.encode() + b"\n")
             print(f"said {index}", flush=True)
         elif command == "hangups":
-            poller = select.poll()
-            for fd in slaves:
-                poller.register(fd, select.POLLIN)
-            hups = sum(1 for _, mask in poller.poll(0) if mask & select.POLLHUP)
-            print(f"hangups {hups}", flush=True)
+            print(f"hangups {len(hung_up(slaves, 0))}", flush=True)
+        elif command == "wait-hangups":
+            want, _, within = arg.partition(" ")
+            deadline = time.monotonic() + float(within)
+            hups = hung_up(slaves, 0)
+            while len(hups) < int(want) and time.monotonic() < deadline:
+                # poll() wakes on the next hangup; those already seen are left out.
+                hups |= hung_up([fd for fd in slaves if fd not in hups], deadline)
+            print(f"hangups {len(hups)}", flush=True)
         elif command == "sync":
             print(f"ok {len(slaves)}", flush=True)
     for fd in slaves:

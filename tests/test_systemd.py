@@ -1,0 +1,399 @@
+"""consoled under a real systemd: the shipped units, the fd store, socket activation.
+
+A real ``systemd --user`` (see :mod:`tests.support.usermanager`) runs the
+units from ``systemd/`` as they are shipped, but for the program path (the
+test venv's ``consoled``), the hardening block (which a user manager cannot
+apply) and stderr (there is no journald): the same ``%t`` paths, the same
+``Type=notify``, ``Restart=always``, fd store, watchdog and ``ExecReload``.
+The sessions are ptys whose slaves a root helper holds, handed over exactly
+as runc hands a master over.  ``systemd-socket-activate`` tests socket
+activation without a manager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.conftest import DaemonFactory
+from tests.support.cli import cli
+from tests.support.client import wait_output
+from tests.support.holder import PtyHolder
+from tests.support.usermanager import UserManager
+
+pytestmark = pytest.mark.systemd
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = ROOT / "systemd"
+SERVICE = "consoled.service"
+#: Bound on the manager restarting the daemon, and on a client catching up.
+RESTART_TIMEOUT = 30.0
+SESSIONS = 24
+
+
+def user_units(consoled: Path, log: Path, *, watchdog: str | None = None) -> dict[str, str]:
+    """The shipped units as a user manager runs them (see the module docstring)."""
+    service = (UNITS / SERVICE).read_text()
+    service = service.replace("/usr/local/bin/consoled", str(consoled))
+    service, hardening = re.subn(
+        r"# --- hardening .*?# --- end of hardening ---\n", "", service, flags=re.S
+    )
+    assert hardening == 1
+    service = service.replace("StandardError=journal", f"StandardError=append:{log}")
+    if watchdog is not None:
+        service = re.sub(r"WatchdogSec=.*", f"WatchdogSec={watchdog}", service)
+        service = re.sub(r"TimeoutAbortSec=.*", "TimeoutAbortSec=1s", service)
+    return {SERVICE: service, "consoled.socket": (UNITS / "consoled.socket").read_text()}
+
+
+@dataclass
+class Consoled:
+    """consoled installed as the user's service, and the commands to drive it."""
+
+    um: UserManager
+    consoled: Path
+    log: Path
+
+    async def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        """``consoled ARGS`` as the user, in the namespace (the default state dir is %t's)."""
+        return await self.um.run([str(self.consoled), *args], check=check)
+
+    async def sessions(self) -> dict[str, dict[str, Any]]:
+        result = await self.cli("ls", "--json")
+        return {s["session"]: s for s in json.loads(result.stdout)}
+
+    async def logs(self, name: str) -> bytes:
+        return (await self.cli("logs", name)).stdout
+
+    async def wait_logs(self, name: str, needle: bytes) -> None:
+        # `logs -f` until it shows up: the follower is the event to await.
+        proc = await trio.lowlevel.open_process(
+            self.um.as_user([str(self.consoled), "logs", "-f", name]),
+            env=self.um.user_env(),
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        out = b""
+        try:
+            assert proc.stdout is not None
+            with trio.fail_after(RESTART_TIMEOUT):
+                while needle not in out:
+                    chunk = await proc.stdout.receive_some()
+                    assert chunk, f"logs -f {name} ended before {needle!r}: {out[-300:]!r}"
+                    out += chunk
+        finally:
+            proc.kill()
+            await proc.wait()
+            if proc.stdout is not None:
+                await proc.stdout.aclose()
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "<unparsed>", "text": line})
+        return out
+
+    def errors(self) -> list[dict[str, Any]]:
+        # ExecReload's `consoled reexec` reports on the same stream: not an error.
+        reexec = re.compile(r"consoled \S+ \(pid \d+\) took over \d+ sessions")
+        return [
+            e
+            for e in self.events()
+            if e.get("level") in ("error", "critical")
+            or (e.get("event") == "<unparsed>" and not reexec.fullmatch(e["text"]))
+        ]
+
+
+async def install(um: UserManager, service_python: Path, **options: Any) -> Consoled:
+    """Install the units for the user, start the socket unit; the first client starts the daemon."""
+    consoled = service_python.parent / "consoled"
+    log = um.home / "consoled.log"
+    unit_dir = um.home / ".config" / "systemd" / "user"
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in user_units(consoled, log, **options).items():
+        (unit_dir / name).write_text(text)
+    for path in (um.home / ".config", unit_dir.parent, unit_dir, *unit_dir.iterdir()):
+        os.chown(path, um.uid, um.gid)
+    await um.systemctl("daemon-reload")
+    await um.systemctl("start", "consoled.socket")
+    installed = Consoled(um, consoled, log)
+    # Socket activation: the first connection starts the daemon.
+    result = await installed.cli("info", "--json", check=False)
+    assert result.returncode == 0, (result.stderr, log.read_text() if log.exists() else "")
+    await um.wait_active(SERVICE)
+    return installed
+
+
+@pytest.fixture
+async def user_consoled(user_manager: UserManager, service_python: Path) -> AsyncIterator[Consoled]:
+    installed = await install(user_manager, service_python)
+    yield installed
+    assert installed.errors() == []
+
+
+async def hand_sessions(sd: Consoled, holder: PtyHolder, names: Sequence[str]) -> None:
+    paths = [(await sd.cli("socket", name)).stdout.decode().strip() for name in names]
+    assert await holder.hand(paths) == len(names)
+    with trio.fail_after(RESTART_TIMEOUT):
+        while True:
+            sessions = await sd.sessions()
+            if all(sessions.get(n, {}).get("state") == "running" for n in names):
+                return
+            await trio.sleep(0.05)  # ls is the only way to ask
+
+
+async def kill_and_wait_restart(sd: Consoled, sig: int = signal.SIGKILL) -> tuple[int, int]:
+    """Kill the daemon; return (old, new) main pid once the manager has restarted it."""
+    um = sd.um
+    restarts = int(await um.show(SERVICE, "NRestarts"))
+    old = await um.main_pid(SERVICE)
+    os.kill(old, sig)
+    await um.wait_property(SERVICE, "NRestarts", str(restarts + 1), timeout=RESTART_TIMEOUT)
+    await um.wait_active(SERVICE, timeout=RESTART_TIMEOUT)
+    new = await um.main_pid(SERVICE)
+    assert new not in (0, old)
+    return old, new
+
+
+async def test_kill_9_under_systemd_loses_no_console(
+    user_consoled: Consoled, nursery: trio.Nursery
+) -> None:
+    sd = user_consoled
+    um = sd.um
+    holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
+    names = [f"k{n}" for n in range(SESSIONS)]
+    client: trio.Process | None = None
+    try:
+        await hand_sessions(sd, holder, names)
+        for n in range(SESSIONS):
+            await holder.say(n, f"before-the-crash-{n}")
+        await sd.wait_logs(names[-1], f"before-the-crash-{SESSIONS - 1}".encode())
+        # Every master and session record is in the store (and both listening
+        # sockets are the socket unit's).
+        stored = int(await um.show(SERVICE, "NFileDescriptorStore"))
+        assert stored >= 2 * SESSIONS
+
+        # An attached client, on pipes, as the user.
+        client = await trio.lowlevel.open_process(
+            um.as_user([str(sd.consoled), "attach", "--no-tty", "k0"]),
+            env=um.user_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        seen = bytearray()
+        changed = trio.Event()
+
+        async def read_client() -> None:
+            nonlocal changed
+            assert client.stdout is not None
+            async for chunk in client.stdout:
+                seen.extend(chunk)
+                changed.set()
+                changed = trio.Event()
+
+        nursery.start_soon(read_client)
+        await holder.say(0, "attached-and-live")
+        with trio.fail_after(RESTART_TIMEOUT):
+            while b"attached-and-live" not in seen:
+                await changed.wait()
+
+        old, _ = await kill_and_wait_restart(sd)
+        # Written while no daemon ran: it waits in the pty for the new one.
+        await holder.say(0, "while-the-daemon-was-dead")
+        result = await sd.cli("ls", "--json")  # waits in the socket unit's backlog if need be
+        sessions = {s["session"]: s for s in json.loads(result.stdout)}
+        assert set(names) <= set(sessions)
+        assert all(sessions[n]["state"] == "running" for n in names)
+        assert await holder.hangups() == 0
+        # The rings survived too: what came before the crash is still there.
+        for n in (1, SESSIONS - 1):
+            assert f"before-the-crash-{n}".encode() in await sd.logs(f"k{n}")
+        # The attached client rode it out and missed nothing.
+        with trio.fail_after(RESTART_TIMEOUT):
+            while b"while-the-daemon-was-dead" not in seen:
+                await changed.wait()
+        assert client.returncode is None
+        await holder.say(3, "after-the-restart")
+        await sd.wait_logs("k3", b"after-the-restart")
+        starting = [e for e in sd.events() if e.get("event") == "daemon.starting"]
+        assert starting[-1]["sessions"] == SESSIONS
+        assert starting[-1]["listeners"] == {"control": "manager", "console": "manager"}
+        assert old != await um.main_pid(SERVICE)
+    finally:
+        if client is not None:
+            with trio.CancelScope(shield=True):
+                client.kill()
+                await client.wait()
+                for pipe in (client.stdin, client.stdout, client.stderr):
+                    if pipe is not None:
+                        await pipe.aclose()
+        await holder.aclose()
+
+
+async def test_systemctl_reload_runs_the_reexec(user_consoled: Consoled) -> None:
+    sd = user_consoled
+    um = sd.um
+    holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
+    try:
+        await hand_sessions(sd, holder, ["r1", "r2"])
+        await holder.say(0, "before-the-reload")
+        await sd.wait_logs("r1", b"before-the-reload")
+        old = await um.main_pid(SERVICE)
+        restarts = await um.show(SERVICE, "NRestarts")
+        await um.systemctl("reload", SERVICE, timeout=120)
+        await um.wait_active(SERVICE)
+        new = await um.main_pid(SERVICE)
+        # A new process serves (the manager follows MAINPID=), and it was no restart.
+        assert new not in (0, old)
+        assert await um.show(SERVICE, "NRestarts") == restarts
+        sessions = await sd.sessions()
+        assert {sessions[n]["state"] for n in ("r1", "r2")} == {"running"}
+        assert await holder.hangups() == 0
+        await holder.say(1, "after-the-reload")
+        await sd.wait_logs("r2", b"after-the-reload")
+        assert b"before-the-reload" in await sd.logs("r1")
+        assert [e for e in sd.events() if e.get("event") == "reexec.done"]
+    finally:
+        await holder.aclose()
+
+
+async def test_watchdog_restarts_a_stuck_daemon_and_loses_nothing(
+    user_manager: UserManager, service_python: Path
+) -> None:
+    sd = await install(user_manager, service_python, watchdog="2s")
+    um = sd.um
+    holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
+    try:
+        await hand_sessions(sd, holder, ["w1"])
+        await holder.say(0, "before-the-freeze")
+        await sd.wait_logs("w1", b"before-the-freeze")
+        # Healthy, it pings: still the same process after more than the watchdog time.
+        pid = await um.main_pid(SERVICE)
+        await trio.sleep(3)  # nothing to await: the point is that nothing happens
+        assert await um.main_pid(SERVICE) == pid
+        assert await um.show(SERVICE, "NRestarts") == "0"
+        # Frozen (SIGSTOP stands in for a loop stuck in a system call): restarted.
+        await kill_and_wait_restart(sd, signal.SIGSTOP)
+        assert (await sd.sessions())["w1"]["state"] == "running"
+        assert await holder.hangups() == 0
+        assert b"before-the-freeze" in await sd.logs("w1")
+    finally:
+        await holder.aclose()
+
+
+def test_the_units_verify(tmp_path: Path) -> None:
+    """``systemd-analyze verify`` finds nothing to say about the shipped units."""
+    for name in (SERVICE, "consoled.socket"):
+        # verify checks that ExecStart's program exists: point it at one that does.
+        text = (UNITS / name).read_text().replace("/usr/local/bin/consoled", sys.executable)
+        (tmp_path / name).write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *(str(p) for p in tmp_path.iterdir())],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b"", result.stderr
+
+
+async def test_socket_activation_adopts_the_sockets_and_never_removes_them(
+    daemon_factory: DaemonFactory, short_tmp: Path, nursery: trio.Nursery
+) -> None:
+    state_dir = short_tmp / "sa"
+    state_dir.mkdir(mode=0o700)
+    control, console = state_dir / "control.sock", state_dir / "console.sock"
+    early: list[subprocess.CompletedProcess[bytes]] = []
+    answered = trio.Event()
+
+    async def first_client() -> None:
+        # systemd-socket-activate starts the daemon on the first connection: this
+        # client connects before any daemon runs, waits in the backlog, is answered.
+        with trio.fail_after(20):
+            while not control.exists():  # noqa: ASYNC110 - a file appearing has no event
+                await trio.sleep(0.01)
+        result = await trio.run_process(
+            [sys.executable, "-m", "consoled", "--state-dir", str(state_dir), "info", "--json"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        early.append(result)
+        answered.set()
+
+    nursery.start_soon(first_client)
+    daemon = await daemon_factory(
+        state_dir=state_dir,
+        wrapper=[
+            "systemd-socket-activate", "-E", "NOTIFY_SOCKET",
+            "-l", str(control), "-l", str(console),
+        ],
+    )  # fmt: skip
+    with trio.fail_after(20):
+        await answered.wait()
+    assert early[0].returncode == 0, early[0].stderr
+    assert json.loads(early[0].stdout)["pid"] == daemon.pid
+    # systemd-socket-activate's own lines are not the daemon's.
+    wrapper_lines = re.compile(
+        r"Listening on .* as \d\.|Communication attempt on fd 3\.|Execing .*"
+    )
+    assert all(wrapper_lines.fullmatch(e["text"]) for e in daemon.find("<unparsed>")), daemon.find(
+        "<unparsed>"
+    )
+    daemon.events[:] = [e for e in daemon.events if e["event"] != "<unparsed>"]
+    (starting,) = daemon.find("daemon.starting")
+    assert starting["listeners"] == {"control": "manager", "console": "manager"}
+    inode = control.stat().st_ino
+    result = await cli(daemon, "socket", "sa1")
+    assert result.returncode == 0, result.stderr
+    # A runtime on the manager's console socket, named from its command line.
+    holder_result = await cli(daemon, "info", "--console-socket")
+    assert holder_result.stdout.decode().strip() == str(console)
+    assert await daemon.stop() == 0
+    # The files are the manager's: the daemon leaves them where they are.
+    assert control.exists() and console.exists()
+    assert control.stat().st_ino == inode
+    control.unlink()
+    console.unlink()
+
+
+async def test_crash_without_systemd_hangs_up_the_terminals(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, short_tmp: Path
+) -> None:
+    """Without systemd the fd store is not there: a crash ends the consoles.
+
+    This is the "crash without systemd" row of docs/operations.md: the
+    terminal hangs up, and a restarted daemon has nothing to adopt.
+    """
+    daemon = await daemon_factory("--no-fd-store")
+    holder = await PtyHolder.start(nursery)
+    try:
+        path = (await cli(daemon, "socket", "c1")).stdout.decode().strip()
+        await holder.hand([path])
+        await daemon.wait_event("session.running", session="c1")
+        await holder.say(0, "before")
+        await wait_output(daemon.control_socket, "c1", b"before")
+        daemon.send_signal(signal.SIGKILL)
+        assert daemon.proc is not None
+        await daemon.proc.wait()
+        daemon.returncode = 0  # killed on purpose
+        assert await holder.wait_hangups(1, within=10) == 1
+    finally:
+        await holder.aclose()
