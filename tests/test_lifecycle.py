@@ -351,6 +351,10 @@ async def test_signal_stops_daemon_container_survives(
 
     assert await daemon.stop(sig) == 0
     assert daemon.find("daemon.stopping", signal=sig.name)
+    # What a service manager was told: ready with a status, then stopping.
+    said = daemon.notifications
+    assert said.index("READY=1") < said.index("STOPPING=1")
+    assert any(line.startswith("STATUS=") for line in said)
     assert daemon.find("daemon.stopped")
     for sock in (daemon.control_socket, daemon.console_socket):
         assert not os.path.exists(sock), sock

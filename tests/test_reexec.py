@@ -13,6 +13,7 @@ import itertools
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -305,3 +306,108 @@ async def test_a_second_reexec_waits_for_the_first(daemon: DaemonProcess) -> Non
         await first.aclose()
         await second.aclose()
     await daemon.wait_ready(2)
+
+
+async def test_connections_queued_during_the_handover_are_answered(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery
+) -> None:
+    # Many sessions make the handover take a while; clients that connect all
+    # through it wait in the backlog of the listening socket that moves to
+    # the successor, and every one is answered: none is refused or reset.
+    daemon = await daemon_factory()
+    holder = await PtyHolder.start(nursery)
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        paths = [await client.create_socket(f"q{n}") for n in range(300)]
+        await holder.hand(paths)
+        await daemon.wait_event("session.running", count=300)
+    finally:
+        await client.aclose()
+    old = daemon.pid
+    answers: list[int] = []
+    done = trio.Event()
+    answered = trio.Event()
+
+    async def keep_asking() -> None:
+        # One `info` after another, over the protocol, until the reexec is over.
+        while not done.is_set():
+            c = await AsyncClient.connect(daemon.control_socket)
+            try:
+                reply = await c.request(ev.GetInfo())
+                if isinstance(reply, ev.Error):
+                    # Connected just as the old daemon drained: told to send it again.
+                    assert reply.code is ErrorCode.RESTARTING, reply
+                    continue
+                assert isinstance(reply, ev.DaemonInfo), reply
+                answers.append(reply.pid)
+                answered.set()
+            finally:
+                await c.aclose()
+
+    try:
+        async with trio.open_nursery() as askers:
+            for _ in range(4):
+                askers.start_soon(keep_asking)
+            await reexec(daemon)
+            # A few more answers from the successor, then stop asking.
+            with trio.fail_after(REEXEC_TIMEOUT):
+                while answers.count(daemon.pid) < 20:
+                    answered = trio.Event()
+                    await answered.wait()
+            done.set()
+        # Every question was answered, by the old daemon or by the new one.
+        assert set(answers) == {old, daemon.pid}
+    finally:
+        await holder.aclose()
+    await daemon.wait_event("session.exited", count=300, timeout=60)
+
+
+async def test_a_client_too_far_behind_is_told_what_it_missed(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery
+) -> None:
+    daemon = await daemon_factory("--scrollback", "4K")
+    holder = await PtyHolder.start(nursery)
+    try:
+        path = (await cli(daemon, "socket", "far")).stdout.decode().strip()
+        await holder.hand([path])
+        await daemon.wait_event("session.running", session="far")
+        client = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "consoled", "attach", "--no-tty", "--no-replay", "far"],
+            env=daemon.env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            await daemon.wait_event("client.attached", session="far")
+            # The client stops reading; the daemon moves on, and much more
+            # than the ring holds is written before the client comes back.
+            client.send_signal(signal.SIGSTOP)
+            await reexec(daemon)
+            for n in range(100):
+                await holder.say(0, f"line-{n:03d}-" + "x" * 80)
+            await wait_output(daemon.control_socket, "far", b"line-099-")
+            client.send_signal(signal.SIGCONT)
+            await holder.say(0, "after-the-gap")
+            out = b""
+            assert client.stdout is not None and client.stderr is not None
+            with trio.fail_after(REEXEC_TIMEOUT):
+                while b"after-the-gap" not in out:
+                    out += await client.stdout.receive_some()
+            with trio.fail_after(REEXEC_TIMEOUT):
+                err = await client.stderr.receive_some()
+            missed = re.search(rb"(\d+) bytes of output were lost", err)
+            assert missed is not None, err
+            # It got the newest 4K, and was told exactly how much came before it.
+            assert int(missed.group(1)) + len(out) >= 100 * 90
+            assert b"line-099-" in out and b"line-000-" not in out
+            assert client.returncode is None
+        finally:
+            client.kill()
+            with trio.CancelScope(shield=True):
+                await client.wait()
+                for pipe in (client.stdin, client.stdout, client.stderr):
+                    if pipe is not None:
+                        await pipe.aclose()
+    finally:
+        await holder.aclose()

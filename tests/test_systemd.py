@@ -236,6 +236,12 @@ async def test_kill_9_under_systemd_loses_no_console(
         assert starting[-1]["sessions"] == SESSIONS
         assert starting[-1]["listeners"] == {"control": "manager", "console": "manager"}
         assert old != await um.main_pid(SERVICE)
+        # rm --force takes the session out of the store too (FDSTOREREMOVE), or its
+        # terminal would never hang up: the store would hold the master open.
+        stored = int(await um.show(SERVICE, "NFileDescriptorStore"))
+        await sd.cli("rm", "--force", "k5")
+        assert await holder.wait_hangups(1, within=RESTART_TIMEOUT) == 1
+        await um.wait_property(SERVICE, "NFileDescriptorStore", str(stored - 2))
     finally:
         if client is not None:
             with trio.CancelScope(shield=True):
