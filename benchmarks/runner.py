@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from . import interactive, scale, startup, streaming
+from . import interactive, reexec, scale, startup, streaming
 from .bench import Bench, Options, open_bench
 from .procstat import loadavg
 from .stats import Figure, table
@@ -35,6 +35,7 @@ SCENARIOS: dict[str, Scenario] = {
     "resize": interactive.resize,
     "attach": startup.attach_start,
     "scale": scale.scale,
+    "reexec": reexec.reexec,
 }
 
 

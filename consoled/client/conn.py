@@ -13,7 +13,15 @@ import time
 from typing import Final, TypeVar
 
 from .. import __version__
-from ..protocol import CLOSED, NEED_DATA, PROTOCOL_VERSION, Connection, ErrorCode, Role
+from ..protocol import (
+    CLOSED,
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Connection,
+    ErrorCode,
+    ProtocolError,
+    Role,
+)
 from ..protocol import events as ev
 
 RECEIVE_SIZE: Final = 256 * 1024
@@ -180,7 +188,18 @@ class Client:
                 self.reconnect()
 
     def _request_once(self, event: ev.Event) -> ev.Event:
-        self.send(event)
+        try:
+            self.send(event)
+        except DaemonUnavailable:
+            # A draining daemon says 'restarting' and closes: the word may be
+            # waiting to be read though the send failed.
+            try:
+                self.expect_reply()
+            except Restarting:
+                raise
+            except (ClientError, ProtocolError):
+                pass
+            raise
         return self.expect_reply()
 
     def expect_reply(self) -> ev.Event:

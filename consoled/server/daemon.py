@@ -284,6 +284,7 @@ class Daemon:
         """
         await link.ready(__version__)
         _, named = await link.receive_state()
+        log.debug("reexec.received", fds=len(named))
         try:
             self._open_log_dir()
             self.table = SessionTable(self.config, self.log_dir, self.manager, self.gate)
@@ -294,6 +295,7 @@ class Daemon:
         self.lock, inventory.lock = inventory.lock, None
         stderr, inventory.stderr = inventory.stderr, None
         self._take_listeners(inventory)
+        log.debug("reexec.adopted", sessions=len(self.table))
         await link.adopted(len(self.table))
         outcome = await link.wait_commit()
         if outcome == "abort":
@@ -392,9 +394,11 @@ class Daemon:
         async with trio.open_nursery() as work:
             self.gate.open()
             control.undrain()
-            table.serve(work)
+            # Listening first: a client that waited through a restart is answered
+            # while the pumps start.
             await work.start(control.serve)
             await work.start(wellknown.serve)
+            table.serve(work)
             self._ready(table)
             if task_status is not None:
                 task_status.started(table)
@@ -420,6 +424,7 @@ class Daemon:
                 await self._quiesce(control, table)
                 table.stop_serving()
                 work.cancel_scope.cancel()
+                log.debug("reexec.quiesced")
                 return request, predecessor
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -451,9 +456,13 @@ class Daemon:
         """Send everything; commit if the successor adopted it, else take it all back."""
         assert self.table is not None
         try:
+            # The records are up to date (every change is written as it happens;
+            # the window size is read back from the terminal): only a record kept
+            # in memory needs a memfd now.
             for session in self.table:
-                session.record.make_durable(f"s{session.serial}")
-                session.persist()
+                if not session.record.durable:
+                    session.record.make_durable(f"s{session.serial}")
+                    session.persist()
             named = self.fds()
             sessions = await predecessor.send(named, {"version": __version__})
         except (HandoverError, OSError) as exc:
