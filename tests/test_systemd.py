@@ -403,3 +403,30 @@ async def test_crash_without_systemd_hangs_up_the_terminals(
         assert await holder.wait_hangups(1, within=10) == 1
     finally:
         await holder.aclose()
+
+
+async def test_systemctl_stop_on_systemd_252_hangs_up_and_forgets(user_consoled: Consoled) -> None:
+    """The "systemctl stop / restart" row of docs/operations.md, on this systemd.
+
+    systemd before 254 empties the fd store when a service stops (254 added
+    ``FileDescriptorStorePreserve=``): the daemon's copies and the store's
+    are all closed, so every terminal hangs up, and the next start has
+    nothing to adopt.
+    """
+    sd = user_consoled
+    um = sd.um
+    version = int((await um.run(["systemctl", "--version"])).stdout.split()[1])
+    assert version < 254, "this test describes systemd before 254"
+    holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
+    try:
+        await hand_sessions(sd, holder, ["s1", "s2"])
+        await um.systemctl("stop", SERVICE)
+        assert await holder.wait_hangups(2, within=RESTART_TIMEOUT) == 2
+        assert await um.show(SERVICE, "NFileDescriptorStore") == "0"
+        # The socket unit still listens: the next client starts a daemon, empty.
+        assert await sd.sessions() == {}
+        await um.wait_active(SERVICE)
+    finally:
+        await holder.aclose()
+    stopping = [e for e in sd.events() if e.get("event") == "daemon.stopping"]
+    assert stopping and stopping[-1]["signal"] == "SIGTERM"
