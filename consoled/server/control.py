@@ -233,6 +233,7 @@ class ControlServer:
                     await stream(channel, self.streams, request)  # type: ignore[arg-type]
                     return
                 if isinstance(request, ev.Reexec):
+                    audit("reexec")
                     if not self._reexec(channel):
                         raise RequestError(
                             ErrorCode.REEXEC_FAILED, "a reexec or a shutdown is already under way"
