@@ -128,6 +128,15 @@ def close_on_error(*owners: OwnedFd) -> Iterator[None]:
         raise
 
 
+#: File descriptors kept free for control connections and arriving masters.
+FD_HEADROOM: Final = 32
+
+
+def fds_in_use() -> int:
+    """How many fds this process has open (a directory read: not for hot paths)."""
+    return len(os.listdir("/proc/self/fd")) - 1  # the directory's own fd
+
+
 def set_nonblocking(fd: int) -> None:
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     if not flags & os.O_NONBLOCK:

@@ -74,6 +74,44 @@ class Gate:
         await self._open.wait()
 
 
+class FdReserve:
+    """One file descriptor kept in reserve for the moment the process runs out.
+
+    When accept() fails with EMFILE, the connection would wait in the backlog
+    until some fd is freed, and its client would hang.  Giving up the
+    reserve lets the daemon accept it and turn it away with a word instead.
+    """
+
+    def __init__(self) -> None:
+        self._fd = self._open()
+
+    @staticmethod
+    def _open() -> int:
+        try:
+            return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return -1  # taken again later
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def accept_spare(self, listener: Listener) -> socket.socket | None:
+        """Accept one connection with the reserve's fd; the reserve is taken back after."""
+        if self._fd < 0:
+            self._fd = self._open()
+            return None
+        os.close(self._fd)
+        self._fd = -1
+        try:
+            return listener.accept_now()
+        except OSError:
+            return None
+        finally:
+            self._fd = self._open()
+
+
 class Listener:
     """Owns one listening UNIX stream socket.
 
@@ -213,6 +251,8 @@ async def serve_listener(
     handle: Callable[[socket.socket], None],
     *,
     gate: Gate | None = None,
+    refuse: Callable[[socket.socket], None] | None = None,
+    reserve: FdReserve | None = None,
     backoff: float = ACCEPT_BACKOFF,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -225,6 +265,10 @@ async def serve_listener(
     logged and costs only that connection.
     Cancelling this task, or closing ``gate``, leaves the listener open,
     with its backlog.
+
+    Out of fds or memory, a connection stays queued and the loop backs off,
+    unless ``reserve`` and ``refuse`` are given: then it is accepted with the
+    reserve's fd and handed to ``refuse`` (which tells it why and closes it).
     """
     task_status.started()
     failing: str | None = None
@@ -247,6 +291,11 @@ async def serve_listener(
                     level = log.warning if exc.errno in EXHAUSTED_ERRNOS else log.error
                     level("listener.accept_failed", listener=listener.name, error=problem)
                     failing = problem
+                if exc.errno in EXHAUSTED_ERRNOS and reserve is not None and refuse is not None:
+                    spare = reserve.accept_spare(listener)
+                    if spare is not None:
+                        refuse(spare)
+                        continue
                 await trio.sleep(backoff)
                 break
             if failing is not None:

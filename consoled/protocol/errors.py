@@ -27,6 +27,7 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     IDLE_TIMEOUT = "idle_timeout"
     BUFFER_LIMIT = "buffer_limit"
+    OUT_OF_RESOURCES = "out_of_resources"
     # Request-level: the request failed, the connection stays usable.
     INVALID_NAME = "invalid_name"
     UNKNOWN_SESSION = "unknown_session"
@@ -61,6 +62,7 @@ _FATAL = frozenset(
         ErrorCode.TOO_MANY_CONNECTIONS,
         ErrorCode.IDLE_TIMEOUT,
         ErrorCode.BUFFER_LIMIT,
+        ErrorCode.OUT_OF_RESOURCES,
     }
 )
 

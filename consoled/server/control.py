@@ -25,9 +25,9 @@ import structlog
 import trio
 
 from .. import __version__
-from ..io.listener import Listener, serve_listener
+from ..io.listener import FdReserve, Listener, serve_listener
 from ..io.peer import Credentials, command_name, credentials
-from ..protocol import PROTOCOL_VERSION, ErrorCode, RemoteProtocolError
+from ..protocol import PROTOCOL_VERSION, Connection, ErrorCode, RemoteProtocolError, Role
 from ..protocol import events as ev
 from .access import Access, access_for, refusal
 from .audit import audit
@@ -114,14 +114,37 @@ class ControlServer:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept control connections until cancelled (the listener stays open)."""
         self._draining = False
-        async with trio.open_nursery() as nursery:
+        reserve = FdReserve()
+        try:
+            async with trio.open_nursery() as nursery:
 
-            def handle(sock: socket.socket) -> None:
-                nursery.start_soon(self._handle, sock)
+                def handle(sock: socket.socket) -> None:
+                    nursery.start_soon(self._handle, sock)
 
-            await serve_listener(
-                self.listener, handle, gate=self.table.gate, task_status=task_status
+                await serve_listener(
+                    self.listener,
+                    handle,
+                    gate=self.table.gate,
+                    refuse=self._refuse_exhausted,
+                    reserve=reserve,
+                    task_status=task_status,
+                )
+        finally:
+            reserve.close()
+
+    def _refuse_exhausted(self, sock: socket.socket) -> None:
+        """Tell a client the daemon has no fd to serve it with, and close (never blocks)."""
+        with sock:
+            frame = Connection(Role.SERVER).send(
+                ev.Error(
+                    ErrorCode.OUT_OF_RESOURCES,
+                    "the daemon is out of file descriptors: it keeps serving its sessions but "
+                    "takes no new request until some are freed (raise its open-file limit)",
+                )
             )
+            with contextlib.suppress(OSError):
+                sock.send(frame)
+        log.warning("client.refused", why="out of file descriptors")
 
     async def _handle(self, sock: socket.socket) -> None:
         """Run one client connection to its end; nothing a client does escapes it."""

@@ -13,12 +13,13 @@ import contextlib
 import itertools
 import os
 import re
+import resource
 from collections.abc import Iterator
 
 import structlog
 import trio
 
-from ..io.fds import OwnedFd, close_on_error
+from ..io.fds import FD_HEADROOM, OwnedFd, close_on_error, fds_in_use
 from ..io.listener import Gate, Listener
 from ..io.manager import ServiceManager
 from ..io.record import RecordError
@@ -183,6 +184,16 @@ class SessionTable:
 
     # --- creation --------------------------------------------------------------------
 
+    def _fds_scarce(self) -> bool:
+        """Fewer than FD_HEADROOM fds left under the soft limit (counted only when near)."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        # At most four fds per session and one per connection: far from the
+        # limit there is nothing to count.
+        worst = 4 * len(self._sessions) + self.config.limits.connections + 2 * FD_HEADROOM
+        if worst < soft:
+            return False
+        return soft - fds_in_use() < FD_HEADROOM
+
     def _check_free(self, name: SessionName) -> None:
         existing = self._sessions.get(name)
         if existing is None:
@@ -273,6 +284,13 @@ class SessionTable:
 
     def create_waiting(self, name: SessionName) -> Session:
         """A new session waiting on its own console socket (``consoled socket``)."""
+        if self._fds_scarce():
+            raise RequestError(
+                ErrorCode.LIMIT_EXCEEDED,
+                "the daemon is close to its open-file limit; it keeps the last "
+                f"{FD_HEADROOM} fds for the sessions it holds and its clients "
+                "(raise its limit, or remove sessions)",
+            )
         limit = self.config.limits.waiting
         if sum(1 for s in self._sessions.values() if s.state is SessionState.WAITING) >= limit:
             raise RequestError(

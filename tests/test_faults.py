@@ -1,0 +1,315 @@
+"""Faults are inputs too: each costs only the request, connection or file it touched.
+
+Against a real daemon with real runc containers: the process out of file
+descriptors, a log directory that is a symlink, writable by others or
+someone else's, files planted in it (a FIFO, a directory), a log directory
+that fills up, and streams whose clients vanish.  After each, the daemon is
+alive, every session still holds its master and drains, and an attached
+client still sees its typing echoed.  (A broken stderr and SIGHUP are in
+tests/test_daemon_logs.py and tests/test_lifecycle.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from consoled.protocol import ErrorCode
+from consoled.protocol import events as ev
+from tests.conftest import BundleFactory, DaemonFactory
+from tests.support.cli import cli
+from tests.support.client import AsyncClient, wait_output
+from tests.support.daemon import DaemonProcess
+from tests.support.runtime import Runtime
+
+#: A shell that echoes computed answers: the echo of the command line never matches.
+ECHOER = ["sh", "-c", 'echo up; while read x; do echo "got-$((x*2))"; done']
+
+
+async def echoes(attach: AsyncClient, n: int) -> None:
+    """Type ``n`` into an attached echoer; its answer must come back."""
+    await attach.send(ev.Input(b"%d\r" % n))
+    out, ended = await attach.read_output_until(b"got-%d" % (2 * n))
+    assert ended is None, out
+
+
+async def start_echoer(
+    daemon: DaemonProcess, runc: Runtime, bundle: BundleFactory, cid: str
+) -> AsyncClient:
+    """A container running ECHOER on a session of ``daemon``, and a client attached to it."""
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        path = await client.create_socket(cid)
+    finally:
+        await client.aclose()
+    attach = await AsyncClient.connect(daemon.control_socket)
+    reply = await attach.request(ev.Attach(cid))
+    assert isinstance(reply, ev.Attached), reply
+    await runc.run(cid, bundle(ECHOER), path)
+    out, ended = await attach.read_output_until(b"up\r\n")
+    assert ended is None, out
+    return attach
+
+
+def fds_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# --- file descriptors -------------------------------------------------------------------
+
+
+async def test_out_of_fds_costs_only_requests(
+    *,
+    short_tmp: Path,
+    nursery: trio.Nursery,
+    runc: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    # Was: `prlimit --nofile=256` and about 120 console sockets, then the next
+    # `consoled ls` crashed the daemon (an unhandled EMFILE from accept) and
+    # every container's terminal hung up.
+    daemon = DaemonProcess(
+        short_tmp / "s", ["--log-dir", str(tmp_path / "logs")], nofile=(256, 256)
+    )
+    await daemon.start(nursery)
+    cid = container_id("fds")
+    attach = await start_echoer(daemon, runc, bundle, cid)
+    held: list[AsyncClient] = []
+    try:
+        # Console sockets until the daemon says it is near its limit: it keeps
+        # fds in hand for its sessions and clients instead of running out.
+        client = await AsyncClient.connect(daemon.control_socket)
+        refused = None
+        for n in range(200):
+            reply = await client.request(ev.CreateSocket(f"w{n}"))
+            if isinstance(reply, ev.Error):
+                refused = reply
+                break
+            assert isinstance(reply, ev.SocketCreated), reply
+        assert refused is not None and refused.code is ErrorCode.LIMIT_EXCEEDED, refused
+        assert "open-file limit" in refused.message
+        # The connection that was refused goes on working.
+        assert len(await client.list_sessions()) > 50
+        # Connections until there is no fd left at all: the next ones are told
+        # why and closed, not left hanging, and the daemon lives on.
+        told: ev.Error | None = None
+        for _ in range(64):
+            c = await AsyncClient.connect(daemon.control_socket, hello=False)
+            held.append(c)
+            await c.send(ev.Hello(1, "filler"))
+            answer = await c.receive()
+            if isinstance(answer, ev.Error):
+                told = answer
+                break
+        assert told is not None and told.code is ErrorCode.OUT_OF_RESOURCES, told
+        assert "out of file descriptors" in told.message
+        # Through all of it the session drains and the attached client types.
+        await echoes(attach, 21)
+        for c in held:
+            await c.aclose()
+        held.clear()
+        # With fds free again, everything works as before.
+        result = await cli(daemon, "ls")
+        assert result.returncode == 0, result.stderr
+        await echoes(attach, 22)
+        assert (await runc.state(cid))["status"] == "running"
+        await client.aclose()
+    finally:
+        for c in held:
+            await c.aclose()
+        await attach.aclose()
+        await runc.kill(cid)
+        await daemon.wait_event("session.exited", session=cid)
+        assert await daemon.stop() == 0
+    assert daemon.internal_errors() == []
+    assert daemon.find("listener.accept_failed", listener="listen.control")
+
+
+async def test_logs_streams_whose_clients_vanish_leak_no_fd(
+    daemon_factory: DaemonFactory,
+    runc: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    # Was: each `logs` request opened the session's log file before the
+    # try/finally that closes it: 50 clients that closed at once leaked 50 fds,
+    # each pinning a possibly deleted file.
+    daemon = await daemon_factory("--log-dir", str(tmp_path / "logs"))
+    cid = container_id("leak")
+    attach = await start_echoer(daemon, runc, bundle, cid)
+    try:
+        await echoes(attach, 1)
+        before = fds_of(daemon.pid)
+        for _ in range(50):
+            c = await AsyncClient.connect(daemon.control_socket)
+            await c.send(ev.Logs(cid))
+            await c.aclose()  # gone before the answer
+        result = await cli(daemon, "logs", cid)
+        assert b"got-2" in result.stdout
+        with trio.fail_after(10):
+            while fds_of(daemon.pid) > before:  # noqa: ASYNC110 - an fd count has no event
+                await trio.sleep(0.05)
+        assert fds_of(daemon.pid) == before
+    finally:
+        await attach.aclose()
+        await runc.kill(cid)
+
+
+# --- the log directory ----------------------------------------------------------------
+
+
+async def serve_and_fail(state_dir: Path, *args: str) -> str:
+    """Run ``consoled serve ARGS``; it must refuse to start.  Returns what it said."""
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "consoled", "serve", "--state-dir", str(state_dir), *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    assert result.returncode == 1, result.stderr
+    err = result.stderr.decode()
+    assert "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("how", ["symlink", "world-writable", "someone-elses"])
+async def test_an_unsafe_log_directory_is_refused(
+    short_tmp: Path, tmp_path: Path, how: str
+) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    log_dir = real
+    if how == "symlink":
+        # Whoever controls the link could make root replace files elsewhere.
+        log_dir = tmp_path / "link"
+        log_dir.symlink_to(real)
+        expected = "is a symlink"
+    elif how == "world-writable":
+        real.chmod(0o777)
+        expected = "writable by others"
+    else:
+        os.chown(real, 65534, 65534)
+        expected = "belongs to uid 65534"
+    err = await serve_and_fail(short_tmp / "s", "--log-dir", str(log_dir))
+    assert expected in err and str(log_dir) in err, err
+    assert list(real.iterdir()) == []
+
+
+async def test_a_fifo_planted_in_the_log_directory_blocks_nothing(
+    daemon_factory: DaemonFactory,
+    runc: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    # Was: `mkfifo DIR/ID.log.1` froze the whole daemon on the next `logs`,
+    # in a blocking open().
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory("--log-dir", str(log_dir))
+    cid = container_id("fifo")
+    attach = await start_echoer(daemon, runc, bundle, cid)
+    try:
+        await echoes(attach, 5)
+        os.mkfifo(log_dir / f"{cid}.log.1")
+        result = await cli(daemon, "logs", cid, timeout=20)
+        assert result.returncode == 0, result.stderr
+        assert b"got-10" in result.stdout  # served from the session's ring
+        await daemon.wait_event("logfile.unreadable", session=cid)
+        await echoes(attach, 6)
+    finally:
+        await attach.aclose()
+        await runc.kill(cid)
+
+
+async def test_a_directory_planted_at_a_log_file_name_still_lets_the_container_start(
+    daemon_factory: DaemonFactory,
+    runc: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    # Was: `mkdir DIR/ID.log` stopped that container from ever starting: the
+    # master arrived on the well-known socket and was closed, and runc failed
+    # with "container process is already dead".
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory("--log-dir", str(log_dir))
+    cid = container_id("dir")
+    log_dir.joinpath(f"{cid}.log").mkdir()
+    await runc.run(cid, bundle(ECHOER), daemon.console_socket)
+    await daemon.wait_event("logfile.create_failed", session=cid)
+    await wait_output(daemon.control_socket, cid, b"up\r\n")
+    attach = await AsyncClient.connect(daemon.control_socket)
+    try:
+        reply = await attach.request(ev.Attach(cid, replay=0))
+        assert isinstance(reply, ev.Attached), reply
+        await echoes(attach, 7)
+    finally:
+        await attach.aclose()
+        await runc.kill(cid)
+
+
+async def test_a_full_log_directory_costs_the_file_and_the_file_catches_up(
+    *,
+    daemon_factory: DaemonFactory,
+    runc: Runtime,
+    bundle: BundleFactory,
+    out_dir: Path,
+    short_tmp: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    # The log directory is a 256 KiB tmpfs in the daemon's own mount namespace;
+    # a filler file takes most of it.
+    log_dir = short_tmp / "logs"
+    log_dir.mkdir(mode=0o700)
+    mount = f'mount -t tmpfs -o size=256k,mode=0700 tmpfs {log_dir} && exec "$@"'
+    daemon = await daemon_factory(
+        "--log-dir", str(log_dir),
+        wrapper=["unshare", "-m", "--propagation", "private", "sh", "-c", mount, "sh"],
+    )  # fmt: skip
+    inside = Path(f"/proc/{daemon.pid}/root") / str(log_dir).lstrip("/")
+    filler = inside / "filler"
+    filler.write_bytes(b"f" * 224 * 1024)
+    cid = container_id("full")
+    # 2,000 numbered lines (about 44 KiB, more than the 32 KiB left), then a
+    # tick every 0.1 s until told to stop.
+    script = (
+        "i=0; while [ $i -lt 2000 ]; do i=$((i+1)); echo line-$i-of-the-log; done; "
+        "echo first-part-done; while [ ! -e /out/stop ]; do echo tick; usleep 100000; done; "
+        "echo stopped"
+    )
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        path = await client.create_socket(cid)
+        await runc.run(cid, bundle(["sh", "-c", script]), path)
+        await wait_output(daemon.control_socket, cid, b"first-part-done")
+        failed = await daemon.wait_event("logfile.write_failed", session=cid)
+        assert "No space left on device" in failed["error"]
+        # The session still drains and answers; `logs` serves everything, the
+        # file's part and then the ring's.
+        result = await cli(daemon, "logs", cid)
+        assert result.stdout.count(b"-of-the-log") == 2000
+        # Space again: within the daemon's retry interval (5 s) the next write
+        # catches the file up from the ring.
+        filler.unlink()
+        await daemon.wait_event("logfile.writing_again", session=cid, timeout=30)
+        (out_dir / "stop").touch()
+        await wait_output(daemon.control_socket, cid, b"stopped")
+        logged = (inside / f"{cid}.log").read_bytes()
+        lines = [line for line in logged.split(b"\r\n") if line.startswith(b"line-")]
+        assert lines == [b"line-%d-of-the-log" % n for n in range(1, 2001)]
+        assert logged.endswith(b"stopped\r\n")
+        assert not daemon.find("logfile.gap")
+    finally:
+        await client.aclose()
+        await runc.kill(cid)
