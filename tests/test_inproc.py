@@ -1,0 +1,253 @@
+"""The daemon in-process under trio's autojump clock: timeouts, limits, small faults.
+
+Every limit refuses only what goes past it, with an error that names it,
+and the connection (or the daemon) goes on.  Timeouts of minutes pass at
+once on the autojump clock.  See tests/support/inproc.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+import trio
+import trio.testing
+
+from consoled.protocol import ErrorCode
+from consoled.protocol import events as ev
+from consoled.server.config import Limits
+from tests.support.client import AsyncClient
+from tests.support.inproc import InProcDaemon, hand_master, inproc_daemon
+
+
+@pytest.fixture
+def slaves() -> Iterator[list[int]]:
+    """Slave fds a test opened: closed at the end (their terminals hang up)."""
+    opened: list[int] = []
+    yield opened
+    for fd in opened:
+        os.close(fd)
+
+
+async def connect(d: InProcDaemon) -> AsyncClient:
+    return await AsyncClient.connect(d.control_socket)
+
+
+async def waiting(d: InProcDaemon, name: str) -> str:
+    c = await connect(d)
+    try:
+        return await c.create_socket(name)
+    finally:
+        await c.aclose()
+
+
+async def running(d: InProcDaemon, name: str, slaves: list[int]) -> int:
+    """A running session ``name``; returns its slave."""
+    path = await waiting(d, name)
+    _, slave = hand_master(path)
+    slaves.append(slave)
+    session = d.table.get(name)
+    with trio.fail_after(10):
+        await session.running.wait()
+    return slave
+
+
+async def test_no_hello_in_time_closes_the_connection(
+    short_tmp: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with inproc_daemon(short_tmp / "s") as d:
+        c = await AsyncClient.connect(d.control_socket, hello=False)
+        start = trio.current_time()
+        reply = await c.receive(timeout=60)
+        assert isinstance(reply, ev.Error), reply
+        assert reply.code is ErrorCode.UNEXPECTED_MESSAGE
+        assert reply.message == "no hello within 10 s"
+        assert trio.current_time() - start == pytest.approx(10, abs=0.1)
+        assert await c.receive() is None
+        await c.aclose()
+
+
+async def test_an_idle_connection_is_closed_after_the_idle_timeout(
+    short_tmp: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Was: 1,000 idle connections after hello stayed open forever.
+    async with inproc_daemon(short_tmp / "s", limits=Limits(idle_timeout=600)) as d:
+        c = await connect(d)
+        start = trio.current_time()
+        reply = await c.receive(timeout=3600)
+        assert isinstance(reply, ev.Error), reply
+        assert reply.code is ErrorCode.IDLE_TIMEOUT
+        assert "no request within 600 s" in reply.message
+        assert trio.current_time() - start == pytest.approx(600, abs=0.1)
+        # A busy connection is not idle: each request starts the clock again.
+        busy = await connect(d)
+        for _ in range(5):
+            await trio.sleep(500)
+            assert isinstance(await busy.request(ev.GetInfo()), ev.DaemonInfo)
+        await busy.aclose()
+        await c.aclose()
+
+
+async def test_connections_past_the_limit_are_refused_and_the_rest_served(
+    short_tmp: Path,
+) -> None:
+    async with inproc_daemon(short_tmp / "s", limits=Limits(connections=3)) as d:
+        kept = [await connect(d) for _ in range(3)]
+        extra = await AsyncClient.connect(d.control_socket, hello=False)
+        reply = await extra.receive()
+        assert isinstance(reply, ev.Error), reply
+        assert reply.code is ErrorCode.TOO_MANY_CONNECTIONS
+        assert "3 connections" in reply.message
+        await extra.aclose()
+        for c in kept:
+            assert isinstance(await c.request(ev.GetInfo()), ev.DaemonInfo)
+        await kept.pop().aclose()
+        await trio.testing.wait_all_tasks_blocked()  # the daemon has seen it go
+        again = await connect(d)
+        assert isinstance(await again.request(ev.GetInfo()), ev.DaemonInfo)
+        for c in (*kept, again):
+            await c.aclose()
+
+
+async def test_waiting_and_session_limits_refuse_only_the_request(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    limits = Limits(waiting=2, sessions=3)
+    async with inproc_daemon(short_tmp / "s", limits=limits) as d:
+        c = await connect(d)
+        await c.create_socket("w1")
+        await c.create_socket("w2")
+        reply = await c.request(ev.CreateSocket("w3"))
+        assert isinstance(reply, ev.Error), reply
+        assert reply.code is ErrorCode.LIMIT_EXCEEDED
+        assert "--max-waiting" in reply.message
+        # A waiting session that gets its master makes room.
+        _, slave = hand_master(d.table.get("w1").socket_path or "")
+        slaves.append(slave)
+        with trio.fail_after(10):
+            await d.table.get("w1").running.wait()
+        await c.create_socket("w3")
+        _, slave = hand_master(d.table.get("w2").socket_path or "")
+        slaves.append(slave)
+        with trio.fail_after(10):
+            await d.table.get("w2").running.wait()
+        reply = await c.request(ev.CreateSocket("w4"))
+        assert isinstance(reply, ev.Error), reply
+        assert reply.code is ErrorCode.LIMIT_EXCEEDED
+        assert "--max-sessions" in reply.message
+        # The same connection goes on.
+        assert len(await c.list_sessions()) == 3
+        await c.aclose()
+
+
+async def test_clients_per_session_limit(short_tmp: Path, slaves: list[int]) -> None:
+    async with inproc_daemon(short_tmp / "s", limits=Limits(clients_per_session=2)) as d:
+        await running(d, "c1", slaves)
+        a, b, c = [await connect(d) for _ in range(3)]
+        assert isinstance(await a.request(ev.Attach("c1")), ev.Attached)
+        assert isinstance(await b.request(ev.Logs("c1", follow=True)), ev.Attached)
+        reply = await c.request(ev.Attach("c1"))
+        assert isinstance(reply, ev.Error), reply
+        assert reply.code is ErrorCode.LIMIT_EXCEEDED
+        assert "2 clients" in reply.message
+        # Refused, not closed: the client can do something else.
+        assert isinstance(await c.request(ev.GetInfo()), ev.DaemonInfo)
+        for x in (a, b, c):
+            await x.aclose()
+
+
+async def test_unfinished_frames_are_bounded_for_all_clients_together(
+    short_tmp: Path,
+) -> None:
+    # Was: 300 connections each holding an unfinished frame of about 1 MiB
+    # pushed the daemon's RSS to 349 MiB.
+    async with inproc_daemon(short_tmp / "s", limits=Limits(buffered=256 * 1024)) as d:
+        header = (1024 * 1024).to_bytes(4, "big")  # a 1 MiB frame, never finished
+        first = await AsyncClient.connect(d.control_socket, hello=False)
+        await first.send_raw(header + b"\x00" * (200 * 1024))
+        second = await AsyncClient.connect(d.control_socket, hello=False)
+        await second.send_raw(header + b"\x00" * (100 * 1024))
+        reply = await second.receive()
+        assert isinstance(reply, ev.Error), reply
+        assert reply.code is ErrorCode.BUFFER_LIMIT
+        assert str(256 * 1024) in reply.message
+        await second.aclose()
+        # The first one's bytes are still held; once it goes, room again.
+        await first.aclose()
+        third = await AsyncClient.connect(d.control_socket, hello=False)
+        await third.send_raw(header + b"\x00" * (200 * 1024))
+        fine = await connect(d)
+        assert isinstance(await fine.request(ev.GetInfo()), ev.DaemonInfo)
+        await fine.aclose()
+        await third.aclose()
+
+
+async def test_a_waiting_session_gives_up_after_the_intake_timeout(
+    short_tmp: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with inproc_daemon(short_tmp / "s", intake_timeout=300) as d:
+        path = await waiting(d, "late")
+        session = d.table.get("late")
+        start = trio.current_time()
+        with structlog.testing.capture_logs() as logs:
+            with trio.fail_after(400):
+                await session.done.wait()
+        assert trio.current_time() - start == pytest.approx(300, abs=1)
+        (gave_up,) = [e for e in logs if e["event"] == "intake.gave_up"]
+        assert gave_up["reason"] == "no master arrived within 300 s"
+        assert [s.name for s in d.table] == []
+        assert not os.path.exists(path)
+
+
+async def test_input_before_the_master_arrives_waits_for_it(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    # Was: input sent while a session was still waiting was counted as
+    # written and silently thrown away.
+    async with inproc_daemon(short_tmp / "s") as d:
+        path = await waiting(d, "early")
+        c = await connect(d)
+        assert isinstance(await c.request(ev.Attach("early")), ev.Attached)
+        await c.send(ev.Input(b"typed-before-the-master\n"))
+        await trio.testing.wait_all_tasks_blocked()
+        _, slave = hand_master(path)
+        slaves.append(slave)
+        got = b""
+        with trio.fail_after(10):
+            while b"typed-before-the-master\n" not in got:
+                await trio.lowlevel.wait_readable(slave)
+                got += os.read(slave, 4096)
+        await c.aclose()
+
+
+async def test_the_longest_names_get_log_files_and_rename_them(
+    short_tmp: Path, tmp_path: Path, slaves: list[int]
+) -> None:
+    # Was: a valid name of two 128-character parts failed with `internal` when
+    # --log-dir was set (the file name was too long), and renaming to such a
+    # name succeeded without renaming the log.
+    log_dir = tmp_path / "logs"
+    long = "a" * 128 + "/" + "b" * 128
+    longer = "c" * 128 + "/" + "d" * 128
+    async with inproc_daemon(short_tmp / "s", log_dir=log_dir) as d:
+        slave = await running(d, long, slaves)
+        session = d.table.get(long)
+        follower = await connect(d)
+        assert isinstance(await follower.request(ev.Logs(long, follow=True)), ev.Attached)
+        os.write(slave, b"written-under-a-long-name\n")
+        out, ended = await follower.read_output_until(b"long-name\r\n")
+        assert ended is None, out
+        await follower.aclose()
+        (path,) = log_dir.iterdir()
+        assert len(path.name) <= 255 and "~" in path.name
+        assert path.read_bytes() == b"written-under-a-long-name\r\n"
+        c = await connect(d)
+        reply = await c.request(ev.Rename(long, longer))
+        assert isinstance(reply, ev.Renamed), reply
+        await c.aclose()
+        (renamed,) = log_dir.iterdir()
+        assert renamed.name != path.name and renamed.name.startswith("c" * 100)
+        assert session.info().log_path == str(renamed)
