@@ -60,10 +60,11 @@ class RuntimeInvocation:
 
     Attributes:
         runtime: ``"runc"`` or ``"crun"``.
-        command: ``"run"``, ``"create"`` or ``"exec"``.
+        command: ``"run"``, ``"create"``, ``"restore"`` (each hands out the master of the
+            container's init) or ``"exec"``.
         container_id: the id, unchecked.
         process_args: for ``exec``, the command and its arguments after the id; ``()``
-            for run/create, and for ``exec --process FILE``.
+            for run/create/restore, and for ``exec --process FILE``.
         console_socket: the last ``--console-socket`` value, or ``None``.
     """
 
@@ -154,6 +155,15 @@ _RUNC: Final = RuntimeOptions(
     commands=MappingProxyType({
         "run": (*_RUNC_CREATE, _opt("detach", "d"), _opt("keep"), _opt("no-subreaper")),
         "create": _RUNC_CREATE,
+        # restore hands out the master of the restored init ("orphan-pts-master").
+        "restore": (
+            _val("console-socket"), _val("image-path"), _val("work-path"),
+            _opt("tcp-established"), _opt("ext-unix-sk"), _opt("shell-job"),
+            _opt("file-locks"), _val("manage-cgroups-mode"), _val("bundle", "b"),
+            _opt("detach", "d"), _val("pid-file"), _opt("no-subreaper"), _opt("no-pivot"),
+            _val("empty-ns"), _opt("auto-dedup"), _opt("lazy-pages"), _val("lsm-profile"),
+            _val("lsm-mount-context"), _RUNC_HELP,
+        ),
         "exec": (
             _val("console-socket"), _val("cwd"), _val("env", "e"), _opt("tty", "t"),
             _val("user", "u"), _val("additional-gids", "g"), _val("process", "p"),
@@ -163,7 +173,7 @@ _RUNC: Final = RuntimeOptions(
         ),
     }),
     other_commands=frozenset({
-        "checkpoint", "delete", "events", "kill", "list", "pause", "ps", "restore", "resume",
+        "checkpoint", "delete", "events", "kill", "list", "pause", "ps", "resume",
         "spec", "start", "state", "update", "features", "help", "h",
     }),
 )
@@ -195,9 +205,15 @@ _CRUN: Final = RuntimeOptions(
             _val("pid-file"), _val("preserve-fds"), _val("process-label"), _val("process", "p"),
             _opt("tty", "t", arity=Arity.OPTIONAL), _val("user", "u"), *_ARGP,
         ),
+        "restore": (
+            _val("bundle", "b"), _val("image-path"), _val("work-path"), _opt("tcp-established"),
+            _opt("ext-unix-sk"), _opt("shell-job"), _opt("detach", "d"), _val("pid-file"),
+            _val("console-socket"), _opt("file-locks"), _val("manage-cgroups-mode"), *_ARGP,
+        ),
     }),
     other_commands=frozenset({
         "delete", "list", "kill", "ps", "spec", "start", "state", "pause", "resume", "update",
+        "checkpoint",
     }),
 )
 
@@ -367,7 +383,7 @@ def parse_runtime_argv(argv: Sequence[str]) -> RuntimeInvocation:
 
     Returns:
         The runtime, subcommand (``run``, ``create`` or ``exec``), container id, the
-        exec'd command (``()`` for run/create and for ``exec --process FILE``) and the
+        exec'd command (``()`` for run/create/restore and for ``exec --process FILE``) and the
         ``--console-socket`` value, or ``None`` if there is none.
 
     Raises:

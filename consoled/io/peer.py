@@ -92,12 +92,21 @@ def read_cmdline(pid: int) -> tuple[str, ...]:
 
 
 def identify_peer(sock: socket.socket) -> Peer:
-    """Who is on the other end of ``sock``, and what was its command line."""
-    creds = credentials(sock)
+    """Who is on the other end of ``sock``, and what was its command line.
+
+    Never raises: what cannot be known is said in :attr:`Peer.problem`.
+    """
+    try:
+        creds = credentials(sock)
+    except OSError as exc:
+        return Peer(0, -1, None, f"cannot read the peer's credentials: {exc.strerror}")
     pid, uid = creds.pid, creds.uid
     if pid <= 0:
         return Peer(pid, uid, None, "the peer is in another pid namespace (SO_PEERCRED pid 0)")
-    pidfd = _peer_pidfd(sock)
+    try:
+        pidfd = _peer_pidfd(sock)
+    except OSError:
+        pidfd = None
     try:
         try:
             argv = read_cmdline(pid)
@@ -112,6 +121,8 @@ def identify_peer(sock: socket.socket) -> Peer:
                 signal.pidfd_send_signal(pidfd, 0)
             except ProcessLookupError:
                 return Peer(pid, uid, None, f"process {pid} exited before it could be identified")
+            except PermissionError:
+                pass  # alive, and not ours to signal (a daemon that is not root)
         return Peer(pid, uid, argv, None)
     finally:
         if pidfd is not None:

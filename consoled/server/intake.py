@@ -22,6 +22,7 @@ import trio
 from ..io.fdpass import IntakeError, receive_master
 from ..io.fds import OwnedFd
 from ..io.listener import Gate, Listener, serve_listener
+from ..io.peer import Peer, identify_peer
 
 log = structlog.get_logger("consoled.intake")
 
@@ -64,14 +65,25 @@ class InFlight:
 
 
 async def receive_or_reject(
-    conn: trio.socket.SocketType, in_flight: InFlight | None = None
+    conn: trio.socket.SocketType, in_flight: InFlight | None = None, peer: Peer | None = None
 ) -> tuple[OwnedFd, int, bytes] | None:
     """Receive a runtime's master within :data:`SEND_TIMEOUT`.
+
+    A runtime that connects and closes without sending anything is a runtime
+    that failed (``runc run`` with an invalid configuration connects first,
+    then fails its own validation): that is logged at info level with its
+    command line, to tell it from a misbehaving peer.
+
+    Args:
+        conn: the runtime's connection.
+        in_flight: counts masters being received.
+        peer: who connected, as identified at accept.
 
     Returns:
         The master's owner, pty number and payload; or None after logging
         why the peer's intake was rejected (every fd it sent is closed).
     """
+    who = {} if peer is None else {"peer_pid": peer.pid, "argv": peer.argv}
     with in_flight.track() if in_flight is not None else contextlib.nullcontext():
         try:
             with trio.fail_after(SEND_TIMEOUT):
@@ -83,7 +95,15 @@ async def receive_or_reject(
                 error=f"the peer connected but sent nothing within {SEND_TIMEOUT:g} s",
             )
         except IntakeError as exc:
-            log.warning("intake.rejected", kind=exc.kind, error=str(exc))
+            if exc.kind == "closed_early":
+                log.info(
+                    "intake.rejected",
+                    kind=exc.kind,
+                    error=f"{exc}: the runtime failed before it had a console to hand over",
+                    **who,
+                )
+            else:
+                log.warning("intake.rejected", kind=exc.kind, error=str(exc), **who)
         except OSError as exc:
             log.warning("intake.rejected", kind="socket_error", error=exc.strerror)
     return None
@@ -122,11 +142,13 @@ async def wait_master(
     done = False
     removed = False
 
-    async def receive(conn: trio.socket.SocketType, scope: trio.CancelScope) -> None:
+    async def receive(
+        conn: trio.socket.SocketType, peer: Peer | None, scope: trio.CancelScope
+    ) -> None:
         nonlocal done
         with conn:
             try:
-                received = await receive_or_reject(conn, in_flight)
+                received = await receive_or_reject(conn, in_flight, peer)
             except trio.Cancelled:
                 if done:
                     # The master came on another connection while this one was
@@ -167,8 +189,10 @@ async def wait_master(
         async with trio.open_nursery() as nursery:
 
             def handle(conn: socket.socket) -> None:
+                # Who connected, taken at once (a runtime that fails exits fast).
+                peer = identify_peer(conn)
                 nursery.start_soon(
-                    receive, trio.socket.from_stdlib_socket(conn), nursery.cancel_scope
+                    receive, trio.socket.from_stdlib_socket(conn), peer, nursery.cancel_scope
                 )
 
             nursery.start_soon(watch_presence, nursery.cancel_scope)

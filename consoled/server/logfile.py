@@ -415,6 +415,28 @@ class LogFile:
             with contextlib.suppress(FileNotFoundError):
                 self._dir.rename(before, after)
 
+    def move_aside(self) -> str:
+        """Rename this log's files to ``STEM~1.log...`` (a previous generation's), replacing
+        older ones; returns the new path of the current file.
+
+        '~' never occurs in a session name, so the names cannot meet a session's.
+        """
+        aside = LogFile(
+            self._dir,
+            file_stem(self.stem + "~1"),
+            self.format,
+            max_size=self.max_size,
+            max_files=self.max_files,
+            owner=None,
+            size=0,
+            written_to=0,
+        )
+        aside.remove_files()
+        for before, after in zip(self._files(), aside._files(), strict=True):
+            with contextlib.suppress(FileNotFoundError):
+                self._dir.rename(before, after)
+        return aside.path
+
     def remove_files(self) -> None:
         """Delete every file of this log (``rm`` without ``--keep-logs``)."""
         for name in self._files():

@@ -166,10 +166,40 @@ class SessionTable:
     def lookup(self, name: SessionName) -> Session | None:
         return self._sessions.get(name)
 
-    def discard(self, session: Session) -> None:
-        """Forget an exited session (its name is about to be reused)."""
-        assert session.state is SessionState.EXITED
-        self._forget(session)
+    def new_generation(self, container: str) -> list[Session]:
+        """A new container takes the id ``container``: retire the old one's exited sessions.
+
+        Runtimes only reuse an id once its container was deleted, so the exited
+        sessions of that id (its init and its execs) belong to a container that
+        is gone: they are forgotten, and their log files moved aside to
+        ``STEM~1.log`` (replacing older ones), as kubelet keeps the previous
+        instance's logs.  So ``ls`` never shows an old exec under a new
+        container, and the two generations' logs stay apart.  Sessions of the id
+        that still run or wait are left alone.
+
+        Returns:
+            The sessions retired.
+        """
+        retired = [
+            s
+            for s in self._sessions.values()
+            if s.name.id == container and s.state is SessionState.EXITED
+        ]
+        for session in retired:
+            moved = None
+            if session.log_file is not None:
+                try:
+                    moved = session.log_file.move_aside()
+                except OSError as exc:
+                    log.error("logfile.move_failed", session=str(session.name), error=exc.strerror)
+            log.info(
+                "session.replaced",
+                session=str(session.name),
+                why="its container id was reused by a new container",
+                log_path=moved,
+            )
+            self._forget(session)
+        return retired
 
     def listing(self, container: str | None = None) -> list[Session]:
         """Sessions sorted by container, the init session before its execs."""
@@ -297,6 +327,10 @@ class SessionTable:
                 ErrorCode.LIMIT_EXCEEDED,
                 f"{limit} sessions are already waiting for their master (--max-waiting)",
             )
+        if name.exec is None and name not in self._sessions:
+            # A new container under this id (the old one's init session was
+            # removed): its exited execs belong to the old one.
+            self.new_generation(name.id)
         session = self._new_session(name)
         path = self.config.intake_dir / f"{session.serial}.sock"
         try:

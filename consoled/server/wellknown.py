@@ -100,7 +100,7 @@ class WellKnownSocket:
 
     async def _intake(self, conn: trio.socket.SocketType, peer: Peer) -> None:
         with conn, structlog.contextvars.bound_contextvars(peer_pid=peer.pid):
-            received = await receive_or_reject(conn, self.table.in_flight)
+            received = await receive_or_reject(conn, self.table.in_flight, peer)
             if received is None:
                 return
             owner, number, _payload = received
@@ -180,11 +180,9 @@ class WellKnownSocket:
     def _container_name(self, inv: RuntimeInvocation) -> tuple[SessionName, str | None]:
         name = SessionName(inv.container_id)
         existing = self.table.lookup(name)
-        if existing is None:
-            return name, None
-        if existing.state is SessionState.EXITED:
-            log.info("session.replaced", session=str(name), why="the container was started again")
-            self.table.discard(existing)
+        if existing is None or existing.state is SessionState.EXITED:
+            # A new container under this id: a new generation of its sessions.
+            self.table.new_generation(inv.container_id)
             return name, None
         for n in itertools.count(2):
             candidate = SessionName(f"{inv.container_id[:120]}+{n}")
