@@ -148,6 +148,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_wait(args: argparse.Namespace) -> int:
+    """As ``docker wait``: block until each session has ended, print its exit status."""
+    status = EXIT_OK
+    with Client(os.path.join(state_dir_of(args), "control.sock"), timeout=None) as client:
+        for name in args.sessions:
+            try:
+                reply = client.call(ev.Wait(name), ev.Waited)
+            except ClientError as exc:
+                if isinstance(exc, DaemonUnavailable):
+                    raise
+                print(f"consoled: {exc.message}", file=sys.stderr)
+                status = EXIT_ERROR
+                continue
+            print("unknown" if reply.exit_code is None else reply.exit_code, flush=True)
+    return status
+
+
 def cmd_reexec(args: argparse.Namespace) -> int:
     with Client(os.path.join(state_dir_of(args), "control.sock"), timeout=args.timeout) as client:
         reply = client.call(ev.Reexec(), ev.Reexeced)
@@ -200,6 +217,7 @@ def session_json(info: ev.SessionInfo) -> dict[str, object]:
         "socket": info.socket,
         "log_path": info.log_path,
         "scrollback_bytes": info.scrollback_bytes,
+        "exit_code": info.exit_code,
     }
 
 
@@ -222,11 +240,17 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = [("SESSION", "STATE", "CLIENTS", "SIZE", "AGE", "OUTPUT")]
     for s in sessions:
         name = s.session if s.exec is None else f"  {s.session}"
-        size = f"{s.cols}x{s.rows}" if s.rows and s.cols else "-"
+        size = f"{s.rows}x{s.cols}" if s.rows and s.cols else "-"
+        state = str(s.state)
+        if s.state is ev.SessionState.EXITED:
+            # As docker ps -a: "exited (3) 5s ago".
+            code = "?" if s.exit_code is None else str(s.exit_code)
+            when = f" {_age(s.exited_at, now)} ago" if s.exited_at else ""
+            state = f"exited ({code}){when}"
         rows.append(
             (
                 name,
-                str(s.state),
+                state,
                 str(s.clients),
                 size,
                 _age(s.created, now),
@@ -399,6 +423,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         runtime_args=args.runtime_arg,
         options=options,
         attach=attach,
+        keep=args.keep,
     )
 
 
@@ -596,6 +621,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
+        "wait",
+        parents=[common],
+        help="wait until sessions end and print their exit statuses",
+        description="Block until each SESSION has ended, then print how its process exited "
+        "(its exit code, or 128+N if signal N killed it; 'unknown' where the kernel cannot "
+        "tell), one line per session, as docker wait does.",
+    )
+    p.add_argument("sessions", nargs="+", type=_session_arg, metavar="SESSION")
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser(
         "reexec",
         parents=[common],
         help="replace the running daemon's program with the one installed now, dropping nothing",
@@ -685,6 +721,12 @@ def build_parser() -> argparse.ArgumentParser:
         "RUNTIME exec -d -t --console-socket SOCK ID CMD..., and attaches.",
     )
     p.add_argument("--runtime", metavar="PATH", help="the OCI runtime (default: runc on PATH)")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the session (and its log) after the command ended; by default it is "
+        "removed once its exit status is known",
+    )
     p.add_argument(
         "--runtime-arg",
         action="append",

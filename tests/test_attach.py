@@ -318,11 +318,14 @@ async def test_terminal_modes_restored_on_every_way_out(
         proc.write(DETACH)
         expected_rc, line = 0, reattach_hint(cid)
     elif way == "exit":
-        typed(proc, "exit")
-        expected_rc, line = 0, re.compile(rf"consoled: session {re.escape(cid)} ended\r\n".encode())
+        typed(proc, "exit 3")  # the shell's status is attach's
+        expected_rc, line = (
+            3,
+            re.compile(rf"consoled: session {re.escape(cid)} ended \(exit status 3\)\r\n".encode()),
+        )
     elif way == "daemon-stop":
         assert await daemon.stop() == 0
-        expected_rc = 1
+        expected_rc = 69  # EX_UNAVAILABLE: the daemon stopped
         line = re.compile(rb"consoled: the consoled daemon stopped; this attach has ended\r\n")
     else:
         signum = signal.Signals[way]
@@ -476,11 +479,11 @@ async def test_stalled_client_is_lagged_and_costs_nobody_else(
                 readers.start_soon(drain, slow.stdout, slow_out)
                 readers.start_soon(drain, slow.stderr, slow_err)
             assert await fast.wait() == 0, fast_err
-            assert await slow.wait() == 1, slow_err
+            assert await slow.wait() == 75, slow_err  # EX_TEMPFAIL: lagged, attach again
         everything = (tmp_path / "fast.out").read_bytes()
         assert everything.count(b"x") == FLOOD
         assert everything.endswith(b"end-42\r\n")
-        assert fast_err.decode().splitlines() == [f"consoled: session {cid} ended"]
+        assert fast_err.decode().splitlines() == [f"consoled: session {cid} ended (exit status 0)"]
 
         assert 0 < slow_out.count(b"x") < FLOOD
         assert b"end-42" not in slow_out
@@ -572,4 +575,4 @@ async def test_pipe_mode(
     assert result.returncode == 0, result.stderr
     assert b"piped-42\r\n" in result.stdout
     lines = [line for line in result.stderr.decode().splitlines() if line]
-    assert lines == [f"consoled: session {cid} ended"]
+    assert lines == [f"consoled: session {cid} ended (exit status 0)"]

@@ -270,15 +270,16 @@ async def test_consoled_exec_gives_an_interactive_shell(
         await proc.expect(PROMPT.pattern)
         proc.write(b"echo $((6*7))\r")
         await proc.expect(re.compile(rb"\r\n42\r\n"))
-        proc.write(b"exit\r")
-        await proc.expect(f"session {cid}/sh-1 ended".encode())
-        assert await proc.wait() == 0
+        proc.write(b"exit 3\r")
+        await proc.expect(f"session {cid}/sh-1 ended (exit status 3)".encode())
+        assert await proc.wait() == 3  # the command's status, as docker exec
     finally:
         proc.close()
+    # Its status delivered, the exec's session is gone (consoled exec --keep keeps it).
     result = await cli(daemon, "ls", "--json", cid)
     assert result.returncode == 0, result.stderr
     states = [(e["session"], e["state"]) for e in json.loads(result.stdout)]
-    assert states == [(cid, "running"), (f"{cid}/sh-1", "exited")]
+    assert states == [(cid, "running")]
 
 
 async def test_consoled_exec_with_failing_runtime_leaves_nothing(

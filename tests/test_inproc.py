@@ -33,7 +33,7 @@ def slaves() -> Iterator[list[int]]:
 
 
 async def connect(d: InProcDaemon) -> AsyncClient:
-    return await AsyncClient.connect(d.control_socket)
+    return await d.connect()
 
 
 async def waiting(d: InProcDaemon, name: str) -> str:
@@ -59,7 +59,7 @@ async def test_no_hello_in_time_closes_the_connection(
     short_tmp: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with inproc_daemon(short_tmp / "s") as d:
-        c = await AsyncClient.connect(d.control_socket, hello=False)
+        c = await d.connect(hello=False)
         start = trio.current_time()
         reply = await c.receive(timeout=60)
         assert isinstance(reply, ev.Error), reply
@@ -96,7 +96,7 @@ async def test_connections_past_the_limit_are_refused_and_the_rest_served(
 ) -> None:
     async with inproc_daemon(short_tmp / "s", limits=Limits(connections=3)) as d:
         kept = [await connect(d) for _ in range(3)]
-        extra = await AsyncClient.connect(d.control_socket, hello=False)
+        extra = await d.connect(hello=False)
         reply = await extra.receive()
         assert isinstance(reply, ev.Error), reply
         assert reply.code is ErrorCode.TOO_MANY_CONNECTIONS
@@ -166,9 +166,10 @@ async def test_unfinished_frames_are_bounded_for_all_clients_together(
     # pushed the daemon's RSS to 349 MiB.
     async with inproc_daemon(short_tmp / "s", limits=Limits(buffered=256 * 1024)) as d:
         header = (1024 * 1024).to_bytes(4, "big")  # a 1 MiB frame, never finished
-        first = await AsyncClient.connect(d.control_socket, hello=False)
+        first = await d.connect(hello=False)
         await first.send_raw(header + b"\x00" * (200 * 1024))
-        second = await AsyncClient.connect(d.control_socket, hello=False)
+        await trio.testing.wait_all_tasks_blocked()  # the daemon holds all of it now
+        second = await d.connect(hello=False)
         await second.send_raw(header + b"\x00" * (100 * 1024))
         reply = await second.receive()
         assert isinstance(reply, ev.Error), reply
@@ -177,7 +178,7 @@ async def test_unfinished_frames_are_bounded_for_all_clients_together(
         await second.aclose()
         # The first one's bytes are still held; once it goes, room again.
         await first.aclose()
-        third = await AsyncClient.connect(d.control_socket, hello=False)
+        third = await d.connect(hello=False)
         await third.send_raw(header + b"\x00" * (200 * 1024))
         fine = await connect(d)
         assert isinstance(await fine.request(ev.GetInfo()), ev.DaemonInfo)

@@ -176,6 +176,7 @@ session_infos = st.builds(
     log_path=opt_texts,
     scrollback_bytes=ints,
     uid=texts,
+    exit_code=opt_ints,
 )
 
 hellos = st.builds(ev.Hello, version=ints, client=texts)
@@ -184,10 +185,12 @@ errors = st.builds(ev.Error, code=codes, message=texts)
 non_fatal_errors = st.builds(ev.Error, code=st.sampled_from(NON_FATAL_CODES), message=texts)
 
 REQUESTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
-    ev.CreateSocket: st.builds(ev.CreateSocket, session=texts, exec_base=opt_texts),
+    ev.CreateSocket: st.builds(
+        ev.CreateSocket, session=texts, exec_base=opt_texts, ephemeral=st.booleans()
+    ),
     ev.ListSessions: st.builds(ev.ListSessions, id=opt_texts),
     ev.GetInfo: st.builds(ev.GetInfo),
-    ev.Remove: st.builds(ev.Remove, session=texts, force=st.booleans()),
+    ev.Remove: st.builds(ev.Remove, session=texts, force=st.booleans(), keep_logs=st.booleans()),
     ev.Resize: st.builds(ev.Resize, session=texts, rows=ints, cols=ints),
     ev.Rename: st.builds(ev.Rename, session=texts, new=texts),
     ev.Attach: st.builds(
@@ -204,6 +207,8 @@ REQUESTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
         ev.Logs, session=texts, follow=st.booleans(), resume=opt_ints, uid=opt_texts
     ),
     ev.Reexec: st.builds(ev.Reexec),
+    ev.Wait: st.builds(ev.Wait, session=texts),
+    ev.ReportExit: st.builds(ev.ReportExit, session=texts, exit_code=ints),
 }
 REPLIES: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
     ev.SocketCreated: st.builds(ev.SocketCreated, session=texts, path=texts),
@@ -239,6 +244,8 @@ REPLIES: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
         uid=texts,
     ),
     ev.Reexeced: st.builds(ev.Reexeced, pid=ints, version=texts, sessions=ints),
+    ev.Waited: st.builds(ev.Waited, session=texts, exit_code=opt_ints),
+    ev.ExitReported: st.builds(ev.ExitReported, session=texts, exit_code=opt_ints),
 }
 STREAM_INPUTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
     ev.Input: st.builds(ev.Input, data=bins),
@@ -247,7 +254,12 @@ STREAM_INPUTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
 }
 outputs = st.builds(ev.Output, data=bins)
 endeds = st.builds(
-    ev.Ended, reason=st.sampled_from(ev.EndReason), message=texts, resume=opt_ints, input=opt_ints
+    ev.Ended,
+    reason=st.sampled_from(ev.EndReason),
+    message=texts,
+    resume=opt_ints,
+    input=opt_ints,
+    exit_code=opt_ints,
 )
 
 REPLY_FOR_REQUEST = {
@@ -260,6 +272,8 @@ REPLY_FOR_REQUEST = {
     ev.Attach: ev.Attached,
     ev.Logs: ev.Attached,
     ev.Reexec: ev.Reexeced,
+    ev.Wait: ev.Waited,
+    ev.ReportExit: ev.ExitReported,
 }
 any_request = st.one_of(*REQUESTS.values())
 any_client_message = st.one_of(hellos, any_request, *STREAM_INPUTS.values())

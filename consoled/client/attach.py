@@ -35,6 +35,11 @@ DETACH_CONFIRM_TIMEOUT: Final = 2.0
 ATTACH_TIMEOUT: Final = 30.0
 #: Bytes of sent input kept until the daemon says it consumed them (on a restart).
 SENT_HISTORY: Final = 1024 * 1024
+#: Exit statuses of ``consoled attach`` (and ``exec``) that are not the program's:
+#: sysexits(3) codes, which no shell gives a command of its own.
+EXIT_DAEMON_STOPPED: Final = 69  # EX_UNAVAILABLE: the daemon stopped
+EXIT_CONNECTION_LOST: Final = 74  # EX_IOERR: the connection broke and could not be resumed
+EXIT_LAGGED: Final = 75  # EX_TEMPFAIL: this client fell too far behind; attach again
 READ_SIZE: Final = 64 * 1024
 
 
@@ -398,6 +403,7 @@ def attach(
     control_path: str,
     options: AttachOptions,
     before_loop: Callable[[], int | None] | None = None,
+    exit_status: Callable[[], int | None] | None = None,
 ) -> int:
     """Attach the current terminal (or pipes) to a session; returns the exit status.
 
@@ -406,6 +412,8 @@ def attach(
         options: what to attach to, and how.
         before_loop: called once the daemon has accepted the attach and before the
             terminal goes raw; a non-None result aborts with that exit status.
+        exit_status: once the session has ended, the process's exit status if the
+            caller knows it better than the daemon (``consoled exec`` reaps it).
     """
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     tty = options.tty and os.isatty(stdin)
@@ -436,6 +444,10 @@ def attach(
                 f"consoled: interrupted by {name}; session {attached.session} keeps running",
             )
             return 128 + exc.signum
+        if ended is not None and ended.reason is ev.EndReason.EXITED and exit_status is not None:
+            own = exit_status()
+            if own is not None:
+                ended = dataclasses.replace(ended, exit_code=own)
         return _report(attacher, attached.session, ended)
     finally:
         (attacher.client if attacher is not None else client).close()
@@ -448,30 +460,32 @@ def _say(attacher: Attacher, text: str) -> None:
 
 
 def _report(attacher: Attacher, session: str, ended: ev.Ended | None) -> int:
+    """Say why the attach ended; return the exit status (see docs: "Exit status")."""
     if ended is None:
         _say(attacher, "consoled: lost the connection to the daemon (it stopped or restarted)")
-        return 1
+        return EXIT_CONNECTION_LOST
     reason = ended.reason
     if reason is ev.EndReason.DETACHED:
         _say(
             attacher, f"consoled: detached from {session}; reattach with: consoled attach {session}"
         )
         return 0
-    if reason is ev.EndReason.EXITED:
-        _say(attacher, f"consoled: session {session} ended")
-        return 0
-    if reason is ev.EndReason.REMOVED:
-        _say(attacher, f"consoled: session {session} was removed")
-        return 0
+    if reason in (ev.EndReason.EXITED, ev.EndReason.REMOVED):
+        verb = "ended" if reason is ev.EndReason.EXITED else "was removed"
+        if ended.exit_code is None:
+            _say(attacher, f"consoled: session {session} {verb} (exit status unknown)")
+            return 0
+        _say(attacher, f"consoled: session {session} {verb} (exit status {ended.exit_code})")
+        return ended.exit_code
     if reason is ev.EndReason.LAGGED:
         _say(
             attacher,
             f"consoled: disconnected because this client fell behind the output (lagged); "
             f"reattach with: consoled attach {session}",
         )
-        return 1
+        return EXIT_LAGGED
     if reason is ev.EndReason.SHUTDOWN:
         _say(attacher, "consoled: the consoled daemon stopped; this attach has ended")
-        return 1
+        return EXIT_DAEMON_STOPPED
     _say(attacher, f"consoled: the stream ended ({reason}) {ended.message}")
-    return 1
+    return EXIT_CONNECTION_LOST

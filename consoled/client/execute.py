@@ -3,16 +3,31 @@
 The order matters: the console socket is created and the attach is opened
 (with our window size) *before* the runtime starts the process, so the size
 is right before the program's first byte and no output is missed.  If the
-runtime fails, its message is shown and the session is removed: no stale
-session, no socket file.
+runtime fails, its message is shown and the session is removed, log files
+and all: nothing is left behind.
+
+The exit status is the command's, as ``docker exec`` returns it: its code,
+128 + N if signal N killed it, 127 if the runtime could not find the
+command, 126 if it could not run it, 125 if the runtime failed otherwise.
+It is exact: this process is a child subreaper (as conmon is for its
+container), so once the runtime has exited, the command is its child, and
+it reaps it itself (the runtime's ``--pid-file`` names it).  Once the
+command has ended and its status is known here, the session is removed,
+log files and all (``--keep`` keeps it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -22,6 +37,28 @@ from .conn import Client, ClientError
 
 #: Seconds the runtime gets to start the process.
 RUNTIME_TIMEOUT: Final = 60.0
+#: Seconds to wait, once the session ended, for the command to be ours to reap.
+REAP_WAIT: Final = 1.0
+#: Seconds a failed exec's session gets to end, so that what it printed can be read.
+OUTPUT_WAIT: Final = 5.0
+PR_SET_CHILD_SUBREAPER: Final = 36
+_ANSI: Final = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+#: As docker exec: the command was not found, could not be run, or the runtime failed.
+EXIT_NOT_FOUND: Final = 127
+EXIT_CANNOT_RUN: Final = 126
+EXIT_RUNTIME_FAILED: Final = 125
+
+
+def runtime_failure_status(message: str) -> int:
+    """docker's exit status for a runtime that could not start the command."""
+    text = message.lower()
+    if "executable file not found" in text or "no such file or directory" in text:
+        return EXIT_NOT_FOUND
+    if "permission denied" in text or "exec format error" in text:
+        return EXIT_CANNOT_RUN
+    return EXIT_RUNTIME_FAILED
+
 
 AttachFn = Callable[..., int]
 
@@ -32,6 +69,8 @@ def runtime_argv(
     socket_path: str,
     container: str,
     command: Sequence[str],
+    *,
+    pid_file: str | None = None,
 ) -> list[str]:
     return [
         runtime,
@@ -41,15 +80,55 @@ def runtime_argv(
         "-t",
         "--console-socket",
         socket_path,
+        *(["--pid-file", pid_file] if pid_file else []),
         container,
         *command,
     ]
 
 
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (the exec'd command, once the runtime has exited)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def reap(pid: int, within: float = REAP_WAIT) -> int | None:
+    """The exit code of our child ``pid`` once it has exited (None if it is not ours, or lives)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else (
+                128 + os.WTERMSIG(status)
+            )  # fmt: skip
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+
+
+def session_output(control_path: str, session: str) -> str:
+    """What the session printed (crun reports an exec that fails on its terminal)."""
+    out = bytearray()
+    try:
+        # Followed to its end: everything it printed has been read by then.
+        with Client(control_path, timeout=OUTPUT_WAIT) as client:
+            client.call(ev.Logs(session, follow=True), ev.Attached)
+            while (event := client.receive()) is not None and not isinstance(event, ev.Ended):
+                if isinstance(event, ev.Output):
+                    out += event.data
+    except ClientError:
+        pass  # what arrived is what there is
+    return _ANSI.sub("", out.decode(errors="replace")).strip()
+
+
 def _remove(control_path: str, session: str) -> None:
+    """Remove the session and its log files: a failed exec leaves nothing behind."""
     try:
         with Client(control_path) as client:
-            client.call(ev.Remove(session, force=True), ev.Removed)
+            client.call(ev.Remove(session, force=True, keep_logs=False), ev.Removed)
     except ClientError:
         pass  # already gone
 
@@ -63,15 +142,24 @@ def run_exec(
     runtime_args: Sequence[str],
     options: AttachOptions,
     attach: AttachFn,
+    keep: bool = False,
 ) -> int:
     """Create the exec session, start the process with the runtime, attach to it."""
+    subreaper = become_subreaper()
+    workdir = tempfile.mkdtemp(prefix="consoled-exec-")
+    pid_file = os.path.join(workdir, "pid")
+    command_pid: int | None = None
     with Client(control_path) as client:
         created = client.call(
-            ev.CreateSocket(container, exec_base=os.path.basename(command[0])), ev.SocketCreated
+            ev.CreateSocket(container, exec_base=os.path.basename(command[0])),
+            ev.SocketCreated,
         )
 
     def start_process() -> int | None:
-        argv = runtime_argv(runtime, runtime_args, created.path, container, command)
+        nonlocal command_pid
+        argv = runtime_argv(
+            runtime, runtime_args, created.path, container, command, pid_file=pid_file
+        )
         try:
             proc = subprocess.run(
                 argv,
@@ -83,22 +171,50 @@ def run_exec(
         except (OSError, subprocess.TimeoutExpired) as exc:
             _remove(control_path, created.session)
             print(f"consoled: cannot run {runtime}: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_RUNTIME_FAILED
         if proc.returncode != 0:
-            _remove(control_path, created.session)
             message = (proc.stderr or proc.stdout).decode(errors="replace").strip()
+            if not message:
+                message = session_output(control_path, created.session)
+            _remove(control_path, created.session)
             print(
                 f"consoled: {os.path.basename(runtime)} exec failed (exit {proc.returncode}): "
                 f"{message or 'no message'}",
                 file=sys.stderr,
             )
-            return 1
+            return runtime_failure_status(message)
+        with contextlib.suppress(OSError, ValueError), open(pid_file) as f:
+            command_pid = int(f.read().strip())
         return None
 
+    def own_status() -> int | None:
+        # The runtime has exited: the command is our child (we are its subreaper).
+        return reap(command_pid) if subreaper and command_pid else None
+
+    ended: list[int | None] = []
+
+    def own_status_once_ended() -> int | None:
+        status = own_status()
+        ended.append(status)
+        return status
+
     try:
-        return attach(
-            control_path, dataclasses.replace(options, session=created.session), start_process
+        status = attach(
+            control_path,
+            dataclasses.replace(options, session=created.session),
+            start_process,
+            own_status_once_ended,
         )
     except BaseException:
         _remove(control_path, created.session)
         raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if ended and not keep:
+        # The command ended and its status is ours: nothing more to keep.
+        _remove(control_path, created.session)
+    elif ended and ended[0] is not None:
+        # Kept: let `ls` and `wait` show the status we reaped.
+        with contextlib.suppress(ClientError), Client(control_path) as client:
+            client.call(ev.ReportExit(created.session, ended[0]), ev.ExitReported)
+    return status

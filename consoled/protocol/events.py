@@ -89,6 +89,9 @@ class CreateSocket(Event):
     TYPE: ClassVar[str] = "create_socket"
     session: str
     exec_base: str | None = None
+    #: Remove the session (and its log files) once it has ended and its exit
+    #: status has been delivered (to an attached client, or a ``wait``).
+    ephemeral: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,7 @@ class SessionInfo:
     log_path: str | None = None
     scrollback_bytes: int = 0
     uid: str = ""  # this incarnation of the name: a new session under an old name differs
+    exit_code: int | None = None  # how its process ended (128 + N for signal N), if known
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +164,7 @@ class Remove(Event):
     TYPE: ClassVar[str] = "remove"
     session: str
     force: bool = False
+    keep_logs: bool = False  # keep its log files (they are removed with it otherwise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +204,41 @@ class Renamed(Event):
     TYPE: ClassVar[str] = "renamed"
     session: str
     new: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait(Event):
+    """Wait until a session has ended; the reply says how its process ended."""
+
+    TYPE: ClassVar[str] = "wait"
+    session: str
+
+
+@dataclass(frozen=True, slots=True)
+class Waited(Event):
+    TYPE: ClassVar[str] = "waited"
+    session: str
+    exit_code: int | None  # 128 + N for signal N; None when it cannot be known
+
+
+@dataclass(frozen=True, slots=True)
+class ReportExit(Event):
+    """A client that reaped a session's process says how it ended.
+
+    ``consoled exec`` is the command's subreaper: it knows the status exactly.
+    The daemon takes it only for an exited session whose status it does not know.
+    """
+
+    TYPE: ClassVar[str] = "report_exit"
+    session: str
+    exit_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExitReported(Event):
+    TYPE: ClassVar[str] = "exit_reported"
+    session: str
+    exit_code: int | None  # the status the session has now
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +341,7 @@ class Ended(Event):
     message: str = ""
     resume: int | None = None  # with reason ``restarting``: the offset to resume from
     input: int | None = None  # with ``restarting``: bytes of this client's input consumed
+    exit_code: int | None = None  # with ``exited``: how the process ended, if known
 
 
 CLIENT_REQUESTS: tuple[type[Event], ...] = (
@@ -313,6 +354,8 @@ CLIENT_REQUESTS: tuple[type[Event], ...] = (
     Attach,
     Logs,
     Reexec,
+    Wait,
+    ReportExit,
 )
 STREAM_INPUTS: tuple[type[Event], ...] = (Input, WindowSize, Detach)
 ALL_EVENTS: tuple[type[Event], ...] = (
@@ -327,6 +370,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     Resized,
     Renamed,
     Reexeced,
+    Waited,
+    ExitReported,
     Attached,
     Output,
     *STREAM_INPUTS,

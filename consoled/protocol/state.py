@@ -47,6 +47,8 @@ REPLY_FOR: dict[type[ev.Event], type[ev.Event]] = {
     ev.Attach: ev.Attached,
     ev.Logs: ev.Attached,
     ev.Reexec: ev.Reexeced,
+    ev.Wait: ev.Waited,
+    ev.ReportExit: ev.ExitReported,
 }
 
 

@@ -29,7 +29,13 @@ class Access(enum.IntEnum):
 
 
 #: Requests a watch-only client may make (attach only when read-only).
-_WATCH_REQUESTS: tuple[type[ev.Event], ...] = (ev.ListSessions, ev.GetInfo, ev.Logs, ev.Attach)
+_WATCH_REQUESTS: tuple[type[ev.Event], ...] = (
+    ev.ListSessions,
+    ev.GetInfo,
+    ev.Logs,
+    ev.Attach,
+    ev.Wait,
+)
 
 
 def access_for(

@@ -263,7 +263,11 @@ class ControlServer:
                         )
                     conn.handed_off = True  # the daemon answers it when the reexec is over
                     return
-                replies = await self._answer(request)
+                replies: list[ev.Event]
+                if isinstance(request, ev.Wait):
+                    replies = [await self._wait(conn, request)]
+                else:
+                    replies = await self._answer(request)
             except RequestError as exc:
                 log.info(
                     "request.failed", request=request.TYPE, code=str(exc.code), error=exc.message
@@ -272,6 +276,25 @@ class ControlServer:
                 continue
             await channel.send(*replies)
 
+    async def _wait(self, conn: ClientConnection, request: ev.Wait) -> ev.Waited:
+        """Answer once the session has ended; a draining daemon says ``restarting`` instead."""
+        session = self.table.get(request.session)
+        log.info("client.waiting", session=str(session.name))
+        conn.idle = True  # as good as idle: a handover need not wait for it
+        conn.waiting = trio.CancelScope()
+        try:
+            with conn.waiting:
+                await session.done.wait()
+        finally:
+            conn.idle = False
+        if not session.done.is_set():
+            raise RemoteProtocolError(
+                "the daemon is restarting; send the request again", ErrorCode.RESTARTING
+            )
+        reply = ev.Waited(str(session.name), session.exit_code)
+        self.table.delivered(session)
+        return reply
+
     async def _answer(self, request: ev.Event) -> list[ev.Event]:
         table = self.table
         if isinstance(request, ev.CreateSocket):
@@ -279,7 +302,7 @@ class ControlServer:
                 name = table.free_exec_name(request.session, request.exec_base)
             else:
                 name = parse_name(request.session)
-            session = table.create_waiting(name)
+            session = table.create_waiting(name, ephemeral=request.ephemeral)
             assert session.socket_path is not None
             audit("create_socket", session=str(name), exec=request.exec_base is not None)
             log.info("session.created", session=str(name), socket=session.socket_path)
@@ -293,7 +316,9 @@ class ControlServer:
         if isinstance(request, ev.GetInfo):
             return [self.info()]
         if isinstance(request, ev.Remove):
-            state = await table.remove(request.session, force=request.force)
+            state = await table.remove(
+                request.session, force=request.force, keep_logs=request.keep_logs
+            )
             audit("rm", session=request.session, force=request.force, state=str(state))
             return [ev.Removed(request.session, state)]
         if isinstance(request, ev.Resize):
@@ -308,6 +333,13 @@ class ControlServer:
             session.set_size(request.rows, request.cols)
             audit("resize", session=str(session.name), rows=request.rows, cols=request.cols)
             return [ev.Resized(str(session.name), request.rows, request.cols)]
+        if isinstance(request, ev.ReportExit):
+            session = table.get(request.session)
+            if not 0 <= request.exit_code <= 255:
+                raise RequestError(ErrorCode.INVALID_ARGUMENT, "an exit code is 0 to 255")
+            if session.state is ev.SessionState.EXITED and session.exit_status is None:
+                session.report_exit(request.exit_code)
+            return [ev.ExitReported(str(session.name), session.exit_code)]
         if isinstance(request, ev.Rename):
             session = table.rename(request.session, request.new)
             audit("rename", session=request.session, new=str(session.name))

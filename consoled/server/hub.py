@@ -85,8 +85,8 @@ class ClientHub:
             self.size_policy, (s.size for s in self._subscribers if s.size is not None)
         )
 
-    def end_all(self, reason: EndReason, message: str) -> None:
+    def end_all(self, reason: EndReason, message: str, exit_code: int | None = None) -> None:
         """End every stream (queued output is still delivered unless the reason drops it)."""
         for sub in list(self._subscribers):
-            sub.end(reason, message)
+            sub.end(reason, message, exit_code)
         self._subscribers.clear()

@@ -30,7 +30,7 @@ from .config import DaemonConfig
 from .errors import RequestError
 from .intake import InFlight, IntakeGone, wait_master
 from .logfile import LogDir, LogFile, LogFileError, LogFormat
-from .session import Session
+from .session import LEADER_SEARCH, LEADER_SEARCH_INTERVAL, Session
 
 log = structlog.get_logger("consoled.registry")
 
@@ -78,6 +78,9 @@ class SessionTable:
         self._unnamed = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self.in_flight = InFlight()
+        #: Running sessions whose terminal leader is not known yet, and until when to look.
+        self._leaderless: dict[Session, float] = {}
+        self._leaderless_changed = trio.Event()
         self.shutting_down = False
         self._streams = 0
         self._streams_done = trio.Event()
@@ -94,8 +97,28 @@ class SessionTable:
     def serve(self, nursery: trio.Nursery) -> None:
         """Run every session's task in ``nursery``, and new sessions' from now on."""
         self._nursery = nursery
+        nursery.start_soon(self._find_leaders)
         for session in self._sessions.values():
+            self._look_for_leader(session)
             self._spawn(session)
+
+    def _look_for_leader(self, session: Session) -> None:
+        if session.state is SessionState.RUNNING and session.leader is None:
+            self._leaderless[session] = trio.current_time() + LEADER_SEARCH
+            self._leaderless_changed.set()
+
+    async def _find_leaders(self) -> None:
+        """Look again for the leaders not known yet (one task for every session)."""
+        while True:
+            while not self._leaderless:
+                self._leaderless_changed = trio.Event()
+                await self._leaderless_changed.wait()
+            now = trio.current_time()
+            for session, deadline in list(self._leaderless.items()):
+                if session.find_leader() or now > deadline:
+                    del self._leaderless[session]
+            # No event says a runtime has made the terminal controlling: look again soon.
+            await trio.sleep(LEADER_SEARCH_INTERVAL)
 
     def stop_serving(self) -> None:
         """Spawn no more tasks (the nursery is being cancelled for a handover)."""
@@ -152,6 +175,7 @@ class SessionTable:
             session.intake = None
         session.start(owner, number)
         self.manager.store(f"s{session.serial}.pty", owner.fd)
+        self._look_for_leader(session)
         self._spawn(session)
 
     # --- lookup --------------------------------------------------------------------
@@ -312,7 +336,7 @@ class SessionTable:
             return
         session.persist()
 
-    def create_waiting(self, name: SessionName) -> Session:
+    def create_waiting(self, name: SessionName, *, ephemeral: bool = False) -> Session:
         """A new session waiting on its own console socket (``consoled socket``)."""
         if self._fds_scarce():
             raise RequestError(
@@ -332,6 +356,7 @@ class SessionTable:
             # removed): its exited execs belong to the old one.
             self.new_generation(name.id)
         session = self._new_session(name)
+        session.ephemeral = ephemeral
         path = self.config.intake_dir / f"{session.serial}.sock"
         try:
             session.intake = Listener.bind(path, f"s{session.serial}.sock", backlog=16)
@@ -389,6 +414,7 @@ class SessionTable:
             self._forget(oldest)
 
     def _forget(self, session: Session) -> None:
+        self._leaderless.pop(session, None)
         if self._sessions.get(session.name) is session:
             del self._sessions[session.name]
         for suffix in ("rec", "pty", "sock", "log"):
@@ -397,7 +423,8 @@ class SessionTable:
 
     # --- changes -------------------------------------------------------------------------
 
-    async def remove(self, text: str, *, force: bool) -> SessionState:
+    async def remove(self, text: str, *, force: bool, keep_logs: bool = False) -> SessionState:
+        """``rm``: forget a session, and delete its log files as ``docker rm`` does."""
         session = self.get(text)
         state = session.state
         if state is SessionState.RUNNING:
@@ -410,8 +437,22 @@ class SessionTable:
             log.info("session.remove", session=str(session.name), forced=True)
         if state is not SessionState.EXITED:
             session.exit(EndReason.REMOVED)
+        if session.log_file is not None and not keep_logs:
+            session.log_file.remove_files()
         self._forget(session)
         return state
+
+    def delivered(self, session: Session) -> None:
+        """Its exit status reached someone: an ephemeral session is done with."""
+        if (
+            session.ephemeral
+            and session.state is SessionState.EXITED
+            and self._sessions.get(session.name) is session
+        ):
+            log.info("session.removed", session=str(session.name), why="ephemeral, delivered")
+            if session.log_file is not None:
+                session.log_file.remove_files()
+            self._forget(session)
 
     def rename(self, text: str, new_text: str) -> Session:
         session = self.get(text)

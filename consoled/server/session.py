@@ -26,6 +26,7 @@ import trio
 
 from ..io.fds import OwnedFd
 from ..io.listener import Listener
+from ..io.process import Leader, exit_code
 from ..io.pty import Hangup, PtyMaster
 from ..io.record import Record, RecordError
 from ..names import SessionName
@@ -39,6 +40,12 @@ log = structlog.get_logger("consoled.session")
 
 #: Seconds between attempts to write a log file again after a write failed.
 LOG_RETRY_INTERVAL: Final = 5.0
+#: Seconds a terminal that hung up waits for its leader's exit status.
+LEADER_EXIT_WAIT: Final = 1.0
+#: How long, and how often, a terminal's leader not yet found is looked for
+#: again: runc makes the terminal controlling only after it sent the master.
+LEADER_SEARCH: Final = 2.0
+LEADER_SEARCH_INTERVAL: Final = 0.005
 
 
 def rfc3339(ts: float) -> str:
@@ -90,6 +97,12 @@ class Session:
         #: Wall-clock time after which a waiting session gives up (None: never).
         self.intake_deadline: float | None = None
         self.log_file: LogFile | None = None
+        #: The process leading the terminal's session (whose status is the session's).
+        self.leader: Leader | None = None
+        #: How that process exited (a wait status), None while unknown.
+        self.exit_status: int | None = None
+        #: Removed once it has ended and its status has been delivered (``consoled exec``).
+        self.ephemeral = False
         self.rows = 0
         self.cols = 0
         self.running = trio.Event()
@@ -145,6 +158,9 @@ class Session:
             deadline = meta.get("intake_deadline")
             session.intake_deadline = None if deadline is None else float(deadline)
             session.rows, session.cols = int(meta.get("rows", 0)), int(meta.get("cols", 0))
+            status = meta.get("exit_status")
+            session.exit_status = None if status is None else int(status)
+            session.ephemeral = bool(meta.get("ephemeral", False))
         except (KeyError, ValueError, TypeError) as exc:
             raise RecordError(f"session record metadata is invalid: {exc!r}") from None
         if session.state is SessionState.EXITED:
@@ -167,6 +183,8 @@ class Session:
             "rows": self.rows,
             "cols": self.cols,
             "log": None if self.log_file is None else self.log_file.meta(),
+            "exit_status": self.exit_status,
+            "ephemeral": self.ephemeral,
         }
 
     def persist(self) -> None:
@@ -192,6 +210,11 @@ class Session:
         return self.record.end
 
     @property
+    def exit_code(self) -> int | None:
+        """The exit code as a shell shows it (128 + N for signal N), None if unknown."""
+        return None if self.exit_status is None else exit_code(self.exit_status)
+
+    @property
     def socket_path(self) -> str | None:
         if self.intake is None or self.intake.path is None:
             return None
@@ -213,6 +236,7 @@ class Session:
             log_path=None if self.log_file is None else self.log_file.path,
             scrollback_bytes=len(self.record),
             uid=self.uid,
+            exit_code=self.exit_code,
         )
 
     # --- life --------------------------------------------------------------------
@@ -231,15 +255,24 @@ class Session:
             rows, cols = self.rows, self.cols  # set by `resize` while waiting
             self.master.set_size(rows, cols)
         self.rows, self.cols = rows, cols
+        self.leader = Leader.find(owner.fd)
         self.persist()
         self.running.set()
-        log.info("session.running", session=str(self.name), pty=number, rows=rows, cols=cols)
+        log.info(
+            "session.running",
+            session=str(self.name),
+            pty=number,
+            rows=rows,
+            cols=cols,
+            leader=None if self.leader is None else self.leader.pid,
+        )
 
     def resume_master(self, owner: OwnedFd, number: int) -> None:
         """Take back the master of a session that was running before a restart."""
         self.master = PtyMaster(owner, number)
         self.state = SessionState.RUNNING
         self.rows, self.cols = self.master.get_size()
+        self.leader = Leader.find(owner.fd)
         self.running.set()
 
     async def pump(self) -> None:
@@ -263,7 +296,21 @@ class Session:
                     await trio.lowlevel.checkpoint()
         except trio.ClosedResourceError:
             return  # closed under us by exit(): rm --force or shutdown
+        if self.leader is not None:
+            # Everything the terminal wrote has been read; how did its process end?
+            self.exit_status = await self.leader.wait_status(LEADER_EXIT_WAIT)
         self.exit(EndReason.EXITED)
+
+    def report_exit(self, code: int) -> None:
+        """Take the exit code a client reaped (``consoled exec``), as a wait status."""
+        self.exit_status = (code - 128) if code > 128 else code << 8
+        self.persist()
+
+    def find_leader(self) -> bool:
+        """Look for the terminal's leader again; True once it is known (or never will be)."""
+        if self.leader is None and self.master is not None and not self.master.closed:
+            self.leader = Leader.find(self.master.fd)
+        return self.leader is not None or self.state is not SessionState.RUNNING
 
     def publish(self, data: bytes) -> None:
         """One batch of output: into the ring, the log file, then to every client."""
@@ -344,11 +391,14 @@ class Session:
             self.intake = None
         if self.log_file is not None:
             self.log_file.close()
+        if self.leader is not None:
+            self.leader.close()
+            self.leader = None
         self.state = SessionState.EXITED
         self.exited_at = time.time()
         self.end_reason = reason
         self.end_message = message or self.end_message or end_message(self.name, reason)
-        self.hub.end_all(reason, self.end_message)
+        self.hub.end_all(reason, self.end_message, self.exit_code)
         self.persist()
         if was_running:
             log.info(
@@ -372,6 +422,8 @@ class Session:
             self.intake = None
         if self.log_file is not None:
             self.log_file.close()
+        if self.leader is not None:
+            self.leader.close()
         self.record.close()
 
     # --- clients -----------------------------------------------------------------
@@ -404,7 +456,8 @@ class Session:
         sub.offset = first
         sub.preload(chunks)
         if self.state is SessionState.EXITED:
-            sub.end(self.end_reason, self.end_message or end_message(self.name, self.end_reason))
+            message = self.end_message or end_message(self.name, self.end_reason)
+            sub.end(self.end_reason, message, self.exit_code)
             return first
         self.hub.add(sub, size)
         self._resize_to_policy(nudge=nudge and resume is None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import structlog
@@ -151,7 +152,11 @@ class InputSide:
 
 
 async def _pump_output(
-    channel: Channel, session: Session, sub: Subscriber, inputs: InputSide | None = None
+    channel: Channel,
+    session: Session,
+    sub: Subscriber,
+    inputs: InputSide | None = None,
+    delivered: Callable[[Session], None] | None = None,
 ) -> None:
     """Send queued output, then the ``ended`` notice.
 
@@ -172,7 +177,9 @@ async def _pump_output(
         assert notice is not None  # woken with nothing queued: the stream ended
         session.detach(sub)
         if notice.reason is not ev.EndReason.RESTARTING:
-            await channel.send(ev.Ended(notice.reason, notice.message))
+            await channel.send(ev.Ended(notice.reason, notice.message, exit_code=notice.exit_code))
+            if notice.reason is ev.EndReason.EXITED and not sub.follower and delivered is not None:
+                delivered(session)
             return
         consumed = None if inputs is None else await inputs.stop()
         await channel.send(
@@ -218,11 +225,24 @@ async def stream_attach(channel: Channel, context: StreamContext, request: ev.At
     # being queued: Session.attach is synchronous.
     first = session.attach(sub, replay=request.replay, resume=request.resume, size=size)
     with context.table.track_stream():
-        await _attached(channel, session, sub, first, resumed=request.resume is not None)
+        await _attached(
+            channel,
+            session,
+            sub,
+            first,
+            resumed=request.resume is not None,
+            delivered=context.table.delivered,
+        )
 
 
 async def _attached(
-    channel: Channel, session: Session, sub: Subscriber, first: int, *, resumed: bool
+    channel: Channel,
+    session: Session,
+    sub: Subscriber,
+    first: int,
+    *,
+    resumed: bool,
+    delivered: Callable[[Session], None],
 ) -> None:
     replayed = session.record.end - first
     log.info(
@@ -253,7 +273,7 @@ async def _attached(
             inputs = InputSide()
 
             async def output_then_stop() -> None:
-                await _pump_output(channel, session, sub, inputs)
+                await _pump_output(channel, session, sub, inputs, delivered)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(output_then_stop)

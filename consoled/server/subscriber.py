@@ -21,6 +21,7 @@ from .sizepolicy import ClientSize
 class EndNotice:
     reason: EndReason
     message: str
+    exit_code: int | None = None
 
 
 class Subscriber:
@@ -81,12 +82,12 @@ class Subscriber:
         self._wakeup.set()
         return True
 
-    def end(self, reason: EndReason, message: str = "") -> None:
+    def end(self, reason: EndReason, message: str = "", exit_code: int | None = None) -> None:
         """End the stream; queued output is still delivered unless it lagged or detached,
         or the daemon is restarting (the client resumes from what it has)."""
         if self.end_notice is not None:
             return
-        self.end_notice = EndNotice(reason, message)
+        self.end_notice = EndNotice(reason, message, exit_code)
         if reason in (EndReason.LAGGED, EndReason.DETACHED, EndReason.RESTARTING):
             self._chunks.clear()
             self._queued = 0

@@ -17,13 +17,10 @@ identified it is held under ``unnamed-<n>`` with a warning saying why, and
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import os
 import re
 import socket
-import struct
-import termios
 from typing import Final
 
 import structlog
@@ -31,6 +28,7 @@ import trio
 
 from ..io.listener import Listener, serve_listener
 from ..io.peer import Peer, identify_peer, read_cmdline
+from ..io.process import terminal_leader
 from ..names import InvalidName, SessionName, check_part
 from ..protocol.events import SessionState
 from ..runtimeargv import RUNTIME_OPTIONS, ArgvError, RuntimeInvocation, parse_runtime_argv
@@ -40,24 +38,7 @@ from .registry import SessionTable, exec_base
 
 log = structlog.get_logger("consoled.wellknown")
 
-#: ``TIOCGSID``: on a pty master, the session of its slave side.
-TIOCGSID: Final = getattr(termios, "TIOCGSID", 0x5429)
 _UNNAMED: Final = re.compile(r"unnamed-[0-9]+")
-
-
-def terminal_leader(master_fd: int) -> int | None:
-    """The session leader of a pty's slave side (``TIOCGSID`` on the master), or None.
-
-    That is the process the runtime started on the terminal: runtimes make it a
-    session leader with the slave as its controlling terminal before they hand out
-    the master.
-    """
-    try:
-        packed = fcntl.ioctl(master_fd, TIOCGSID, b"\0" * 4)
-    except OSError:
-        return None  # no session has it as its controlling terminal (ENOTTY)
-    sid: int = struct.unpack("i", packed)[0]
-    return sid if sid > 0 else None
 
 
 def mount_namespace(pid: int | str) -> tuple[int, int] | None:

@@ -19,7 +19,7 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import trio
 from consoled.server.config import DaemonConfig, Limits
 from consoled.server.daemon import serve
 from consoled.server.registry import SessionTable
+from tests.support.client import AsyncClient
 
 
 @dataclass
@@ -35,6 +36,13 @@ class InProcDaemon:
     config: DaemonConfig
     table: SessionTable
     cancel: trio.CancelScope
+    clients: list[AsyncClient] = field(default_factory=list)
+
+    async def connect(self, *, hello: bool = True) -> AsyncClient:
+        """A client of this daemon, closed when the daemon's block ends."""
+        client = await AsyncClient.connect(str(self.config.control_socket), hello=hello)
+        self.clients.append(client)
+        return client
 
     @property
     def control_socket(self) -> str:
@@ -66,9 +74,12 @@ async def inproc_daemon(
     before = open_fds()
     async with trio.open_nursery() as nursery:
         table: SessionTable = await nursery.start(_serve, config)
+        daemon = InProcDaemon(config, table, nursery.cancel_scope)
         try:
-            yield InProcDaemon(config, table, nursery.cancel_scope)
+            yield daemon
         finally:
+            for client in daemon.clients:
+                await client.aclose()
             nursery.cancel_scope.cancel()
     # What the daemon opened is closed again (pty slaves are the test's own).
     left = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in open_fds() - before}
