@@ -191,13 +191,16 @@ class Client:
         try:
             self.send(event)
         except DaemonUnavailable:
-            # A draining daemon says 'restarting' and closes: the word may be
-            # waiting to be read though the send failed.
+            # A daemon that turns a client away (restarting, permission_denied,
+            # too_many_connections) says why and closes, maybe before our
+            # request is sent: its words may be waiting to be read though the
+            # send failed, and they, not the broken pipe, are the answer.
             try:
                 self.expect_reply()
-            except Restarting:
-                raise
-            except (ClientError, ProtocolError):
+            except ClientError as exc:
+                if exc.code is not None:
+                    raise
+            except ProtocolError:
                 pass
             raise
         return self.expect_reply()

@@ -1,0 +1,318 @@
+"""Who may use the daemon, and what each may do: real users, real groups, real processes.
+
+The daemon runs as root (``daemon_factory``); ``consoled`` commands run as
+throw-away users made with ``useradd``/``groupadd`` for this module (see
+:mod:`tests.support.accounts`), through ``setpriv``.  They run Debian's
+python3 from a world-readable venv with this checkout installed
+(``service_python``): the tests' own interpreter is under /root (0700),
+which no other user can execute.  Sessions are busybox ``sh`` in real runc
+containers, or ptys held by :class:`PtyHolder`.
+
+What is proved: the socket file's mode and the daemon's credential check
+each keep strangers out; ``--group`` members may do everything but
+``reexec``, ``--watch-group`` members only watch, supplementary groups
+count; every connection's actions are audited with the peer's identity and
+never with what was typed; the CLI refuses to talk to a server run by
+someone else (an impostor on the socket path); and the daemon refuses a
+state directory that another user could redirect.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from consoled.protocol import ErrorCode
+from consoled.protocol import events as ev
+from tests.conftest import BundleFactory, DaemonFactory
+from tests.support.accounts import Account, Accounts, Group, can_reach, connect_as, setpriv
+from tests.support.cli import CLI_TIMEOUT
+from tests.support.client import AsyncClient
+from tests.support.daemon import DaemonProcess
+from tests.support.ptyproc import EXIT_TIMEOUT, PtyProcess, wait_raw
+from tests.support.runtime import Runtime, new_container_id
+
+DETACH = b"\x10\x11"  # ctrl-p ctrl-q
+
+
+@dataclass(frozen=True, slots=True)
+class People:
+    """The module's users: each in its own user group, and maybe one more."""
+
+    full: Group  # the daemon's --group
+    watch: Group  # the daemon's --watch-group
+    outsider: Account  # in neither
+    member: Account  # in `full`, a supplementary group
+    watcher: Account  # in `watch`, a supplementary group
+
+    def serve_args(self) -> list[str]:
+        return ["--group", self.full.name, "--watch-group", self.watch.name]
+
+
+@pytest.fixture(scope="module")
+def people() -> Iterator[People]:
+    """Throw-away users and groups, removed after the module whatever happened.
+
+    Synchronous and module-scoped: set up before and torn down after every
+    trio fixture, so no process of these users outlives them.
+    """
+    accounts = Accounts()
+    try:
+        full = accounts.group("full")
+        watch = accounts.group("watch")
+        yield People(
+            full=full,
+            watch=watch,
+            outsider=accounts.user("out"),
+            member=accounts.user("member", [full]),
+            watcher=accounts.user("watcher", [watch]),
+        )
+    finally:
+        accounts.close()
+
+
+@pytest.fixture
+async def shared_tmp(short_tmp: Path, people: People) -> Path:
+    """``short_tmp`` (root's, under sticky /tmp) made searchable, so users reach its sockets.
+
+    It stays unwritable by others: the daemon refuses a state directory
+    whose parent another user could write.
+    """
+    short_tmp.chmod(0o711)
+    assert await can_reach(people.outsider, short_tmp), f"{people.outsider.name} cannot reach it"
+    return short_tmp
+
+
+def user_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["CONSOLED_STATE_DIR"] = str(state_dir)
+    env.pop("CONSOLED_DAEMON_USER", None)
+    env.update(extra or {})
+    return env
+
+
+async def run_as(
+    python: Path,
+    account: Account | None,
+    state_dir: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    gid: int | None = None,
+    groups: list[int] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """``consoled ARGS`` as ``account`` (root with our interpreter when None)."""
+    if account is None:
+        prefix = [sys.executable]
+    else:
+        prefix = [*setpriv(account, gid=gid, groups=groups), str(python)]
+    with trio.fail_after(CLI_TIMEOUT):
+        return await trio.run_process(
+            [*prefix, "-m", "consoled", *args],
+            env=user_env(state_dir, env),
+            cwd="/",  # not the checkout: the venv's consoled, not the source tree's
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+
+def ok(result: subprocess.CompletedProcess[bytes]) -> str:
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def refusal(result: subprocess.CompletedProcess[bytes]) -> str:
+    """The one line a refused command prints: exit 1, no traceback."""
+    err = result.stderr.decode()
+    assert result.returncode == 1, (result.returncode, err)
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("consoled: "), err
+    return lines[0]
+
+
+AttachAs = Callable[..., Awaitable[PtyProcess]]
+
+
+@pytest.fixture
+async def attach_as(
+    nursery: trio.Nursery, daemon_factory: DaemonFactory, service_python: Path
+) -> AsyncIterator[AttachAs]:
+    """``await attach_as(account, state_dir, *args, env=)``: ``consoled attach`` under a pty.
+
+    As ``account`` (root when None).  Returns once the terminal is raw.
+    Every client is killed and reaped on teardown, before its daemon stops.
+    """
+    started: list[PtyProcess] = []
+
+    async def spawn(
+        account: Account | None,
+        state_dir: Path,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+    ) -> PtyProcess:
+        python = str(service_python)
+        prefix = [sys.executable] if account is None else [*setpriv(account), python]
+        argv = [*prefix, "-m", "consoled", "attach", *args]
+        proc = await PtyProcess.spawn(nursery, argv, env=user_env(state_dir, env), cwd="/")
+        started.append(proc)
+        await wait_raw(proc)
+        return proc
+
+    try:
+        yield spawn
+    finally:
+        with trio.CancelScope(shield=True):
+            for proc in started:
+                proc.close()
+                with trio.move_on_after(EXIT_TIMEOUT):
+                    await proc.proc.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class Rig:
+    """What every test here uses: the people, their interpreter, daemons, attach clients."""
+
+    people: People
+    python: Path  # an interpreter the test users can execute
+    tmp: Path  # short, root's, searchable by all
+    start_daemon: DaemonFactory
+    attach: AttachAs
+
+    async def run(
+        self, account: Account | None, state_dir: Path, *args: str, **options: Any
+    ) -> subprocess.CompletedProcess[bytes]:
+        return await run_as(self.python, account, state_dir, *args, **options)
+
+
+@pytest.fixture
+def rig(
+    people: People,
+    service_python: Path,
+    shared_tmp: Path,
+    daemon_factory: DaemonFactory,
+    attach_as: AttachAs,
+) -> Rig:
+    return Rig(people, service_python, shared_tmp, daemon_factory, attach_as)
+
+
+class Shells:
+    """busybox ``sh`` in runc containers, on sessions of a daemon."""
+
+    def __init__(self, runc: Runtime, bundle: BundleFactory) -> None:
+        self.runc = runc
+        self.bundle = bundle
+
+    async def start(self, daemon: DaemonProcess) -> str:
+        """A container on a new session of ``daemon``; returns the session's name."""
+        cid = new_container_id("acc")
+        root = await AsyncClient.connect(daemon.control_socket)
+        try:
+            path = await root.create_socket(cid)
+        finally:
+            await root.aclose()
+        await self.runc.run(cid, self.bundle(["sh"]), path)
+        await daemon.wait_event("session.running", session=cid)
+        return cid
+
+
+@pytest.fixture
+def shells(runc: Runtime, bundle: BundleFactory) -> Shells:
+    return Shells(runc, bundle)
+
+
+async def session_info(daemon: DaemonProcess, name: str) -> ev.SessionInfo:
+    root = await AsyncClient.connect(daemon.control_socket)
+    try:
+        return await root.session(name)
+    finally:
+        await root.aclose()
+
+
+async def session_names(daemon: DaemonProcess) -> list[str]:
+    root = await AsyncClient.connect(daemon.control_socket)
+    try:
+        return [s.session for s in await root.list_sessions()]
+    finally:
+        await root.aclose()
+
+
+async def run_in(proc: PtyProcess, command: str, result: bytes) -> None:
+    """Type a command line and Enter, wait for what it prints."""
+    proc.write(command.encode() + b"\r")
+    await proc.expect(result)
+
+
+def mode_of(path: str | Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+# --- strangers ------------------------------------------------------------------------------
+
+
+async def test_without_groups_the_socket_mode_keeps_others_out(rig: Rig) -> None:
+    people = rig.people
+    daemon = await rig.start_daemon()
+    state_dir = daemon.state_dir
+    assert mode_of(state_dir) == 0o700
+    assert mode_of(daemon.control_socket) == 0o600
+    assert mode_of(daemon.console_socket) == 0o600
+    for account in (people.outsider, people.member):
+        for args in (("ls",), ("attach", "nosuch")):
+            line = refusal(await rig.run(account, state_dir, *args))
+            assert line == (
+                f"consoled: permission denied: cannot connect to {daemon.control_socket} "
+                "(ask the daemon's operator for --group or --watch-group)"
+            )
+    # The directory searchable, the socket file alone stops them: still EACCES.
+    state_dir.chmod(0o711)
+    try:
+        line = refusal(await rig.run(people.outsider, state_dir, "ls"))
+        assert line.startswith("consoled: permission denied: cannot connect to"), line
+    finally:
+        state_dir.chmod(0o700)
+    assert not daemon.find("client.refused")  # the kernel refused them; the daemon never saw them
+
+
+async def test_with_groups_the_daemon_refuses_anyone_in_neither(rig: Rig) -> None:
+    people = rig.people
+    daemon = await rig.start_daemon(*people.serve_args())
+    state_dir = daemon.state_dir
+    assert mode_of(state_dir) == 0o711  # credentials decide, not the file modes
+    assert mode_of(daemon.control_socket) == 0o666
+    assert mode_of(daemon.console_socket) == 0o600  # runtimes are root's
+    assert mode_of(state_dir / "intake") == 0o700
+    outsider = people.outsider
+    expected = (
+        f"consoled: permission denied: uid {outsider.uid} may not use this consoled "
+        "(ask its operator for --group or --watch-group)"
+    )
+    for count, args in enumerate((("ls",), ("attach", "nosuch"), ("logs", "nosuch")), 1):
+        line = refusal(await rig.run(outsider, state_dir, *args))
+        assert line == expected
+        await daemon.wait_event("client.refused", count=count, peer_uid=outsider.uid)
+    refused = daemon.find("client.refused", peer_uid=outsider.uid)[0]
+    assert refused["peer_gid"] == outsider.gid
+    assert refused["why"] == "permission denied"
+
+    # On the wire: told at once, before it says anything, and closed.
+    sock = await connect_as(outsider, rig.python, daemon.control_socket)
+    client = AsyncClient(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+    try:
+        error = await client.receive()
+        assert isinstance(error, ev.Error), error
+        assert error.code is ErrorCode.PERMISSION_DENIED
+        assert await client.receive() is None
+    finally:
+        await client.aclose()
