@@ -20,6 +20,8 @@ state directory that another user could redirect.
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import stat
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from typing import Any
 import pytest
 import trio
 
+from consoled.io.peer import credentials
 from consoled.protocol import ErrorCode
 from consoled.protocol import events as ev
 from tests.conftest import BundleFactory, DaemonFactory
@@ -316,3 +319,126 @@ async def test_with_groups_the_daemon_refuses_anyone_in_neither(rig: Rig) -> Non
         assert await client.receive() is None
     finally:
         await client.aclose()
+
+
+# --- the watch group ------------------------------------------------------------------------
+
+
+async def test_read_only_keys_never_reach_the_session(
+    rig: Rig, shells: Shells, out_dir: Path
+) -> None:
+    """A watcher speaking the protocol itself, sending keys the CLI would never send."""
+    people = rig.people
+    daemon = await rig.start_daemon(*people.serve_args())
+    cid = await shells.start(daemon)
+    typing = await rig.attach(None, daemon.state_dir, cid)
+
+    async def watcher_client() -> AsyncClient:
+        sock = await connect_as(people.watcher, rig.python, daemon.control_socket)
+        client = AsyncClient(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
+        welcome = await client.request(ev.Hello(1, "watcher"))
+        assert isinstance(welcome, ev.Welcome), welcome
+        return client
+
+    client = await watcher_client()
+    try:
+        reply = await client.request(ev.Attach(cid, read_only=False, replay=0))
+        assert isinstance(reply, ev.Error), reply
+        assert reply.code is ErrorCode.NOT_ALLOWED
+    finally:
+        await client.aclose()
+
+    client = await watcher_client()
+    try:
+        reply = await client.request(ev.Attach(cid, read_only=True, replay=0, rows=50, cols=150))
+        assert isinstance(reply, ev.Attached), reply
+        await client.send(ev.Input(b"touch /out/from-watcher; echo typed-$((6*7))\r"))
+        await client.send(ev.WindowSize(51, 151))
+        # The daemon says once that it ignored the input: by then it has handled it.
+        while not isinstance(event := await client.receive(), ev.Error):
+            assert isinstance(event, ev.Output), event
+        assert event.code is ErrorCode.READ_ONLY
+        await run_in(typing, "echo later-$((2+3))", b"later-5")
+        out, _ = await client.read_output_until(b"later-5")
+        assert b"later-5" in out  # it watches
+    finally:
+        await client.aclose()
+    assert b"typed-42" not in bytes(typing.output)
+    assert not (out_dir / "from-watcher").exists()
+    info = await session_info(daemon, cid)
+    assert (info.rows, info.cols) == (24, 80)  # root's window, not the watcher's
+    assert not daemon.find("audit", action="input", peer_uid=people.watcher.uid)
+
+
+# --- the audit trail ------------------------------------------------------------------------
+
+
+async def test_audit_trail_names_the_peer_and_never_the_keys(rig: Rig, shells: Shells) -> None:
+    daemon = await rig.start_daemon(*rig.people.serve_args(), "--log-level", "debug")
+    state_dir, member = daemon.state_dir, rig.people.member
+    cid = await shells.start(daemon)
+    secret = "pw-" + secrets.token_hex(8)
+
+    proc = await rig.attach(member, state_dir, cid)
+    pid = proc.proc.pid  # setpriv execs: the client's pid
+    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    # The secret is typed, and echoed by the container's terminal; `:` does nothing.
+    await run_in(proc, f": {secret}; echo done-$((6*7))", b"done-42")
+    proc.write(DETACH)
+    assert await proc.wait(EXIT_TIMEOUT) == 0
+    detach = await daemon.wait_event("audit", action="detach", peer_uid=member.uid)
+    assert detach["reason"] == "detached"
+    ok(await rig.run(member, state_dir, "resize", cid, "30", "100"))
+    await daemon.wait_event("audit", action="resize", peer_uid=member.uid)
+
+    trail = [e for e in daemon.find("audit") if e.get("peer_uid") == member.uid]
+    assert [e["action"] for e in trail] == ["attach", "input", "detach", "resize"]
+    for event in trail[:3]:
+        assert event["session"] == cid
+        assert event["peer_gid"] == member.gid
+        assert event["peer_pid"] == pid
+        assert event["peer_comm"] == comm
+    assert trail[0]["read_only"] is False
+    assert (trail[3]["rows"], trail[3]["cols"]) == (30, 100)
+    assert trail[3]["peer_pid"] != pid  # another connection, another process
+    # Root made the container's session: its creation is on record under uid 0.
+    created = daemon.find("audit", action="create_socket", session=cid)
+    assert len(created) == 1 and created[0]["peer_uid"] == 0 and created[0]["exec"] is False
+    # Typed bytes are in no log line, at any level.
+    assert secret.encode() in bytes(proc.output)  # it was typed (and echoed)
+    leaked = [line for line in daemon.raw_stderr if secret in line]
+    assert not leaked, leaked
+
+
+# --- the peer's groups ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [3, 300])
+async def test_peer_groups_are_read_however_many(short_tmp: Path, count: int) -> None:
+    """SO_PEERGROUPS past what Python's getsockopt can return (1,024 bytes: 256 groups)."""
+    gids = list(range(70_000, 70_000 + count))
+    path = str(short_tmp / "peer.sock")
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        await listener.bind(path)
+        listener.listen()
+        child = await trio.lowlevel.open_process(
+            ["setpriv", "--groups=" + ",".join(map(str, gids)), "--", sys.executable, "-c",
+             "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+             "s.recv(1)", path],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            with trio.fail_after(CLI_TIMEOUT):
+                conn, _ = await listener.accept()
+            with socket.socket(fileno=conn.detach()) as accepted:
+                creds = credentials(accepted, groups=True)
+        finally:
+            with trio.move_on_after(EXIT_TIMEOUT) as timer:
+                timer.shield = True
+                await child.wait()
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+    assert creds.pid == child.pid
+    assert sorted(creds.groups) == gids
+    assert all(creds.in_group(g) for g in gids) and not creds.in_group(70_000 + count)
