@@ -551,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--group",
         metavar="GROUP",
-        help="members of GROUP may use every command, as docker's socket group",
+        help="members of GROUP may use every command but reexec, as docker's socket group",
     )
     p.add_argument(
         "--watch-group",

@@ -19,6 +19,7 @@ state directory that another user could redirect.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -321,7 +322,113 @@ async def test_with_groups_the_daemon_refuses_anyone_in_neither(rig: Rig) -> Non
         await client.aclose()
 
 
+# --- the full group -------------------------------------------------------------------------
+
+
+async def test_group_member_may_do_everything_but_reexec(rig: Rig, shells: Shells) -> None:
+    daemon = await rig.start_daemon(*rig.people.serve_args())
+    state_dir, member = daemon.state_dir, rig.people.member
+    cid = await shells.start(daemon)
+
+    listed = json.loads(ok(await rig.run(member, state_dir, "ls", "--json")))
+    assert [s["session"] for s in listed] == [cid]
+
+    extra = f"{cid}-x"
+    path = ok(await rig.run(member, state_dir, "socket", extra)).strip()
+    assert path.startswith(str(state_dir / "intake") + "/"), path
+    assert ok(await rig.run(member, state_dir, "rename", extra, f"{extra}2")) == (f"{extra}2\n")
+    ok(await rig.run(member, state_dir, "rm", f"{extra}2"))
+    assert await session_names(daemon) == [cid]
+
+    ok(await rig.run(member, state_dir, "resize", cid, "40", "120"))
+    info = await session_info(daemon, cid)
+    assert (info.rows, info.cols) == (40, 120)
+
+    proc = await rig.attach(member, state_dir, cid)
+    await run_in(proc, "echo member-$((6*7))", b"member-42")
+    proc.write(DETACH)
+    assert await proc.wait(EXIT_TIMEOUT) == 0
+
+    line = refusal(await rig.run(member, state_dir, "reexec"))
+    assert line == (
+        "consoled: not allowed: reexec: only root or the daemon's own user may reexec the daemon"
+    )
+    failed = await daemon.wait_event("request.failed", request="reexec")
+    assert failed["code"] == "not_allowed"
+    assert failed["peer_uid"] == member.uid
+    assert daemon.readies == 1 and not daemon.find("reexec.starting")
+
+
+async def test_supplementary_groups_count(rig: Rig) -> None:
+    """The member's primary group is its own: only its supplementary group lets it in."""
+    people = rig.people
+    daemon = await rig.start_daemon(*people.serve_args())
+    state_dir, member, full = daemon.state_dir, people.member, people.full
+    assert member.gid != full.gid
+    ok(await rig.run(member, state_dir, "ls"))  # groups from /etc/group
+    ok(await rig.run(member, state_dir, "ls", groups=[full.gid]))
+    # Without its supplementary groups, the same user is a stranger ...
+    line = refusal(await rig.run(member, state_dir, "ls", groups=[]))
+    assert line.startswith(f"consoled: permission denied: uid {member.uid} may not"), line
+    # ... and anyone whose primary group is the group is in.
+    ok(await rig.run(people.outsider, state_dir, "ls", gid=full.gid, groups=[]))
+    # The watch group, as a supplementary group among others, gives watching only.
+    groups = [people.outsider.gid, people.watch.gid]
+    ok(await rig.run(people.outsider, state_dir, "ls", groups=groups))
+    line = refusal(await rig.run(people.outsider, state_dir, "socket", "x1", groups=groups))
+    assert line.startswith("consoled: not allowed: socket: "), line
+
+
 # --- the watch group ------------------------------------------------------------------------
+
+
+async def test_watch_group_may_only_watch(rig: Rig, shells: Shells, out_dir: Path) -> None:
+    daemon = await rig.start_daemon(*rig.people.serve_args())
+    state_dir, watcher = daemon.state_dir, rig.people.watcher
+    cid = await shells.start(daemon)
+
+    watching = await rig.attach(watcher, state_dir, "--read-only", cid)
+    typing = await rig.attach(None, state_dir, cid)  # root, read-write
+    await run_in(typing, "echo seen-$((6*7))", b"seen-42")
+    await watching.expect(b"seen-42")
+    # What the watcher types goes nowhere.
+    watching.write(b"touch /out/from-watcher\r")
+    await run_in(typing, "echo after-$((2+3))", b"after-5")
+    await watching.expect(b"after-5")
+
+    listed = json.loads(ok(await rig.run(watcher, state_dir, "ls", "--json")))
+    assert [s["session"] for s in listed] == [cid]
+    info = json.loads(ok(await rig.run(watcher, state_dir, "info", "--json")))
+    assert info["pid"] == daemon.pid
+    assert "seen-42" in ok(await rig.run(watcher, state_dir, "logs", cid))
+
+    before = await session_info(daemon, cid)
+    for args, what in (
+        (("attach", cid), "attach"),
+        (("socket", f"{cid}-w"), "socket"),
+        (("resize", cid, "50", "150"), "resize"),
+        (("rename", cid, f"{cid}-w"), "rename"),
+        (("rm", "--force", cid), "rm"),
+        (("reexec",), "reexec"),
+    ):
+        line = refusal(await rig.run(watcher, state_dir, *args))
+        assert line.startswith(f"consoled: not allowed: {what}: "), line
+        if what == "attach":
+            assert line.endswith("attach with --read-only"), line
+        elif what != "reexec":
+            assert "may only watch (consoled's --watch-group" in line, line
+    assert len(daemon.find("request.failed", code="not_allowed", peer_uid=watcher.uid)) == 6
+    after = await session_info(daemon, cid)
+    assert (after.session, after.state, after.rows, after.cols) == (
+        before.session, before.state, before.rows, before.cols
+    )  # fmt: skip
+    assert await session_names(daemon) == [cid]
+    assert not (out_dir / "from-watcher").exists()
+    assert b"from-watcher" not in bytes(typing.output)
+    # Only the watcher's read-only attach is on its record.
+    actions = [e["action"] for e in daemon.find("audit", peer_uid=watcher.uid)]
+    assert actions == ["attach"]
+    assert daemon.find("audit", action="attach", peer_uid=watcher.uid)[0]["read_only"] is True
 
 
 async def test_read_only_keys_never_reach_the_session(
