@@ -42,6 +42,7 @@ from tests.support.accounts import Account, Accounts, Group, can_reach, connect_
 from tests.support.cli import CLI_TIMEOUT
 from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
+from tests.support.holder import PtyHolder
 from tests.support.ptyproc import EXIT_TIMEOUT, PtyProcess, wait_raw
 from tests.support.runtime import Runtime, new_container_id
 
@@ -515,6 +516,62 @@ async def test_audit_trail_names_the_peer_and_never_the_keys(rig: Rig, shells: S
     assert secret.encode() in bytes(proc.output)  # it was typed (and echoed)
     leaked = [line for line in daemon.raw_stderr if secret in line]
     assert not leaked, leaked
+
+
+# --- an impostor on the socket path ---------------------------------------------------------
+
+
+async def test_client_refuses_a_server_run_by_another_user(rig: Rig, nursery: trio.Nursery) -> None:
+    """Another user's daemon where root's client looks: root's client will not talk to it."""
+    impostor = rig.people.outsider
+    home = rig.tmp / "imp"
+    home.mkdir(mode=0o755)
+    os.chown(home, impostor.uid, impostor.gid)
+    daemon = await rig.start_daemon(
+        "--log-level", "debug",
+        state_dir=home / "state", python=rig.python, user=(impostor.uid, impostor.gid),
+    )  # fmt: skip
+    state_dir = daemon.state_dir
+    # Its own user may use it (the server is itself): make a session with a pty behind it.
+    path = ok(await rig.run(impostor, state_dir, "socket", "imp1")).strip()
+    holder = await PtyHolder.start(nursery)
+    try:
+        assert await holder.hand([path]) == 1
+        await daemon.wait_event("session.running", session="imp1")
+
+        expected = (
+            f"consoled: refusing to talk to {daemon.control_socket}: the server on it runs as "
+            f"uid {impostor.uid} ({impostor.name}), not as root, so it may be an impostor; "
+            "if that user really runs the daemon, set "
+            f"CONSOLED_DAEMON_USER={impostor.name}"
+        )
+        for args in (("ls",), ("attach", "--no-tty", "imp1"), ("rm", "--force", "imp1")):
+            assert refusal(await rig.run(None, state_dir, *args)) == expected
+        # Nothing of root's reached it: no request, no attach.
+        assert not daemon.find("request.failed")
+        assert not daemon.find("audit", peer_uid=0)
+        assert not daemon.find("client.attached")
+
+        # Told who the daemon's user is, root's client talks to it.
+        for who in (impostor.name, str(impostor.uid)):
+            env = {"CONSOLED_DAEMON_USER": who}
+            assert "imp1" in ok(await rig.run(None, state_dir, "ls", env=env))
+        proc = await rig.attach(
+            None, state_dir, "imp1", env={"CONSOLED_DAEMON_USER": impostor.name}
+        )
+        await holder.say(0, "hello-from-imp1")
+        await proc.expect(b"hello-from-imp1")
+        proc.write(DETACH)
+        assert await proc.wait(EXIT_TIMEOUT) == 0
+        attached = await daemon.wait_event("audit", action="attach", session="imp1")
+        assert attached["peer_uid"] == 0
+
+        # A name that is no user is said so.
+        env = {"CONSOLED_DAEMON_USER": "cdac-no-such-user"}
+        line = refusal(await rig.run(None, state_dir, "ls", env=env))
+        assert "CONSOLED_DAEMON_USER" in line and "cdac-no-such-user" in line, line
+    finally:
+        await holder.aclose()
 
 
 # --- the peer's groups ----------------------------------------------------------------------
