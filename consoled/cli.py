@@ -95,9 +95,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .server import logconfig
     from .server.config import DaemonConfig, Limits
-    from .server.daemon import StartupError, serve
+    from .server.daemon import serve
     from .server.handover import HandoverError
     from .server.sizepolicy import SizePolicy
+    from .server.statedir import StartupError
 
     # A closed terminal or a log rotation must not stop every console.  A write
     # past RLIMIT_FSIZE must fail with EFBIG, not kill the daemon and hang up
