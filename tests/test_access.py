@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import stat
 import subprocess
@@ -572,6 +573,72 @@ async def test_client_refuses_a_server_run_by_another_user(rig: Rig, nursery: tr
         assert "CONSOLED_DAEMON_USER" in line and "cdac-no-such-user" in line, line
     finally:
         await holder.aclose()
+
+
+# --- the state directory --------------------------------------------------------------------
+
+
+async def serve_refused(state_dir: Path) -> str:
+    """``consoled serve`` on ``state_dir`` must refuse to start: its one-line reason."""
+    with trio.fail_after(CLI_TIMEOUT):
+        result = await trio.run_process(
+            [sys.executable, "-m", "consoled", "serve", "--state-dir", str(state_dir)],
+            stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("consoled: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+async def test_state_dir_that_others_could_redirect_is_refused(rig: Rig) -> None:
+    people, shared_tmp = rig.people, rig.tmp
+    open_dir = shared_tmp / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)  # writable by all, not sticky
+    line = await serve_refused(open_dir / "state")
+    assert f"{open_dir} can be written by other users (mode 0777, uid 0)" in line, line
+    assert "they could replace the daemon's sockets" in line, line
+    assert not (open_dir / "state").exists()  # refused before anything was made there
+
+    # Further up counts too: whoever can write `open` can move `mid` away and put theirs.
+    mid = open_dir / "mid"
+    mid.mkdir(mode=0o755)
+    line = await serve_refused(mid / "state")
+    assert f"{open_dir} can be written by other users" in line, line
+
+    # A directory of another user's.
+    theirs = shared_tmp / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, people.outsider.uid, people.outsider.gid)
+    line = await serve_refused(theirs / "state")
+    assert f"{theirs} belongs to uid {people.outsider.uid}" in line, line
+
+    # A symbolic link its owner could point elsewhere.
+    safe = shared_tmp / "safe"
+    safe.mkdir(mode=0o755)
+    link = shared_tmp / "link"
+    link.symlink_to(safe)
+    os.lchown(link, people.outsider.uid, people.outsider.gid)
+    line = await serve_refused(link / "state")
+    assert f"{link} is a symbolic link owned by uid {people.outsider.uid}" in line, line
+
+    # Sticky and root's, as /tmp: nobody can move our entries; accepted.
+    sticky = shared_tmp / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    daemon = await rig.start_daemon(state_dir=sticky / "state")
+    assert mode_of(daemon.state_dir) == 0o700
+    # So is a state directory right under /tmp itself.
+    under_tmp = Path(f"/tmp/cdac-{os.getpid()}-state")
+    try:
+        daemon = await rig.start_daemon(state_dir=under_tmp)
+        ok(await run_as(Path(sys.executable), None, under_tmp, "ls"))  # root's own client
+        assert await daemon.stop() == 0
+    finally:
+        shutil.rmtree(under_tmp, ignore_errors=True)
 
 
 # --- the peer's groups ----------------------------------------------------------------------
