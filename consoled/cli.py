@@ -95,9 +95,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .server import logconfig
     from .server.config import DaemonConfig, Limits
-    from .server.daemon import StartupError, serve
+    from .server.daemon import serve
     from .server.handover import HandoverError
     from .server.sizepolicy import SizePolicy
+    from .server.statedir import StartupError
 
     # A closed terminal or a log rotation must not stop every console.  A write
     # past RLIMIT_FSIZE must fail with EFBIG, not kill the daemon and hang up
@@ -576,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--group",
         metavar="GROUP",
-        help="members of GROUP may use every command, as docker's socket group",
+        help="members of GROUP may use every command but reexec, as docker's socket group",
     )
     p.add_argument(
         "--watch-group",

@@ -2,14 +2,21 @@
 
 No trio here: every command-line client, ``attach`` included, starts by
 importing only this, the protocol package and msgpack.
+
+Before it sends anything, a client checks who is listening: a server that
+runs as neither root, nor this user, nor ``$CONSOLED_DAEMON_USER`` may be an
+impostor that replaced the socket, and is refused (:func:`check_server`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import pwd
 import socket
+import struct
 import time
+from collections.abc import Mapping
 from typing import Final, TypeVar
 
 from .. import __version__
@@ -53,6 +60,70 @@ class DaemonUnavailable(ClientError):
 
 class Restarting(DaemonUnavailable):
     """The daemon is handing over to its successor: the request was not started."""
+
+
+class UntrustedServer(ClientError):
+    """The server on the socket runs as a user the client does not trust to be the daemon."""
+
+
+def daemon_user(env: Mapping[str, str] = os.environ) -> int | None:
+    """The uid ``$CONSOLED_DAEMON_USER`` names (a user name or a uid), None if unset.
+
+    Raises:
+        ClientError: it names no user.
+    """
+    named = env.get("CONSOLED_DAEMON_USER", "").strip()
+    if not named:
+        return None
+    if named.isdigit():
+        return int(named)
+    try:
+        return pwd.getpwnam(named).pw_uid
+    except KeyError:
+        raise ClientError(
+            f"CONSOLED_DAEMON_USER={named} names no user: set it to the name or uid of the "
+            "user the daemon runs as"
+        ) from None
+
+
+def check_server(sock: socket.socket, path: str, env: Mapping[str, str] = os.environ) -> None:
+    """Refuse a server that runs as a user we do not trust to be the daemon.
+
+    Whoever listens on the control socket sees everything typed into an
+    attach.  If another user could replace the socket file (a state
+    directory under a directory they can write), their server would get it.
+    So before it says anything, the client checks who listens: the server
+    must run as root, as this client's own user, or as the user named by
+    ``$CONSOLED_DAEMON_USER`` (``SO_PEERCRED`` gives the credentials of the
+    process that called ``listen()``, vouched for by the kernel).
+
+    Raises:
+        UntrustedServer: the server runs as someone else.
+        ClientError: ``$CONSOLED_DAEMON_USER`` names no user.
+    """
+    _pid, uid, _gid = struct.unpack(
+        "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    )
+    named = daemon_user(env)
+    euid = os.geteuid()
+    if uid in (0, euid, named):
+        return
+    try:
+        name = pwd.getpwuid(uid).pw_name
+        who = f"uid {uid} ({name})"
+    except KeyError:
+        name, who = str(uid), f"uid {uid}"
+    allowed = ["root"]
+    if euid != 0:
+        allowed.append(f"you (uid {euid})")
+    if named is not None:
+        allowed.append(f"CONSOLED_DAEMON_USER (uid {named})")
+    trusted = " or ".join([", ".join(allowed[:-1]), allowed[-1]] if len(allowed) > 1 else allowed)
+    raise UntrustedServer(
+        f"refusing to talk to {path}: the server on it runs as {who}, not as {trusted}, "
+        f"so it may be an impostor; if that user really runs the daemon, set "
+        f"CONSOLED_DAEMON_USER={name}"
+    )
 
 
 class Client:
@@ -105,7 +176,11 @@ class Client:
             self.sock.settimeout(self.timeout)
             try:
                 self.sock.connect(self.path)
+                check_server(self.sock, self.path)
                 break
+            except ClientError:
+                self.sock.close()
+                raise
             except OSError as exc:
                 self.sock.close()
                 if exc.errno in _NOT_YET and time.monotonic() < wait_until:
@@ -191,13 +266,16 @@ class Client:
         try:
             self.send(event)
         except DaemonUnavailable:
-            # A draining daemon says 'restarting' and closes: the word may be
-            # waiting to be read though the send failed.
+            # A daemon that turns a client away (restarting, permission_denied,
+            # too_many_connections) says why and closes, maybe before our
+            # request is sent: its words may be waiting to be read though the
+            # send failed, and they, not the broken pipe, are the answer.
             try:
                 self.expect_reply()
-            except Restarting:
-                raise
-            except (ClientError, ProtocolError):
+            except ClientError as exc:
+                if exc.code is not None:
+                    raise
+            except ProtocolError:
                 pass
             raise
         return self.expect_reply()

@@ -9,6 +9,7 @@ well-known console socket from the peer's command line.
 from __future__ import annotations
 
 import array
+import ctypes
 import errno
 import os
 import signal
@@ -23,8 +24,10 @@ SO_PEERPIDFD: Final = getattr(socket, "SO_PEERPIDFD", 77)
 SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
 #: Longest /proc/PID/cmdline we read.
 MAX_CMDLINE: Final = 256 * 1024
-#: Most supplementary groups we ask for (``NGROUPS_MAX`` is 65536; real sets are small).
-MAX_GROUPS: Final = 1024
+#: Most supplementary groups a process can have (the kernel's ``NGROUPS_MAX``).
+MAX_GROUPS: Final = 65536
+#: The largest buffer Python's ``socket.getsockopt`` accepts.
+_GETSOCKOPT_MAX: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +44,48 @@ class Credentials:
 
 
 def credentials(sock: socket.socket, *, groups: bool = False) -> Credentials:
-    """The peer's pid, uid and gid (and supplementary groups if asked)."""
+    """The peer's pid, uid and gid (and supplementary groups if asked).
+
+    Raises:
+        OSError: the kernel would not say (the caller must then grant nothing).
+    """
     pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    extra: tuple[int, ...] = ()
-    if groups:
-        try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
-        except OSError:
-            raw = b""  # an old kernel: the primary group only
-        values = array.array("I")
-        values.frombytes(raw[: len(raw) - len(raw) % 4])
-        extra = tuple(values)
-    return Credentials(pid, uid, gid, extra)
+    return Credentials(pid, uid, gid, peer_groups(sock) if groups else ())
+
+
+def peer_groups(sock: socket.socket) -> tuple[int, ...]:
+    """The peer's supplementary groups as of its ``connect()`` (``SO_PEERGROUPS``).
+
+    Python's ``getsockopt`` returns at most 1,024 bytes (256 groups); for a
+    peer in more groups the kernel says ``ERANGE`` and they are read with a
+    buffer for :data:`MAX_GROUPS`.  Only a kernel without ``SO_PEERGROUPS``
+    (before 4.13) yields none: then the primary group alone counts.
+
+    Raises:
+        OSError: any other failure; the peer's groups are unknown.
+    """
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _GETSOCKOPT_MAX)
+    except OSError as exc:
+        if exc.errno == errno.ENOPROTOOPT:
+            return ()
+        if exc.errno != errno.ERANGE:
+            raise
+        raw = _getsockopt_large(sock.fileno(), SO_PEERGROUPS, 4 * MAX_GROUPS)
+    values = array.array("I")
+    values.frombytes(raw[: len(raw) - len(raw) % values.itemsize])
+    return tuple(values)
+
+
+def _getsockopt_large(fd: int, option: int, size: int) -> bytes:
+    """``getsockopt(SOL_SOCKET, option)`` into a buffer larger than Python allows."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(size)
+    length = ctypes.c_uint32(size)
+    if libc.getsockopt(fd, socket.SOL_SOCKET, option, buf, ctypes.byref(length)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return buf.raw[: length.value]
 
 
 def command_name(pid: int) -> str | None:

@@ -36,6 +36,18 @@ _WATCH_REQUESTS: tuple[type[ev.Event], ...] = (
     ev.Attach,
     ev.Wait,
 )
+#: What a request is called where people see it: the ``consoled`` command that makes it.
+_COMMANDS: dict[type[ev.Event], str] = {
+    ev.CreateSocket: "socket",
+    ev.Remove: "rm",
+    ev.Resize: "resize",
+    ev.Rename: "rename",
+    ev.Reexec: "reexec",
+    ev.Attach: "attach",
+    ev.ReportExit: "exec",
+}
+_WATCH_ONLY = "this client may only watch (consoled's --watch-group)"
+_WATCH_WHAT = "ls, info, logs, wait and attach --read-only"
 
 
 def access_for(
@@ -52,13 +64,21 @@ def access_for(
 
 
 def refusal(access: Access, request: ev.Event) -> str | None:
-    """Why a client with ``access`` may not make ``request``, or None if it may."""
+    """Why a client with ``access`` may not make ``request``, or None if it may.
+
+    The reason starts ``not allowed: COMMAND:``, naming the ``consoled``
+    command (or the request type) that was refused.
+    """
+    command = _COMMANDS.get(type(request), request.TYPE)
+    if isinstance(request, ev.CreateSocket) and request.exec_base is not None:
+        command = "exec"
+    what = f"not allowed: {command}"
     if isinstance(request, ev.Reexec) and access < Access.OWNER:
-        return "only root or the daemon's own user may reexec the daemon"
+        return f"{what}: only root or the daemon's own user may reexec the daemon"
     if access >= Access.FULL:
         return None
     if isinstance(request, ev.Attach) and not request.read_only:
-        return "this client may only watch: attach with --read-only"
+        return f"{what}: {_WATCH_ONLY}: attach with --read-only"
     if not isinstance(request, _WATCH_REQUESTS):
-        return f"this client may only watch; {request.TYPE!r} is not allowed"
+        return f"{what}: {_WATCH_ONLY}: {_WATCH_WHAT}"
     return None

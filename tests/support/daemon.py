@@ -61,6 +61,11 @@ class DaemonProcess:
             their ``MESSAGE`` lines become :attr:`events`.
         extra_env: more environment for the daemon alone (not for the CLI).
         wrapper: a command that runs the daemon (``systemd-socket-activate ...``).
+        python: the interpreter that runs ``consoled serve`` (default: ours).
+        user: run the daemon as this (uid, gid), with that user's groups
+            (``setpriv --init-groups``); ``python`` must then be one the user
+            can execute (the ``service_python`` fixture's), and ``state_dir``'s
+            parent a directory the user can write.
     """
 
     def __init__(
@@ -74,6 +79,8 @@ class DaemonProcess:
         stderr: Stderr = "read",
         fsize: int | None = None,
         journal: bool = False,
+        python: Path | None = None,
+        user: tuple[int, int] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.args = list(args)
@@ -83,6 +90,8 @@ class DaemonProcess:
         self.stderr = stderr
         self.fsize = fsize
         self.journal = journal
+        self.python = str(python or sys.executable)
+        self.user = user
         #: The journal entries received, field name to value.
         self.entries: list[dict[str, bytes]] = []
         self.events: list[dict[str, Any]] = []
@@ -165,13 +174,19 @@ class DaemonProcess:
             os.unlink(self.notify_path)
         self._notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         await self._notify.bind(self.notify_path)
+        if self.user is not None:
+            os.chown(self.notify_path, self.user[0], self.user[1])  # it may send there
         nursery.start_soon(self._watch_notify)
         env = self.env()
         env.update(self.extra_env)
         env["NOTIFY_SOCKET"] = self.notify_path
+        as_user: list[str] = []
+        if self.user is not None:
+            uid, gid = self.user
+            as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--"]
         argv = [
-            sys.executable, str(Path(__file__).with_name("reaper.py")), *self.wrapper,
-            sys.executable, "-m", "consoled", "serve", "--state-dir", str(self.state_dir),
+            sys.executable, str(Path(__file__).with_name("reaper.py")), *self.wrapper, *as_user,
+            self.python, "-m", "consoled", "serve", "--state-dir", str(self.state_dir),
             *self.args,
         ]  # fmt: skip
         stderr = self._open_stderr()

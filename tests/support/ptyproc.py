@@ -48,6 +48,7 @@ class PtyProcess:
         env: dict[str, str] | None = None,
         rows: int = 24,
         cols: int = 80,
+        cwd: str | None = None,
     ) -> PtyProcess:
         master, slave = os.openpty()
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
@@ -59,6 +60,7 @@ class PtyProcess:
             stderr=slave,
             env=env,
             preexec_fn=_become_tty_leader,
+            cwd=cwd,
         )
         self = cls(master, slave, proc)
         nursery.start_soon(self._reader)
