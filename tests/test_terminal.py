@@ -35,6 +35,8 @@ from consoled.terminal import (
     answer,
     reset_sequence,
 )
+from consoled.terminal import modes as modes_impl
+from consoled.terminal import queries as queries_impl
 from consoled.terminal.queries import find_queries
 from consoled.terminal.render import convert_dump
 
@@ -144,8 +146,9 @@ def shown(modes: TerminalModes) -> TerminalModes:
     Which of 47, 1047 and 1049 entered the alternate screen does not show;
     attributes_default is conservative (only a plain ESC [ m counts; the cells
     and the render compare attributes); origin, auto-wrap, insert and new-line
-    modes are rendered from avt, which restores some of them on DECRC, where the
-    byte scanner does not.
+    modes and the character sets are rendered from avt, which restores some of
+    them on DECRC and ignores SO and SI inside an unfinished OSC string, where
+    the byte scanner does not (the render being a fixed point checks them).
     """
     return replace(
         modes,
@@ -153,6 +156,9 @@ def shown(modes: TerminalModes) -> TerminalModes:
         attributes_default=True,
         private=tuple(p for p in modes.private if p[0] not in (6, 7)),
         ansi=(),
+        g0=b"B",
+        g1=b"B",
+        shifted=False,
     )
 
 
@@ -351,6 +357,20 @@ def test_scanner_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> No
         ]
         offset += len(chunk)
     assert found == find_queries(data)
+
+
+@PROPERTY
+@given(STREAM)
+def test_the_fast_scan_finds_what_the_full_pattern_finds(data: bytes) -> None:
+    # The scanners look for candidates without groups, then parse them.
+    reference = []
+    for m in queries_impl._FULL.finditer(data):
+        kind = queries_impl._kind(data, m)
+        if kind is not None:
+            reference.append((m.start(), m.end(), kind))
+    assert find_queries(data) == reference
+    tracker_reference = [(m.start(), m.end()) for m in modes_impl._FULL.finditer(data)]
+    assert [(m.start(), m.end()) for m in modes_impl._SCAN.finditer(data)] == tracker_reference
 
 
 @PROPERTY

@@ -42,6 +42,16 @@ def parse_params(params: bytes) -> list[int]:
     return [min(int(p), 65535) if p else 0 for p in strip_inert(params).split(b";")]
 
 
+def scan_pattern(pattern: bytes) -> re.Pattern[bytes]:
+    """``pattern`` without its capturing groups, to find candidates fast.
+
+    sre pays for every group at every attempt, and there is an attempt at every
+    ESC in the output: the scan runs about twice as fast without them. The
+    rare matches are then parsed with the full pattern.
+    """
+    return re.compile(re.sub(rb"\(\?P<\w+>", b"(?:", pattern))
+
+
 def hold_from(partial: re.Pattern[bytes], buf: bytes, start: int, limit: int) -> int:
     """Where the tail to keep starts: the leftmost possible unfinished sequence.
 

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
-from ._scan import CSI_INERT, hold_from, parse_params, strip_inert
+from ._scan import CSI_INERT, hold_from, parse_params, scan_pattern, strip_inert
 
 #: Modes that select a mouse tracking protocol; setting one replaces the others,
 #: resetting any turns mouse reporting off (as xterm and tmux do).
@@ -48,23 +48,25 @@ _P: Final = rb"[0-9;" + CSI_INERT + rb"]"
 #: Longest title kept (bytes); a longer OSC 0/2 is ignored, as some terminals do.
 MAX_TITLE: Final = 1024
 
-_FULL: Final = re.compile(
+_FULL_PATTERN: Final = (
     rb"\x1b(?:"
     rb"\[(?:"
-    rb"\?(?P<dec>" + _P + rb"{1,64})(?P<dec_set>[hl])"
-    rb"|(?P<params>" + _P + rb"{0,32})(?P<final>[hlr]| q)"
-    rb"|(?P<ed>[23])J"
+    rb"(?P<params>" + _P + rb"{0,32}+)(?P<final>[hlrJ]| q)"
+    rb"|\?(?P<dec>" + _P + rb"{1,64}+)(?P<dec_set>[hl])"
     rb"|(?P<decstr>!p)"
-    rb"|>4(?:;(?P<mok>[0-9]{0,3}))?m"
+    rb"|>4(?:;(?P<mok>[0-9]{0,3}+))?m"
     rb"|(?P<mok_off>>4n)"
     rb")"
     rb"|(?P<keypad>[=>])"
     rb"|(?P<ris>c)"
     rb"|(?P<scs>[()])(?P<charset>[\x30-\x7e])"
-    rb"|\](?P<osc>[012]);(?P<title>[^\x07\x1b\x18\x1a]{0," + str(MAX_TITLE).encode() + rb"})"
+    rb"|\](?P<osc>[012]);(?P<title>[^\x07\x1b\x18\x1a]{0," + str(MAX_TITLE).encode() + rb"}+)"
     rb"(?:\x07|\x1b\\)"
     rb")"
 )
+#: Possessive quantifiers: no backtracking into parameters that cannot match.
+_FULL: Final = re.compile(_FULL_PATTERN)
+_SCAN: Final = scan_pattern(_FULL_PATTERN)
 _PARTIAL: Final = re.compile(
     rb"\x1b(?:\[[?>!]?" + _P + rb"{0,64} ?"
     rb"|[()]"
@@ -259,8 +261,10 @@ class ModeTracker:
         last_end = 0
         reset_at = -1
         breaks: list[Break] = []
-        for m in _FULL.finditer(buf):
-            last_end = m.end()
+        for found in _SCAN.finditer(buf):
+            last_end = found.end()
+            m = _FULL.fullmatch(buf, found.start(), last_end)
+            assert m is not None
             effect = self._apply(m)
             if effect:
                 if effect & _RESET:
@@ -297,7 +301,12 @@ class ModeTracker:
         elif kind == "final":
             final = m.group("final")
             params = parse_params(m.group("params"))
-            if final == b"r":
+            if final == b"J":
+                if params == [2]:
+                    self.redraws += 1
+                elif params == [3]:
+                    return _CLEAR
+            elif final == b"r":
                 self._set_region(params)
             elif final == b" q":
                 self._cursor_style = params[0]
@@ -305,10 +314,6 @@ class ModeTracker:
                 for mode in params:
                     if mode in self._ansi:
                         self._ansi[mode] = final == b"h"
-        elif kind == "ed":
-            if m.group("ed") == b"3":
-                return _CLEAR
-            self.redraws += 1
         elif kind == "keypad":
             self._private[66] = m.group("keypad") == b"="
         elif kind == "title":

@@ -89,23 +89,40 @@ class Query:
 _P: Final = rb"[0-9;" + CSI_INERT + rb"]"
 #: Longest DCS request payload recognised.
 MAX_DCS: Final = 512
-_FULL: Final = re.compile(
+_FULL_PATTERN: Final = (
     rb"\x1b(?:"
     rb"\[(?:"
-    rb"(?P<dsr>\??" + _P + rb"{1,16})n"
-    rb"|(?P<da1>" + _P + rb"{0,4})c"
-    rb"|>(?P<da2>" + _P + rb"{0,4})c"
-    rb"|=(?P<da3>" + _P + rb"{0,4})c"
-    rb"|>(?P<version>" + _P + rb"{0,4})q"
-    rb"|(?P<window>1[13-689]|2[01])(?:;[0-9]{0,5}){0,2}t"
-    rb"|(?P<mode>\??" + _P + rb"{1,8})\$p"
-    rb"|(?P<keyboard>\?u|\?" + _P + rb"{0,8}m)"
+    rb"(?P<dsr>\??" + _P + rb"{1,16}+)n"
+    rb"|(?P<da1>" + _P + rb"{0,4}+)c"
+    rb"|>(?P<da2>" + _P + rb"{0,4}+)c"
+    rb"|=(?P<da3>" + _P + rb"{0,4}+)c"
+    rb"|>(?P<version>" + _P + rb"{0,4}+)q"
+    rb"|(?P<window>1[13-689]|2[01])(?:;[0-9]{0,5}+){0,2}+t"
+    rb"|(?P<mode>\??" + _P + rb"{1,8}+)\$p"
+    rb"|(?P<keyboard>\?u|\?" + _P + rb"{0,8}+m)"
     rb")"
     rb"|(?P<decid>Z)"
-    rb"|\](?P<color>1[0-9]|[45];[0-9]{1,3}|52;[a-z0-9]{0,16})(?P<asks>(?:;\?)+)"
+    rb"|\](?P<color>1[0-9]|[45];[0-9]{1,3}+|52;[a-z0-9]{0,16}+)(?P<asks>(?:;\?)++)"
     rb"(?P<st>\x07|\x1b\\)"
-    rb"|P(?P<setting>[$+]q)[^\x07\x1b\x18\x1a]{0," + str(MAX_DCS).encode() + rb"}"
+    rb"|P(?P<setting>[$+]q)[^\x07\x1b\x18\x1a]{0," + str(MAX_DCS).encode() + rb"}+"
     rb"(?:\x1b\\|\x07)"
+    rb")"
+)
+_FULL: Final = re.compile(_FULL_PATTERN)
+#: Candidates, found fast: no groups (see :func:`._scan.scan_pattern`) and one
+#: parameter scan per CSI rather than one per kind of query. It matches every
+#: query and a few other sequences (``ESC [ 8 ; 24 ; 80 t``); ``_FULL`` decides.
+#: No candidate holds an ESC but its first byte and an ST's, so where ``_FULL``
+#: rejects one, it could not match inside it either.
+_SCAN: Final = re.compile(
+    rb"\x1b(?:\[(?:"
+    rb"" + _P + rb"{0,16}+(?:[nct]|\$p)"
+    rb"|\?" + _P + rb"{0,16}+(?:[nmu]|\$p)"
+    rb"|[>=]" + _P + rb"{0,4}+[cq]"
+    rb")"
+    rb"|Z"
+    rb"|\](?:1[0-9]|[45];[0-9]{1,3}+|52;[a-z0-9]{0,16}+)(?:;\?)++(?:\x07|\x1b\\)"
+    rb"|P[$+]q[^\x07\x1b\x18\x1a]{0," + str(MAX_DCS).encode() + rb"}+(?:\x1b\\|\x07)"
     rb")"
 )
 _PARTIAL: Final = re.compile(
@@ -129,8 +146,12 @@ _KINDS: Final[dict[str, QueryKind]] = {
 }
 
 
-def _kind(m: re.Match[bytes]) -> QueryKind | None:
-    """The query's kind, or None for a sequence that looks like one but is not."""
+def _kind(buf: bytes, found: re.Match[bytes]) -> QueryKind | None:
+    """The kind of the query ``found`` (a ``_SCAN`` match in ``buf``), or None for
+    a sequence that looks like one but is not (``ESC [ 1 c``)."""
+    m = _FULL.fullmatch(buf, found.start(), found.end())
+    if m is None:
+        return None
     name = m.lastgroup
     assert name is not None
     if name == "dsr":
@@ -166,9 +187,9 @@ class QueryScanner:
         buf = self._tail + data if held else data
         found: list[Query] = []
         last_end = 0
-        for m in _FULL.finditer(buf):
+        for m in _SCAN.finditer(buf):
             last_end = m.end()
-            kind = _kind(m)
+            kind = _kind(buf, m)
             if kind is not None:
                 found.append(Query(kind, m.group(0), last_end - held))
         self._tail = buf[hold_from(_PARTIAL, buf, last_end, _MAX_PARTIAL) :]
@@ -182,8 +203,8 @@ class QueryScanner:
 def find_queries(buf: bytes) -> list[tuple[int, int, QueryKind]]:
     """Every query in ``buf`` as ``(start, end, kind)``: the whole-stream reference."""
     found = []
-    for m in _FULL.finditer(buf):
-        kind = _kind(m)
+    for m in _SCAN.finditer(buf):
+        kind = _kind(buf, m)
         if kind is not None:
             found.append((m.start(), m.end(), kind))
     return found
@@ -197,9 +218,9 @@ def split_queries(buf: bytes, start: int, end: int) -> tuple[list[tuple[int, int
     """
     spans = []
     last_end = start
-    for m in _FULL.finditer(buf, start, end):
+    for m in _SCAN.finditer(buf, start, end):
         last_end = m.end()
-        if _kind(m) is not None:
+        if _kind(buf, m) is not None:
             spans.append((m.start(), m.end()))
     return spans, hold_from(_PARTIAL, buf, last_end, _MAX_PARTIAL)
 
