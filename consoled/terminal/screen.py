@@ -1,0 +1,224 @@
+"""A session's screen: what a terminal attached from the start would show now.
+
+:class:`Screen` wraps pyavt's ``Vt`` (the Rust terminal emulator of asciinema,
+measured about 100 times faster than pyte here) and adds what it lacks: UTF-8
+decoding across chunks, the modes avt does not follow (see
+:class:`~.modes.ModeTracker`), a bounded history of the lines scrolled off the
+top, a render for real terminals, and a note of when the screen is only
+approximate because some output was never fed.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Final
+
+import avt
+
+from .modes import ModeTracker, TerminalModes
+from .render import convert_dump, mode_sequences, render_line, sgr
+
+#: The emulator is fed at most this much text at once: avt returns the lines it
+#: touched, and very large strings cost more per byte.
+FEED_CHUNK: Final = 64 * 1024
+#: Bounds of the emulated size; a larger window is emulated at the bound (and
+#: the screen is then approximate), so one session cannot take gigabytes.
+MAX_ROWS: Final = 1000
+MAX_COLS: Final = 1000
+#: Lines of history kept by default.
+DEFAULT_HISTORY: Final = 1000
+#: Code points U+0080..U+009F: C1 controls when they arrive UTF-8 encoded. avt
+#: obeys them; UTF-8 terminals (tmux, VTE, xterm by default) do not, so they are
+#: dropped before avt sees them, like the 8-bit forms, which are invalid UTF-8.
+_C1: Final = re.compile("[\x80-\x9f]")
+#: CAN: cancels a sequence in progress (fed when output was skipped).
+_CANCEL: Final = "\x18"
+#: Written before the screen: default attributes, no scroll region, cursor home,
+#: clear.
+_PREAMBLE: Final = b"\x1b[0m\x1b[r\x1b[H\x1b[2J"
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where the cursor is, 0-based; ``col`` may equal the width when the next
+    character will wrap (the terminal shows it on the last column)."""
+
+    row: int
+    col: int
+    visible: bool
+
+
+class Screen:
+    """The current screen of a session, fed with its output.
+
+    Args:
+        rows: the window height.
+        cols: the window width.
+        history: how many lines scrolled off the top are kept.
+    """
+
+    def __init__(self, rows: int = 24, cols: int = 80, *, history: int = DEFAULT_HISTORY) -> None:
+        self._rows, self._cols = rows, cols
+        erows, ecols = min(max(rows, 1), MAX_ROWS), min(max(cols, 1), MAX_COLS)
+        self._vt = avt.Vt(ecols, erows, 0)
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._modes = ModeTracker(rows=erows, clamp_region=False)
+        self._history: deque[avt.Line] = deque(maxlen=history)
+        self._skipped = False
+        self._position = 0
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    @property
+    def cols(self) -> int:
+        return self._cols
+
+    @property
+    def position(self) -> int:
+        """Bytes of output accounted for: fed plus skipped."""
+        return self._position
+
+    @property
+    def approximate(self) -> bool:
+        """Whether the screen may differ from the program's.
+
+        True after :meth:`skip`, until the output shows a full redraw (clear
+        screen, a switch to or from the alternate screen, a reset), and while
+        the window is larger than ``MAX_ROWS`` x ``MAX_COLS``.
+        """
+        return self._skipped or (self._rows, self._cols) != self._vt.size[::-1]
+
+    @property
+    def cursor(self) -> Cursor:
+        c = self._vt.cursor
+        return Cursor(c.row, c.col, c.visible)
+
+    @property
+    def modes(self) -> TerminalModes:
+        """The modes the output left set.
+
+        Cursor visibility and cursor keys come from the emulator, which also
+        obeys the odd forms a byte scanner does not follow.
+        """
+        modes = self._modes.modes
+        c = self._vt.cursor
+        if modes.cursor_visible == c.visible and modes.cursor_keys_app == (
+            self._vt.cursor_key_app_mode
+        ):
+            return modes
+        return replace(
+            modes, cursor_visible=c.visible, cursor_keys_app=self._vt.cursor_key_app_mode
+        )
+
+    @property
+    def title(self) -> str | None:
+        title = self._modes.modes.title
+        return None if title is None else title.decode("utf-8", "replace")
+
+    def feed(self, data: bytes) -> None:
+        """Feed output as read from the pty, cut anywhere."""
+        if not data:
+            return
+        self._position += len(data)
+        redraws = self._modes.redraws
+        breaks = self._modes.feed(data)
+        if self._skipped and self._modes.redraws != redraws:
+            self._skipped = False
+        if not breaks:
+            self._feed_vt(data)
+            return
+        pos = 0
+        for start, end, clears_history in breaks:
+            if start > pos:
+                self._feed_vt(data[pos:start])
+            self._feed_vt(data[max(start, pos) : end])
+            pos = end
+            if clears_history:
+                self._history.clear()
+        self._feed_vt(data[pos:])
+
+    def _feed_vt(self, data: bytes) -> None:
+        decode = self._decoder.decode
+        feed = self._vt.feed_str
+        history = self._history
+        for start in range(0, len(data), FEED_CHUNK):
+            text = decode(data[start : start + FEED_CHUNK])
+            if not text.isascii():
+                text = _C1.sub("", text)
+            _, gone = feed(text)
+            if gone:
+                history.extend(gone)
+
+    def skip(self, nbytes: int) -> None:
+        """``nbytes`` of output were lost (not fed): the screen is now approximate."""
+        if nbytes <= 0:
+            return
+        self._position += nbytes
+        self._skipped = True
+        self._decoder.reset()
+        self._modes.reset_tail()
+        self._vt.feed_str(_CANCEL)
+
+    def resize(self, rows: int, cols: int) -> None:
+        """The window is now ``rows`` x ``cols``; the emulator reflows as avt does."""
+        self._rows, self._cols = rows, cols
+        erows, ecols = min(max(rows, 1), MAX_ROWS), min(max(cols, 1), MAX_COLS)
+        if (ecols, erows) == self._vt.size:
+            return
+        _, gone = self._vt.resize(ecols, erows)
+        if gone:
+            self._history.extend(gone)
+        self._modes.resize(erows)
+
+    def text(self) -> list[str]:
+        """The visible lines as plain text, trailing blanks dropped (for tests and logs)."""
+        return [line.text.rstrip(" ") for line in self._vt.view()]
+
+    def cells(self) -> list[list[tuple[str, str]]]:
+        """The visible cells as ``(character, SGR)`` pairs, a row at a time.
+
+        The second half of a wide character is left out. Two screens that look
+        the same have equal cells (for tests and checks).
+        """
+        return [
+            [(cell.char, sgr(cell.pen)) for cell in line.cells if cell.width]
+            for line in self._vt.view()
+        ]
+
+    def history(self, n: int) -> bytes:
+        """The last ``n`` lines scrolled off the top, oldest first, each ending in CR LF.
+
+        Lines keep their attributes and lose trailing blanks, so a narrower
+        terminal wraps them rather than showing a ragged edge.
+        """
+        if n <= 0 or not self._history:
+            return b""
+        lines = list(self._history)[-n:]
+        return "".join(render_line(line) + "\r\n" for line in lines).encode()
+
+    def render(self, *, history: int = 0) -> bytes:
+        """Bytes that draw this screen on a terminal of the same size.
+
+        The terminal is assumed xterm-compatible and on its normal screen. The
+        render clears it, draws the normal screen (and the alternate one over it
+        if that is in use), puts the cursor and its visibility back and sets the
+        modes the output left set.
+
+        Args:
+            history: put up to that many history lines first: they end up in the
+                terminal's own scrollback, above the screen.
+        """
+        out = bytearray(_PREAMBLE)
+        out += mode_sequences(self.modes)
+        if history > 0 and self._history:
+            out += self.history(history)
+            # Scroll them all off the visible rows, which stay blank.
+            out += b"\n" * (self._vt.size[1] - 1)
+            out += b"\x1b[H"
+        out += convert_dump(self._vt.dump()).encode()
+        return bytes(out)
