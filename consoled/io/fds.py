@@ -96,8 +96,10 @@ class OwnedFd:
         """Close the fd (idempotent); tasks waiting on it are woken first."""
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            # Wake any task waiting on this fd before the number can be reused.
-            trio.lowlevel.notify_closing(fd)
+            # Wake any task waiting on this fd before the number can be reused
+            # (outside a trio run, as in pure tests and tools, none can be).
+            if trio.lowlevel.in_trio_run():
+                trio.lowlevel.notify_closing(fd)
             os.close(fd)
 
     def __enter__(self) -> OwnedFd:
