@@ -6,18 +6,50 @@ Pure: bytes in, state and bytes out; no I/O, no event loop. The daemon keeps a
 :class:`OutputFilter` and, on detach, its reset sequence.
 """
 
-from .filter import OutputFilter, reset_sequence
-from .modes import ModeTracker, TerminalModes
-from .queries import (
-    DEFAULT_IDENTITY,
-    Identity,
-    Query,
-    QueryKind,
-    QueryScanner,
-    Responder,
-    answer,
-)
-from .screen import Cursor, Screen
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .filter import OutputFilter, reset_sequence
+    from .modes import ModeTracker, TerminalModes
+    from .queries import (
+        DEFAULT_IDENTITY,
+        Identity,
+        Query,
+        QueryKind,
+        QueryScanner,
+        Responder,
+        answer,
+    )
+    from .screen import Cursor, Screen
+
+#: Where each name lives: imported on first use, so that the attach client,
+#: which needs only the filter, does not load the emulator (``python -X importtime``).
+_HOMES = {
+    "OutputFilter": "filter",
+    "reset_sequence": "filter",
+    "ModeTracker": "modes",
+    "TerminalModes": "modes",
+    "DEFAULT_IDENTITY": "queries",
+    "Identity": "queries",
+    "Query": "queries",
+    "QueryKind": "queries",
+    "QueryScanner": "queries",
+    "Responder": "queries",
+    "answer": "queries",
+    "Cursor": "screen",
+    "Screen": "screen",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{home}", __name__), name)
+
 
 __all__ = [
     "DEFAULT_IDENTITY",

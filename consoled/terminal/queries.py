@@ -45,11 +45,13 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .. import __version__
 from ._scan import CSI_INERT, hold_from, parse_params, strip_inert
-from .screen import Screen
+
+if TYPE_CHECKING:  # the client's filter needs no emulator: keep it unimported
+    from .screen import Screen
 
 
 class QueryKind(enum.Enum):
