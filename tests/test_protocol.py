@@ -202,6 +202,8 @@ REQUESTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
         cols=ints,
         resume=opt_ints,
         uid=opt_texts,
+        screen=st.booleans(),
+        history=ints,
     ),
     ev.Logs: st.builds(
         ev.Logs, session=texts, follow=st.booleans(), resume=opt_ints, uid=opt_texts
@@ -253,6 +255,7 @@ STREAM_INPUTS: dict[type[ev.Event], st.SearchStrategy[ev.Event]] = {
     ev.Detach: st.builds(ev.Detach),
 }
 outputs = st.builds(ev.Output, data=bins)
+screens = st.builds(ev.Screen, data=bins, approximate=st.booleans())
 endeds = st.builds(
     ev.Ended,
     reason=st.sampled_from(ev.EndReason),
@@ -277,7 +280,7 @@ REPLY_FOR_REQUEST = {
 }
 any_request = st.one_of(*REQUESTS.values())
 any_client_message = st.one_of(hellos, any_request, *STREAM_INPUTS.values())
-any_server_message = st.one_of(welcomes, errors, *REPLIES.values(), outputs, endeds)
+any_server_message = st.one_of(welcomes, errors, *REPLIES.values(), outputs, screens, endeds)
 
 cut_points = st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=12)
 
@@ -288,6 +291,7 @@ def test_strategies_cover_every_message() -> None:
         ev.Welcome,
         ev.Error,
         ev.Output,
+        ev.Screen,
         ev.Ended,
         *REQUESTS,
         *REPLIES,

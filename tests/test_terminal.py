@@ -11,7 +11,6 @@ must not depend on the chunking either.
 from __future__ import annotations
 
 import random
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consoled.io.record import Record
+from consoled.server.screenstate import QueryWatch, SessionScreen
 from consoled.terminal import (
     Identity,
     ModeTracker,
@@ -39,6 +40,7 @@ from consoled.terminal import modes as modes_impl
 from consoled.terminal import queries as queries_impl
 from consoled.terminal.queries import find_queries
 from consoled.terminal.render import convert_dump
+from tests.support.tmux import PANE_FORMAT, TMUX, parse_flags
 
 # --- stream generation --------------------------------------------------------------------
 
@@ -582,17 +584,69 @@ def test_reset_sequence_of_default_modes_is_empty() -> None:
     assert reset_sequence(TerminalModes()) == b""
 
 
+# --- the daemon's session state (consoled.server.screenstate) --------------------------------
+
+
+def session_state(
+    data: bytes, cuts: list[int], looks: set[int], size: tuple[int, int], scrollback: int
+) -> tuple[SessionScreen, Record, bytes]:
+    """``data`` through the daemon's path: each read into the ring, queries
+    answered as they arrive, an attach catching the screen up after the reads
+    in ``looks``. Returns the state, its ring and every answer given."""
+    record = Record.create(scrollback, {})
+    state: SessionScreen | None = None
+    watch = QueryWatch()
+    answers = b""
+    for i, chunk in enumerate(chunked(data, cuts)):
+        record.append(chunk)  # as Session.publish
+        ends = watch.ends(chunk)
+        if ends:
+            start = record.end - len(chunk)
+            state = state or SessionScreen(*size, record.start)
+            answers += state.catch_up(record, upto=start + ends[-1], answer_from=start)
+        if i in looks:
+            state = state or SessionScreen(*size, record.start)
+            state.catch_up(record)
+    return state or SessionScreen(*size, record.start), record, answers
+
+
+@PROPERTY
+@given(STREAM, CUTS, SIZES, st.sets(st.integers(0, 60)))
+def test_the_session_state_draws_what_a_fresh_emulator_shows(
+    data: bytes, cuts: list[int], size: tuple[int, int], looks: set[int]
+) -> None:
+    state, record, answers = session_state(data, cuts, looks, size, scrollback=1 << 20)
+    try:
+        render, approximate = state.render(record, history=0)
+    finally:
+        record.close()
+    assert not approximate
+    original = fed(*size, [data])
+    assert_same_screen(fed(*size, [render]), original)
+    # Each query answered once, from the screen as it was just after it.
+    assert answers == Responder(Screen(*size)).feed(data)
+
+
+def test_the_session_state_skips_a_flood_and_says_so_until_a_redraw() -> None:
+    record = Record.create(64, {})
+    try:
+        state = SessionScreen(4, 10, record.start)
+        record.append(b"\x1b[31m" + b"y\r\n" * 500)  # past the ring: never fed
+        render, approximate = state.render(record, history=0)
+        assert approximate
+        assert fed(4, 10, [render]).text()[:3] == ["y"] * 3
+        # The program redraws: exact again.
+        record.append(b"\x1b[H\x1b[2Jready")
+        render, approximate = state.render(record, history=0)
+        assert not approximate
+        assert fed(4, 10, [render]).text()[0] == "ready"
+    finally:
+        record.close()
+
+
 # --- a real terminal: tmux ---------------------------------------------------------------------
 
-TMUX = shutil.which("tmux")
 TMUX_WAIT = 10.0
-#: What tmux 3.3 says of a pane (it has no format for bracketed paste or focus events).
-PANE_FORMAT = (
-    "cursor=#{cursor_x},#{cursor_y} alt=#{alternate_on} visible=#{cursor_flag}"
-    " mouse=#{mouse_standard_flag}/#{mouse_button_flag}/#{mouse_all_flag}/#{mouse_sgr_flag}"
-    " keys=#{keypad_cursor_flag}/#{keypad_flag}"
-    " region=#{scroll_region_upper},#{scroll_region_lower} title=#{pane_title}"
-)
 Cells = list[list[tuple[str, str]]]
 
 
@@ -603,13 +657,6 @@ class Pane:
     flags: dict[str, str]
     cells: Cells
     other: Cells | None
-
-
-def parse_flags(text: str) -> dict[str, str]:
-    head, title = text.rstrip("\n").split(" title=", 1)
-    flags = dict(item.split("=", 1) for item in head.split(" "))
-    flags["title"] = title
-    return flags
 
 
 class Tmux:

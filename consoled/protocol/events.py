@@ -270,6 +270,9 @@ class Attach(Event):
             offset on (``replay`` is then ignored).
         uid: with ``resume``, the session incarnation the client was attached
             to; a different one is refused as ``unknown_session``.
+        screen: start with a ``screen`` message that draws the session's current
+            screen (``replay`` is then ignored), as tmux attaches.
+        history: with ``screen``, put that many lines of history above it.
     """
 
     TYPE: ClassVar[str] = "attach"
@@ -280,6 +283,8 @@ class Attach(Event):
     cols: int = 0
     resume: int | None = None
     uid: str | None = None
+    screen: bool = False
+    history: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +319,15 @@ class Attached(Event):
 class Output(Event):
     TYPE: ClassVar[str] = "output"
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Screen(Event):
+    """Draws the session's current screen; the output that follows continues it."""
+
+    TYPE: ClassVar[str] = "screen"
+    data: bytes
+    approximate: bool = False  # some output went unemulated (a flood): not exact
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +387,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     Waited,
     ExitReported,
     Attached,
+    Screen,
     Output,
     *STREAM_INPUTS,
     Ended,

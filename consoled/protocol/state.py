@@ -106,7 +106,7 @@ class StateMachine:
                     self.pending = None
                     return True
             if state is State.STREAMING:
-                if isinstance(event, ev.Output | ev.Error):
+                if isinstance(event, ev.Output | ev.Screen | ev.Error):
                     return True
                 if isinstance(event, ev.Ended):
                     self.state = State.DONE

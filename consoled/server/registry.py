@@ -36,6 +36,8 @@ log = structlog.get_logger("consoled.registry")
 
 #: Seconds ``rm --force`` waits for a session's task to let go of its master.
 REMOVE_TIMEOUT = 5.0
+#: Seconds an emulated screen is kept unused (no query, no attach) before it is dropped.
+SCREEN_IDLE = 300.0
 
 
 def parse_name(text: str) -> SessionName:
@@ -98,6 +100,7 @@ class SessionTable:
         """Run every session's task in ``nursery``, and new sessions' from now on."""
         self._nursery = nursery
         nursery.start_soon(self._find_leaders)
+        nursery.start_soon(self._drop_idle_screens)
         for session in self._sessions.values():
             self._look_for_leader(session)
             self._spawn(session)
@@ -106,6 +109,20 @@ class SessionTable:
         if session.state is SessionState.RUNNING and session.leader is None:
             self._leaderless[session] = trio.current_time() + LEADER_SEARCH
             self._leaderless_changed.set()
+
+    async def _drop_idle_screens(self) -> None:
+        """Forget emulated screens unused for a while: a quiet host costs no emulator memory.
+
+        A screen is made again from the ring when it is next needed.
+        """
+        while True:
+            await trio.sleep(SCREEN_IDLE / 4)
+            now = trio.current_time()
+            for session in self._sessions.values():
+                screen = session.screen
+                idle = screen is not None and screen.idle_for(now) > SCREEN_IDLE
+                if idle and not session.hub.attached:
+                    session.screen = None
 
     async def _find_leaders(self) -> None:
         """Look again for the leaders not known yet (one task for every session)."""

@@ -33,6 +33,7 @@ from ..names import SessionName
 from ..protocol.events import EndReason, SessionInfo, SessionState
 from .hub import ClientHub
 from .logfile import LogFile, LogFileError
+from .screenstate import QueryWatch, SessionScreen
 from .sizepolicy import SizePolicy
 from .subscriber import Subscriber
 
@@ -42,6 +43,9 @@ log = structlog.get_logger("consoled.session")
 LOG_RETRY_INTERVAL: Final = 5.0
 #: Seconds a terminal that hung up waits for its leader's exit status.
 LEADER_EXIT_WAIT: Final = 1.0
+#: Bytes of answers to terminal queries that may wait for a terminal that is
+#: not reading its input; more are dropped (the program stopped asking anyway).
+MAX_PENDING_ANSWERS: Final = 4096
 #: How long, and how often, a terminal's leader not yet found is looked for
 #: again: runc makes the terminal controlling only after it sent the master.
 LEADER_SEARCH: Final = 2.0
@@ -103,6 +107,10 @@ class Session:
         self.exit_status: int | None = None
         #: Removed once it has ended and its status has been delivered (``consoled exec``).
         self.ephemeral = False
+        #: The emulated screen, made when first needed (see :mod:`.screenstate`).
+        self.screen: SessionScreen | None = None
+        self._queries = QueryWatch()
+        self._answers = b""
         self.rows = 0
         self.cols = 0
         self.running = trio.Event()
@@ -254,6 +262,8 @@ class Session:
         elif self.rows and self.cols and (rows, cols) != (self.rows, self.cols):
             rows, cols = self.rows, self.cols  # set by `resize` while waiting
             self.master.set_size(rows, cols)
+        if self.screen is not None:
+            self.screen.resize(self.record, rows, cols)
         self.rows, self.cols = rows, cols
         self.leader = Leader.find(owner.fd)
         self.persist()
@@ -313,7 +323,10 @@ class Session:
         return self.leader is not None or self.state is not SessionState.RUNNING
 
     def publish(self, data: bytes) -> None:
-        """One batch of output: into the ring, the log file, then to every client."""
+        """One batch of output: into the ring, the log file, then to every client.
+
+        A terminal query in it is answered, once, for the session.
+        """
         record = self.record
         try:
             record.append(data)
@@ -323,6 +336,35 @@ class Session:
         if self.log_file is not None:
             self._write_log(data)
         self.hub.publish(data)
+        ends = self._queries.ends(data)
+        if ends or self._answers:
+            start = record.end - len(data)
+            answers = b""
+            if ends:
+                answers = self.screen_state().catch_up(
+                    record, upto=start + ends[-1], answer_from=start
+                )
+            self._answer(answers)
+
+    def screen_state(self) -> SessionScreen:
+        """The emulated screen, made (from the ring) if it does not exist yet."""
+        if self.screen is None:
+            self.screen = SessionScreen(
+                self.rows, self.cols, self.record.start, clock=trio.current_time
+            )
+        return self.screen
+
+    def _answer(self, answers: bytes) -> None:
+        """Write answers to queries to the terminal, after any still waiting (never blocks)."""
+        pending = self._answers + answers
+        self._answers = b""
+        if not pending or self.master is None or self.master.closed:
+            return
+        try:
+            written = self.master.write_now(pending)
+        except (Hangup, trio.ClosedResourceError):
+            return
+        self._answers = pending[written:][-MAX_PENDING_ANSWERS:]
 
     def _write_log(self, data: bytes) -> None:
         log_file = self.log_file
@@ -394,6 +436,7 @@ class Session:
         if self.leader is not None:
             self.leader.close()
             self.leader = None
+        self.screen = None
         self.state = SessionState.EXITED
         self.exited_at = time.time()
         self.end_reason = reason
@@ -436,16 +479,26 @@ class Session:
         resume: int | None = None,
         size: tuple[int, int] | None = None,
         nudge: bool = True,
-    ) -> int:
-        """Attach ``sub``: queue the replay and register it, with no gap in between.
+        screen: bool = False,
+        history: int = 0,
+    ) -> tuple[int, tuple[bytes, bool] | None]:
+        """Attach ``sub``: queue the replay (or render the screen) and register it.
 
         Nothing here awaits, so no output can be read between the replay
-        snapshot and the registration: the client sees every byte exactly once.
+        snapshot (or the screen's render) and the registration: the client
+        sees every byte exactly once.
 
         Returns:
-            The stream offset of the first byte queued for it.
+            The stream offset of the first byte queued for it, and with
+            ``screen`` the render and whether it is approximate.
         """
         record = self.record
+        if screen and resume is None and self.state is not SessionState.EXITED:
+            first = record.end
+            sub.offset = first
+            self.hub.add(sub, size)
+            self._resize_to_policy(nudge=nudge)  # the render is at the size it gets
+            return first, self.screen_state().render(record, history)
         if resume is not None:
             first, chunks = record.read_from(resume)
         elif replay == 0:
@@ -458,10 +511,10 @@ class Session:
         if self.state is SessionState.EXITED:
             message = self.end_message or end_message(self.name, self.end_reason)
             sub.end(self.end_reason, message, self.exit_code)
-            return first
+            return first, None
         self.hub.add(sub, size)
         self._resize_to_policy(nudge=nudge and resume is None)
-        return first
+        return first, None
 
     def detach(self, sub: Subscriber) -> None:
         if self.hub.remove(sub):
@@ -525,6 +578,8 @@ class Session:
             self._nudge()
 
     def _apply_size(self, rows: int, cols: int) -> None:
+        if self.screen is not None and (rows, cols) != (self.rows, self.cols):
+            self.screen.resize(self.record, rows, cols)
         self.rows, self.cols = rows, cols
         if self.master is not None and not self.master.closed:
             self.master.set_size(rows, cols)

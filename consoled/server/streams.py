@@ -223,13 +223,23 @@ async def stream_attach(channel: Channel, context: StreamContext, request: ev.At
     sub = Subscriber(context.config.client_queue, read_only=request.read_only, label=label)
     # No await between the replay snapshot and the `attached` reply's bytes
     # being queued: Session.attach is synchronous.
-    first = session.attach(sub, replay=request.replay, resume=request.resume, size=size)
+    if request.history < 0:
+        raise RequestError(ErrorCode.INVALID_ARGUMENT, "history must be >= 0 lines")
+    first, screen = session.attach(
+        sub,
+        replay=request.replay,
+        resume=request.resume,
+        size=size,
+        screen=request.screen,
+        history=request.history,
+    )
     with context.table.track_stream():
         await _attached(
             channel,
             session,
             sub,
             first,
+            screen,
             resumed=request.resume is not None,
             delivered=context.table.delivered,
         )
@@ -240,6 +250,7 @@ async def _attached(
     session: Session,
     sub: Subscriber,
     first: int,
+    screen: tuple[bytes, bool] | None,
     *,
     resumed: bool,
     delivered: Callable[[Session], None],
@@ -253,6 +264,8 @@ async def _attached(
         rows=session.rows,
         cols=session.cols,
         resumed=resumed,
+        screen=screen is not None,
+        approximate=screen is not None and screen[1],
     )
     audit("attach", session=str(session.name), read_only=sub.read_only, resumed=resumed)
     try:
@@ -267,6 +280,12 @@ async def _attached(
                 uid=session.uid,
             )
         )
+        if screen is not None:
+            # Drawn as of `first`: the queued output continues it.
+            for start in range(0, max(len(screen[0]), 1), MAX_DATA_CHUNK):
+                chunk = screen[0][start : start + MAX_DATA_CHUNK]
+                last = start + MAX_DATA_CHUNK >= len(screen[0])
+                await channel.send(ev.Screen(chunk, approximate=screen[1] and last))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_lag, sub, nursery.cancel_scope)
 
@@ -382,7 +401,7 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
             # The files, then whatever they lack (a write failed) from the ring.
             resume = snapshot.written_to
         if follow:
-            session.attach(sub, replay=replay, resume=resume, nudge=False)
+            session.attach(sub, replay=replay, resume=resume, nudge=False)  # no screen
         else:
             if resume is not None:
                 _, chunks = session.record.read_from(resume)
