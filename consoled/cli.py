@@ -8,11 +8,13 @@ error (with a one-line message on stderr, never a traceback), 2 usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .client.conn import Client, ClientError, DaemonUnavailable
@@ -20,6 +22,9 @@ from .client.detachkeys import DEFAULT_DETACH_KEYS, DEFAULT_WAIT, DetachKeysErro
 from .names import InvalidName, SessionName, check_part
 from .protocol import ProtocolError
 from .protocol import events as ev
+
+if TYPE_CHECKING:
+    from .terminal.filter import OutputFilter
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -48,6 +53,13 @@ def parse_bytes(text: str) -> int:
             f"invalid size {text!r}: use a byte count such as 65536, 512K or 4MiB"
         )
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def parse_lines(text: str) -> int:
+    """A count of lines: a whole number, 0 or more."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"invalid line count {text!r}: use a number such as 100")
+    return int(text)
 
 
 def default_state_dir(env: dict[str, str] | os._Environ[str] = os.environ) -> str:
@@ -270,10 +282,37 @@ def _write_stdout(data: bytes) -> None:
     out.flush()
 
 
+class _LogsOutput:
+    """Where ``consoled logs`` writes: to a terminal, queries taken out and modes reset at the end.
+
+    The output holds the queries the session's programs asked their terminal
+    (busybox ash asks for the cursor position at every prompt); the user's
+    terminal would answer them, into the user's shell.
+    """
+
+    def __init__(self, raw: bool) -> None:
+        self.filter: OutputFilter | None = None
+        if not raw and sys.stdout.isatty():
+            from .terminal.filter import OutputFilter
+
+            self.filter = OutputFilter()
+
+    def write(self, data: bytes) -> None:
+        if self.filter is not None:
+            data = self.filter.feed(data)
+        _write_stdout(data)
+
+    def close(self) -> None:
+        if self.filter is not None:
+            with contextlib.suppress(OSError):
+                _write_stdout(self.filter.flush() + self.filter.reset_sequence())
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     path = os.path.join(state_dir_of(args), "control.sock")
     timeout = None if args.follow else 30.0
     client = Client(path, timeout=timeout)
+    output = _LogsOutput(args.raw)
     try:
         attached = client.call(ev.Logs(args.session, follow=args.follow), ev.Attached)
         try:
@@ -282,7 +321,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 if event is None:
                     raise DaemonUnavailable("consoled closed the connection before the log ended")
                 if isinstance(event, ev.Output):
-                    _write_stdout(event.data)
+                    output.write(event.data)
                 elif isinstance(event, ev.Ended):
                     if event.reason is ev.EndReason.RESTARTING and event.resume is not None:
                         # The daemon handed over to its successor: follow on from there.
@@ -307,6 +346,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_OK
     finally:
+        output.close()
         client.close()
 
 
@@ -379,6 +419,7 @@ def _attach_options(args: argparse.Namespace, session: str) -> object:
         keys = parse_detach_keys(args.detach_keys)
     except DetachKeysError as exc:
         raise UsageError(str(exc)) from None
+    # Default: the current screen, as tmux. --replay/--no-replay: raw bytes instead.
     replay = 0 if args.no_replay else args.replay
     return AttachOptions(
         session=session,
@@ -387,6 +428,8 @@ def _attach_options(args: argparse.Namespace, session: str) -> object:
         detach_wait=args.detach_wait,
         replay=replay,
         tty=not args.no_tty,
+        screen=replay is None,
+        history=args.history or 0,
     )
 
 
@@ -476,14 +519,24 @@ def _add_attach_options(p: argparse.ArgumentParser, *, read_only: bool = True) -
         help="how long a typed prefix of the detach keys is held before it is sent on "
         "(default: %(default)s)",
     )
-    replay = p.add_mutually_exclusive_group()
-    replay.add_argument("--no-replay", action="store_true", help="do not replay retained output")
-    replay.add_argument(
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
+        "--history",
+        type=parse_lines,
+        default=None,
+        metavar="N",
+        help="put N lines of history above the current screen (default: 0)",
+    )
+    start.add_argument(
         "--replay",
         type=parse_bytes,
         default=None,
         metavar="BYTES",
-        help="replay only the last BYTES of retained output (default: all of it)",
+        help="instead of the current screen, replay the last BYTES of raw output "
+        "(queries in it are not answered again)",
+    )
+    start.add_argument(
+        "--no-replay", action="store_true", help="start with live output only, no screen"
     )
     p.add_argument(
         "--no-tty",
@@ -664,6 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", parents=[common], help="print a session's retained output")
     p.add_argument("session", type=_session_arg, metavar="SESSION")
     p.add_argument("-f", "--follow", action="store_true", help="keep following new output")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="write the bytes as they are, even to a terminal (which then answers the "
+        "terminal queries in them, typing the answers into your shell)",
+    )
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser(

@@ -22,12 +22,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..protocol import CLOSED, NEED_DATA, ErrorCode, ProtocolError
 from ..protocol import events as ev
 from .conn import RESTART_WAIT, Client, ClientError, DaemonUnavailable
 from .detachkeys import DetachMatcher
+
+if TYPE_CHECKING:
+    from ..terminal.filter import OutputFilter
 
 #: Seconds to wait for the daemon to confirm a detach before leaving anyway.
 DETACH_CONFIRM_TIMEOUT: Final = 2.0
@@ -59,6 +62,10 @@ class AttachOptions:
     detach_wait: float = 0.5
     replay: int | None = None
     tty: bool = True
+    #: Start with the session's current screen (as tmux), not a replay of raw bytes.
+    screen: bool = True
+    #: With ``screen``: lines of history put above it.
+    history: int = 0
 
 
 def window_size(fd: int) -> tuple[int, int]:
@@ -157,6 +164,8 @@ def _attach_request(
         cols=cols,
         resume=resume,
         uid=uid,
+        screen=options.screen,
+        history=options.history,
     )
 
 
@@ -197,6 +206,14 @@ class Attacher:
         #: Input to send first once connected again.
         self.unsent = b""
         self.broken = False
+        #: On a terminal: queries are taken out of the output (the daemon answers
+        #: them; this terminal must not), and the modes it sets are followed so
+        #: that they can be undone when the attach ends.
+        self.filter: OutputFilter | None = None
+        if os.isatty(stdout):
+            from ..terminal.filter import OutputFilter
+
+            self.filter = OutputFilter(rows=window_size(stdout)[0] or None)
 
     def run(self, wakeup_fd: int) -> ev.Ended | None:
         """Pump until the stream ends; return the daemon's ``ended`` (None if it vanished)."""
@@ -307,14 +324,35 @@ class Attacher:
             if event is CLOSED:
                 return False
             if isinstance(event, ev.Output):
-                write_all(self.stdout, event.data)
+                self._write(event.data)
                 self.offset += len(event.data)
-                self.at_line_start = event.data.endswith(b"\n")
+            elif isinstance(event, ev.Screen):
+                self._write(event.data)
+                if event.approximate:
+                    self._notice(
+                        "consoled: the screen may be incomplete (the daemon did not follow "
+                        "all of a flood of output); it is exact from the program's next redraw"
+                    )
             elif isinstance(event, ev.Ended):
                 self.ended = event
                 return True
             elif isinstance(event, ev.Error) and event.code is not ErrorCode.READ_ONLY:
                 self._notice(f"consoled: {event.message}")
+
+    def _write(self, data: bytes) -> None:
+        if self.filter is not None:
+            data = self.filter.feed(data)
+        if data:
+            write_all(self.stdout, data)
+            self.at_line_start = data.endswith(b"\n")
+
+    def restore_terminal(self) -> None:
+        """Undo the modes the session's output left set (alternate screen, mouse...)."""
+        if self.filter is not None:
+            reset = self.filter.reset_sequence()
+            if reset:
+                with contextlib.suppress(OSError):
+                    write_all(self.stdout, reset)
 
     def _from_terminal(self) -> bool:
         try:
@@ -436,7 +474,10 @@ def attach(
                 signal_pipe() as wakeup_fd,
                 raw_terminal(stdin) if tty else contextlib.nullcontext(),
             ):
-                ended = attacher.run(wakeup_fd)
+                try:
+                    ended = attacher.run(wakeup_fd)
+                finally:
+                    attacher.restore_terminal()
         except SignalExit as exc:
             name = signal.Signals(exc.signum).name
             _say(

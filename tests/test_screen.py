@@ -1,0 +1,429 @@
+"""Attach draws the screen as it is now, and nothing it provokes is typed.
+
+Two tiers. In process (tests/support/inproc.py): the daemon answers the
+queries in a session's output, once, and an attach gets a ``screen`` message
+that draws what a terminal attached from the start would show, then the
+output that follows it, with no gap and no repeat.  With real runc
+containers and tmux as the user's terminal: vi and top re-attached at another
+size show the program's own screen and receive nothing they did not ask for;
+under ``--size-policy latest`` a terminal that merely answered a query does
+not take the size; and every way out of ``consoled attach`` puts the user's
+terminal back as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tty
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from consoled.protocol import events as ev
+from consoled.terminal import Screen
+from tests.conftest import BundleFactory, DaemonFactory, Spawn
+from tests.support.client import AsyncClient
+from tests.support.daemon import DaemonProcess
+from tests.support.inproc import InProcDaemon, hand_master, inproc_daemon
+from tests.support.ptyproc import EXPECT_TIMEOUT
+from tests.support.runtime import Runtime, new_container_id
+from tests.support.tmux import TMUX, TmuxServer
+
+DETACH = ("C-p", "C-q")
+WAIT = 15.0
+
+
+# --- in process -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slaves() -> Iterator[list[int]]:
+    opened: list[int] = []
+    yield opened
+    for fd in opened:
+        os.close(fd)
+
+
+async def running(
+    d: InProcDaemon, name: str, slaves: list[int], rows: int = 10, cols: int = 30
+) -> int:
+    """A running session on a pty of ours, raw (no echo); returns the slave."""
+    c = await d.connect()
+    path = await c.create_socket(name)
+    await c.aclose()
+    _, slave = hand_master(path)
+    slaves.append(slave)
+    tty.setraw(slave)
+    os.set_blocking(slave, False)
+    with trio.fail_after(WAIT):
+        await d.table.get(name).running.wait()
+    c = await d.connect()
+    await c.request(ev.Resize(name, rows, cols))
+    await c.aclose()
+    return slave
+
+
+async def read_slave(slave: int, size: int) -> bytes:
+    """``size`` bytes of input the program gets (what the daemon typed)."""
+    got = b""
+    with trio.fail_after(WAIT):
+        while len(got) < size:
+            await trio.lowlevel.wait_readable(slave)
+            got += os.read(slave, size - len(got))
+    return got
+
+
+async def written(d: InProcDaemon, name: str, count: int) -> None:
+    """Wait until the daemon has read ``count`` bytes of the session's output."""
+    session = d.table.get(name)
+    with trio.fail_after(WAIT):
+        while session.record.end < count:  # noqa: ASYNC110 - the pump has no event to await
+            await trio.sleep(0.01)
+
+
+async def screen_of(client: AsyncClient) -> tuple[bytes, bool]:
+    """The ``screen`` messages that follow ``attached``, joined."""
+    data, approximate = b"", False
+    while True:
+        event = await client.receive()
+        assert isinstance(event, ev.Screen), event
+        data += event.data
+        approximate = event.approximate
+        if len(event.data) < 60 * 1024:  # the last chunk (MAX_DATA_CHUNK is larger)
+            return data, approximate
+
+
+def fed(rows: int, cols: int, data: bytes) -> Screen:
+    screen = Screen(rows, cols)
+    screen.feed(data)
+    return screen
+
+
+async def test_the_daemon_answers_each_query_once_however_many_clients_watch(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "q1", slaves)
+        # Nobody attached: answered all the same (ash asks at every prompt).
+        os.write(slave, b"ab\x1b[6n")
+        assert await read_slave(slave, 6) == b"\x1b[1;3R"
+        watchers = [await d.connect() for _ in range(3)]
+        for i, w in enumerate(watchers):
+            reply = await w.request(ev.Attach("q1", read_only=i == 2, screen=True))
+            assert isinstance(reply, ev.Attached), reply
+            await screen_of(w)
+        # A query cut in two, then a status report as a marker: exactly one answer each.
+        os.write(slave, b"\r\n\x1b[")
+        await written(d, "q1", 10)
+        os.write(slave, b"6n\x1b[5n")
+        assert await read_slave(slave, 10) == b"\x1b[2;1R\x1b[0n"
+        for w in watchers:
+            out, _ = await w.read_output_until(b"\x1b[5n")
+            # The clients see the output as it was (their own filter takes queries out).
+            assert out == b"\r\n\x1b[6n\x1b[5n"
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(BlockingIOError):
+            os.read(slave, 100)  # nothing else was typed
+
+
+async def test_attach_draws_the_screen_then_continues_it_with_no_gap_and_no_repeat(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "s1", slaves, rows=5, cols=20)
+        output = b"".join(b"\x1b[1mline %d\x1b[m\r\n" % i for i in range(12)) + b"\x1b[?25l$ "
+        os.write(slave, output)
+        await written(d, "s1", len(output))
+        for read_only in (False, True):  # a watcher gets the same
+            c = await d.connect()
+            reply = await c.request(
+                ev.Attach("s1", rows=5, cols=20, read_only=read_only, screen=True, history=3)
+            )
+            assert isinstance(reply, ev.Attached), reply
+            render, approximate = await screen_of(c)
+            assert not approximate
+            expected = fed(5, 20, output)  # what a terminal attached from the start shows
+            drawn = fed(5, 20, render)
+            assert drawn.cells() == expected.cells()
+            assert drawn.cursor == expected.cursor
+            # Three lines of history above the screen: they scrolled into the terminal's.
+            assert drawn.history(3) == expected.history(3)
+            more = b"after-%d" % read_only
+            os.write(slave, more)
+            out, _ = await c.read_output_until(more)
+            assert out == more
+            output += more
+            await c.aclose()
+        assert len(render) < 2000  # the screen, not 12 lines of replay plus escapes
+
+
+async def test_attach_after_a_flood_says_the_screen_is_approximate(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    async with inproc_daemon(short_tmp / "s", scrollback=4096) as d:
+        slave = await running(d, "f1", slaves)
+        c = await d.connect()
+        await c.request(ev.Attach("f1", screen=True))  # the screen exists from here
+        await screen_of(c)
+        await c.aclose()
+        flood = b"\x1b[7m" + b"y\r\n" * 20000  # 60 KB through a 4 KiB ring
+        with trio.fail_after(WAIT):
+            for start in range(0, len(flood), 4096):
+                await trio.lowlevel.wait_writable(slave)
+                os.write(slave, flood[start : start + 4096])
+        await written(d, "f1", len(flood))
+        c = await d.connect()
+        assert isinstance(await c.request(ev.Attach("f1", screen=True)), ev.Attached)
+        render, approximate = await screen_of(c)
+        assert approximate
+        assert fed(10, 30, render).text()[:9] == ["y"] * 9
+        await c.aclose()
+        # A redraw makes it exact again.
+        os.write(slave, b"\x1b[m\x1b[H\x1b[2Jclean")
+        await written(d, "f1", len(flood) + 15)
+        c = await d.connect()
+        assert isinstance(await c.request(ev.Attach("f1", screen=True)), ev.Attached)
+        render, approximate = await screen_of(c)
+        assert not approximate
+        assert fed(10, 30, render).text()[0] == "clean"
+        await c.aclose()
+
+
+async def test_an_unused_screen_is_dropped_and_made_again_from_the_ring(
+    short_tmp: Path, slaves: list[int], autojump_clock: trio.testing.MockClock
+) -> None:
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "i1", slaves)
+        os.write(slave, b"prompt\x1b[6n")
+        assert await read_slave(slave, 6) == b"\x1b[1;7R"
+        session = d.table.get("i1")
+        assert session.screen is not None
+        with trio.fail_after(3600):
+            while session.screen is not None:  # noqa: ASYNC110 - dropped by a timer
+                await trio.sleep(10)
+        c = await d.connect()
+        assert isinstance(await c.request(ev.Attach("i1", screen=True)), ev.Attached)
+        render, _ = await screen_of(c)
+        assert fed(10, 30, render).text()[0] == "prompt"
+        await c.aclose()
+
+
+# --- real containers, tmux as the user's terminal --------------------------------------------
+
+
+@pytest.fixture
+async def tmux(short_tmp: Path) -> AsyncIterator[TmuxServer]:
+    if TMUX is None:
+        pytest.skip("tmux is not installed")
+    server = TmuxServer(short_tmp)
+    try:
+        yield server
+    finally:
+        await server.kill()
+
+
+async def start_container(
+    runc: Runtime, bundle: BundleFactory, daemon: DaemonProcess, args: list[str]
+) -> str:
+    cid = new_container_id("scr")
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        path = await client.create_socket(cid)
+    finally:
+        await client.aclose()
+    await runc.run(cid, bundle(args), path)
+    await daemon.wait_event("session.running", session=cid)
+    return cid
+
+
+def shows(text: str) -> Callable[[str], bool]:
+    return lambda shown: text in shown
+
+
+def attach_argv(cid: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "consoled", "attach", *options, cid]
+
+
+async def test_vi_reattached_at_another_size_shows_its_screen_and_gets_nothing_typed(
+    runc: Runtime,
+    bundle: BundleFactory,
+    daemon_factory: DaemonFactory,
+    attach: Spawn,
+    tmux: TmuxServer,
+) -> None:
+    # Was: the replay held ash's cursor position queries from before vi ran; the
+    # user's terminal answered them, into vi ("'(NULL)' is not implemented").
+    daemon = await daemon_factory()
+    cid = await start_container(runc, bundle, daemon, ["sh"])
+    env = {"CONSOLED_STATE_DIR": str(daemon.state_dir)}
+    await tmux.start("a", attach_argv(cid), rows=24, cols=80, env=env, keep=True)
+    await tmux.wait_text("a", lambda t: "#" in t, "the prompt")
+    for n in range(3):  # prompts: each asks the terminal where the cursor is
+        await tmux.keys("a", f"echo m-$(({n}*7))", literal=True)
+        await tmux.keys("a", "Enter")
+        await tmux.wait_text("a", shows(f"m-{n * 7}"), f"m-{n * 7}")
+    await tmux.keys("a", "vi /dev/shm/notes", literal=True)
+    await tmux.keys("a", "Enter")
+    await tmux.wait_text("a", lambda t: "/dev/shm/notes" in t, "vi")
+    await tmux.keys("a", "ifrom a", literal=True)
+    await tmux.keys("a", "Escape")
+    await tmux.wait_text("a", lambda t: "from a" in t, "the text typed")
+    await tmux.keys("a", *DETACH)
+    await tmux.wait_text("a", lambda t: "exited=0" in t, "the detach")
+
+    # Meanwhile, another client edits.
+    other = await attach(daemon, cid, "--no-replay")
+    other.write(b"oand from b\x1b")
+    await other.expect(b"and from b", timeout=EXPECT_TIMEOUT)
+    other.write(b"\x10\x11")
+    assert await other.wait() == 0
+
+    # Back, at another size.
+    await tmux.start("c", attach_argv(cid), rows=30, cols=100, env=env, keep=True)
+    await tmux.wait_text("c", lambda t: "and from b" in t, "the edit")
+    shown = await tmux.settled("c")
+    assert "not implemented" not in shown
+    lines = shown.splitlines()
+    assert len(lines) <= 30 and all(len(re.sub(r"\x1b\[[0-9;]*m", "", x)) <= 100 for x in lines)
+    # vi's own screen at this size: what it draws when told to redraw (ctrl-L).
+    await tmux.keys("c", "C-l")
+    assert await tmux.settled("c") == shown
+    # And nothing was typed into vi: its buffer is what the two clients typed.
+    await tmux.keys("c", ":wq", literal=True)
+    await tmux.keys("c", "Enter")
+    await tmux.wait_text("c", lambda t: t.rstrip().endswith("#"), "the prompt after vi")
+    result = await runc.call("exec", cid, "cat", "/dev/shm/notes")
+    assert result.stdout == b"from a\nand from b\n"
+    await tmux.keys("c", *DETACH)
+    await tmux.wait_text("c", lambda t: "exited=0" in t, "the detach")
+
+
+async def test_top_reattached_shows_its_current_screen_not_its_history(
+    runc: Runtime,
+    bundle: BundleFactory,
+    daemon_factory: DaemonFactory,
+    tmux: TmuxServer,
+) -> None:
+    daemon = await daemon_factory()
+    cid = await start_container(runc, bundle, daemon, ["sh"])
+    env = {"CONSOLED_STATE_DIR": str(daemon.state_dir)}
+    await tmux.start("a", attach_argv(cid), rows=24, cols=80, env=env, keep=True)
+    await tmux.wait_text("a", lambda t: "#" in t, "the prompt")
+    await tmux.keys("a", "top -d 1", literal=True)
+    await tmux.keys("a", "Enter")
+    await tmux.wait_text("a", lambda t: t.startswith("Mem:"), "top")
+    await tmux.keys("a", *DETACH)
+    await tmux.wait_text("a", lambda t: "exited=0" in t, "the detach")
+    # Time passes: top redraws a few times with nobody attached.
+    follower = await AsyncClient.connect(daemon.control_socket)
+    try:
+        assert isinstance(await follower.request(ev.Logs(cid, follow=True)), ev.Attached)
+        for _ in range(3):
+            await follower.read_output_until(b"Mem:", timeout=WAIT)
+    finally:
+        await follower.aclose()
+
+    await tmux.start("c", attach_argv(cid), rows=30, cols=100, env=env, keep=True)
+    text = await tmux.wait_text("c", lambda t: t.startswith("Mem:") and "PID" in t, "top's screen")
+    # One frame, at this size, and no frames scrolled above it.
+    assert text.count("Mem:") == 1
+    assert (await tmux.history("c")).count("Mem:") == 1
+    assert await tmux.size("c") == (30, 100)
+    # top got nothing typed (an answer would have been read as keys): it quits on q.
+    await tmux.keys("c", "q")
+    await tmux.wait_text("c", lambda t: t.rstrip().endswith("#"), "the prompt after top")
+    await tmux.keys("c", "echo m-$((6*7))", literal=True)
+    await tmux.keys("c", "Enter")
+    text = await tmux.wait_text("c", lambda t: "m-42" in t, "m-42")
+    assert "# echo m-$((6*7))" in text  # nothing ahead of the command on its line
+    await tmux.keys("c", *DETACH)
+    await tmux.wait_text("c", lambda t: "exited=0" in t, "the detach")
+
+
+async def test_a_terminal_that_merely_answered_does_not_take_the_size(
+    runc: Runtime,
+    bundle: BundleFactory,
+    daemon_factory: DaemonFactory,
+    tmux: TmuxServer,
+) -> None:
+    # Was: both terminals answered the prompt's ESC[6n, and the answer counted
+    # as typing: the pty went to the size of the window nobody typed in.
+    daemon = await daemon_factory("--size-policy", "latest", "--log-level", "debug")
+    cid = await start_container(runc, bundle, daemon, ["sh"])
+    env = {"CONSOLED_STATE_DIR": str(daemon.state_dir)}
+    await tmux.start("big", attach_argv(cid), rows=40, cols=120, env=env)
+    await tmux.wait_text("big", lambda t: "#" in t, "the prompt")
+    await tmux.start("small", attach_argv(cid), rows=20, cols=60, env=env)
+    await tmux.wait_text("small", lambda t: "#" in t, "the prompt")
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        for n in range(3):
+            await tmux.keys("small", f"stty size; echo m-$(({n}*7))", literal=True)
+            await tmux.keys("small", "Enter")
+            for name in ("small", "big"):  # both got the prompt and its query
+                await tmux.wait_text(name, shows(f"m-{n * 7}"), f"m-{n * 7}")
+            assert "20 60" in await tmux.text("small")
+            # An answer from the big one would arrive now; give it the time to.
+            with trio.move_on_after(1.0):
+                await daemon.wait_event("session.resized", session=cid, rows=40)
+            info = await client.session(cid)
+            assert (info.rows, info.cols) == (20, 60)
+    finally:
+        await client.aclose()
+    assert not daemon.find("session.resized", session=cid, rows=40, cols=120)[1:]
+
+
+@pytest.mark.parametrize("way_out", ["detach", "exit", "sigterm"])
+async def test_every_way_out_puts_the_users_terminal_back(
+    runc: Runtime,
+    bundle: BundleFactory,
+    daemon_factory: DaemonFactory,
+    tmux: TmuxServer,
+    way_out: str,
+) -> None:
+    daemon = await daemon_factory()
+    cid = await start_container(runc, bundle, daemon, ["sh"])
+    env = {"CONSOLED_STATE_DIR": str(daemon.state_dir)}
+    await tmux.start("a", attach_argv(cid), rows=24, cols=80, env=env, keep=True)
+    await tmux.wait_text("a", lambda t: "#" in t, "the prompt")
+    before = await tmux.flags("a")
+    await tmux.keys(
+        "a",
+        r"printf '\033[?1049h\033[?25l\033[?1h\033=\033[?1000h\033[?1006h\033[5;10r"
+        r"\033[31mm-%s' $((6*7))",
+        literal=True,
+    )
+    await tmux.keys("a", "Enter")
+    await tmux.wait_text("a", lambda t: "m-42" in t, "m-42")
+    flags = await tmux.flags("a")
+    assert flags["alt"] == "1" and flags["visible"] == "0", flags
+    assert flags["mouse"] == "1/0/0/1" and flags["keys"] == "1/1", flags
+    assert flags["region"] == "4,9", flags
+    if way_out == "detach":
+        await tmux.keys("a", *DETACH)
+        status = "0"
+    elif way_out == "exit":
+        await tmux.keys("a", "exit", literal=True)
+        await tmux.keys("a", "Enter")
+        status = "0"
+    else:
+        pid = (await tmux.run("display-message", "-p", "-t", "a", "#{pane_pid}")).strip()
+        # The pane's shell runs attach as its child: signal that one.
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        assert children, "no attach process under the pane's shell"
+        os.kill(int(children[0]), 15)
+        status = "143"
+    await tmux.wait_text("a", lambda t: f"exited={status}" in t, f"exited={status}")
+    after = await tmux.flags("a")
+    for flag in ("alt", "visible", "mouse", "keys", "region"):
+        assert after[flag] == before[flag], (flag, after, before)
+    # And the colours: what is written now is in the default colours.
+    await tmux.wait_text("a", lambda t: "exited=" in t, "the end")
+    shown = await tmux.text("a", escapes=True)
+    line = next(x for x in shown.splitlines() if "exited=" in x)
+    assert "\x1b[31m" not in line, line
