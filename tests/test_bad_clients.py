@@ -1,0 +1,71 @@
+"""What the fuzz and load tests found bad clients could do to the daemon.
+
+Each test here failed before the fix it comes with; tests/test_fuzz.py and
+tests/test_load.py are where they were found.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import trio
+
+from consoled.protocol import ErrorCode
+from consoled.protocol import events as ev
+from tests.conftest import DaemonFactory
+from tests.support.client import AsyncClient
+from tests.support.daemon import DaemonProcess
+from tests.support.holder import PtyHolder
+
+#: Bound on one exchange with the daemon.
+TIMEOUT = 10.0
+
+
+def frame(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
+
+
+async def running_session(daemon: DaemonProcess, holder: PtyHolder, name: str) -> None:
+    """A session whose master the holder handed over (its slave is number 0)."""
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        path = await client.create_socket(name)
+    finally:
+        await client.aclose()
+    await holder.hand([path])
+    await daemon.wait_event("session.running", session=name)
+
+
+async def test_garbage_in_a_busy_stream_is_only_a_protocol_error(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery
+) -> None:
+    """Garbage from an attached client while its output pump is sending.
+
+    The input loop's protocol error put the connection in ERROR; the pump's
+    next ``output`` then raised LocalProtocolError, logged as an internal
+    error.
+    """
+    daemon = await daemon_factory()
+    holder = await PtyHolder.start(nursery)
+    try:
+        await running_session(daemon, holder, "busy")
+        await holder.stream(0, 30, 0)  # as fast as the daemon reads: the pump is always busy
+        for attempt in range(20):
+            client = await AsyncClient.connect(daemon.control_socket)
+            try:
+                attached = await client.request(ev.Attach("busy", replay=0))
+                assert isinstance(attached, ev.Attached)
+                assert isinstance(await client.receive(), ev.Output)
+                await client.send_raw(frame(msgpack.packb({"data": b"no type"})))
+                with trio.fail_after(TIMEOUT):
+                    while True:
+                        event = await client.receive()
+                        assert event is not None, f"attempt {attempt}: closed without an error"
+                        if isinstance(event, ev.Error):
+                            break
+                assert event.code is ErrorCode.BAD_MESSAGE, event
+            finally:
+                await client.aclose()
+        await daemon.wait_event("client.protocol_error", count=20)
+        assert not daemon.internal_errors()
+    finally:
+        await holder.aclose()
