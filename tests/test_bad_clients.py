@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgpack
 import trio
 
-from consoled.protocol import ErrorCode
+from consoled.protocol import DEFAULT_MAX_FRAME_SIZE, ErrorCode
 from consoled.protocol import events as ev
 from tests.conftest import DaemonFactory
 from tests.support.client import AsyncClient
@@ -22,6 +22,16 @@ TIMEOUT = 10.0
 
 def frame(body: bytes) -> bytes:
     return len(body).to_bytes(4, "big") + body
+
+
+def vm_kib(pid: int, field: str) -> int:
+    """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == field:
+                return int(value.split()[0])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 async def running_session(daemon: DaemonProcess, holder: PtyHolder, name: str) -> None:
@@ -69,3 +79,36 @@ async def test_garbage_in_a_busy_stream_is_only_a_protocol_error(
         assert not daemon.internal_errors()
     finally:
         await holder.aclose()
+
+
+async def refuse(daemon: DaemonProcess, data: bytes) -> ev.Event | None:
+    """Send ``data`` on a new connection; the daemon's answer, once it closed."""
+    client = await AsyncClient.connect(daemon.control_socket, hello=False)
+    try:
+        await client.send_raw(data)
+        answer = await client.receive(TIMEOUT)
+        assert await client.receive(TIMEOUT) is None
+        return answer
+    finally:
+        await client.aclose()
+
+
+async def test_a_refused_frame_is_freed_at_once(daemon_factory: DaemonFactory) -> None:
+    """A connection closed for a bad 1 MiB frame lets go of it when it closes.
+
+    The protocol error was kept in the connection task's frame, and its
+    traceback held that frame: a reference cycle, which kept the frame (and
+    the connection's buffer) until Python's full garbage collection.  40
+    refused frames grew the daemon's RSS by 24 MB; 200 by 32 MB.
+    """
+    daemon = await daemon_factory()
+    bad = frame(msgpack.packb({"type": "hello", "version": b"v" * (DEFAULT_MAX_FRAME_SIZE - 64)}))
+    assert len(bad) <= DEFAULT_MAX_FRAME_SIZE + 4
+    for _ in range(5):  # the allocator's arenas for frames this size
+        await refuse(daemon, bad)
+    before = vm_kib(daemon.pid, "VmRSS")
+    for _ in range(40):
+        answer = await refuse(daemon, bad)
+        assert isinstance(answer, ev.Error) and answer.code is ErrorCode.BAD_MESSAGE, answer
+    grown = vm_kib(daemon.pid, "VmRSS") - before
+    assert grown < 8 * 1024, f"RSS grew by {grown} KiB over 40 refused frames of 1 MiB"
