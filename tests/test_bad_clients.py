@@ -11,6 +11,7 @@ import trio
 
 from consoled.protocol import DEFAULT_MAX_FRAME_SIZE, ErrorCode
 from consoled.protocol import events as ev
+from consoled.protocol.codec import encode_body
 from tests.conftest import DaemonFactory
 from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
@@ -112,3 +113,26 @@ async def test_a_refused_frame_is_freed_at_once(daemon_factory: DaemonFactory) -
         assert isinstance(answer, ev.Error) and answer.code is ErrorCode.BAD_MESSAGE, answer
     grown = vm_kib(daemon.pid, "VmRSS") - before
     assert grown < 8 * 1024, f"RSS grew by {grown} KiB over 40 refused frames of 1 MiB"
+
+
+async def test_a_socket_removed_before_it_listens(daemon: DaemonProcess) -> None:
+    """``create_socket`` then ``remove`` in one write, both answered before the
+    session's intake task first ran: the task found no socket, and its
+    assertion crashed the daemon (every terminal would have hung up)."""
+    for round_ in range(3):
+        client = await AsyncClient.connect(daemon.control_socket, hello=False)
+        try:
+            pipelined = [ev.Hello(1), ev.CreateSocket("gone"), ev.Remove("gone", force=True)]
+            await client.send_raw(b"".join(frame(encode_body(e)) for e in pipelined))
+            client.conn.send(ev.Hello(1))  # our codec's state, for reading the answers
+            assert isinstance(await client.receive(), ev.Welcome)
+            client.conn.send(ev.CreateSocket("gone"))
+            assert isinstance(await client.receive(), ev.SocketCreated)
+            client.conn.send(ev.Remove("gone", force=True))
+            removed = await client.receive()
+            assert removed == ev.Removed("gone", ev.SessionState.WAITING), (round_, removed)
+            assert await client.list_sessions() == []
+        finally:
+            await client.aclose()
+    assert daemon.proc is not None and daemon.proc.returncode is None
+    assert not daemon.find("daemon.crashed")
