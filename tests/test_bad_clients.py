@@ -136,3 +136,42 @@ async def test_a_socket_removed_before_it_listens(daemon: DaemonProcess) -> None
             await client.aclose()
     assert daemon.proc is not None and daemon.proc.returncode is None
     assert not daemon.find("daemon.crashed")
+
+
+async def test_a_full_buffer_budget_still_serves_whole_messages(
+    daemon_factory: DaemonFactory,
+) -> None:
+    """Half-sent frames that fill ``--max-buffered`` lock nobody else out.
+
+    Every read was charged to the budget before its complete frames were
+    taken out, so once held half frames had filled it, any other client's
+    next message, a 40-byte ``hello`` included, went over and was refused
+    with buffer_limit: the load test's 300 half-senders locked every
+    client out.  Only what is left of an unfinished frame counts now.
+    """
+    limit = 256 * 1024
+    daemon = await daemon_factory("--max-buffered", str(limit))
+    holders = []
+    try:
+        for _ in range(4):  # 4 x 64 KiB: the budget is full to the byte
+            holder = await AsyncClient.connect(daemon.control_socket)
+            holders.append(holder)
+            await holder.send_raw((1 << 20).to_bytes(4, "big") + b"h" * (64 * 1024 - 4))
+            await holder.wait_all_read()
+        assert not daemon.find("client.protocol_error")
+        # Everyone else is served as before...
+        for _ in range(3):
+            client = await AsyncClient.connect(daemon.control_socket)
+            try:
+                assert await client.list_sessions() == []
+            finally:
+                await client.aclose()
+        # ... and a fifth half frame is what goes over.
+        extra = await AsyncClient.connect(daemon.control_socket)
+        holders.append(extra)
+        await extra.send_raw((1 << 20).to_bytes(4, "big") + b"h" * 1000)
+        error = await extra.receive()
+        assert isinstance(error, ev.Error) and error.code is ErrorCode.BUFFER_LIMIT, error
+    finally:
+        for holder in holders:
+            await holder.aclose()

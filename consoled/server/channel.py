@@ -28,7 +28,11 @@ RECEIVE_SIZE: Final = 64 * 1024
 
 
 class ByteBudget:
-    """Bytes of unfinished frames held for all connections together, and their bound."""
+    """Bytes of unfinished frames held for all connections together, and their bound.
+
+    A read is charged after the complete frames in it were taken out, so the
+    bound can be passed by at most one read (RECEIVE_SIZE) at a time.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -120,11 +124,12 @@ class Channel:
         """
         while True:
             event = self.conn.next_event()
+            # Charged once the complete frames are out: only an unfinished frame
+            # counts, so a full budget never refuses anyone's whole message.
+            self._account()
             if event is NEED_DATA:
                 self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
-                self._account()
                 continue
-            self._account()
             if event is CLOSED:
                 return None
             assert isinstance(event, ev.Event)
