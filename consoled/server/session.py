@@ -275,7 +275,8 @@ class Session:
             record.skip(len(data))
         if self.log_file is not None:
             self._write_log(data)
-        self.hub.publish(data)
+        if self.hub.publish(data):
+            self._resize_to_policy()  # a client that counted is gone
 
     def _write_log(self, data: bytes) -> None:
         log_file = self.log_file
