@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import resource
 import select
@@ -62,7 +63,7 @@ MAX_BUFFERED = 8 * 1024 * 1024
 CLIENT_QUEUE = 256 * 1024
 #: What every terminal is given before the writers start.
 PREFIX = b"x" * 16
-#: The daemon's RSS may never pass this.  Measured: 56-58 MiB at the peak;
+#: The daemon's RSS may never pass this.  Measured: 54-58 MiB at the peak;
 #: 126 MiB when --max-buffered lets all 300 halves in (see docs/performance.md).
 RSS_BOUND = 96 * 1024 * 1024
 #: Bound on any one wait in this test.
@@ -87,6 +88,13 @@ def vm_bytes(pid: int) -> dict[str, int]:
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0]) * 1024
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid``, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -352,6 +360,7 @@ async def test_500_sessions_under_load(
                         for client, _, into in observers:
                             load.start_soon(read_all, client, into)
                         load_start = trio.current_time()
+                        cpu_start = cpu_seconds(daemon.pid)
                         for i in range(WRITERS):
                             await holder.stream(i, WRITE_SECONDS, WRITE_RATE)
                         until = load_start + WRITE_SECONDS - 2.0
@@ -366,6 +375,7 @@ async def test_500_sessions_under_load(
                         half_s = trio.current_time() - load_start
                         lines = await holder.wait_streams(WRITE_SECONDS + TIMEOUT)
                         write_s = trio.current_time() - load_start
+                        cpu_load = cpu_seconds(daemon.pid) - cpu_start
                         assert sorted(lines) == list(range(WRITERS))
                         await wait_drained(daemon, lines)
                         # The readers then detach: `ended` comes after all the output.
@@ -414,6 +424,7 @@ async def test_500_sessions_under_load(
             attach_cycles_per_s=round(
                 (figures.protocol_cycles + figures.process_cycles) / (WRITE_SECONDS - 2), 1
             ),
+            daemon_cpu_pct=round(cpu_load / write_s * 100),
             rss_idle_mib=round(rss_idle / 2**20, 1),
             rss_hwm_mib=round(hwm / 2**20, 1),
             test_s=round(time.monotonic() - figures.started, 1),
