@@ -26,8 +26,10 @@ import time
 
 import trio
 
+from tests.support.holder import pty_headroom
+
 from .bench import Bench
-from .scale import Holder, create_and_hand, pty_headroom, wait_events
+from .scale import Holder, create_and_hand, wait_events
 from .startup import consoled_command
 from .stats import Figure, Summary
 

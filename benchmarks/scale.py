@@ -16,13 +16,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import trio
 
 from consoled.client.conn import Client
 from consoled.protocol import events as ev
 from tests.support.daemon import DaemonProcess
+from tests.support.holder import pty_headroom
 
 from .bench import Bench
 from .consoles import ConmonConsole
@@ -30,27 +30,7 @@ from .procstat import cpu_seconds, pss_kib, rss_kib
 from .startup import consoled_command
 from .stats import Figure, Summary
 
-PTY_MAX = "/proc/sys/kernel/pty/max"
 PRINTED = 1024
-
-
-@contextlib.contextmanager
-def pty_headroom(extra: int) -> Iterator[None]:
-    """Raise the kernel's pty limit for ``extra`` more ptys if needed; restore it after."""
-    with open(PTY_MAX) as f:
-        old = int(f.read())
-    with open("/proc/sys/kernel/pty/nr") as f:
-        used = int(f.read())
-    want = used + extra + 2048
-    if want > old:
-        with open(PTY_MAX, "w") as f:
-            f.write(str(want))
-    try:
-        yield
-    finally:
-        if want > old:
-            with contextlib.suppress(OSError), open(PTY_MAX, "w") as f:
-                f.write(str(old))
 
 
 class Holder:

@@ -12,6 +12,16 @@ from typing import Final
 #: One part of a session name (a container id or an exec name).
 PART_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}"
 _PART: Final = re.compile(PART_PATTERN)
+#: Characters of an invalid name quoted in a message: the message goes back
+#: in an ``error``, whose text may not pass 4,096 characters.
+SHOWN: Final = 200
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for a message, cut short when it is long."""
+    if len(text) <= SHOWN:
+        return repr(text)
+    return f"{text[:SHOWN]!r}... ({len(text)} characters)"
 
 
 class InvalidName(ValueError):
@@ -22,7 +32,7 @@ def check_part(part: str, what: str = "name") -> str:
     """Return ``part`` unchanged if it is a valid container id or exec name."""
     if not _PART.fullmatch(part):
         raise InvalidName(
-            f"invalid {what} {part!r}: it must start with a letter or digit, hold only "
+            f"invalid {what} {shown(part)}: it must start with a letter or digit, hold only "
             "letters, digits and '_.+-', and be at most 128 characters"
         )
     return part
@@ -44,7 +54,7 @@ class SessionName:
         """
         if text.count("/") > 1:
             raise InvalidName(
-                f"invalid session name {text!r}: use ID for a container's console "
+                f"invalid session name {shown(text)}: use ID for a container's console "
                 "or ID/EXEC for an exec's, with at most one '/'"
             )
         ident, sep, exec_name = text.partition("/")

@@ -8,10 +8,13 @@ sends; hypothesis covers any bytes in any chunking, and every valid message.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import tracemalloc
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import hypothesis
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -31,8 +34,15 @@ from consoled.protocol import (
     State,
 )
 from consoled.protocol import events as ev
-from consoled.protocol.codec import MAX_STR_LEN, encode_body
+from consoled.protocol.codec import (
+    MAX_ELEMENTS_FROM_CLIENT,
+    MAX_ELEMENTS_FROM_SERVER,
+    MAX_LIST_LEN,
+    MAX_STR_LEN,
+    encode_body,
+)
 from consoled.protocol.connection import Sentinel
+from consoled.protocol.elements import count_elements
 
 OTHER = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}
 FATAL_CODES = [code for code in ErrorCode if code.fatal]
@@ -924,6 +934,185 @@ def test_string_limit_counts_characters_not_bytes(char: str) -> None:
     assert conn.next_event() == ev.Hello(1, text)
 
 
+# --- elements per message ------------------------------------------------------------------
+
+
+def elements(obj: object) -> int:
+    """How many msgpack objects ``obj`` packs into: itself and all it holds, keys included."""
+    if isinstance(obj, list | tuple):
+        return 1 + sum(elements(item) for item in obj)
+    if isinstance(obj, dict):
+        return 1 + sum(elements(k) + elements(v) for k, v in obj.items())
+    return 1
+
+
+def nested_empty_arrays(outer: int, inner: int) -> bytes:
+    """msgpack for an array of ``outer`` arrays of ``inner`` empty arrays, packed by hand."""
+    inner_array = b"\xdc" + inner.to_bytes(2, "big") + b"\x90" * inner
+    return b"\xdc" + outer.to_bytes(2, "big") + inner_array * outer
+
+
+def audit_frame() -> bytes:
+    """The audit's frame: a hello padded to 1 MiB with a million nested empty arrays."""
+    hello = msgpack.packb({"type": "hello", "version": 1})
+    assert hello[0] == 0x82
+    body = b"\x83" + hello[1:] + msgpack.packb("pad") + nested_empty_arrays(1020, 1024)
+    assert DEFAULT_MAX_FRAME_SIZE - 1024 < len(body) <= DEFAULT_MAX_FRAME_SIZE
+    return frame(body)
+
+
+def test_elements_of_a_hello() -> None:
+    body = encode_body(ev.Hello(1, "x"))
+    assert count_elements(body, 100) == elements(msgpack.unpackb(body)) == 7
+
+
+def test_the_audit_frame_is_refused_before_it_is_decoded() -> None:
+    conn = Connection(Role.SERVER)
+    conn.receive_data(audit_frame())
+    tracemalloc.start()
+    try:
+        error = expect_remote(conn, ErrorCode.BAD_MESSAGE)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert f"at most {MAX_ELEMENTS_FROM_CLIENT} elements" in error.message
+    # Decoded, its million lists took 68 MB; refused, it costs the copy of the
+    # frame and nothing more.
+    assert peak < 3 * DEFAULT_MAX_FRAME_SIZE, peak
+
+
+def padded(message: dict[str, object], total: int) -> bytes:
+    """A frame for ``message`` plus a ``pad`` field of nils: ``total`` elements in all."""
+    need = total - elements(message) - 2  # the key "pad" and its array
+    if need <= 1024:
+        pad: list[object] = [None] * need
+    else:  # rows of at most 1,024 nils; each row is an element too
+        rows = -(-need // 1025)
+        nils = need - rows
+        pad = [*[[None] * 1024] * (nils // 1024), [None] * (nils % 1024)]
+        assert len(pad) == rows
+    body = {**message, "pad": pad}
+    assert elements(body) == total
+    return packed(body)
+
+
+@pytest.mark.parametrize(
+    ("role", "message", "limit"),
+    [
+        (Role.SERVER, {"type": "hello", "version": 1}, MAX_ELEMENTS_FROM_CLIENT),
+        (Role.CLIENT, {"type": "output", "data": b"x"}, MAX_ELEMENTS_FROM_SERVER),
+    ],
+)
+def test_element_bound_is_exact(role: Role, message: dict[str, object], limit: int) -> None:
+    state = "handshake" if role is Role.SERVER else "streaming"
+    at = pair_in(state).conn[role]
+    at.receive_data(padded(message, limit))
+    assert isinstance(at.next_event(), ev.Hello | ev.Output)
+    over = pair_in(state).conn[role]
+    over.receive_data(padded(message, limit + 1))
+    error = expect_remote(over, ErrorCode.BAD_MESSAGE)
+    assert f"at most {limit} elements" in error.message
+
+
+def test_the_bound_can_be_chosen() -> None:
+    attach = ev.Attach("web/sh-1", replay=100, rows=24, cols=80, resume=5, uid="u")
+    assert count_elements(encode_body(attach), 100) == 21  # the largest request
+    tight = Connection(Role.SERVER, max_elements=20)
+    tight.receive_data(wire(ev.Hello(1)) + wire(attach))
+    assert tight.next_event() == ev.Hello(1)
+    error = expect_remote(tight, ErrorCode.BAD_MESSAGE)
+    assert "at most 20 elements" in error.message
+
+
+def test_largest_session_list_page_round_trips() -> None:
+    # Every field set, as many sessions as a page may hold: well inside the bound.
+    full = dataclasses.replace(INFO, socket="/run/consoled/intake/1.sock", uid="u" * 32)
+    page = ev.SessionList((full,) * MAX_LIST_LEN, more=True)
+    assert count_elements(encode_body(page), MAX_ELEMENTS_FROM_SERVER) < MAX_ELEMENTS_FROM_SERVER
+    pair = pair_in("idle")
+    pair.send(Role.CLIENT, ev.ListSessions())
+    pair.send(Role.SERVER, page)
+
+
+@pytest.mark.parametrize(
+    ("body", "count"),
+    [
+        (b"\xdd\x00\x00\x00\x02\xc0\xc3", 3),  # array 32
+        (b"\xdf\x00\x00\x00\x01\xa1k\x90", 3),  # map 32
+        (b"\xde\x00\x01\xa1k\xdc\x00\x01\xc2", 4),  # map 16, array 16
+        (msgpack.packb([msgpack.ExtType(1, b"x" * n) for n in (1, 2, 4, 8, 16, 3, 300)]), 8),
+        (msgpack.packb([b"b" * 70000, "s" * 70000, 1.5, -(2**63), 2**64 - 1]), 6),
+        (msgpack.packb([1.5, -7, 200, -200, 70000, -70000, 2**33], use_single_float=True), 8),
+    ],
+)
+def test_elements_of_every_msgpack_type(body: bytes, count: int) -> None:
+    assert count_elements(body, count) == count
+    with pytest.raises(RemoteProtocolError):
+        count_elements(body, count - 1)
+
+
+# Any value msgpack carries, nested: what the counter must agree with.
+any_msgpack: st.SearchStrategy[Any] = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=300)
+    | st.binary(max_size=300),
+    lambda children: (
+        st.lists(children, max_size=20) | st.dictionaries(st.text(max_size=5), children, max_size=8)
+    ),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=any_msgpack, data=st.data())
+def test_count_elements_is_what_msgpack_builds(value: Any, data: st.DataObject) -> None:
+    body = msgpack.packb(value)
+    exact = elements(value)
+    assert count_elements(body, exact) == exact
+    limit = data.draw(st.integers(min_value=1, max_value=2 * exact), label="limit")
+    if limit >= exact:
+        assert count_elements(body, limit) == exact
+    else:
+        with pytest.raises(RemoteProtocolError) as excinfo:
+            count_elements(body, limit)
+        assert excinfo.value.code is ErrorCode.BAD_MESSAGE
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pad=st.recursive(
+        st.none() | ints | st.text(max_size=3),
+        lambda children: (
+            st.lists(children, max_size=40)
+            | st.dictionaries(st.text(max_size=3), children, max_size=8)
+        ),
+        max_leaves=100,
+    ),
+    offset=st.integers(min_value=-3, max_value=3),
+    cuts=cut_points,
+)
+def test_element_bound_decides_exactly(pad: Any, offset: int, cuts: list[int]) -> None:
+    # Any shape, filled up with nils to within a few elements of the bound.
+    body: dict[str, object] = {"type": "hello", "version": 1, "pad": pad}
+    fill = MAX_ELEMENTS_FROM_CLIENT + offset - elements(body) - 2
+    body["fill"] = [None] * max(fill, 0)
+    hypothesis.event(
+        "over the bound" if elements(body) > MAX_ELEMENTS_FROM_CLIENT else "within the bound"
+    )
+    conn = Connection(Role.SERVER)
+    if elements(body) <= MAX_ELEMENTS_FROM_CLIENT:
+        _feed(conn, packed(body), cuts, eof=False)
+        assert conn.state is State.HELLO_SENT
+        return
+    with pytest.raises(RemoteProtocolError) as excinfo:
+        _feed(conn, packed(body), cuts, eof=False)
+    assert excinfo.value.code is ErrorCode.BAD_MESSAGE
+    assert f"at most {MAX_ELEMENTS_FROM_CLIENT} elements" in excinfo.value.message
+
+
 # --- hypothesis: garbage in, only RemoteProtocolError out -------------------------------
 
 FIELD_NAMES = sorted(
@@ -953,8 +1142,26 @@ random_frames = st.binary(max_size=40).map(frame)
 raw_bytes = st.binary(min_size=1, max_size=40)
 
 
+def _bomb(name: str, widths: list[int], filler: bytes, cut: int) -> bytes:
+    """A message whose ``pad`` nests arrays ``widths`` deep around ``filler`` (maybe cut short)."""
+    value = filler
+    for width in reversed(widths):
+        value = b"\xdc" + width.to_bytes(2, "big") + value * width
+    body = b"\x82" + msgpack.packb("type") + msgpack.packb(name) + msgpack.packb("pad") + value
+    return frame(body[: len(body) - cut])
+
+
+element_bombs = st.builds(
+    _bomb,
+    st.sampled_from([t.TYPE for t in ev.ALL_EVENTS]),
+    st.lists(st.integers(min_value=0, max_value=64), min_size=1, max_size=3),
+    st.sampled_from([b"\x90", b"\x80", b"\xc0", b"\xa2ab", b"\xd0\x80", b"\xc1"]),
+    st.integers(min_value=0, max_value=3),
+)
+
+
 def _garbage(messages: st.SearchStrategy[ev.Event]) -> st.SearchStrategy[bytes]:
-    items = st.one_of(raw_bytes, random_frames, random_messages, messages.map(wire))
+    items = st.one_of(raw_bytes, random_frames, random_messages, element_bombs, messages.map(wire))
     return st.lists(items, max_size=8).map(b"".join)
 
 

@@ -92,6 +92,20 @@ def test_length_limit_is_128_per_part() -> None:
         SessionName.parse(f"{longest}/{'b' * 129}")
 
 
+@pytest.mark.parametrize(
+    "text", ["x" * 4096, "x/" * 2048, "ok/" + "\x00" * 4090, "\U000e0001" * 4096]
+)
+def test_a_long_invalid_name_is_quoted_short(text: str) -> None:
+    # The message goes back to the client in an `error`, whose text is at most
+    # 4,096 characters (the fuzz test sent a 4,096-character name; the client
+    # refused the daemon's answer as bad_message).
+    with pytest.raises(InvalidName) as excinfo:
+        SessionName.parse(text)
+    message = str(excinfo.value)
+    assert len(message) < 2500, len(message)
+    assert f"({len(text)} characters)" in message or f"({len(text) - 3} characters)" in message
+
+
 @pytest.mark.parametrize("text", ["a/b/c", "a//b", "//", "a/b/", "/a/b"])
 def test_at_most_one_slash(text: str) -> None:
     with pytest.raises(InvalidName, match="at most one '/'"):

@@ -17,12 +17,19 @@ from typing import Any, Final
 import msgpack
 
 from . import events as ev
+from .elements import count_elements
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 #: Longest string field accepted (session names are at most 257 characters).
 MAX_STR_LEN: Final = 4096
 #: Most sessions in one ``session_list`` page.
 MAX_LIST_LEN: Final = 1024
+#: Most elements (see :mod:`.elements`) in one message from a client: the
+#: largest, ``attach``, holds 17; this leaves room for optional fields.
+MAX_ELEMENTS_FROM_CLIENT: Final = 256
+#: Most elements in one message from the daemon: a ``session_list`` page of
+#: 256 sessions holds about 7,400 (29 per session).
+MAX_ELEMENTS_FROM_SERVER: Final = 65_536
 
 _Check = Callable[[object, str], object]
 
@@ -176,13 +183,16 @@ def encode_body(event: ev.Event) -> bytes:
     return encoded
 
 
-def decode_body(body: bytes, max_bin_len: int) -> ev.Event:
+def decode_body(body: bytes, max_bin_len: int, max_elements: int) -> ev.Event:
     """Decode and check one frame body.
 
     Raises:
-        RemoteProtocolError: the body is not valid msgpack, not a map, names an
-            unknown message, or has a field of the wrong type.
+        RemoteProtocolError: the body holds more than ``max_elements`` elements,
+            is not valid msgpack, not a map, names an unknown message, or has a
+            field of the wrong type.
     """
+    if len(body) > max_elements:  # every element takes a byte at least: else no need
+        count_elements(body, max_elements)
     try:
         obj = msgpack.unpackb(
             body,

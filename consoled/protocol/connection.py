@@ -39,12 +39,27 @@ class Connection:
     Args:
         our_role: ``Role.CLIENT`` or ``Role.SERVER``.
         max_frame_size: the largest frame body accepted from the peer.
+        max_elements: the most msgpack elements accepted in one message from
+            the peer (see :mod:`.elements`); by default the bound for the
+            peer's role.
     """
 
-    def __init__(self, our_role: Role, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        our_role: Role,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_elements: int | None = None,
+    ) -> None:
         self.our_role: Final = our_role
         self.their_role: Final = Role.SERVER if our_role is Role.CLIENT else Role.CLIENT
         self.max_frame_size: Final = max_frame_size
+        if max_elements is None:
+            from_server = self.their_role is Role.SERVER
+            max_elements = (
+                codec.MAX_ELEMENTS_FROM_SERVER if from_server else codec.MAX_ELEMENTS_FROM_CLIENT
+            )
+        self.max_elements: Final = max_elements
         self._machine = StateMachine()
         self._buf = bytearray()
         self._pos = 0
@@ -123,7 +138,7 @@ class Connection:
                     self._buf.clear()
                     self._pos = 0
                 try:
-                    return codec.decode_body(body, self.max_frame_size)
+                    return codec.decode_body(body, self.max_frame_size, self.max_elements)
                 except RemoteProtocolError:
                     self._machine.state = State.ERROR
                     raise

@@ -13,14 +13,26 @@ from typing import Final
 import trio
 
 from ..io.fds import translate_oserror
-from ..protocol import CLOSED, NEED_DATA, Connection, ErrorCode, RemoteProtocolError, Role
+from ..protocol import (
+    CLOSED,
+    NEED_DATA,
+    Connection,
+    ErrorCode,
+    RemoteProtocolError,
+    Role,
+    State,
+)
 from ..protocol import events as ev
 
 RECEIVE_SIZE: Final = 64 * 1024
 
 
 class ByteBudget:
-    """Bytes of unfinished frames held for all connections together, and their bound."""
+    """Bytes of unfinished frames held for all connections together, and their bound.
+
+    A read is charged after the complete frames in it were taken out, so the
+    bound can be passed by at most one read (RECEIVE_SIZE) at a time.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -63,6 +75,8 @@ class Channel:
 
         Raises:
             trio.BrokenResourceError: the client went away.
+            trio.ClosedResourceError: the client broke the protocol (the
+                connection is closing: only the fatal error may still go out).
         """
         # Uncontended (the usual case), take the lock without the scheduler
         # round trip of ``async with``; send_all yields once anyway.
@@ -71,6 +85,12 @@ class Channel:
         except trio.WouldBlock:
             await self._send_lock.acquire()
         try:
+            # An attached client's input loop may have just received garbage
+            # while its output pump was about to send: the pump stops here.
+            if self.conn.state is State.ERROR and not all(
+                isinstance(e, ev.Error) and e.code.fatal for e in events
+            ):
+                raise trio.ClosedResourceError("the client broke the protocol")
             data = b"".join([self.conn.send(event) for event in events])
             sent = self._send_now(data)
             if sent < len(data):
@@ -104,11 +124,12 @@ class Channel:
         """
         while True:
             event = self.conn.next_event()
+            # Charged once the complete frames are out: only an unfinished frame
+            # counts, so a full budget never refuses anyone's whole message.
+            self._account()
             if event is NEED_DATA:
                 self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
-                self._account()
                 continue
-            self._account()
             if event is CLOSED:
                 return None
             assert isinstance(event, ev.Event)

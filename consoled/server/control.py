@@ -188,14 +188,10 @@ class ControlServer:
                 self._connections.add(conn)
                 await self._converse(conn)
             except* RemoteProtocolError as group:
-                exc = first_leaf(group)
-                assert isinstance(exc, RemoteProtocolError)
-                level = log.info if exc.code is ErrorCode.RESTARTING else log.warning
-                level("client.protocol_error", code=str(exc.code), error=exc.message)
-                with trio.move_on_after(LAST_WORDS_TIMEOUT) as timer:
-                    timer.shield = True  # also when the daemon is cancelling everything
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await channel.send(ev.Error(exc.code, exc.message))
+                # Not bound to a name here: the error's traceback holds this frame,
+                # and the cycle would keep the client's last frame (up to 1 MiB) and
+                # its buffer alive until Python's full garbage collection.
+                await self._last_words(channel, first_leaf(group))
             except* (trio.BrokenResourceError, trio.ClosedResourceError):
                 log.debug("client.gone")
             except* Exception as group:
@@ -209,6 +205,16 @@ class ControlServer:
                         self._drained.set()
                 if conn is None or not conn.handed_off:
                     await trio.aclose_forcefully(stream)
+
+    async def _last_words(self, channel: Channel, exc: BaseException) -> None:
+        """Log a client's protocol error and tell the client, before it is closed."""
+        assert isinstance(exc, RemoteProtocolError)
+        level = log.info if exc.code is ErrorCode.RESTARTING else log.warning
+        level("client.protocol_error", code=str(exc.code), error=exc.message)
+        with trio.move_on_after(LAST_WORDS_TIMEOUT) as timer:
+            timer.shield = True  # also when the daemon is cancelling everything
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await channel.send(ev.Error(exc.code, exc.message))
 
     async def _receive(self, conn: ClientConnection, limit: float, what: str) -> ev.Event | None:
         """The next message, unless the daemon starts draining or the client idles too long."""

@@ -46,12 +46,21 @@ class ClientHub:
         """Attached clients (``logs -f`` followers not counted)."""
         return sum(1 for s in self._subscribers if not s.follower)
 
-    def publish(self, data: bytes) -> None:
-        """Queue ``data`` for every subscriber; drop those that lagged."""
-        lagged = [sub for sub in self._subscribers if not sub.push(data)]
-        for sub in lagged:
-            log.warning("client.lagged", client=sub.label, limit=sub.limit)
-            del self._subscribers[sub]
+    def publish(self, data: bytes) -> bool:
+        """Queue ``data`` for every subscriber; drop those that lagged now or ended before.
+
+        Returns:
+            True if a dropped one's size counted (the size should be recomputed).
+        """
+        dropped = [sub for sub in self._subscribers if not sub.push(data)]
+        resize = False
+        for sub in dropped:
+            # Only this push ends a stream as lagged; the others ended (detached,
+            # say) and their pump had not taken them out yet.
+            if sub.end_notice is not None and sub.end_notice.reason is EndReason.LAGGED:
+                log.warning("client.lagged", client=sub.label, limit=sub.limit)
+            resize = self.remove(sub) or resize
+        return resize
 
     def add(self, sub: Subscriber, size: tuple[int, int] | None) -> None:
         self._subscribers[sub] = None

@@ -164,10 +164,12 @@ class SessionTable:
     async def _intake(self, session: Session) -> None:
         structlog.contextvars.clear_contextvars()
         with structlog.contextvars.bound_contextvars(session=str(session.name)):
-            assert session.intake is not None
+            intake = session.intake
+            if intake is None:
+                return  # removed before this task first ran
             try:
                 await wait_master(
-                    session.intake,
+                    intake,
                     session.intake_deadline,
                     lambda owner, number: self._arrived(session, owner, number),
                     self.in_flight,

@@ -335,7 +335,8 @@ class Session:
             record.skip(len(data))
         if self.log_file is not None:
             self._write_log(data)
-        self.hub.publish(data)
+        if self.hub.publish(data):
+            self._resize_to_policy()  # a client that counted is gone
         ends = self._queries.ends(data)
         if ends or self._answers:
             start = record.end - len(data)

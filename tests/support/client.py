@@ -7,8 +7,11 @@ included.
 
 from __future__ import annotations
 
+import fcntl
 import re
 import socket
+import sys
+import termios
 
 import trio
 
@@ -95,6 +98,19 @@ class AsyncClient:
                 elif event is None:
                     return bytes(out), None
         return bytes(out), None
+
+    async def wait_all_read(self, timeout: float = RECEIVE_TIMEOUT) -> None:
+        """Until the daemon has read every byte we sent (nothing announces it: polled).
+
+        For a UNIX socket, SIOCOUTQ (alias TIOCOUTQ) is what the peer has not read.
+        """
+        fd = self.stream.socket.fileno()
+        with trio.fail_after(timeout):
+            while True:
+                unread: bytes = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+                if not int.from_bytes(unread, sys.byteorder):
+                    return
+                await trio.sleep(0.001)
 
     async def aclose(self) -> None:
         await self.stream.aclose()

@@ -7,16 +7,44 @@ and reports whether any terminal hung up.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import trio
 
+from tests.support.ptyholder import line
+
 #: Seconds any holder command may take.
 HOLDER_TIMEOUT = 60.0
 ROOT = Path(__file__).resolve().parents[2]
+PTY_MAX = "/proc/sys/kernel/pty/max"
+
+
+@contextlib.contextmanager
+def pty_headroom(extra: int) -> Iterator[None]:
+    """Raise the kernel's pty limit for ``extra`` more ptys if needed; restore it after."""
+    with open(PTY_MAX) as f:
+        old = int(f.read())
+    with open("/proc/sys/kernel/pty/nr") as f:
+        used = int(f.read())
+    want = used + extra + 2048
+    if want > old:
+        with open(PTY_MAX, "w") as f:
+            f.write(str(want))
+    try:
+        yield
+    finally:
+        if want > old:
+            with contextlib.suppress(OSError), open(PTY_MAX, "w") as f:
+                f.write(str(old))
+
+
+def streamed(index: int, lines: int) -> bytes:
+    """What ``stream`` wrote to slave ``index`` when it wrote ``lines`` lines."""
+    return b"".join(line(index, n) for n in range(1, lines + 1))
 
 
 class PtyHolder:
@@ -66,6 +94,21 @@ class PtyHolder:
 
     async def say(self, index: int, text: str) -> None:
         assert await self.ask(f"say {index} {text}") == f"said {index}"
+
+    async def stream(self, index: int, seconds: float, rate: float) -> None:
+        """Start writing numbered lines to slave ``index`` (raw) for ``seconds``."""
+        assert await self.ask(f"stream {index} {seconds} {rate}") == f"streaming {index}"
+
+    async def wait_streams(self, within: float) -> dict[int, int]:
+        """Wait until every stream has ended; the lines each wrote, by slave."""
+        with trio.fail_after(within + HOLDER_TIMEOUT):
+            answer = await self.ask(f"wait-streams {within}")
+        assert answer.startswith("streamed"), answer
+        return {int(i): int(n) for i, n in (item.split(":") for item in answer.split()[1:])}
+
+    async def sink(self, index: int) -> None:
+        """Make slave ``index`` raw and read (and discard) whatever is typed into it."""
+        assert await self.ask(f"sink {index}") == f"sinking {index}"
 
     async def hangups(self) -> int:
         answer = await self.ask("hangups")
