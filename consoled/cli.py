@@ -134,6 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         group=_group_id(args.group),
         watch_group=_group_id(args.watch_group),
         fd_store=not args.no_fd_store,
+        terminal_state=not args.no_terminal_state,
         limits=Limits(
             connections=args.max_connections,
             idle_timeout=args.idle_timeout,
@@ -667,6 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-buffered", type=parse_bytes, default=64 * 1024 * 1024, metavar="BYTES",
         help="unfinished messages held for all clients together (default: 64M)",
     )  # fmt: skip
+    p.add_argument(
+        "--no-terminal-state",
+        action="store_true",
+        help="keep no screen per session: attach replays raw output instead of drawing the "
+        "current screen, and terminal queries go unanswered (saves CPU on floods of queries)",
+    )
     p.add_argument(
         "--shutdown-grace", type=float, default=2.0, metavar="SECONDS", help=argparse.SUPPRESS
     )

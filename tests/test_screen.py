@@ -194,23 +194,63 @@ async def test_attach_after_a_flood_says_the_screen_is_approximate(
         await c.aclose()
 
 
-async def test_an_unused_screen_is_dropped_and_made_again_from_the_ring(
+async def test_an_unused_screen_is_frozen_and_thawed_as_it_was(
     short_tmp: Path, slaves: list[int], autojump_clock: trio.testing.MockClock
 ) -> None:
     async with inproc_daemon(short_tmp / "s") as d:
         slave = await running(d, "i1", slaves)
-        os.write(slave, b"prompt\x1b[6n")
-        assert await read_slave(slave, 6) == b"\x1b[1;7R"
-        session = d.table.get("i1")
-        assert session.screen is not None
+        os.write(slave, b"\x1b[?1049h\x1b[2;3Hprompt\x1b[6n")
+        assert await read_slave(slave, 6) == b"\x1b[2;9R"
+        screen = d.table.get("i1").screen
+        assert screen is not None and not screen.frozen
         with trio.fail_after(3600):
-            while session.screen is not None:  # noqa: ASYNC110 - dropped by a timer
+            while not screen.frozen:  # noqa: ASYNC110 - frozen by a timer
                 await trio.sleep(10)
+        # Thawed for the next query: the cursor is where it was.
+        os.write(slave, b"!\x1b[6n")
+        assert await read_slave(slave, 7) == b"\x1b[2;10R"
         c = await d.connect()
         assert isinstance(await c.request(ev.Attach("i1", screen=True)), ev.Attached)
-        render, _ = await screen_of(c)
-        assert fed(10, 30, render).text()[0] == "prompt"
+        render, approximate = await screen_of(c)
+        assert not approximate
+        drawn = fed(10, 30, render)
+        assert drawn.text()[1] == "  prompt!"
+        assert drawn.modes.alternate is not None
         await c.aclose()
+
+
+async def test_history_comes_from_the_ring_at_the_current_size(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "h1", slaves, rows=4, cols=20)
+        output = b"".join(b"line %d\r\n" % i for i in range(30))
+        os.write(slave, output)
+        await written(d, "h1", len(output))
+        c = await d.connect()
+        await c.request(ev.Attach("h1", screen=True, history=5))
+        render, _ = await screen_of(c)
+        await c.aclose()
+        drawn = Screen(4, 20, history=100)
+        drawn.feed(render)
+        assert drawn.history(100) == b"".join(b"line %d\r\n" % i for i in range(22, 27))
+        assert drawn.text() == ["line 27", "line 28", "line 29", ""]
+
+
+async def test_without_terminal_state_nothing_is_answered_and_attach_replays(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    async with inproc_daemon(short_tmp / "s", terminal_state=False) as d:
+        slave = await running(d, "n1", slaves)
+        os.write(slave, b"raw\x1b[6n")
+        await written(d, "n1", 7)
+        c = await d.connect()
+        assert isinstance(await c.request(ev.Attach("n1", screen=True)), ev.Attached)
+        assert await c.receive() == ev.Output(b"raw\x1b[6n")
+        await c.aclose()
+        assert d.table.get("n1").screen is None
+        with pytest.raises(BlockingIOError):
+            os.read(slave, 100)
 
 
 # --- real containers, tmux as the user's terminal --------------------------------------------

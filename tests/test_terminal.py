@@ -22,7 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consoled.io.record import Record
-from consoled.server.screenstate import QueryWatch, SessionScreen
+from consoled.server.screenstate import (
+    EmulationBudget,
+    QueryWatch,
+    SessionScreen,
+    ends_clean,
+)
 from consoled.terminal import (
     Identity,
     ModeTracker,
@@ -588,11 +593,18 @@ def test_reset_sequence_of_default_modes_is_empty() -> None:
 
 
 def session_state(
-    data: bytes, cuts: list[int], looks: set[int], size: tuple[int, int], scrollback: int
+    data: bytes,
+    cuts: list[int],
+    looks: set[int],
+    size: tuple[int, int],
+    *,
+    scrollback: int,
+    freezes: frozenset[int] = frozenset(),
 ) -> tuple[SessionScreen, Record, bytes]:
     """``data`` through the daemon's path: each read into the ring, queries
     answered as they arrive, an attach catching the screen up after the reads
-    in ``looks``. Returns the state, its ring and every answer given."""
+    in ``looks``, the screen frozen after those in ``freezes``. Returns the
+    state, its ring and every answer given."""
     record = Record.create(scrollback, {})
     state: SessionScreen | None = None
     watch = QueryWatch()
@@ -607,15 +619,23 @@ def session_state(
         if i in looks:
             state = state or SessionScreen(*size, record.start)
             state.catch_up(record)
+        if i in freezes and state is not None:
+            state.freeze(record)
     return state or SessionScreen(*size, record.start), record, answers
 
 
 @PROPERTY
-@given(STREAM, CUTS, SIZES, st.sets(st.integers(0, 60)))
+@given(STREAM, CUTS, SIZES, st.sets(st.integers(0, 60)), st.frozensets(st.integers(0, 60)))
 def test_the_session_state_draws_what_a_fresh_emulator_shows(
-    data: bytes, cuts: list[int], size: tuple[int, int], looks: set[int]
+    data: bytes,
+    cuts: list[int],
+    size: tuple[int, int],
+    looks: set[int],
+    freezes: frozenset[int],
 ) -> None:
-    state, record, answers = session_state(data, cuts, looks, size, scrollback=1 << 20)
+    state, record, answers = session_state(
+        data, cuts, looks, size, scrollback=1 << 20, freezes=freezes
+    )
     try:
         render, approximate = state.render(record, history=0)
     finally:
@@ -625,6 +645,80 @@ def test_the_session_state_draws_what_a_fresh_emulator_shows(
     assert_same_screen(fed(*size, [render]), original)
     # Each query answered once, from the screen as it was just after it.
     assert answers == Responder(Screen(*size)).feed(data)
+
+
+@pytest.mark.parametrize(
+    ("tail", "clean"),
+    [
+        (b"", True),
+        (b"text", True),
+        (b"\x1b", False),
+        (b"\x1b[", False),
+        (b"\x1b[10;1", False),
+        (b"\x1b[10;1H", True),
+        (b"\x1b[?1049hx", True),
+        (b"\x1b]0;title", False),
+        (b"\x1b]0;title\x07", True),
+        (b"\x1b]0;title\x1b", False),
+        (b"\x1b]0;title\x1b\\", True),
+        (b"\x1bP$q q", False),
+        (b"\x1b(", False),
+        (b"\x1b(B", True),
+        (b"\x1b7", True),
+        ("é".encode()[:1], False),
+        ("é".encode(), True),
+        ("日".encode()[:2], False),
+        ("日".encode(), True),
+        ("😀".encode()[:3], False),
+        (b"ok" + "😀".encode(), True),
+    ],
+)
+def test_a_screen_is_frozen_only_where_the_output_ends_clean(tail: bytes, clean: bool) -> None:
+    assert ends_clean(tail) is clean
+
+
+def test_a_frozen_screen_thaws_as_it_was() -> None:
+    record = Record.create(4096, {})
+    try:
+        state = SessionScreen(5, 20, 0)
+        record.append(b"\x1b[?1049h\x1b[1;31mred\x1b[3;4r\x1b[?25l\x1b[2;5H")
+        before, _ = state.render(record, history=0)
+        assert state.freeze(record) and state.frozen
+        after, approximate = state.render(record, history=0)
+        assert not approximate and after == before
+        record.append(b"\x1b[")  # cut short: not now
+        state.catch_up(record)
+        assert not state.freeze(record)
+        record.append(b"6n")
+        assert state.catch_up(record, answer_from=record.end - 2) == b"\x1b[2;5R"
+        assert state.freeze(record)
+    finally:
+        record.close()
+
+
+def test_a_flood_of_queries_costs_no_more_than_the_budget() -> None:
+    now = [0.0]
+    budget = EmulationBudget(share=0.1, burst=0.001, clock=lambda: now[0])
+    record = Record.create(1 << 20, {})
+    try:
+        state = SessionScreen(24, 80, 0)
+        flood = b"x" * 1_000_000 + b"\r\nprompt\x1b[6n"
+        record.append(flood)
+        answers = state.catch_up(record, answer_from=0, budget=budget)
+        # Answered all the same, from what it could afford to emulate.
+        assert answers == b"\x1b[24;7R"
+        assert budget.skipped > 900_000
+        assert state.screen.approximate
+        # Time passes, the budget refills: the next catch-up is whole again.
+        budget.burst = 0.1
+        now[0] += 1.0
+        record.append(b"\x1b[2J" + b"y" * 50_000 + b"\x1b[Habc\x1b[6n")
+        skipped = budget.skipped
+        assert state.catch_up(record, answer_from=len(flood), budget=budget) == b"\x1b[1;4R"
+        assert budget.skipped == skipped
+        assert not state.screen.approximate
+    finally:
+        record.close()
 
 
 def test_the_session_state_skips_a_flood_and_says_so_until_a_redraw() -> None:

@@ -60,6 +60,9 @@ class DaemonConfig:
         group: gid whose members may use the control socket fully.
         watch_group: gid whose members may only list, read logs and attach read-only.
         fd_store: keep fds in the service manager's fd store (when there is one).
+        terminal_state: keep a screen per session (see consoled.server.screenstate):
+            answer terminal queries, attach draws the current screen. Off, attach
+            replays raw output and no query is answered.
         limits: see :class:`Limits`.
     """
 
@@ -77,6 +80,7 @@ class DaemonConfig:
     group: int | None = None
     watch_group: int | None = None
     fd_store: bool = True
+    terminal_state: bool = True
     limits: Limits = field(default_factory=Limits)
 
     @property

@@ -30,13 +30,15 @@ from .config import DaemonConfig
 from .errors import RequestError
 from .intake import InFlight, IntakeGone, wait_master
 from .logfile import LogDir, LogFile, LogFileError, LogFormat
+from .screenstate import EmulationBudget
 from .session import LEADER_SEARCH, LEADER_SEARCH_INTERVAL, Session
 
 log = structlog.get_logger("consoled.registry")
 
 #: Seconds ``rm --force`` waits for a session's task to let go of its master.
 REMOVE_TIMEOUT = 5.0
-#: Seconds an emulated screen is kept unused (no query, no attach) before it is dropped.
+#: Seconds an emulated screen stays live unused (no query, attach or resize) before it
+#: is frozen to its render (see consoled.server.screenstate).
 SCREEN_IDLE = 300.0
 
 
@@ -80,6 +82,8 @@ class SessionTable:
         self._unnamed = itertools.count(1)
         self._nursery: trio.Nursery | None = None
         self.in_flight = InFlight()
+        #: What emulators may cost on the draining path, all sessions together.
+        self.emulation = EmulationBudget()
         #: Running sessions whose terminal leader is not known yet, and until when to look.
         self._leaderless: dict[Session, float] = {}
         self._leaderless_changed = trio.Event()
@@ -100,7 +104,7 @@ class SessionTable:
         """Run every session's task in ``nursery``, and new sessions' from now on."""
         self._nursery = nursery
         nursery.start_soon(self._find_leaders)
-        nursery.start_soon(self._drop_idle_screens)
+        nursery.start_soon(self._freeze_idle_screens)
         for session in self._sessions.values():
             self._look_for_leader(session)
             self._spawn(session)
@@ -110,19 +114,15 @@ class SessionTable:
             self._leaderless[session] = trio.current_time() + LEADER_SEARCH
             self._leaderless_changed.set()
 
-    async def _drop_idle_screens(self) -> None:
-        """Forget emulated screens unused for a while: a quiet host costs no emulator memory.
-
-        A screen is made again from the ring when it is next needed.
-        """
+    async def _freeze_idle_screens(self) -> None:
+        """Freeze emulated screens unused for a while: a quiet host costs little memory."""
         while True:
             await trio.sleep(SCREEN_IDLE / 4)
             now = trio.current_time()
             for session in self._sessions.values():
                 screen = session.screen
-                idle = screen is not None and screen.idle_for(now) > SCREEN_IDLE
-                if idle and not session.hub.attached:
-                    session.screen = None
+                if screen is not None and not screen.frozen and screen.idle_for(now) > SCREEN_IDLE:
+                    screen.freeze(session.record)  # or on a later round
 
     async def _find_leaders(self) -> None:
         """Look again for the leaders not known yet (one task for every session)."""
@@ -405,6 +405,8 @@ class SessionTable:
 
     def _register(self, session: Session) -> None:
         self._sessions[session.name] = session
+        session.terminal_state = self.config.terminal_state
+        session.emulation = self.emulation
 
         def replaced(name: str, owner: OwnedFd) -> None:
             self.manager.unstore(name)

@@ -18,13 +18,14 @@ If more output went by than the ring holds since the screen was last fed,
 the screen skips it and is *approximate* until the program redraws (clear
 screen, alternate screen switch); an attach says so.
 
-The state is created the first time it is needed, and dropped after a while
-unused (:meth:`SessionScreen.idle_for`), so a host of quiet sessions costs
-no emulator memory.
+The state is created the first time it is needed, and frozen to its render
+after a while unused (:meth:`SessionScreen.freeze`), so a host of quiet
+sessions costs a few KiB each for it.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Final
@@ -32,14 +33,68 @@ from typing import Final
 from ..io.record import Record
 from ..terminal import QueryScanner, Responder, Screen
 
-#: Lines scrolled off the top kept for ``attach --history``.
-HISTORY_LINES: Final = 500
+#: Most lines of history an attach can ask for (they are emulated anew from the ring).
+MAX_HISTORY: Final = 2000
 #: A size to emulate before the session has one.
 DEFAULT_SIZE: Final = (24, 80)
 
 
+class EmulationBudget:
+    """How much of the daemon's time emulators may take on the draining path.
+
+    Queries make the pump catch a screen up; a flood of output with queries
+    in it would make draining as slow as emulating (about as fast as a pty
+    drains). The budget refills at ``share`` seconds per second, up to
+    ``burst``; a catch-up that costs more than what is left skips the older
+    output instead (the answers then come from an approximate screen, which is
+    right again at the program's next redraw).
+
+    Args:
+        share: the part of wall time emulation may take, over time.
+        burst: seconds of emulation that may be spent at once (a 512 KiB ring
+            takes about 5 ms).
+        clock: seconds, monotonic.
+    """
+
+    #: Bytes always affordable: enough for a prompt and the line it is on.
+    MIN_BYTES: Final = 4096
+
+    def __init__(
+        self,
+        share: float = 0.1,
+        burst: float = 0.05,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.share = share
+        self.burst = burst
+        self._clock = clock
+        self._left = burst
+        self._at = clock()
+        self._per_byte = 10e-9  # measured as it goes: about 10 ms per MB
+        #: Bytes skipped for want of budget (for the logs and tests).
+        self.skipped = 0
+
+    def affordable(self) -> int:
+        """Bytes that may be fed now."""
+        now = self._clock()
+        self._left = min(self.burst, self._left + (now - self._at) * self.share)
+        self._at = now
+        return max(self.MIN_BYTES, int(self._left / self._per_byte))
+
+    def spent(self, nbytes: int, seconds: float) -> None:
+        self._left -= seconds
+        if nbytes >= 4096:
+            self._per_byte = 0.8 * self._per_byte + 0.2 * (seconds / nbytes)
+
+
 class SessionScreen:
     """The emulated screen of one session, and how far the output has been fed to it.
+
+    A live screen costs about 100 KiB (avt's cells); an idle one is *frozen*
+    (:meth:`freeze`) to its render, a few KiB, and thawed from it when next
+    used: cells, cursor and modes survive (tab stops and a saved cursor do
+    not). History is not kept: ``attach --history`` emulates the ring anew
+    (:meth:`render`), so a screen's size does not grow with its output.
 
     Args:
         rows, cols: the window size (0 for unknown: 24x80 is emulated).
@@ -51,8 +106,10 @@ class SessionScreen:
         self, rows: int, cols: int, start: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         rows, cols = (rows, cols) if rows and cols else DEFAULT_SIZE
-        self.screen = Screen(rows, cols, history=HISTORY_LINES)
-        self.responder = Responder(self.screen)
+        self._screen: Screen | None = Screen(rows, cols, history=0)
+        self._frozen: tuple[bytes, bool] | None = None
+        self._size = (rows, cols)
+        self.responder = Responder(self._screen)
         if start:
             # What came before the ring is gone: approximate until the next redraw.
             self.responder.skip(start)
@@ -61,11 +118,50 @@ class SessionScreen:
         self._clock = clock
         self.used = clock()
 
+    @property
+    def screen(self) -> Screen:
+        """The emulator, thawed if it was frozen."""
+        if self._screen is None:
+            assert self._frozen is not None
+            render, approximate = self._frozen
+            self._screen = Screen.from_render(*self._size, render, approximate=approximate)
+            self._frozen = None
+            self.responder.screen = self._screen
+        return self._screen
+
+    @property
+    def frozen(self) -> bool:
+        return self._screen is None
+
+    def freeze(self, record: Record) -> bool:
+        """Keep only the render (the screen is unused): a few KiB instead of about 100.
+
+        Only where the output fed so far ends clean (no escape sequence or
+        character cut short, which the emulator holds and a render cannot
+        carry); otherwise nothing is done, and False returned: try later.
+        """
+        screen = self._screen
+        if screen is None:
+            return True
+        if self.fed > record.start:
+            first, chunks = record.read_from(max(record.start, self.fed - CLEAN_LOOKBACK))
+            tail = b"".join(chunks)[: self.fed - first]
+            if not ends_clean(tail):
+                return False
+        self._frozen = (screen.render(), screen.approximate)
+        self._size = (screen.rows, screen.cols)
+        self._screen = None
+        return True
+
     def idle_for(self, now: float) -> float:
         return now - self.used
 
     def catch_up(
-        self, record: Record, upto: int | None = None, answer_from: int | None = None
+        self,
+        record: Record,
+        upto: int | None = None,
+        answer_from: int | None = None,
+        budget: EmulationBudget | None = None,
     ) -> bytes:
         """Feed the screen from the ring up to stream offset ``upto`` (the end).
 
@@ -76,6 +172,8 @@ class SessionScreen:
                 in the batch just read); older ones were answered when they were
                 read, or never can be, and a late answer would be typed into
                 whatever runs now.
+            budget: on the draining path, how much emulating it may cost: what
+                it cannot afford is skipped (the screen is then approximate).
 
         Returns:
             The answers, for the pty.
@@ -84,12 +182,20 @@ class SessionScreen:
         end = record.end if upto is None else min(upto, record.end)
         if end <= self.fed:
             return b""
-        first, chunks = record.read_from(self.fed)
+        responder = self.responder
+        responder.screen = self.screen
+        start = self.fed
+        if budget is not None:
+            start = max(start, end - budget.affordable())
+            budget.skipped += max(0, start - max(self.fed, record.start))
+        first, chunks = record.read_from(start)
         if first > self.fed:
-            self.responder.skip(first - self.fed)  # gone from the ring: approximate
+            # Gone from the ring, or more than the budget allows: approximate.
+            responder.skip(first - self.fed)
             self.fed = first
         answer_from = end if answer_from is None else answer_from
         answers = bytearray()
+        began = time.perf_counter()
         for chunk in chunks:
             if self.fed >= end:
                 break
@@ -97,22 +203,79 @@ class SessionScreen:
             # Split at answer_from: before it, the answers are dropped.
             cut = max(0, min(len(piece), answer_from - self.fed))
             if cut:
-                self.responder.feed(piece[:cut])
+                responder.feed(piece[:cut])
             if cut < len(piece):
-                answers += self.responder.feed(piece[cut:])
+                answers += responder.feed(piece[cut:])
             self.fed += len(piece)
+        if budget is not None:
+            budget.spent(self.fed - first, time.perf_counter() - began)
         return bytes(answers)
 
     def resize(self, record: Record, rows: int, cols: int) -> bytes:
         """The window changes: emulate what came before at the old size, then resize."""
         answers = self.catch_up(record)
         self.screen.resize(rows, cols)
+        self._size = (rows, cols)
         return answers
 
     def render(self, record: Record, history: int) -> tuple[bytes, bool]:
         """The current screen (and ``history`` lines above it), and whether it is approximate."""
         self.catch_up(record)
-        return self.screen.render(history=history), self.screen.approximate
+        screen = self.screen
+        above = self._history(record, min(history, MAX_HISTORY)) if history > 0 else b""
+        return screen.render(above=above), screen.approximate
+
+    def _history(self, record: Record, lines: int) -> bytes:
+        """The last ``lines`` lines scrolled off, from the ring emulated anew at this size."""
+        rows, cols = self._size
+        again = Screen(rows, cols, history=lines)
+        first, chunks = record.read_from(record.start)
+        if first:
+            again.skip(first)
+        todo = self.fed - first
+        for chunk in chunks:
+            if todo <= 0:
+                break
+            again.feed(chunk[:todo])
+            todo -= len(chunk)
+        return again.history(lines)
+
+
+#: Bytes looked back at for an escape sequence still open (see :func:`ends_clean`).
+CLEAN_LOOKBACK: Final = 512
+_CSI_DONE: Final = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]")
+_ESC_DONE: Final = re.compile(rb"\x1b[ -/]*[0-~]")
+
+
+def ends_clean(tail: bytes) -> bool:
+    """Whether output ending in ``tail`` leaves no sequence or character unfinished.
+
+    Conservative: a string sequence (OSC, DCS...) is finished only by its
+    terminator; one opened more than :data:`CLEAN_LOOKBACK` bytes back goes
+    unseen.
+    """
+    esc = tail.rfind(b"\x1b")
+    if esc >= 0:
+        seq = tail[esc:]
+        if len(seq) == 1:
+            return False
+        kind = seq[1:2]
+        if kind == b"[":
+            if not _CSI_DONE.match(seq):
+                return False
+        elif kind in (b"]", b"P", b"_", b"^", b"X"):
+            return b"\x07" in seq  # ESC \ would have been the last ESC
+        elif not _ESC_DONE.match(seq):
+            return False
+    # A UTF-8 character cut short: continuation bytes at the end, fewer than its lead asks for.
+    n = 0
+    while n < min(len(tail), 3) and 0x80 <= tail[-1 - n] < 0xC0:
+        n += 1
+    if n == len(tail):
+        return True
+    lead = tail[-1 - n]
+    want = 2 if 0xC0 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if lead >= 0xF0 else 1
+    return lead < 0x80 or n + 1 >= want
 
 
 class QueryWatch:

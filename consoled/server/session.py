@@ -33,7 +33,7 @@ from ..names import SessionName
 from ..protocol.events import EndReason, SessionInfo, SessionState
 from .hub import ClientHub
 from .logfile import LogFile, LogFileError
-from .screenstate import QueryWatch, SessionScreen
+from .screenstate import EmulationBudget, QueryWatch, SessionScreen
 from .sizepolicy import SizePolicy
 from .subscriber import Subscriber
 
@@ -109,6 +109,10 @@ class Session:
         self.ephemeral = False
         #: The emulated screen, made when first needed (see :mod:`.screenstate`).
         self.screen: SessionScreen | None = None
+        #: Whether to keep one at all (``serve --no-terminal-state``).
+        self.terminal_state = True
+        #: What emulating may cost on the draining path (shared by all sessions).
+        self.emulation: EmulationBudget | None = None
         self._queries = QueryWatch()
         self._answers = b""
         self.rows = 0
@@ -337,13 +341,15 @@ class Session:
             self._write_log(data)
         if self.hub.publish(data):
             self._resize_to_policy()  # a client that counted is gone
+        if not self.terminal_state:
+            return
         ends = self._queries.ends(data)
         if ends or self._answers:
             start = record.end - len(data)
             answers = b""
             if ends:
                 answers = self.screen_state().catch_up(
-                    record, upto=start + ends[-1], answer_from=start
+                    record, upto=start + ends[-1], answer_from=start, budget=self.emulation
                 )
             self._answer(answers)
 
@@ -494,6 +500,7 @@ class Session:
             ``screen`` the render and whether it is approximate.
         """
         record = self.record
+        screen = screen and self.terminal_state
         if screen and resume is None and self.state is not SessionState.EXITED:
             first = record.end
             sub.offset = first

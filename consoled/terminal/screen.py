@@ -201,7 +201,20 @@ class Screen:
         lines = list(self._history)[-n:]
         return "".join(render_line(line) + "\r\n" for line in lines).encode()
 
-    def render(self, *, history: int = 0) -> bytes:
+    @classmethod
+    def from_render(cls, rows: int, cols: int, render: bytes, *, approximate: bool) -> Screen:
+        """A screen drawn by one of :meth:`render`'s results (no history).
+
+        What a render does not carry (tab stops, a saved cursor, a pending
+        character set shift) starts afresh; the cells, the cursor and the
+        modes are the same.
+        """
+        screen = cls(rows, cols, history=0)
+        screen.feed(render)
+        screen._skipped = approximate
+        return screen
+
+    def render(self, *, history: int = 0, above: bytes = b"") -> bytes:
         """Bytes that draw this screen on a terminal of the same size.
 
         The terminal is assumed xterm-compatible and on its normal screen. The
@@ -212,11 +225,14 @@ class Screen:
         Args:
             history: put up to that many history lines first: they end up in the
                 terminal's own scrollback, above the screen.
+            above: lines to put there instead (as :meth:`history` gives them,
+                from another screen).
         """
         out = bytearray(_PREAMBLE)
         out += mode_sequences(self.modes)
-        if history > 0 and self._history:
-            out += self.history(history)
+        above = above or self.history(history)
+        if above:
+            out += above
             # Scroll them all off the visible rows, which stay blank.
             out += b"\n" * (self._vt.size[1] - 1)
             out += b"\x1b[H"
