@@ -130,8 +130,13 @@ class Bench:
                 self._daemon = None
 
     @asynccontextmanager
-    async def console(self, kind: str, script: str, tag: str) -> AsyncIterator[Console]:
-        """A created container running ``script`` under console ``kind``; removed on exit."""
+    async def console(
+        self, kind: str, script: str, tag: str, daemon: DaemonProcess | None = None
+    ) -> AsyncIterator[Console]:
+        """A created container running ``script`` under console ``kind``; removed on exit.
+
+        ``daemon``: for ``consoled``, another daemon than the shared one.
+        """
         cid = self.new_id(tag)
         bundle = self.bundle(script)
         console: Console
@@ -140,7 +145,7 @@ class Bench:
                 self.runtime, cid, bundle, self.workdir / f"{cid}.sock"
             )
         elif kind == "consoled":
-            daemon = await self.daemon()
+            daemon = daemon or await self.daemon()
             console = await ConsoledConsole.create(
                 self.runtime, cid, bundle, daemon.control_socket, daemon.pid
             )

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from . import interactive, reexec, scale, startup, streaming
+from . import interactive, reexec, scale, screen, startup, streaming
 from .bench import Bench, Options, open_bench
 from .procstat import loadavg
 from .stats import Figure, table
@@ -36,6 +36,7 @@ SCENARIOS: dict[str, Scenario] = {
     "attach": startup.attach_start,
     "scale": scale.scale,
     "reexec": reexec.reexec,
+    "screen": screen.screen,
 }
 
 

@@ -50,19 +50,21 @@ class EmulationBudget:
     right again at the program's next redraw).
 
     Args:
-        share: the part of wall time emulation may take, over time.
-        burst: seconds of emulation that may be spent at once (a 512 KiB ring
-            takes about 5 ms).
+        share: the part of wall time emulation may take, over time (2%: the
+            pump of a pty draining flat out takes about half a core, so this
+            is a few percent of its work).
+        burst: seconds of emulation that may be spent at once (20 ms: about
+            2 MB, four times the default ring).
         clock: seconds, monotonic.
     """
 
-    #: Bytes always affordable: enough for a prompt and the line it is on.
-    MIN_BYTES: Final = 4096
+    #: Bytes always affordable: the query itself, and a little before it.
+    MIN_BYTES: Final = 64
 
     def __init__(
         self,
-        share: float = 0.1,
-        burst: float = 0.05,
+        share: float = 0.02,
+        burst: float = 0.02,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.share = share

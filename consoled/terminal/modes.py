@@ -222,6 +222,15 @@ class ModeTracker:
         self._sgr_default = m.attributes_default
         self._title = m.title
 
+    def origin_offset(self) -> int:
+        """Rows above the scroll region while origin mode puts the home there, else 0.
+
+        What a cursor position report subtracts (cheaper than :attr:`modes`).
+        """
+        if self._private.get(6) and self._region is not None:
+            return self._region[0] - 1
+        return 0
+
     @property
     def modes(self) -> TerminalModes:
         """The modes as they stand after everything fed so far."""

@@ -187,9 +187,13 @@ class QueryScanner:
         """The queries that end in ``data``, in order."""
         held = len(self._tail)
         buf = self._tail + data if held else data
+        first = buf.find(b"\x1b")  # memchr: faster than the pattern's own search
+        if first < 0:
+            self._tail = b""
+            return []  # most output
         found: list[Query] = []
         last_end = 0
-        for m in _SCAN.finditer(buf):
+        for m in _SCAN.finditer(buf, first):
             last_end = m.end()
             kind = _kind(buf, m)
             if kind is not None:
@@ -289,11 +293,7 @@ def _report_position(screen: Screen) -> tuple[int, int]:
     """CPR's 1-based row and column: relative to the scroll region in origin mode,
     and on the last column while a wrap is pending."""
     cursor = screen.cursor
-    row, col = cursor.row + 1, min(cursor.col, screen.cols - 1) + 1
-    modes = screen.modes
-    if modes.private_mode(6) and modes.scroll_region is not None:
-        row -= modes.scroll_region[0] - 1
-    return row, col
+    return cursor.row + 1 - screen.origin_offset(), min(cursor.col, screen.cols - 1) + 1
 
 
 def _window(raw: bytes, screen: Screen, identity: Identity) -> bytes:

@@ -115,6 +115,10 @@ class Screen:
             modes, cursor_visible=c.visible, cursor_keys_app=self._vt.cursor_key_app_mode
         )
 
+    def origin_offset(self) -> int:
+        """Rows above the scroll region while origin mode is on (see ModeTracker)."""
+        return self._modes.origin_offset()
+
     @property
     def title(self) -> str | None:
         title = self._modes.modes.title
