@@ -24,6 +24,7 @@ import pytest
 import trio
 import trio.testing
 
+from consoled.protocol import MAX_DATA_CHUNK
 from consoled.protocol import events as ev
 from consoled.terminal import Screen
 from tests.conftest import BundleFactory, DaemonFactory, Spawn
@@ -94,7 +95,7 @@ async def screen_of(client: AsyncClient) -> tuple[bytes, bool]:
         assert isinstance(event, ev.Screen), event
         data += event.data
         approximate = event.approximate
-        if len(event.data) < 60 * 1024:  # the last chunk (MAX_DATA_CHUNK is larger)
+        if len(event.data) < MAX_DATA_CHUNK:  # the last one
             return data, approximate
 
 
