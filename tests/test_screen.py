@@ -260,7 +260,7 @@ async def test_without_terminal_state_nothing_is_answered_and_attach_replays(
 @pytest.fixture
 async def tmux(short_tmp: Path) -> AsyncIterator[TmuxServer]:
     if TMUX is None:
-        pytest.skip("tmux is not installed")
+        pytest.fail("tmux is not installed: scripts/setup installs it")
     server = TmuxServer(short_tmp)
     try:
         yield server

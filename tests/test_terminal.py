@@ -859,7 +859,7 @@ def tmux(short_tmp: Path) -> Iterator[Tmux]:
     """A tmux server of our own, its socket in a short directory (socket paths
     must fit in 108 bytes), killed however the test ends."""
     if TMUX is None:
-        pytest.skip("tmux is not installed")
+        pytest.fail("tmux is not installed: scripts/setup installs it")
     server = Tmux(short_tmp)
     try:
         yield server
