@@ -13,9 +13,11 @@ terminal back as it was.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import sys
+import termios
 import tty
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -161,6 +163,55 @@ async def test_attach_draws_the_screen_then_continues_it_with_no_gap_and_no_repe
             output += more
             await c.aclose()
         assert len(render) < 2000  # the screen, not 12 lines of replay plus escapes
+
+
+WINCH_CHILD = """
+import os, signal, sys
+signal.signal(signal.SIGWINCH, lambda *_: os.write(1, b"W"))
+os.write(1, b"ready\\r\\n")
+while True:
+    line = sys.stdin.buffer.readline()
+    if not line:
+        break
+    os.write(1, b"pong\\r\\n")
+"""
+
+
+def _controlling_tty() -> None:  # in the child, between fork and exec
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+async def test_an_exact_screen_needs_no_nudge_a_replay_gets_one(
+    short_tmp: Path, slaves: list[int], nursery: trio.Nursery
+) -> None:
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "w1", slaves)
+        tty.setraw(slave)
+        os.set_blocking(slave, True)
+        child = await trio.lowlevel.open_process(
+            [sys.executable, "-c", WINCH_CHILD],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            preexec_fn=_controlling_tty,
+        )
+        try:
+            watcher = await d.connect()
+            assert isinstance(await watcher.request(ev.Logs("w1", follow=True)), ev.Attached)
+            await watcher.read_output_until(b"ready")
+            for screen, nudged in ((True, False), (False, True)):
+                c = await d.connect()
+                reply = await c.request(ev.Attach("w1", rows=10, cols=30, screen=screen))
+                assert isinstance(reply, ev.Attached), reply
+                await c.send(ev.Input(b"ping\n"))
+                out, _ = await watcher.read_output_until(b"pong")
+                # A signal is handled before the read it interrupted returns.
+                assert out.count(b"W") == (2 if nudged else 0), out
+                await c.aclose()
+        finally:
+            child.kill()
+            await child.wait()
 
 
 async def test_attach_after_a_flood_says_the_screen_is_approximate(

@@ -404,9 +404,11 @@ class Attacher:
             signums = os.read(wakeup_fd, 64)
         except BlockingIOError:
             return
-        if signal.SIGWINCH in signums and self.options.tty and not self.options.read_only:
+        if signal.SIGWINCH in signums and self.options.tty:
             rows, cols = window_size(self.stdin)
-            if rows and cols and not self.broken:
+            if self.filter is not None and rows:
+                self.filter.resize(rows)  # the terminal reset its scroll region
+            if rows and cols and not self.broken and not self.options.read_only:
                 try:
                     self.client.send(ev.WindowSize(rows, cols))
                 except DaemonUnavailable:

@@ -505,8 +505,11 @@ class Session:
             first = record.end
             sub.offset = first
             self.hub.add(sub, size)
-            self._resize_to_policy(nudge=nudge)  # the render is at the size it gets
-            return first, self.screen_state().render(record, history)
+            self._resize_to_policy()  # the render is at the size it gets
+            render, approximate = self.screen_state().render(record, history)
+            if approximate and nudge:
+                self._nudge()  # the program's own redraw makes it right
+            return first, (render, approximate)
         if resume is not None:
             first, chunks = record.read_from(resume)
         elif replay == 0:
