@@ -396,6 +396,29 @@ async def test_vi_reattached_at_another_size_shows_its_screen_and_gets_nothing_t
     await tmux.wait_text("c", lambda t: "exited=0" in t, "the detach")
 
 
+async def test_attach_after_20_mb_draws_the_screen_not_the_megabytes(
+    runc: Runtime, bundle: BundleFactory, daemon_factory: DaemonFactory, attach: Spawn
+) -> None:
+    # Was: the attach replayed the ring; after `yes | head -c 20000000` that
+    # took 5.5 s of scrolling before the prompt. (How fast: benchmarks, scenario 9.)
+    daemon = await daemon_factory()
+    script = "yes 'output of a busy program' | head -c 20000000; echo D-$((6*7)); exec sh"
+    cid = await start_container(runc, bundle, daemon, ["sh", "-c", script])
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        with trio.fail_after(60):
+            while (await client.session(cid)).bytes_out < 20_000_000:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+    finally:
+        await client.aclose()
+    proc = await attach(daemon, cid)
+    await proc.expect(b"D-42")
+    await proc.expect(b"# ")
+    assert len(proc.output) < 16 * 1024, len(proc.output)  # a screen, not the ring
+    proc.write(b"\x10\x11")
+    assert await proc.wait() == 0
+
+
 async def test_top_reattached_shows_its_current_screen_not_its_history(
     runc: Runtime,
     bundle: BundleFactory,
