@@ -341,9 +341,9 @@ class ControlServer:
                 session.report_exit(request.exit_code)
             return [ev.ExitReported(str(session.name), session.exit_code)]
         if isinstance(request, ev.Rename):
-            session = table.rename(request.session, request.new)
-            audit("rename", session=request.session, new=str(session.name))
-            return [ev.Renamed(request.session, str(session.name))]
+            new = table.rename(request.session, request.new)
+            audit("rename", session=request.session, new=str(new))
+            return [ev.Renamed(request.session, str(new))]
         raise RemoteProtocolError(  # pragma: no cover - the state machine prevents it
             f"unexpected request {request.TYPE!r}", ErrorCode.UNEXPECTED_MESSAGE
         )
