@@ -54,7 +54,8 @@ async def test_rename_moves_a_container_with_its_execs_and_logs(
         (f"{new}/e2", "running"),
     ]
     stems = [new, f"{new}@e1", f"{new}@e2"]
-    assert sorted(p.name for p in log_dir.iterdir()) == sorted(f"{stem}.log" for stem in stems)
+    names = sorted(p.name for p in log_dir.iterdir())
+    assert names == sorted(f"{stem}.log{idx}" for stem in stems for idx in ("", ".idx"))
     assert [e["log_path"] for e in listed] == [str(log_dir / f"{stem}.log") for stem in stems]
 
     # What they write now goes on in the moved files.

@@ -34,10 +34,11 @@ from .audit import audit
 from .channel import ByteBudget, Channel
 from .config import DaemonConfig
 from .errors import RequestError
+from .logstream import stream_logs
 from .registry import SessionTable, parse_name
 from .session import rfc3339
 from .sizepolicy import size_error
-from .streams import StreamContext, stream_attach, stream_logs
+from .streams import StreamContext, stream_attach
 
 log = structlog.get_logger("consoled.control")
 
