@@ -8,6 +8,7 @@ error (with a one-line message on stderr, never a traceback), 2 usage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -398,9 +399,24 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return attach(os.path.join(state_dir_of(args), "control.sock"), options)
 
 
+def _exec_env(given: Sequence[str]) -> tuple[str, ...]:
+    """docker's ``-e``: ``NAME=VALUE``, or ``NAME`` for this environment's value if it is set."""
+    env = []
+    for item in given:
+        name, sep, _ = item.partition("=")
+        if not name:
+            raise UsageError(f"invalid environment variable {item!r}: use NAME=VALUE or NAME")
+        if sep:
+            env.append(item)
+        elif name in os.environ:
+            env.append(f"{name}={os.environ[name]}")
+    return tuple(env)
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     from .client.attach import AttachOptions, attach
-    from .client.execute import run_exec
+    from .client.container import ContainerError, container_env, container_user, merge_env
+    from .client.execute import EXIT_CANNOT_RUN, Runtime, run_exec
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -409,22 +425,45 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError(
             "consoled exec needs a command after the container id: ID -- CMD [ARGS...]"
         )
+    if args.workdir is not None and not args.workdir.startswith("/"):
+        raise UsageError(f"the working directory must be an absolute path, not {args.workdir!r}")
     options = _attach_options(args, "")
     assert isinstance(options, AttachOptions)
     import shutil
 
-    runtime = args.runtime or shutil.which("runc")
-    if runtime is None:
-        raise ClientError("runc was not found on PATH; name the runtime with --runtime PATH")
+    path = args.runtime or shutil.which("runc")
+    if path is None:
+        raise ClientError(
+            "runc was not found on PATH; name the runtime with --runtime PATH or $CONSOLED_RUNTIME"
+        )
+    runtime = Runtime(
+        path, root=args.root, global_args=tuple(args.runtime_arg), workdir=args.workdir
+    )
+    if args.user is not None:
+        try:
+            user = container_user(args.user, runtime.prefix, args.id)
+        except ContainerError as exc:
+            print(f"consoled: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_RUN  # as docker exec -u with a user the container does not have
+        runtime = dataclasses.replace(runtime, user=user)
+    additions = _exec_env(args.env)
+    if additions:
+        # The container's environment and these, as docker gives them (see .client.container).
+        try:
+            env = merge_env(container_env(runtime.prefix, args.id), additions)
+        except ContainerError as exc:
+            print(f"consoled: {exc}; passing only the -e variables", file=sys.stderr)
+            env = list(additions)
+        runtime = dataclasses.replace(runtime, env=tuple(env))
     return run_exec(
         os.path.join(state_dir_of(args), "control.sock"),
         container=args.id,
         command=command,
         runtime=runtime,
-        runtime_args=args.runtime_arg,
         options=options,
         attach=attach,
         keep=args.keep,
+        detach=args.detach,
     )
 
 
@@ -717,27 +756,88 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "exec",
         parents=[common],
-        help="run a command in a container on a new terminal and attach",
-        description="Like `docker exec -it`: picks a free exec name, runs "
-        "RUNTIME exec -d -t --console-socket SOCK ID CMD..., and attaches.",
+        help="run a command in a container on a new terminal and attach (docker exec -it)",
+        description="As docker exec -it: picks a free exec name (ID/CMD-N), runs RUNTIME "
+        "exec -d -t --console-socket SOCK [options] ID CMD... and attaches. Exit status: "
+        "the command's (128+N if signal N killed it; 127 command not found, 126 not "
+        "executable, 125 the runtime failed otherwise), or as for attach if you detach. "
+        "Its session is removed once the command has ended, unless --keep or --detach.",
     )
-    p.add_argument("--runtime", metavar="PATH", help="the OCI runtime (default: runc on PATH)")
     p.add_argument(
-        "--keep",
+        "-d",
+        "--detach",
         action="store_true",
-        help="keep the session (and its log) after the command ended; by default it is "
-        "removed once its exit status is known",
+        help="start the command, print its session's name and exit 0 without attaching; "
+        "the session is kept after the command ends, until `consoled wait` has taken its "
+        "exit status (or `consoled rm`)",
+    )
+    p.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="run as this user and group: names or numbers, names looked up in the "
+        "container's /etc/passwd and /etc/group as docker does (a user without a group "
+        "gets its primary group)",
+    )
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="set an environment variable in the container; NAME alone passes this "
+        "environment's value on, if it is set (repeatable)",
+    )
+    p.add_argument(
+        "-w", "--workdir", metavar="DIR", help="working directory in the container (absolute)"
+    )
+    p.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="accepted for docker's -it: stdin is always forwarded",
+    )
+    p.add_argument(
+        "-t",
+        "--tty",
+        action="store_true",
+        help="accepted for docker's -it: the command always gets a terminal",
+    )
+    p.add_argument(
+        "--runtime",
+        metavar="PATH",
+        default=os.environ.get("CONSOLED_RUNTIME") or None,
+        help="the OCI runtime, runc or crun (default: $CONSOLED_RUNTIME, else runc on PATH)",
+    )
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        default=os.environ.get("CONSOLED_RUNTIME_ROOT") or None,
+        help="the runtime's state directory, passed as its global --root (default: "
+        "$CONSOLED_RUNTIME_ROOT, else the runtime's own default)",
     )
     p.add_argument(
         "--runtime-arg",
         action="append",
         default=[],
         metavar="ARG",
-        help="a global option for the runtime, e.g. --runtime-arg=--root=/run/x (repeatable)",
+        help="another global option for the runtime, e.g. --runtime-arg=--systemd-cgroup "
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the session (and its log) after the command ended; by default it is "
+        "removed once its exit status is known",
     )
     _add_attach_options(p, read_only=False)
     p.add_argument("id", metavar="ID", help="the container")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD [ARGS...]",
+        help="the command and its arguments ('--' first if they start with '-')",
+    )
     p.set_defaults(func=cmd_exec)
     return parser
 
