@@ -388,6 +388,7 @@ def _attach_options(args: argparse.Namespace, session: str) -> object:
         detach_wait=args.detach_wait,
         replay=replay,
         tty=not args.no_tty,
+        detach_on_eof=args.detach_on_eof,
     )
 
 
@@ -478,6 +479,14 @@ def _session_arg(text: str) -> str:
     return text
 
 
+def _detach_keys_arg(text: str) -> str:
+    try:
+        parse_detach_keys(text)
+    except DetachKeysError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -503,6 +512,7 @@ def _add_attach_options(p: argparse.ArgumentParser, *, read_only: bool = True) -
         p.add_argument("--read-only", action="store_true", help="see everything, send nothing")
     p.add_argument(
         "--detach-keys",
+        type=_detach_keys_arg,
         default=os.environ.get("CONSOLED_DETACH_KEYS", DEFAULT_DETACH_KEYS),
         metavar="SPEC",
         help="key sequence that detaches, docker syntax (default: %(default)s; '' disables)",
@@ -527,8 +537,14 @@ def _add_attach_options(p: argparse.ArgumentParser, *, read_only: bool = True) -
     p.add_argument(
         "--no-tty",
         action="store_true",
-        help="pipe mode: no raw mode, no resizing; forward stdin until EOF "
-        "(automatic when stdin is not a terminal)",
+        help="pipe mode: no raw mode, no resizing; forward stdin, and at its end send "
+        "ctrl-d (the terminal's end-of-file) and stay until the session ends (automatic "
+        "when stdin is not a terminal)",
+    )
+    p.add_argument(
+        "--detach-on-eof",
+        action="store_true",
+        help="in pipe mode, detach when stdin ends instead of sending ctrl-d",
     )
 
 

@@ -468,3 +468,20 @@ async def test_exec_detach_prints_the_session_which_waits_for_wait(
     # ...and then it is gone.
     sessions = json.loads((await cli(daemon, "ls", "--json")).stdout)
     assert [s["session"] for s in sessions] == [cid]
+
+
+async def test_exec_ends_when_its_stdin_does(
+    daemon: DaemonProcess,
+    runtime: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    # `printf 'hello\n' | consoled exec ID cat`: ctrl-d at the end of the input ends cat.
+    cid = container_id("eof")
+    await start_with_users(daemon, runtime, bundle, tmp_path, cid)
+    result = await cli(
+        daemon, "exec", *runtime_options(runtime, tmp_path), cid, "cat", stdin=b"hello\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(b"hello\r\n") == 2  # the terminal's echo, and cat's copy
