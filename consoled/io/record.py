@@ -52,7 +52,7 @@ import msgpack
 
 from .fds import OwnedFd
 from .scrollback import Scrollback
-from .timeindex import ENTRY, TimeIndex, decode, starts_line
+from .timeindex import ENTRY, TimeIndex, decode, entry_time
 
 MAGIC: Final = b"consoled"
 VERSION: Final = 2
@@ -396,19 +396,16 @@ class Record:
 
     def _note_time(self, offset: int, data: bytes) -> None:
         """Date the batch just appended at ``offset``, if a line starts in it (see .timeindex)."""
-        starts = starts_line(data, self._at_line_start)
-        self._at_line_start = data.endswith(b"\n")
-        if not starts:
-            return
-        now = self.clock()
         index = self._index
-        if not index.due(now):
+        when = entry_time(data, self._at_line_start, index.last_time, self.clock)
+        self._at_line_start = data.endswith(b"\n")
+        if when is None:
             return
         if len(index) >= INDEX_SLOTS:
             index.thin(self.start, INDEX_SLOTS * 3 // 4)
-            if index.add(offset, now) is not None:
+            if index.add(offset, when):
                 self._store_index(0)
-        elif index.add(offset, now) is not None:
+        elif index.add(offset, when):
             self._store_index(len(index) - 1)
 
     def _store_index(self, first: int) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 from array import array
 from bisect import bisect_right
+from collections.abc import Callable
 from typing import Final
 
 #: Entries closer together than this (nanoseconds) are coalesced.
@@ -34,6 +35,33 @@ ENTRY: Final = struct.Struct("<qq")
 def starts_line(data: bytes, at_line_start: bool) -> bool:
     """Whether a line starts within ``data`` (``at_line_start``: the byte before was a newline)."""
     return bool(data) and (at_line_start or data.find(b"\n", 0, len(data) - 1) >= 0)
+
+
+def entry_time(
+    data: bytes,
+    at_line_start: bool,
+    newest: int | None,
+    clock: Callable[[], int],
+    *,
+    first: bool = False,
+) -> int | None:
+    """The time of the entry a batch of output needs, or None if it needs none.
+
+    Args:
+        data: the batch.
+        at_line_start: the byte before it was a newline.
+        newest: the time of the newest entry (None: there is none).
+        clock: the wall clock, in nanoseconds since the epoch (read only if needed).
+        first: the batch starts something (a log file) and is dated whatever it holds.
+    """
+    if not data or not (first or starts_line(data, at_line_start)):
+        return None
+    now = clock()
+    if newest is None:
+        return now
+    if not first and now - newest < RESOLUTION:
+        return None
+    return max(now, newest)  # never back in time, if the clock was set back
 
 
 class TimeIndex:
@@ -50,19 +78,13 @@ class TimeIndex:
     def last_time(self) -> int | None:
         return self.times[-1] if self.times else None
 
-    def due(self, now: int) -> bool:
-        """Whether a line starting now needs an entry (the newest is RESOLUTION old)."""
-        return not self.times or now - self.times[-1] >= RESOLUTION
-
-    def add(self, offset: int, now: int) -> tuple[int, int] | None:
-        """Append an entry (its time at least the newest's); None if it would not sort."""
-        if self.offsets and offset <= self.offsets[-1]:
-            return None
-        if self.times:
-            now = max(now, self.times[-1])
+    def add(self, offset: int, when: int) -> bool:
+        """Append an entry; False (and nothing added) if it would not sort."""
+        if self.offsets and (offset <= self.offsets[-1] or when < self.times[-1]):
+            return False
         self.offsets.append(offset)
-        self.times.append(now)
-        return offset, now
+        self.times.append(when)
+        return True
 
     def time_at(self, offset: int) -> int | None:
         """The time of the byte at ``offset``: the newest entry at or before it (None: none)."""

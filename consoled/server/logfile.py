@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..io.fds import OwnedFd
-from ..io.timeindex import ENTRY, RESOLUTION, starts_line
+from ..io.timeindex import ENTRY, entry_time
 from . import cri
 
 _OPEN_TRIES: Final = 5
@@ -340,7 +340,8 @@ class LogFile:
                 with contextlib.closing(reader):
                     end = os.fstat(reader.fd).st_size // ENTRY.size * ENTRY.size
                     if end:
-                        _, self._last_time = ENTRY.unpack(os.pread(reader.fd, ENTRY.size, end - 16))
+                        last = os.pread(reader.fd, ENTRY.size, end - ENTRY.size)
+                        _, self._last_time = ENTRY.unpack(last)
                 self._index = self._dir.open_existing(name, os.O_WRONLY | os.O_APPEND)
                 self._index_size = end
             if self._index is None:
@@ -425,21 +426,17 @@ class LogFile:
         """Add a sidecar entry for bytes just written at ``self.size``, if one is due."""
         if self._index is None or not written:
             return
-        fresh = self.size == 0  # a file's first bytes are always dated
-        starts = fresh or starts_line(written, self._at_line_start)
+        # A file's first bytes are always dated: its older lines may be gone with older files.
+        when = entry_time(
+            written, self._at_line_start, self._last_time, time.time_ns, first=self.size == 0
+        )
         self._at_line_start = written.endswith(b"\n")
-        if not starts:
+        if when is None:
             return
-        now = time.time_ns()
-        last = self._last_time
-        if last is not None:
-            if not fresh and now - last < RESOLUTION:
-                return
-            now = max(now, last)
         with contextlib.suppress(OSError):  # times are extra: the output is what counts
-            os.write(self._index.fd, ENTRY.pack(self.size, now))
+            os.write(self._index.fd, ENTRY.pack(self.size, when))
             self._index_size += ENTRY.size
-            self._last_time = now
+            self._last_time = when
 
     def skip_to(self, offset: int) -> None:
         """Output up to ``offset`` is lost for this file (it was not written in time)."""
