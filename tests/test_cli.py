@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from tests.conftest import BundleFactory
 from tests.support.cli import CLI_TIMEOUT, cli
 from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
+from tests.support.holder import PtyHolder
 from tests.support.runtime import Runtime
 
 #: Commands naming one session, the session called ``nosuch``.
@@ -366,3 +368,50 @@ async def test_rename_refuses_what_would_split_a_container(daemon: DaemonProcess
     assert (await cli(daemon, "rename", "web1", "web2")).stdout == b"web2\n"
     names = [s.session for s in await daemon_sessions(daemon)]
     assert names == ["other", "web2", "web2/sh-1", "web2/shell"]
+
+
+async def test_a_daemon_gone_mid_call_is_one_line(
+    daemon: DaemonProcess, nursery: trio.Nursery
+) -> None:
+    """Commands waiting on the daemon when it dies (kill -9, no systemd) say so, in one line."""
+    holder = await PtyHolder.start(nursery)
+    r, w = os.pipe()  # a stdin that stays open: attach does not end on its own
+    procs: dict[str, trio.Process] = {}
+    try:
+        path = (await cli(daemon, "socket", "gone")).stdout.decode().strip()
+        assert await holder.hand([path]) == 1
+        await holder.say(0, "hello")
+        for argv in (("wait", "gone"), ("logs", "-f", "gone"), ("attach", "--no-tty", "gone")):
+            procs[argv[0]] = await trio.lowlevel.open_process(
+                [*CONSOLED, *argv], env=daemon.env(), stdin=r, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )  # fmt: skip
+        await daemon.wait_event("client.waiting", session="gone")
+        await daemon.wait_event("client.attached", session="gone")
+        logs = procs["logs"].stdout
+        assert logs is not None
+        with trio.fail_after(CLI_TIMEOUT):
+            seen = b""
+            while b"hello" not in seen:
+                seen += await logs.receive_some(4096)  # following, then
+        await daemon.stop(signal.SIGKILL)
+        for command, proc in procs.items():
+            assert proc.stderr is not None
+            err = b""
+            with trio.fail_after(CLI_TIMEOUT):  # attach tries to resume for 10 s
+                while chunk := await proc.stderr.receive_some(4096):
+                    err += chunk
+                status = await proc.wait()
+            text = err.decode()
+            assert "Traceback" not in text, text
+            assert len(text.strip().splitlines()) == 1, (command, text)
+            # attach: EX_IOERR, the connection was lost and could not be resumed.
+            assert status == (74 if command == "attach" else 1), (command, status, text)
+    finally:
+        os.close(r)
+        os.close(w)
+        for proc in procs.values():
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await holder.aclose()
