@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import os
 import re
 import sys
@@ -19,7 +21,8 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .client.conn import Client, ClientError, DaemonUnavailable
 from .client.detachkeys import DEFAULT_DETACH_KEYS, DEFAULT_WAIT, DetachKeysError, parse_detach_keys
-from .names import InvalidName, SessionName, check_part
+from .client.timespec import parse_time
+from .names import InvalidName, SessionName
 from .protocol import ProtocolError
 from .protocol import events as ev
 
@@ -236,13 +239,16 @@ def session_json(info: ev.SessionInfo) -> dict[str, object]:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    if args.id is not None:
+    wanted = None
+    if args.name is not None:
         try:
-            check_part(args.id, "container id")
+            wanted = SessionName.parse(args.name)
         except InvalidName as exc:
             raise UsageError(str(exc)) from None
     with connect(args) as client:
-        sessions = client.list_sessions(args.id)
+        sessions = client.list_sessions(None if wanted is None else wanted.id)
+    if wanted is not None and wanted.exec is not None:
+        sessions = [s for s in sessions if s.session == str(wanted)]
     if args.json:
         import json  # not at the top: attach must start fast
 
@@ -314,8 +320,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
     timeout = None if args.follow else 30.0
     client = Client(path, timeout=timeout)
     output = _LogsOutput(args.raw)
+    # The same window of time when following on after a restart; the tail was taken already.
+    window = functools.partial(
+        ev.Logs, args.session, since=args.since, until=args.until, timestamps=args.timestamps
+    )
     try:
-        attached = client.call(ev.Logs(args.session, follow=args.follow), ev.Attached)
+        request = window(follow=args.follow, tail=args.tail)
+        attached = client.call(request, ev.Attached)
         try:
             while True:
                 event = client.receive()
@@ -328,9 +339,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                         # The daemon handed over to its successor: follow on from there.
                         client.close()
                         client = Client(path, timeout=timeout, wait=10.0)
-                        request = ev.Logs(
-                            args.session, follow=True, resume=event.resume, uid=attached.uid
-                        )
+                        request = window(follow=True, resume=event.resume, uid=attached.uid)
                         attached = client.call(request, ev.Attached)
                         continue
                     if event.reason is ev.EndReason.SHUTDOWN:
@@ -344,7 +353,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             return 130
         except BrokenPipeError:
             # `consoled logs x | head`: the reader has all it wanted.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _quiet_stdout()
             return EXIT_OK
     finally:
         output.close()
@@ -356,21 +365,24 @@ def cmd_rm(args: argparse.Namespace) -> int:
     with connect(args) as client:
         for name in args.sessions:
             try:
-                reply = client.call(ev.Remove(name, force=args.force), ev.Removed)
+                request = ev.Remove(name, force=args.force, keep_logs=args.keep_logs)
+                reply = client.call(request, ev.Removed)
             except ClientError as exc:
                 if isinstance(exc, DaemonUnavailable):
                     raise
                 print(f"consoled: {exc.message}", file=sys.stderr)
                 status = EXIT_ERROR
                 continue
+            print(reply.session, flush=True)
             if reply.state is ev.SessionState.RUNNING:
-                print(f"removed {name} (its terminal was closed)", file=sys.stderr)
+                print(f"consoled: {name} was running: its terminal was closed", file=sys.stderr)
     return status
 
 
 def cmd_resize(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        client.call(ev.Resize(args.session, args.rows, args.cols), ev.Resized)
+        reply = client.call(ev.Resize(args.session, args.rows, args.cols), ev.Resized)
+    print(f"{reply.rows}x{reply.cols}")  # as ls shows sizes
     return EXIT_OK
 
 
@@ -431,6 +443,7 @@ def _attach_options(args: argparse.Namespace, session: str) -> object:
         tty=not args.no_tty,
         screen=replay is None,
         history=args.history or 0,
+        detach_on_eof=args.detach_on_eof,
     )
 
 
@@ -442,9 +455,24 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return attach(os.path.join(state_dir_of(args), "control.sock"), options)
 
 
+def _exec_env(given: Sequence[str]) -> tuple[str, ...]:
+    """docker's ``-e``: ``NAME=VALUE``, or ``NAME`` for this environment's value if it is set."""
+    env = []
+    for item in given:
+        name, sep, _ = item.partition("=")
+        if not name:
+            raise UsageError(f"invalid environment variable {item!r}: use NAME=VALUE or NAME")
+        if sep:
+            env.append(item)
+        elif name in os.environ:
+            env.append(f"{name}={os.environ[name]}")
+    return tuple(env)
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     from .client.attach import AttachOptions, attach
-    from .client.execute import run_exec
+    from .client.container import ContainerError, container_env, container_user, merge_env
+    from .client.execute import EXIT_CANNOT_RUN, Runtime, run_exec
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -453,22 +481,45 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError(
             "consoled exec needs a command after the container id: ID -- CMD [ARGS...]"
         )
+    if args.workdir is not None and not args.workdir.startswith("/"):
+        raise UsageError(f"the working directory must be an absolute path, not {args.workdir!r}")
     options = _attach_options(args, "")
     assert isinstance(options, AttachOptions)
     import shutil
 
-    runtime = args.runtime or shutil.which("runc")
-    if runtime is None:
-        raise ClientError("runc was not found on PATH; name the runtime with --runtime PATH")
+    path = args.runtime or shutil.which("runc")
+    if path is None:
+        raise ClientError(
+            "runc was not found on PATH; name the runtime with --runtime PATH or $CONSOLED_RUNTIME"
+        )
+    runtime = Runtime(
+        path, root=args.root, global_args=tuple(args.runtime_arg), workdir=args.workdir
+    )
+    if args.user is not None:
+        try:
+            user = container_user(args.user, runtime.prefix, args.id)
+        except ContainerError as exc:
+            print(f"consoled: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_RUN  # as docker exec -u with a user the container does not have
+        runtime = dataclasses.replace(runtime, user=user)
+    additions = _exec_env(args.env)
+    if additions:
+        # The container's environment and these, as docker gives them (see .client.container).
+        try:
+            env = merge_env(container_env(runtime.prefix, args.id), additions)
+        except ContainerError as exc:
+            print(f"consoled: {exc}; passing only the -e variables", file=sys.stderr)
+            env = list(additions)
+        runtime = dataclasses.replace(runtime, env=tuple(env))
     return run_exec(
         os.path.join(state_dir_of(args), "control.sock"),
         container=args.id,
         command=command,
         runtime=runtime,
-        runtime_args=args.runtime_arg,
         options=options,
         attach=attach,
         keep=args.keep,
+        detach=args.detach,
     )
 
 
@@ -481,6 +532,39 @@ def _session_arg(text: str) -> str:
     except InvalidName as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _new_name_arg(text: str) -> str:
+    try:
+        SessionName.parse(text, "new name")
+    except InvalidName as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _detach_keys_arg(text: str) -> str:
+    try:
+        parse_detach_keys(text)
+    except DetachKeysError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _tail_arg(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of lines, nor 'all': {text!r}") from None
+    return None if value < 0 else value  # as docker: a negative count is all of it
+
+
+def _time_arg(text: str) -> int:
+    try:
+        return parse_time(text, time.time_ns())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -508,6 +592,7 @@ def _add_attach_options(p: argparse.ArgumentParser, *, read_only: bool = True) -
         p.add_argument("--read-only", action="store_true", help="see everything, send nothing")
     p.add_argument(
         "--detach-keys",
+        type=_detach_keys_arg,
         default=os.environ.get("CONSOLED_DETACH_KEYS", DEFAULT_DETACH_KEYS),
         metavar="SPEC",
         help="key sequence that detaches, docker syntax (default: %(default)s; '' disables)",
@@ -542,8 +627,14 @@ def _add_attach_options(p: argparse.ArgumentParser, *, read_only: bool = True) -
     p.add_argument(
         "--no-tty",
         action="store_true",
-        help="pipe mode: no raw mode, no resizing; forward stdin until EOF "
-        "(automatic when stdin is not a terminal)",
+        help="pipe mode: no raw mode, no resizing; forward stdin, and at its end send "
+        "ctrl-d (the terminal's end-of-file) and stay until the session ends (automatic "
+        "when stdin is not a terminal)",
+    )
+    p.add_argument(
+        "--detach-on-eof",
+        action="store_true",
+        help="in pipe mode, detach when stdin ends instead of sending ctrl-d",
     )
 
 
@@ -563,16 +654,34 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"consoled {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="one of these (consoled COMMAND --help says more):",
+    )
 
-    p = sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the daemon in the foreground",
+        description="Run the daemon in the foreground: it listens on the state directory's "
+        "control and console sockets, holds every pty master it is handed, drains it into "
+        "the session's scrollback (and log file), and serves attach, logs and the other "
+        "commands. See docs/operations.md.",
+    )
     p.add_argument(
         "--log-format",
         choices=("json", "console"),
         default="json",
         help="daemon log format on stderr (default: json lines)",
     )
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="the least severe daemon events logged (default: info)",
+    )
     p.add_argument(
         "--scrollback",
         type=parse_bytes,
@@ -689,7 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(its exit code, or 128+N if signal N killed it; 'unknown' where the kernel cannot "
         "tell), one line per session, as docker wait does.",
     )
-    p.add_argument("sessions", nargs="+", type=_session_arg, metavar="SESSION")
+    p.add_argument(
+        "sessions", nargs="+", type=_session_arg, metavar="SESSION", help="ID or ID/EXEC"
+    )
     p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser(
@@ -711,19 +822,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reexec)
 
     p = sub.add_parser(
-        "socket", parents=[common], help="create a console socket for a session and print its path"
+        "socket",
+        parents=[common],
+        help="create a console socket for a session and print its path",
+        description="Create a session waiting for its terminal, and a console socket for it: "
+        "give the printed path to a runtime's --console-socket (runc run|create|exec "
+        "--console-socket PATH). The socket takes one pty master, then disappears. This is "
+        "the exact form for container managers; the well-known socket (consoled info "
+        "--console-socket) names sessions by itself.",
     )
-    p.add_argument("session", type=_session_arg, metavar="SESSION", help="ID or ID/EXEC")
+    p.add_argument(
+        "session",
+        type=_session_arg,
+        metavar="SESSION",
+        help="ID for a container's init terminal, ID/EXEC for an exec's",
+    )
     p.set_defaults(func=cmd_socket)
 
-    p = sub.add_parser("ls", parents=[common], help="list sessions")
-    p.add_argument("id", nargs="?", metavar="ID", help="only this container's sessions")
-    p.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    p = sub.add_parser(
+        "ls",
+        parents=[common],
+        help="list sessions",
+        description="List sessions, each container's execs under it, sorted naturally "
+        "(s2 before s10): state (running, waiting for its terminal, or exited with its "
+        "status and when), attached clients, window size (ROWSxCOLS, as resize takes it), "
+        "age and output so far.",
+    )
+    p.add_argument(
+        "name",
+        nargs="?",
+        metavar="ID|ID/EXEC",
+        help="only this container's sessions, or only this one session",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="a JSON array of session objects, for scripts"
+    )
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("logs", parents=[common], help="print a session's retained output")
-    p.add_argument("session", type=_session_arg, metavar="SESSION")
-    p.add_argument("-f", "--follow", action="store_true", help="keep following new output")
+    p = sub.add_parser(
+        "logs",
+        parents=[common],
+        help="print a session's output",
+        description="Print what a session's program wrote: its log files with the daemon's "
+        "--log-dir, else its scrollback. Filtering happens in the daemon, as docker logs "
+        "does it: --tail takes the last lines, then --since and --until keep those in the "
+        "time range; a line's time is when its first byte was read.",
+    )
+    p.add_argument("session", type=_session_arg, metavar="SESSION", help="ID or ID/EXEC")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="keep following new output until it ends"
+    )
+    p.add_argument(
+        "-n",
+        "--tail",
+        type=_tail_arg,
+        default=None,
+        metavar="N",
+        help="only the last N lines ('all' for every line, the default)",
+    )
+    p.add_argument(
+        "--since",
+        type=_time_arg,
+        default=None,
+        metavar="TIME",
+        help="only lines since TIME: RFC 3339 (2026-11-29T10:00:00Z, or local time without a "
+        "zone), a Unix timestamp, or a duration ago such as 10m or 1h30m",
+    )
+    p.add_argument(
+        "--until",
+        type=_time_arg,
+        default=None,
+        metavar="TIME",
+        help="only lines up to TIME (same forms as --since); with -f, following stops there",
+    )
+    p.add_argument(
+        "-t",
+        "--timestamps",
+        action="store_true",
+        help="start each line with the time it was read (RFC 3339, nanoseconds, UTC)",
+    )
     p.add_argument(
         "--raw",
         action="store_true",
@@ -735,77 +912,177 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "rm",
         parents=[common],
-        help="forget exited sessions",
-        description="Forget exited sessions. A running session is refused unless --force, "
-        "which closes its master: the container's terminal hangs up (its processes get SIGHUP).",
+        help="forget sessions, and delete their log files",
+        description="Forget exited sessions and delete their log files (as docker rm does), "
+        "printing each name removed. A running session is refused unless --force, which "
+        "closes its master: the container's terminal hangs up (its processes get SIGHUP).",
     )
-    p.add_argument("sessions", nargs="+", type=_session_arg, metavar="SESSION")
+    p.add_argument(
+        "sessions", nargs="+", type=_session_arg, metavar="SESSION", help="ID or ID/EXEC"
+    )
     p.add_argument(
         "-f",
         "--force",
         action="store_true",
         help="also remove running sessions, closing their terminals (hangup)",
     )
+    p.add_argument("--keep-logs", action="store_true", help="keep the sessions' log files on disk")
     p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser(
         "attach",
         parents=[common],
         help="attach this terminal to a session",
-        description="Attach to a session. Detach with ctrl-p ctrl-q (see "
-        "--detach-keys). Exit status: 0 detached or session ended, 1 error, "
-        "128+N killed by signal N.",
+        description="Attach to a session: see its output, type into it; the window size "
+        "follows yours. Detach with ctrl-p ctrl-q (see --detach-keys). Exit status: the "
+        "status of the session's program if it ends while attached (128+N if signal N killed "
+        "it), 0 when you detach, 69 the daemon stopped, 74 the connection to it was lost, "
+        "75 this client fell behind the output (lagged), 1 an error, 2 usage.",
     )
-    p.add_argument("session", type=_session_arg, metavar="SESSION")
+    p.add_argument("session", type=_session_arg, metavar="SESSION", help="ID or ID/EXEC")
     _add_attach_options(p)
     p.set_defaults(func=cmd_attach)
 
-    p = sub.add_parser("resize", parents=[common], help="set a session's window size")
-    p.add_argument("session", type=_session_arg, metavar="SESSION")
-    p.add_argument("rows", type=_dimension, metavar="ROWS")
-    p.add_argument("cols", type=_dimension, metavar="COLS")
+    p = sub.add_parser(
+        "resize",
+        parents=[common],
+        help="set a session's window size",
+        description="Set a session's window size from a script, and print it (ROWSxCOLS). The "
+        "program on the terminal gets SIGWINCH. An attached client's size takes over again "
+        "when it next attaches, resizes or types (the daemon's --size-policy).",
+    )
+    p.add_argument("session", type=_session_arg, metavar="SESSION", help="ID or ID/EXEC")
+    p.add_argument("rows", type=_dimension, metavar="ROWS", help="lines, 1 to 65535")
+    p.add_argument("cols", type=_dimension, metavar="COLS", help="columns, 1 to 65535")
     p.set_defaults(func=cmd_resize)
 
-    p = sub.add_parser("rename", parents=[common], help="rename a session")
-    p.add_argument("session", type=_session_arg, metavar="SESSION")
-    p.add_argument("new", type=_session_arg, metavar="NEW")
+    p = sub.add_parser(
+        "rename",
+        parents=[common],
+        help="rename a session, or a container with its execs",
+        description="Rename a session and print its new name; attached clients stay attached "
+        "and log files are renamed too. Renaming a container (rename web1 web2) moves its "
+        "exec sessions with it; an exec is renamed only within its container (rename "
+        "web1/sh-1 web1/shell). Fixes names the daemon could not tell (unnamed-N).",
+    )
+    p.add_argument(
+        "session", type=_session_arg, metavar="SESSION", help="the session or container id"
+    )
+    p.add_argument("new", type=_new_name_arg, metavar="NEW", help="its new name")
     p.set_defaults(func=cmd_rename)
 
-    p = sub.add_parser("info", parents=[common], help="show the daemon's sockets and settings")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "info",
+        parents=[common],
+        help="show the daemon's sockets and settings",
+        description="Show the daemon's version, pid, when it started serving, its sockets, "
+        "log directory, number of sessions and settings.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     p.add_argument(
         "--console-socket",
         action="store_true",
-        help="print only the well-known console socket path",
+        help="print only the well-known console socket path (for a runtime's --console-socket)",
     )
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
         "exec",
         parents=[common],
-        help="run a command in a container on a new terminal and attach",
-        description="Like `docker exec -it`: picks a free exec name, runs "
-        "RUNTIME exec -d -t --console-socket SOCK ID CMD..., and attaches.",
+        help="run a command in a container on a new terminal and attach (docker exec -it)",
+        description="As docker exec -it: picks a free exec name (ID/CMD-N), runs RUNTIME "
+        "exec -d -t --console-socket SOCK [options] ID CMD... and attaches. Exit status: "
+        "the command's (128+N if signal N killed it; 127 command not found, 126 not "
+        "executable, 125 the runtime failed otherwise), or as for attach if you detach. "
+        "Its session is removed once the command has ended, unless --keep or --detach.",
     )
-    p.add_argument("--runtime", metavar="PATH", help="the OCI runtime (default: runc on PATH)")
     p.add_argument(
-        "--keep",
+        "-d",
+        "--detach",
         action="store_true",
-        help="keep the session (and its log) after the command ended; by default it is "
-        "removed once its exit status is known",
+        help="start the command, print its session's name and exit 0 without attaching; "
+        "the session is kept after the command ends, until `consoled wait` has taken its "
+        "exit status (or `consoled rm`)",
+    )
+    p.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="run as this user and group: names or numbers, names looked up in the "
+        "container's /etc/passwd and /etc/group as docker does (a user without a group "
+        "gets its primary group)",
+    )
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="set an environment variable in the container; NAME alone passes this "
+        "environment's value on, if it is set (repeatable)",
+    )
+    p.add_argument(
+        "-w", "--workdir", metavar="DIR", help="working directory in the container (absolute)"
+    )
+    p.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="accepted for docker's -it: stdin is always forwarded",
+    )
+    p.add_argument(
+        "-t",
+        "--tty",
+        action="store_true",
+        help="accepted for docker's -it: the command always gets a terminal",
+    )
+    p.add_argument(
+        "--runtime",
+        metavar="PATH",
+        default=os.environ.get("CONSOLED_RUNTIME") or None,
+        help="the OCI runtime, runc or crun (default: $CONSOLED_RUNTIME, else runc on PATH)",
+    )
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        default=os.environ.get("CONSOLED_RUNTIME_ROOT") or None,
+        help="the runtime's state directory, passed as its global --root (default: "
+        "$CONSOLED_RUNTIME_ROOT, else the runtime's own default)",
     )
     p.add_argument(
         "--runtime-arg",
         action="append",
         default=[],
         metavar="ARG",
-        help="a global option for the runtime, e.g. --runtime-arg=--root=/run/x (repeatable)",
+        help="another global option for the runtime, e.g. --runtime-arg=--systemd-cgroup "
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the session (and its log) after the command ended; by default it is "
+        "removed once its exit status is known",
     )
     _add_attach_options(p, read_only=False)
     p.add_argument("id", metavar="ID", help="the container")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD [ARGS...]",
+        help="the command and its arguments ('--' first if they start with '-')",
+    )
     p.set_defaults(func=cmd_exec)
+    for command in sub.choices.values():
+        command.set_defaults(usage_of=command)
     return parser
+
+
+def _quiet_stdout() -> None:
+    """Whoever read our stdout has gone: let nothing more be written, nor fail, there."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -814,11 +1091,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "state_dir"):
         args.state_dir = None
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # here, where a reader that has gone is handled
+        return status
     except UsageError as exc:
-        parser.print_usage(sys.stderr)
-        print(f"consoled: error: {exc}", file=sys.stderr)
+        command = getattr(args, "usage_of", parser)
+        command.print_usage(sys.stderr)
+        print(f"{command.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # `consoled ls | head -1`: the reader has all it wanted.
+        _quiet_stdout()
+        return EXIT_OK
     except ClientError as exc:
         print(f"consoled: {exc.message}", file=sys.stderr)
         return EXIT_ERROR
@@ -827,3 +1111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # The machine said no (a full disk, a missing directory): say what, not where.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"consoled: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERROR

@@ -24,6 +24,28 @@ def shown(text: str) -> str:
     return f"{text[:SHOWN]!r}... ({len(text)} characters)"
 
 
+_DIGITS: Final = re.compile(r"(\d+)")
+
+#: A name split into numbers and text, for a natural order.
+NaturalKey = tuple[tuple[int, int, str], ...]
+
+
+def natural_key(text: str) -> NaturalKey:
+    """Order names as people do: ``s2`` before ``s10``, runs of digits compared as numbers.
+
+    A number is ``(0, value, digits)`` and sorts before text, ``(1, 0, text)``, as
+    digits sort before letters; of two equal numbers the one written with more
+    leading zeros comes first (``s01`` before ``s1``), so different names never tie.
+    """
+    key = []
+    for i, piece in enumerate(_DIGITS.split(text)):
+        if i % 2:
+            key.append((0, int(piece), piece))
+        elif piece:
+            key.append((1, 0, piece))
+    return tuple(key)
+
+
 class InvalidName(ValueError):
     """A session name or part does not match the allowed syntax."""
 
@@ -46,8 +68,13 @@ class SessionName:
     exec: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> SessionName:
+    def parse(cls, text: str, what: str = "container id") -> SessionName:
         """Parse ``ID`` or ``ID/EXEC``.
+
+        Args:
+            text: the name.
+            what: what a name without '/' is called in a message (``rename``'s
+                new name is a session name, not necessarily a container's).
 
         Raises:
             InvalidName: ``text`` is not a valid session name; the message says why.
@@ -58,15 +85,15 @@ class SessionName:
                 "or ID/EXEC for an exec's, with at most one '/'"
             )
         ident, sep, exec_name = text.partition("/")
-        check_part(ident, "container id")
+        check_part(ident, "container id" if sep else what)
         if sep:
             check_part(exec_name, "exec name")
             return cls(ident, exec_name)
         return cls(ident)
 
-    def sort_key(self) -> tuple[str, str]:
-        """Sort by container, with the init session before its execs."""
-        return (self.id, "" if self.exec is None else "/" + self.exec)
+    def sort_key(self) -> tuple[NaturalKey, bool, NaturalKey]:
+        """Sort naturally by container, the init session before its execs (s2 before s10)."""
+        return (natural_key(self.id), self.exec is not None, natural_key(self.exec or ""))
 
     def __lt__(self, other: SessionName) -> bool:
         return self.sort_key() < other.sort_key()

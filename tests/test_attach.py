@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -206,10 +207,12 @@ READ_HEX = (
 )
 
 
-def reattach_hint(cid: str) -> re.Pattern[bytes]:
+def reattach_hint(cid: str, *args: str) -> re.Pattern[bytes]:
+    """The line a detach ends with: how to come back, with the same detach keys."""
+    command = " ".join(("consoled attach", *args, cid))
     return re.compile(
-        rf"consoled: detached from {re.escape(cid)}; reattach with: consoled attach "
-        rf"{re.escape(cid)}\r\n".encode()
+        rf"consoled: detached from {re.escape(cid)}; reattach with: {re.escape(command)}"
+        rf"\r\n".encode()
     )
 
 
@@ -218,6 +221,7 @@ def reattach_hint(cid: str) -> re.Pattern[bytes]:
     [
         pytest.param((), DETACH, id="default"),
         pytest.param(("--detach-keys", "ctrl-a,d"), b"\x01d", id="ctrl-a,d"),
+        pytest.param(("--detach-keys", "ctrl-\\,ctrl-x"), b"\x1c\x18", id="ctrl-backslash"),
     ],
 )
 async def test_detach_keeps_the_container_and_reattach_works(
@@ -233,7 +237,9 @@ async def test_detach_keeps_the_container_and_reattach_works(
     await run_in(proc, "echo before-$((2+2))", b"before-4")
     proc.write(keys)
     assert await wait_exit(proc) == 0
-    tail = await proc.expect(reattach_hint(cid))
+    # Was: the hint named no keys, and `consoled attach ID` then detached with others.
+    hint = (*args[:1], shlex.quote(args[1])) if args else ()
+    tail = await proc.expect(reattach_hint(cid, *hint))
     assert tail.count(b"consoled:") == 1, tail  # one line, and it says how to come back
     await daemon.wait_event("client.detached", session=cid, reason="detached")
 
@@ -297,9 +303,15 @@ async def test_empty_detach_keys_disable_detaching(
 
 
 async def test_bad_detach_keys_are_a_usage_error(daemon: DaemonProcess) -> None:
-    result = await cli(daemon, "attach", "--detach-keys", "ctrl-1", "nosuch")
-    assert result.returncode == 2
-    assert b"invalid detach key 'ctrl-1'" in result.stderr
+    for command in (("attach",), ("exec",)):
+        result = await cli(daemon, *command, "--detach-keys", "ctrl-1", "nosuch", "sh")
+        assert result.returncode == 2
+        err = result.stderr.decode()
+        assert "invalid detach key 'ctrl-1'" in err, err
+        # Was the top-level usage: the command's, and which option is wrong.
+        assert err.startswith(f"usage: consoled {command[0]} "), err
+        assert f"consoled {command[0]}: error: argument --detach-keys:" in err, err
+        assert "Traceback" not in err
 
 
 # --- ways out ------------------------------------------------------------------------------
@@ -391,6 +403,10 @@ async def test_read_only_client_sends_nothing_and_its_size_does_not_count(
     assert (info.clients, info.rows, info.cols) == (2, 24, 80)
 
     typed(reader, "echo ro-marker-$((5*5))")
+    # Was silent: one line says the keys went nowhere, once.
+    notice = b"consoled: this attach is read-only; what you type is not sent"
+    await reader.expect(notice)
+    typed(reader, "echo ro-again-$((5*5))")
     reader.set_size(60, 200)
     # A protocol client too: the daemon's `read_only` error proves its input was
     # taken and dropped before the read-write client's markers below.
@@ -414,7 +430,9 @@ async def test_read_only_client_sends_nothing_and_its_size_does_not_count(
         await proto.aclose()
     for seen in (writer.output, reader.output):
         assert b"ro-marker" not in seen
+        assert b"ro-again" not in seen
         assert b"proto-marker" not in seen
+    assert reader.output.count(notice) == 1
     assert reader.proc.poll() is None  # still attached
     info = await session_info(daemon, cid)
     assert (info.rows, info.cols) == (24, 80)
@@ -576,3 +594,29 @@ async def test_pipe_mode(
     assert b"piped-42\r\n" in result.stdout
     lines = [line for line in result.stderr.decode().splitlines() if line]
     assert lines == [f"consoled: session {cid} ended (exit status 0)"]
+
+
+async def test_pipe_mode_ends_when_stdin_does(
+    daemon: DaemonProcess, containers: Containers
+) -> None:
+    # Was: `printf 'uptime\n' | consoled attach --no-tty web1` never ended.  At the end of
+    # its input it types ctrl-d, as at a prompt: the shell exits, and so does the attach.
+    cid = await containers.start(daemon)
+    result = await cli(daemon, "attach", "--no-tty", cid, stdin=b"echo piped-$((6*7))\n")
+    assert result.returncode == 0, result.stderr
+    assert b"piped-42\r\n" in result.stdout
+    lines = [line for line in result.stderr.decode().splitlines() if line]
+    assert lines == [f"consoled: session {cid} ended (exit status 0)"]
+    assert await containers.status(cid) == "stopped"
+
+
+async def test_pipe_mode_detach_on_eof(daemon: DaemonProcess, containers: Containers) -> None:
+    cid = await containers.start(daemon)
+    result = await cli(daemon, "attach", "--detach-on-eof", cid, stdin=b"echo piped-$((6*7))\n")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.decode().splitlines() if line]
+    assert lines == [f"consoled: detached from {cid}; reattach with: consoled attach {cid}"]
+    # What it typed reached the shell, which runs on.
+    await wait_output(daemon.control_socket, cid, b"piped-42\r\n")
+    assert await containers.status(cid) == "running"
+    assert (await session_info(daemon, cid)).state is ev.SessionState.RUNNING

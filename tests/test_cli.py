@@ -6,21 +6,28 @@ Every failure is one clear line on stderr and exit status 1 (an error) or 2
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
+import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
 
+from consoled.cli import build_parser
 from consoled.protocol import ErrorCode
 from consoled.protocol import events as ev
 from tests.conftest import BundleFactory
-from tests.support.cli import cli
-from tests.support.client import AsyncClient
+from tests.support.cli import CLI_TIMEOUT, cli
+from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
+from tests.support.holder import PtyHolder
 from tests.support.runtime import Runtime
 
 #: Commands naming one session, the session called ``nosuch``.
@@ -33,6 +40,8 @@ SESSION_COMMANDS = [
     ("resize", "nosuch", "24", "80"),
     ("rename", "nosuch", "other"),
 ]
+#: The command line as the tests run it.
+CONSOLED = (sys.executable, "-m", "consoled")
 INVALID_NAMES = {
     "two-slashes": ("bad/na/me", "at most one '/'"),
     "dash": ("-x", "invalid container id '-x'"),
@@ -135,9 +144,13 @@ async def test_option_like_name_without_separator(daemon: DaemonProcess) -> None
     assert "usage:" in err
 
 
-async def test_ls_invalid_container_id(daemon: DaemonProcess) -> None:
-    err = usage_error(await cli(daemon, "ls", "bad/id"))
-    assert "invalid container id 'bad/id'" in err, err
+async def test_ls_invalid_name(daemon: DaemonProcess) -> None:
+    err = usage_error(await cli(daemon, "ls", "--", "-x"))
+    assert "invalid container id '-x'" in err, err
+    err = usage_error(await cli(daemon, "ls", "bad/na/me"))
+    assert "at most one '/'" in err, err
+    # The usage is the command's, not the top level's.
+    assert err.startswith("usage: consoled ls "), err
 
 
 async def test_name_in_use(daemon: DaemonProcess) -> None:
@@ -204,3 +217,201 @@ async def daemon_sessions(daemon: DaemonProcess) -> list[ev.SessionInfo]:
         return await client.list_sessions()
     finally:
         await client.aclose()
+
+
+# --- help -----------------------------------------------------------------------------------
+
+
+def test_every_command_and_option_has_help() -> None:
+    """Walks the parser: each command has a summary and a description, each option a help."""
+    parser = build_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    summaries = {action.dest: action.help for action in sub._choices_actions}
+    missing = []
+    for name, command in sub.choices.items():
+        if not summaries.get(name):
+            missing.append(f"{name}: no summary")
+        if not command.description:
+            missing.append(f"{name}: no description")
+        for action in command._actions:
+            if action.help is argparse.SUPPRESS:
+                continue  # hidden on purpose (options for the tests)
+            if not action.help:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    missing += [f"consoled {a.dest}" for a in parser._actions if not a.help]
+    assert not missing, missing
+    assert len(sub.choices) >= 12
+
+
+async def test_every_help_prints_without_a_traceback(short_tmp: Path) -> None:
+    absent = DaemonProcess(short_tmp / "none")  # --help needs no daemon
+    parser = build_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for argv in [("--help",), *((name, "--help") for name in sub.choices)]:
+        result = await cli(absent, *argv)
+        assert result.returncode == 0, (argv, result.stderr)
+        assert result.stderr == b"", (argv, result.stderr)
+        usage = " ".join(("usage: consoled", *argv[:-1]))
+        assert result.stdout.decode().startswith(usage), (argv, result.stdout[:200])
+
+
+# --- output to a reader that has gone -------------------------------------------------------
+
+
+async def closed_pipe(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``consoled ARGS`` writing to a pipe whose reader has gone (EPIPE on the first write)."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        with trio.fail_after(CLI_TIMEOUT):
+            return await trio.run_process(
+                [sys.executable, "-m", "consoled", *args], env=daemon.env(), stdout=w,
+                capture_stderr=True, check=False, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+    finally:
+        os.close(w)
+
+
+async def test_output_to_a_closed_pipe_is_no_error(
+    daemon: DaemonProcess,
+    runc: Runtime,
+    bundle: BundleFactory,
+    container_id: Callable[[str], str],
+) -> None:
+    # Was: `consoled ls | head -2` printed a BrokenPipeError traceback and exited 1.
+    cid = container_id("pipe")
+    path = (await cli(daemon, "socket", cid)).stdout.decode().strip()
+    await runc.run(cid, bundle(["sh", "-c", "seq 1 20000; exec sleep 600"]), path)
+    await wait_output(daemon.control_socket, cid, b"20000\r\n")
+    for argv in (("ls",), ("ls", "--json"), ("info",), ("logs", cid), ("logs", "-t", cid)):
+        result = await closed_pipe(daemon, *argv)
+        assert (result.returncode, result.stderr) == (0, b""), (argv, result)
+    # And as people type it (bash, for pipefail: the status is consoled's).
+    for line in ("consoled ls | head -1", f"consoled logs {cid} | head -1"):
+        script = f"set -o pipefail; {line.replace('consoled', shlex.join(CONSOLED))}"
+        with trio.fail_after(CLI_TIMEOUT):
+            result = await trio.run_process(
+                ["bash", "-c", script], env=daemon.env(), capture_stdout=True,
+                capture_stderr=True, check=False,
+            )  # fmt: skip
+        assert (result.returncode, result.stderr) == (0, b""), (line, result)
+        assert len(result.stdout.splitlines()) == 1, result.stdout
+
+
+# --- ls, confirmations, rename ----------------------------------------------------------------
+
+
+async def test_ls_sorts_naturally_and_takes_one_session(daemon: DaemonProcess) -> None:
+    for name in ("n10", "n1/s10", "n2", "n1/s2", "n1", "n1/s1"):
+        assert (await cli(daemon, "socket", name)).returncode == 0
+    result = await cli(daemon, "ls")
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.decode().splitlines()[1:]]
+    assert names == ["n1", "n1/s1", "n1/s2", "n1/s10", "n2", "n10"]
+    # Was a usage error: one exec session, in both forms.
+    result = await cli(daemon, "ls", "n1/s2")
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.decode().splitlines()[1:]] == ["n1/s2"]
+    result = await cli(daemon, "ls", "--json", "n1/s2")
+    assert [e["session"] for e in json.loads(result.stdout)] == ["n1/s2"]
+    result = await cli(daemon, "ls", "--json", "n1/s3")
+    assert (result.returncode, json.loads(result.stdout)) == (0, [])
+
+
+async def test_commands_confirm_what_they_did_on_stdout(daemon: DaemonProcess) -> None:
+    """socket prints the path, rm each name removed, resize the size, rename the new name."""
+    for name in ("c1", "c2", "c3"):
+        assert (await cli(daemon, "socket", name)).stdout.startswith(b"/")
+    done = {
+        ("resize", "c1", "40", "120"): "40x120\n",  # as ls shows sizes
+        ("rename", "c1", "c4"): "c4\n",
+        ("rm", "c2", "c3"): "c2\nc3\n",  # was: nothing at all
+        ("rm", "--force", "c4"): "c4\n",
+    }
+    for argv, said in done.items():
+        result = await cli(daemon, *argv)
+        assert (result.returncode, result.stdout.decode()) == (0, said), (argv, result)
+        assert result.stderr == b"", (argv, result.stderr)
+    assert await daemon_sessions(daemon) == []
+
+
+async def test_rename_refuses_what_would_split_a_container(daemon: DaemonProcess) -> None:
+    for name in ("web1", "web1/sh-1", "web1/sh-2", "other"):
+        assert (await cli(daemon, "socket", name)).returncode == 0
+    # An exec stays in its container.
+    err = error(await cli(daemon, "rename", "web1/sh-2", "other/x"))
+    assert "exec of container web1" in err and "within its container" in err, err
+    err = error(await cli(daemon, "rename", "web1/sh-2", "x"))
+    assert "within its container" in err, err
+    # A container with execs is renamed to a container id, not into a session of another.
+    err = error(await cli(daemon, "rename", "web1", "other/web1"))
+    assert "has exec sessions (web1/sh-1, web1/sh-2)" in err, err
+    # Nor onto a container that has sessions already.
+    err = error(await cli(daemon, "rename", "web1", "other"))
+    assert "container other already has sessions (other)" in err, err
+    # The new name is a session name, not a "container id".
+    err = usage_error(await cli(daemon, "rename", "web1/sh-2", "a b"))
+    assert "invalid new name 'a b'" in err and "container id" not in err, err
+    assert err.startswith("usage: consoled rename "), err
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        reply = await client.request(ev.Rename("web1/sh-2", "a b"))
+        assert isinstance(reply, ev.Error) and reply.code is ErrorCode.INVALID_NAME, reply
+        assert "invalid new name 'a b'" in reply.message, reply
+    finally:
+        await client.aclose()
+    # Nothing moved.
+    names = [s.session for s in await daemon_sessions(daemon)]
+    assert names == ["other", "web1", "web1/sh-1", "web1/sh-2"]
+    # Within its container, and a whole container: fine.
+    assert (await cli(daemon, "rename", "web1/sh-2", "web1/shell")).stdout == b"web1/shell\n"
+    assert (await cli(daemon, "rename", "web1", "web2")).stdout == b"web2\n"
+    names = [s.session for s in await daemon_sessions(daemon)]
+    assert names == ["other", "web2", "web2/sh-1", "web2/shell"]
+
+
+async def test_a_daemon_gone_mid_call_is_one_line(
+    daemon: DaemonProcess, nursery: trio.Nursery
+) -> None:
+    """Commands waiting on the daemon when it dies (kill -9, no systemd) say so, in one line."""
+    holder = await PtyHolder.start(nursery)
+    r, w = os.pipe()  # a stdin that stays open: attach does not end on its own
+    procs: dict[str, trio.Process] = {}
+    try:
+        path = (await cli(daemon, "socket", "gone")).stdout.decode().strip()
+        assert await holder.hand([path]) == 1
+        await holder.say(0, "hello")
+        for argv in (("wait", "gone"), ("logs", "-f", "gone"), ("attach", "--no-tty", "gone")):
+            procs[argv[0]] = await trio.lowlevel.open_process(
+                [*CONSOLED, *argv], env=daemon.env(), stdin=r, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )  # fmt: skip
+        await daemon.wait_event("client.waiting", session="gone")
+        await daemon.wait_event("client.attached", session="gone")
+        logs = procs["logs"].stdout
+        assert logs is not None
+        with trio.fail_after(CLI_TIMEOUT):
+            seen = b""
+            while b"hello" not in seen:
+                seen += await logs.receive_some(4096)  # following, then
+        await daemon.stop(signal.SIGKILL)
+        for command, proc in procs.items():
+            assert proc.stderr is not None
+            err = b""
+            with trio.fail_after(CLI_TIMEOUT):  # attach tries to resume for 10 s
+                while chunk := await proc.stderr.receive_some(4096):
+                    err += chunk
+                status = await proc.wait()
+            text = err.decode()
+            assert "Traceback" not in text, text
+            assert len(text.strip().splitlines()) == 1, (command, text)
+            # attach: EX_IOERR, the connection was lost and could not be resumed.
+            assert status == (74 if command == "attach" else 1), (command, status, text)
+    finally:
+        os.close(r)
+        os.close(w)
+        for proc in procs.values():
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        await holder.aclose()

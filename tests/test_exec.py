@@ -235,8 +235,8 @@ async def test_exec_session_without_init_session(
         await term.expect(re.compile(rb"alone-42"))
 
 
-def runtime_options(runtime: Runtime, tmp_path: Path) -> list[str]:
-    """``consoled exec`` options that run ``runtime`` on the test's state root."""
+def runtime_path(runtime: Runtime, tmp_path: Path) -> str:
+    """What ``consoled exec --runtime`` runs for ``runtime``."""
     if runtime.name == "crun":
         # crun must run through the same unshare wrapper as everywhere in the tests.
         wrapper = tmp_path / "crun-wrapper"
@@ -244,12 +244,15 @@ def runtime_options(runtime: Runtime, tmp_path: Path) -> list[str]:
             f'#!/bin/sh\nexec unshare -m sh -c {shlex.quote(CRUN_WRAPPER)} crun "$@"\n'
         )
         wrapper.chmod(0o755)
-        path = str(wrapper)
-    else:
-        found = shutil.which(runtime.name)
-        assert found is not None
-        path = found
-    return [f"--runtime={path}", f"--runtime-arg=--root={runtime.root}"]
+        return str(wrapper)
+    found = shutil.which(runtime.name)
+    assert found is not None
+    return found
+
+
+def runtime_options(runtime: Runtime, tmp_path: Path) -> list[str]:
+    """``consoled exec`` options that run ``runtime`` on the test's state root."""
+    return [f"--runtime={runtime_path(runtime, tmp_path)}", f"--root={runtime.root}"]
 
 
 async def test_consoled_exec_gives_an_interactive_shell(
@@ -328,3 +331,157 @@ async def test_exited_exec_name_is_held_until_removed(
     assert (await client.session(cid)).state is ev.SessionState.RUNNING
     path = await client.create_socket(name)
     assert (await client.session(name)).socket == path
+
+
+#: A user and a group the busybox rootfs does not have: bind-mounted over its files.
+PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1234:2345:app:/tmp:/bin/sh\n"
+GROUP = "root:x:0:\ngrp:x:3456:app\n"
+#: Prints what each option changes, as the command inside sees it.
+SHOW = 'echo "id=$(id -u):$(id -g) foo=$FOO fromenv=$FROMENV unset=${UNSET-none} pwd=$(pwd)."'
+
+
+async def start_with_users(
+    daemon: DaemonProcess, runtime: Runtime, bundle: BundleFactory, tmp_path: Path, cid: str
+) -> None:
+    """A running container whose /etc/passwd and /etc/group are PASSWD and GROUP."""
+    b = bundle(["sh"])
+    config = json.loads((b / "config.json").read_text())
+    for name, text in (("passwd", PASSWD), ("group", GROUP)):
+        (tmp_path / name).write_text(text)
+        config["mounts"].append(
+            {"destination": f"/etc/{name}", "type": "bind", "source": str(tmp_path / name),
+             "options": ["bind", "ro"]}
+        )  # fmt: skip
+    (b / "config.json").write_text(json.dumps(config))
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        await runtime.run(cid, b, await client.create_socket(cid))
+    finally:
+        await client.aclose()
+    await daemon.wait_event("session.running", session=cid)
+
+
+@pytest.mark.parametrize(
+    ("user", "ids"),
+    [
+        (["-u", "app"], "1234:2345"),  # a name: its uid and primary group
+        (["--user", "app:grp"], "1234:3456"),
+        (["-u", "1234"], "1234:2345"),  # a number the container knows: its group too
+        (["-u", "4321:7"], "4321:7"),  # numbers the container does not know
+        ([], "0:0"),
+    ],
+    ids=["name", "name-group", "uid", "numbers", "default"],
+)
+async def test_exec_options_take_effect_in_the_container(
+    *,
+    daemon: DaemonProcess,
+    runtime: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+    user: list[str],
+    ids: str,
+) -> None:
+    cid = container_id("opts")
+    await start_with_users(daemon, runtime, bundle, tmp_path, cid)
+    options = [*user, "-e", "FOO=bar", "--env", "FROMENV", "-e", "UNSET", "-w", "/tmp"]
+    result = await cli(
+        daemon, "exec", "--no-tty", *runtime_options(runtime, tmp_path), *options, cid,
+        "--", "sh", "-c", SHOW, env={"FROMENV": "from-here", "UNSET": None},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"id={ids} foo=bar fromenv=from-here unset=none pwd=/tmp.".encode() in result.stdout
+
+
+async def test_exec_runtime_and_root_from_the_environment(
+    daemon: DaemonProcess,
+    runtime: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    cid = container_id("env")
+    await start_with_users(daemon, runtime, bundle, tmp_path, cid)
+    defaults = {
+        "CONSOLED_RUNTIME": runtime_path(runtime, tmp_path),
+        "CONSOLED_RUNTIME_ROOT": str(runtime.root),
+    }
+    result = await cli(daemon, "exec", "-it", "-u", "app", cid, "sh", "-c", SHOW, env=defaults)
+    assert result.returncode == 0, result.stderr
+    assert b"id=1234:2345 foo= fromenv= unset=none pwd=/." in result.stdout
+    # Without them, runc on PATH with its default root, which knows no such container.
+    result = await cli(daemon, "exec", cid, "true", env={"CONSOLED_RUNTIME_ROOT": None})
+    assert result.returncode == 125, result
+    assert b"runc exec failed" in result.stderr, result.stderr
+
+
+async def test_exec_as_an_unknown_user_leaves_nothing(
+    daemon: DaemonProcess,
+    runtime: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    cid = container_id("nouser")
+    await start_with_users(daemon, runtime, bundle, tmp_path, cid)
+    for user, why in (("nosuch", "unable to find user nosuch"), ("app:nogrp", "find group")):
+        result = await cli(
+            daemon, "exec", "-u", user, *runtime_options(runtime, tmp_path), cid, "true"
+        )
+        assert result.returncode == 126, result  # as docker exec
+        assert why.encode() in result.stderr, result.stderr
+        assert b"Traceback" not in result.stderr
+    sessions = json.loads((await cli(daemon, "ls", "--json")).stdout)
+    assert [s["session"] for s in sessions] == [cid]
+
+
+async def test_exec_detach_prints_the_session_which_waits_for_wait(
+    *,
+    daemon: DaemonProcess,
+    runtime: Runtime,
+    bundle: BundleFactory,
+    out_dir: Path,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    cid = container_id("xd")
+    await start_with_users(daemon, runtime, bundle, tmp_path, cid)
+    script = "while [ ! -e /out/go ]; do usleep 20000; done; echo done-$((6*7)); exit 5"
+    result = await cli(
+        daemon, "exec", "-d", *runtime_options(runtime, tmp_path), cid, "sh", "-c", script
+    )
+    assert result.returncode == 0, result.stderr
+    name = f"{cid}/sh-1"
+    assert (result.stdout, result.stderr) == (f"{name}\n".encode(), b"")
+
+    def states(listing: bytes) -> list[tuple[str, int | None]]:
+        return [(e["state"], e["exit_code"]) for e in json.loads(listing) if e["session"] == name]
+
+    assert states((await cli(daemon, "ls", "--json", cid)).stdout) == [("running", None)]
+    (out_dir / "go").touch()
+    result = await cli(daemon, "logs", "-f", name)  # to its end
+    assert b"done-42\r\n" in result.stdout, result
+    # Ended, it is kept until its status is taken...
+    assert states((await cli(daemon, "ls", "--json", cid)).stdout) == [("exited", 5)]
+    waited = await cli(daemon, "wait", name)
+    assert (waited.returncode, waited.stdout) == (0, b"5\n")
+    # ...and then it is gone.
+    sessions = json.loads((await cli(daemon, "ls", "--json")).stdout)
+    assert [s["session"] for s in sessions] == [cid]
+
+
+async def test_exec_ends_when_its_stdin_does(
+    daemon: DaemonProcess,
+    runtime: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    # `printf 'hello\n' | consoled exec ID cat`: ctrl-d at the end of the input ends cat.
+    cid = container_id("eof")
+    await start_with_users(daemon, runtime, bundle, tmp_path, cid)
+    result = await cli(
+        daemon, "exec", *runtime_options(runtime, tmp_path), cid, "cat", stdin=b"hello\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(b"hello\r\n") == 2  # the terminal's echo, and cat's copy

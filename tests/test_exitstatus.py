@@ -82,7 +82,7 @@ async def test_a_failed_exec_leaves_no_log_file(
         daemon, "exec", "--no-tty", *runtime_options(runtime, tmp_path), cid, "--", "nosuchcmd"
     )
     assert result.returncode == 127, result.stderr
-    assert sorted(p.name for p in log_dir.iterdir()) == [f"{cid}.log"]
+    assert sorted(p.name for p in log_dir.iterdir()) == [f"{cid}.log", f"{cid}.log.idx"]
 
 
 async def test_exec_keep_keeps_the_session_and_wait_prints_its_status(

@@ -232,7 +232,6 @@ async def test_the_longest_names_get_log_files_and_rename_them(
     # name succeeded without renaming the log.
     log_dir = tmp_path / "logs"
     long = "a" * 128 + "/" + "b" * 128
-    longer = "c" * 128 + "/" + "d" * 128
     async with inproc_daemon(short_tmp / "s", log_dir=log_dir) as d:
         slave = await running(d, long, slaves)
         session = d.table.get(long)
@@ -242,13 +241,17 @@ async def test_the_longest_names_get_log_files_and_rename_them(
         out, ended = await follower.read_output_until(b"long-name\r\n")
         assert ended is None, out
         await follower.aclose()
-        (path,) = log_dir.iterdir()
-        assert len(path.name) <= 255 and "~" in path.name
+        path, sidecar = sorted(log_dir.iterdir())  # the raw file, and its times
+        assert sidecar.name == path.name + ".idx"
+        assert len(sidecar.name) <= 255 and "~" in path.name
         assert path.read_bytes() == b"written-under-a-long-name\r\n"
         c = await connect(d)
-        reply = await c.request(ev.Rename(long, longer))
+        # The container is renamed, and its exec with it (an exec stays in its container).
+        reply = await c.request(ev.Rename("a" * 128, "c" * 128))
+        assert session.name.exec == "b" * 128
         assert isinstance(reply, ev.Renamed), reply
         await c.aclose()
-        (renamed,) = log_dir.iterdir()
+        renamed, renamed_sidecar = sorted(log_dir.iterdir())
         assert renamed.name != path.name and renamed.name.startswith("c" * 100)
+        assert renamed_sidecar.name == renamed.name + ".idx"
         assert session.info().log_path == str(renamed)

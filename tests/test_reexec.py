@@ -218,12 +218,19 @@ def break_install(root: Path, how: str) -> str:
         path = root / "consoled" / "server" / "daemon.py"
         path.write_text('raise ImportError("planted: this install is broken")\n')
         return "planted: this install is broken"
+    if how == "older":
+        # A program from before session records had times: it cannot read them.
+        path = root / "consoled" / "io" / "record.py"
+        path.write_text(
+            path.read_text().replace("LOADABLE: Final = (1, 2)", "LOADABLE: Final = (1,)")
+        )
+        return "reads session records of version [1] only, not 2"
     path = root / "consoled" / "__main__.py"
     path.write_text("import sys\nsys.exit(1)\n")
     return "exited with status 1"
 
 
-@pytest.mark.parametrize("how", ["import-error", "exits-1"])
+@pytest.mark.parametrize("how", ["import-error", "exits-1", "older"])
 async def test_reexec_into_a_broken_install_keeps_the_old_daemon(
     daemon_factory: DaemonFactory,
     nursery: trio.Nursery,

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import select
+import shlex
 import signal
 import struct
 import sys
@@ -27,7 +28,13 @@ from typing import TYPE_CHECKING, Any, Final
 from ..protocol import CLOSED, NEED_DATA, ErrorCode, ProtocolError
 from ..protocol import events as ev
 from .conn import RESTART_WAIT, Client, ClientError, DaemonUnavailable
-from .detachkeys import DetachMatcher
+from .detachkeys import (
+    DEFAULT_DETACH_KEYS,
+    DetachKeysError,
+    DetachMatcher,
+    key_spec,
+    parse_detach_keys,
+)
 
 if TYPE_CHECKING:
     from ..terminal.filter import OutputFilter
@@ -44,6 +51,8 @@ EXIT_DAEMON_STOPPED: Final = 69  # EX_UNAVAILABLE: the daemon stopped
 EXIT_CONNECTION_LOST: Final = 74  # EX_IOERR: the connection broke and could not be resumed
 EXIT_LAGGED: Final = 75  # EX_TEMPFAIL: this client fell too far behind; attach again
 READ_SIZE: Final = 64 * 1024
+#: What pipe mode types when stdin ends: ctrl-d, a terminal's end-of-file (VEOF).
+EOF_KEY: Final = b"\x04"
 
 
 class SignalExit(BaseException):
@@ -66,6 +75,9 @@ class AttachOptions:
     screen: bool = True
     #: With ``screen``: lines of history put above it.
     history: int = 0
+
+    #: Pipe mode: detach at the end of stdin, instead of sending the terminal's end-of-file.
+    detach_on_eof: bool = False
 
 
 def window_size(fd: int) -> tuple[int, int]:
@@ -215,6 +227,8 @@ class Attacher:
 
             self.filter = OutputFilter(rows=window_size(stdout)[0] or None)
 
+        self.warned_read_only = False
+
     def run(self, wakeup_fd: int) -> ev.Ended | None:
         """Pump until the stream ends; return the daemon's ``ended`` (None if it vanished)."""
         poller = select.poll()
@@ -250,8 +264,9 @@ class Attacher:
                 elif fd == self.stdin and not self._from_terminal():
                     poller.unregister(self.stdin)
                     self.stdin_open = False
-                    if self.options.tty:
+                    if self.options.tty or self.options.detach_on_eof:
                         return self._detach()
+                    self._end_of_input()
                 if self.ended is not None:
                     break
             deadline = self.matcher.deadline
@@ -371,8 +386,22 @@ class Attacher:
             self._detach()
         return True
 
+    def _end_of_input(self) -> None:
+        """Pipe mode, stdin ended: type the terminal's end-of-file, as ctrl-d at a prompt.
+
+        The program then ends (a shell exits, ``cat`` finishes) and so does the attach.
+        A read-only attach types nothing: it watches until the session ends.
+        """
+        if not self.options.read_only:
+            self._send_input(self.matcher.flush() + EOF_KEY)
+
     def _send_input(self, data: bytes) -> None:
-        if not data or self.options.read_only:
+        if not data:
+            return
+        if self.options.read_only:
+            if not self.warned_read_only:
+                self.warned_read_only = True
+                self._notice("consoled: this attach is read-only; what you type is not sent")
             return
         if self.broken:
             self.unsent += data
@@ -502,16 +531,24 @@ def _say(attacher: Attacher, text: str) -> None:
     sys.stderr.flush()
 
 
+def _reattach_command(session: str, keys: bytes) -> str:
+    """The command that attaches again with the detach keys this attach used."""
+    usual = os.environ.get("CONSOLED_DETACH_KEYS", DEFAULT_DETACH_KEYS)
+    with contextlib.suppress(DetachKeysError):
+        if keys == parse_detach_keys(usual):
+            return f"consoled attach {session}"
+    return f"consoled attach --detach-keys {shlex.quote(key_spec(keys))} {session}"
+
+
 def _report(attacher: Attacher, session: str, ended: ev.Ended | None) -> int:
     """Say why the attach ended; return the exit status (see docs: "Exit status")."""
     if ended is None:
         _say(attacher, "consoled: lost the connection to the daemon (it stopped or restarted)")
         return EXIT_CONNECTION_LOST
     reason = ended.reason
+    again = _reattach_command(session, attacher.options.detach_keys)
     if reason is ev.EndReason.DETACHED:
-        _say(
-            attacher, f"consoled: detached from {session}; reattach with: consoled attach {session}"
-        )
+        _say(attacher, f"consoled: detached from {session}; reattach with: {again}")
         return 0
     if reason in (ev.EndReason.EXITED, ev.EndReason.REMOVED):
         verb = "ended" if reason is ev.EndReason.EXITED else "was removed"
@@ -524,7 +561,7 @@ def _report(attacher: Attacher, session: str, ended: ev.Ended | None) -> int:
         _say(
             attacher,
             f"consoled: disconnected because this client fell behind the output (lagged); "
-            f"reattach with: consoled attach {session}",
+            f"reattach with: {again}",
         )
         return EXIT_LAGGED
     if reason is ev.EndReason.SHUTDOWN:

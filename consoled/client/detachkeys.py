@@ -55,8 +55,7 @@ def parse_detach_keys(spec: str) -> bytes:
     return bytes(out)
 
 
-def describe(keys: bytes) -> str:
-    """Human form of a key sequence: ``ctrl-p ctrl-q``."""
+def _key_names(keys: bytes) -> list[str]:
     names = []
     for b in keys:
         if 1 <= b <= 26:
@@ -65,7 +64,17 @@ def describe(keys: bytes) -> str:
             names.append("ctrl-" + next(k for k, v in _CTRL_SPECIAL.items() if v == b))
         else:
             names.append(chr(b))
-    return " ".join(names)
+    return names
+
+
+def describe(keys: bytes) -> str:
+    """Human form of a key sequence: ``ctrl-p ctrl-q``."""
+    return " ".join(_key_names(keys))
+
+
+def key_spec(keys: bytes) -> str:
+    """The ``--detach-keys`` form of a key sequence (docker's syntax): ``ctrl-p,ctrl-q``."""
+    return ",".join(_key_names(keys))
 
 
 class DetachMatcher:

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from ..protocol import events as ev
@@ -63,27 +64,50 @@ def runtime_failure_status(message: str) -> int:
 AttachFn = Callable[..., int]
 
 
-def runtime_argv(
-    runtime: str,
-    runtime_args: Sequence[str],
-    socket_path: str,
-    container: str,
-    command: Sequence[str],
-    *,
-    pid_file: str | None = None,
-) -> list[str]:
-    return [
-        runtime,
-        *runtime_args,
-        "exec",
-        "-d",
-        "-t",
-        "--console-socket",
-        socket_path,
-        *(["--pid-file", pid_file] if pid_file else []),
-        container,
-        *command,
-    ]
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The OCI runtime and how ``consoled exec`` runs the command with it.
+
+    Attributes:
+        path: runc or crun (or a wrapper that runs one).
+        root: its global ``--root`` (its state directory), None for its default.
+        global_args: more global options, before the subcommand.
+        user: ``UID[:GID]``, already resolved (see :mod:`.containeruser`).
+        env: ``NAME=VALUE`` for the command's environment.
+        workdir: the command's working directory in the container.
+    """
+
+    path: str
+    root: str | None = None
+    global_args: tuple[str, ...] = ()
+    user: str | None = None
+    env: tuple[str, ...] = ()
+    workdir: str | None = None
+
+    @property
+    def prefix(self) -> list[str]:
+        """The runtime with its global options: ``runc --root DIR``."""
+        return [self.path, *(["--root", self.root] if self.root else []), *self.global_args]
+
+    def exec_argv(
+        self,
+        socket_path: str,
+        container: str,
+        command: Sequence[str],
+        *,
+        pid_file: str | None = None,
+    ) -> list[str]:
+        """``RUNTIME exec -d -t --console-socket SOCK [options] ID CMD...``, for runc and crun."""
+        options = ["--console-socket", socket_path]
+        if pid_file:
+            options += ["--pid-file", pid_file]
+        if self.user:
+            options += ["--user", self.user]
+        for variable in self.env:
+            options += ["--env", variable]
+        if self.workdir:
+            options += ["--cwd", self.workdir]
+        return [*self.prefix, "exec", "-d", "-t", *options, container, *command]
 
 
 def become_subreaper() -> bool:
@@ -138,28 +162,37 @@ def run_exec(
     *,
     container: str,
     command: Sequence[str],
-    runtime: str,
-    runtime_args: Sequence[str],
+    runtime: Runtime,
     options: AttachOptions,
     attach: AttachFn,
     keep: bool = False,
+    detach: bool = False,
 ) -> int:
-    """Create the exec session, start the process with the runtime, attach to it."""
-    subreaper = become_subreaper()
+    """Create the exec session, start the process with the runtime, attach to it.
+
+    With ``detach``, print the session's name once the process runs instead
+    of attaching; the session is kept until its status is delivered (to a
+    ``consoled wait``, or an attached client).
+    """
+    subreaper = not detach and become_subreaper()
     workdir = tempfile.mkdtemp(prefix="consoled-exec-")
-    pid_file = os.path.join(workdir, "pid")
+    pid_file = None if detach else os.path.join(workdir, "pid")
     command_pid: int | None = None
-    with Client(control_path) as client:
-        created = client.call(
-            ev.CreateSocket(container, exec_base=os.path.basename(command[0])),
-            ev.SocketCreated,
-        )
+    try:
+        with Client(control_path) as client:
+            created = client.call(
+                ev.CreateSocket(
+                    container, exec_base=os.path.basename(command[0]), ephemeral=detach and not keep
+                ),
+                ev.SocketCreated,
+            )
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
 
     def start_process() -> int | None:
         nonlocal command_pid
-        argv = runtime_argv(
-            runtime, runtime_args, created.path, container, command, pid_file=pid_file
-        )
+        argv = runtime.exec_argv(created.path, container, command, pid_file=pid_file)
         try:
             proc = subprocess.run(
                 argv,
@@ -170,7 +203,7 @@ def run_exec(
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             _remove(control_path, created.session)
-            print(f"consoled: cannot run {runtime}: {exc}", file=sys.stderr)
+            print(f"consoled: cannot run {runtime.path}: {exc}", file=sys.stderr)
             return EXIT_RUNTIME_FAILED
         if proc.returncode != 0:
             message = (proc.stderr or proc.stdout).decode(errors="replace").strip()
@@ -178,14 +211,28 @@ def run_exec(
                 message = session_output(control_path, created.session)
             _remove(control_path, created.session)
             print(
-                f"consoled: {os.path.basename(runtime)} exec failed (exit {proc.returncode}): "
-                f"{message or 'no message'}",
+                f"consoled: {os.path.basename(runtime.path)} exec failed "
+                f"(exit {proc.returncode}): {message or 'no message'}",
                 file=sys.stderr,
             )
             return runtime_failure_status(message)
-        with contextlib.suppress(OSError, ValueError), open(pid_file) as f:
-            command_pid = int(f.read().strip())
+        if pid_file is not None:
+            with contextlib.suppress(OSError, ValueError), open(pid_file) as f:
+                command_pid = int(f.read().strip())
         return None
+
+    if detach:
+        try:
+            status = start_process()
+        except BaseException:
+            _remove(control_path, created.session)
+            raise
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if status is not None:
+            return status
+        print(created.session, flush=True)
+        return 0
 
     def own_status() -> int | None:
         # The runtime has exited: the command is our child (we are its subreaper).

@@ -104,19 +104,23 @@ class Leader:
 
     async def wait_status(self, within: float) -> int | None:
         """Wait (at most ``within`` seconds, then :data:`REAP_WAIT` for the reaping)
-        for the process to exit; return its wait status, or None if it cannot be known.
+        for the process to exit; return its wait status, or None if it cannot be known
+        (also when the leader is closed meanwhile: the session was removed).
         """
-        with trio.move_on_after(within):
-            await trio.lowlevel.wait_readable(self._owner.fd)
-            # Exited; the kernel has the status once its parent has reaped it.
-            with trio.move_on_after(REAP_WAIT):
-                while True:
-                    status = self._exit_status()
-                    if status is not None:
-                        return status
-                    # Neither a zombie's nor a reaped process's status yet: the
-                    # kernel sends no event for either; look again shortly.
-                    await trio.sleep(REAP_POLL)
+        try:
+            with trio.move_on_after(within):
+                await trio.lowlevel.wait_readable(self._owner.fd)
+                # Exited; the kernel has the status once its parent has reaped it.
+                with trio.move_on_after(REAP_WAIT):
+                    while True:
+                        status = self._exit_status()
+                        if status is not None:
+                            return status
+                        # Neither a zombie's nor a reaped process's status yet: the
+                        # kernel sends no event for either; look again shortly.
+                        await trio.sleep(REAP_POLL)
+        except trio.ClosedResourceError:
+            pass  # closed under us (rm --force while waiting): nobody wants the status
         return None
 
 

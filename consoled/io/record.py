@@ -1,4 +1,4 @@
-"""A session's durable state in a memfd: a small metadata header, then its output ring.
+"""A session's durable state in a memfd: a small metadata header, its output ring, a time index.
 
 The record is what lets a session outlive the process that holds it.  A
 reexec hands the memfd to the successor, and under systemd it sits in the
@@ -7,20 +7,32 @@ session's name, state and newest output exactly as they were.  The daemon
 reads and writes it with ``pread``/``pwrite``: no mapping, so a failing
 write is an ``OSError`` to handle, never a SIGBUS.
 
-Layout (little-endian)::
+Layout, version 2 (little-endian)::
 
     0      magic "consoled", version u32, data offset u32
     16     ring capacity u64, end u64 (bytes ever appended)
     32     metadata sequence u64, length of slot A u32, length of slot B u32
+    48     time index: slots u32, entries u32, file offset u64
     64     slot A: msgpack metadata (2,016 bytes)
     2080   slot B: the same
     4096   the ring: the byte at stream offset o is at 4096 + o % capacity
+    I      the time index: ``slots`` entries of 16 bytes (see :mod:`.timeindex`),
+           at I = 4096 + capacity rounded up to a page
 
 Metadata is written to the slot the next sequence number selects, then the
 sequence number: a crash between the two leaves the previous metadata
 intact.  Output is written before ``end``; the ring holds
 :data:`WRITE_SLACK` bytes more than it exposes, so bytes being overwritten by
 an append that a crash interrupted are never among those exposed.
+
+The time index says when output arrived (``logs --timestamps``, ``--since``,
+``--until``).  An entry is written after the output it dates, then the
+entry count.  When all :data:`INDEX_SLOTS` are used, entries for bytes the
+ring no longer holds are dropped and the oldest half is thinned, and the
+index is rewritten in place, front to back: a crash in the middle leaves
+entries that are each still true, and loading keeps those that sort.  A
+version 1 record (no index) is upgraded when it is loaded: the index goes
+after its ring, and its output from before has no time.
 
 When no memfd can be had (the daemon is out of fds), a record falls back to
 memory: the session is served the same way but does not survive a crash,
@@ -29,28 +41,44 @@ and :meth:`Record.make_durable` gets it a memfd before a reexec.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import msgpack
 
 from .fds import OwnedFd
 from .scrollback import Scrollback
+from .timeindex import ENTRY, TimeIndex, decode, entry_time
 
 MAGIC: Final = b"consoled"
-VERSION: Final = 1
+VERSION: Final = 2
+#: The versions :meth:`Record.load` takes (a version 1 record is upgraded).
+LOADABLE: Final = (1, 2)
 DATA_OFFSET: Final = 4096
 SLOT_SIZE: Final = 2016
 _SLOTS: Final = (64, 64 + SLOT_SIZE)
 _HEAD: Final = struct.Struct("<8sII")  # magic, version, data offset
 _END: Final = struct.Struct("<Q")
 _META: Final = struct.Struct("<QII")  # sequence, length A, length B
+_INDEX_HEAD: Final = struct.Struct("<IIQ")  # slots, entries, file offset
+_INDEX_HEAD_AT: Final = 48
+_ENTRIES_AT: Final = 52
 #: Bytes kept beyond the exposed scrollback (one pty read batch).
 WRITE_SLACK: Final = 64 * 1024
 #: Largest ring accepted when loading a record (a sanity bound).
 MAX_CAPACITY: Final = 1 << 30
+#: Entries in the time index (32 KiB).
+INDEX_SLOTS: Final = 2048
+_PAGE: Final = 4096
+
+
+def _index_offset(capacity: int) -> int:
+    """Where the time index of a ring of ``capacity`` bytes starts."""
+    return -(-(DATA_OFFSET + capacity) // _PAGE) * _PAGE
 
 
 class RecordError(Exception):
@@ -101,6 +129,13 @@ class Record:
         # The fallback when there is no memfd: the same bytes in memory.
         self._memory = Scrollback(scrollback) if owner is None else None
         self._valid_from = 0  # output before this offset was lost (see skip)
+        self._index = TimeIndex()
+        #: Where the index is stored (0: in memory only).
+        self._index_at = 0
+        #: The last byte appended was a newline (a line starts with the next).
+        self._at_line_start = True
+        #: The wall clock output is dated by (nanoseconds since the epoch).
+        self.clock: Callable[[], int] = time.time_ns
 
     # --- creation ---------------------------------------------------------------------
 
@@ -119,10 +154,13 @@ class Record:
         if owner is not None:
             try:
                 fd = owner.fd
-                os.ftruncate(fd, DATA_OFFSET + scrollback + WRITE_SLACK)
-                _pwrite_all(fd, _HEAD.pack(MAGIC, VERSION, DATA_OFFSET), 0)
-                _pwrite_all(fd, struct.pack("<QQ", scrollback + WRITE_SLACK, 0), 16)
+                capacity = scrollback + WRITE_SLACK
+                os.ftruncate(fd, _index_offset(capacity) + INDEX_SLOTS * ENTRY.size)
+                _pwrite_all(fd, struct.pack("<QQ", capacity, 0), 16)
                 record = cls(owner, scrollback, 0, {}, 0)
+                record._index_at = _index_offset(capacity)
+                _pwrite_all(fd, _INDEX_HEAD.pack(INDEX_SLOTS, 0, record._index_at), _INDEX_HEAD_AT)
+                _pwrite_all(fd, _HEAD.pack(MAGIC, VERSION, DATA_OFFSET), 0)
                 record.write_meta(meta)
                 return record
             except OSError:
@@ -152,7 +190,7 @@ class Record:
         magic, version, data_offset = _HEAD.unpack_from(head, 0)
         if magic != MAGIC:
             raise RecordError("not a consoled session record (bad magic)")
-        if version != VERSION or data_offset != DATA_OFFSET:
+        if version not in LOADABLE or data_offset != DATA_OFFSET:
             raise RecordError(f"session record version {version} is not supported")
         capacity, end = struct.unpack_from("<QQ", head, 16)
         if not WRITE_SLACK <= capacity <= MAX_CAPACITY or size < DATA_OFFSET + capacity:
@@ -179,7 +217,31 @@ class Record:
         if meta is None:
             raise RecordError(f"session record metadata is unreadable {problems}")
         record = cls(owner, capacity - WRITE_SLACK, end, meta, seq)
+        record._load_index(version, head, size)
         return record
+
+    def _load_index(self, version: int, head: bytes, size: int) -> None:
+        """Read the time index, or give a version 1 record one (best effort: times are extra)."""
+        assert self._owner is not None
+        fd = self._owner.fd
+        at = _index_offset(self._capacity)
+        slots, count, stored_at = _INDEX_HEAD.unpack_from(head, _INDEX_HEAD_AT)
+        try:
+            if version == VERSION and stored_at == at and size >= at + slots * ENTRY.size:
+                count = min(count, slots)
+                self._index = decode(os.pread(fd, count * ENTRY.size, at), self.end)
+            else:
+                # Version 1, or an index header that makes no sense: a fresh index.
+                if size < at + INDEX_SLOTS * ENTRY.size:
+                    os.ftruncate(fd, at + INDEX_SLOTS * ENTRY.size)
+                _pwrite_all(fd, _INDEX_HEAD.pack(INDEX_SLOTS, 0, at), _INDEX_HEAD_AT)
+                _pwrite_all(fd, _HEAD.pack(MAGIC, VERSION, DATA_OFFSET), 0)
+            self._index_at = at
+            if len(self):
+                last = os.pread(fd, 1, DATA_OFFSET + (self.end - 1) % self._capacity)
+                self._at_line_start = last == b"\n"
+        except OSError:
+            self._index_at = 0  # no room for it: times are kept in memory only
 
     # --- ownership ----------------------------------------------------------------------
 
@@ -212,6 +274,8 @@ class Record:
             fresh.append(chunk)
         assert fresh.end == self.end
         self._owner, self._memory, self._seq = fresh._owner, None, fresh._seq
+        self._index_at = fresh._index_at
+        self._store_index(0)
 
     # --- metadata -------------------------------------------------------------------------
 
@@ -253,6 +317,7 @@ class Record:
         """Count ``n`` bytes that could not be stored: the ring exposes nothing before them."""
         self.end += n
         self._valid_from = self.end
+        self._at_line_start = True  # not known: the next batch gets a time
         if self._memory is not None:
             self._memory = Scrollback(self.scrollback)
 
@@ -273,6 +338,7 @@ class Record:
         if self._memory is not None:
             self._memory.append(data)
             self.end += n
+            self._note_time(self.end - n, data)
             return
         assert self._owner is not None
         fd = self._owner.fd
@@ -290,6 +356,7 @@ class Record:
             view = view[len(piece) :]
         self.end += n
         _pwrite_all(fd, _END.pack(self.end), 24)
+        self._note_time(self.end - n, data)
 
     def tail(self, n: int | None = None) -> list[bytes]:
         """The newest ``n`` exposed bytes (all of them when None), as chunks."""
@@ -324,3 +391,46 @@ class Record:
 
     def getvalue(self) -> bytes:
         return b"".join(self.tail())
+
+    # --- the time index --------------------------------------------------------------------
+
+    def _note_time(self, offset: int, data: bytes) -> None:
+        """Date the batch just appended at ``offset``, if a line starts in it (see .timeindex)."""
+        index = self._index
+        when = entry_time(data, self._at_line_start, index.last_time, self.clock)
+        self._at_line_start = data.endswith(b"\n")
+        if when is None:
+            return
+        if len(index) >= INDEX_SLOTS:
+            index.thin(self.start, INDEX_SLOTS * 3 // 4)
+            if index.add(offset, when):
+                self._store_index(0)
+        elif index.add(offset, when):
+            self._store_index(len(index) - 1)
+
+    def _store_index(self, first: int) -> None:
+        """Write the entries from the ``first``-th on, then their count (never raises)."""
+        if self._owner is None or not self._index_at:
+            return
+        fd = self._owner.fd
+        with contextlib.suppress(OSError):  # times are extra: the output is what counts
+            _pwrite_all(fd, self._index.encode(first), self._index_at + first * ENTRY.size)
+            _pwrite_all(fd, struct.pack("<I", len(self._index)), _ENTRIES_AT)
+
+    def time_at(self, offset: int) -> int | None:
+        """When the byte at stream ``offset`` arrived (nanoseconds since the epoch).
+
+        Exact to within the index's resolution for the first byte of a line;
+        None for output older than the index (a version 1 record's).
+        """
+        return self._index.time_at(offset)
+
+    def ends_line_before(self, offset: int) -> bool:
+        """Whether the byte before ``offset`` is a newline (True when it is not held)."""
+        if offset == self.end:
+            return self._at_line_start
+        if not self.start < offset <= self.end:
+            return True
+        if self._owner is None:
+            return self.tail(self.end - offset + 1)[0][:1] == b"\n"
+        return _pread_exact(self._owner.fd, 1, DATA_OFFSET + (offset - 1) % self._capacity) == b"\n"

@@ -296,6 +296,10 @@ class Logs(Event):
     follow: bool = False
     resume: int | None = None  # continue following from this stream offset (no file)
     uid: str | None = None  # with ``resume``: the session incarnation followed
+    tail: int | None = None  # only the last N lines retained (then what follows)
+    since: int | None = None  # only lines read at or after this time (ns since the epoch)
+    until: int | None = None  # only lines read at or before this time; following ends there
+    timestamps: bool = False  # start each line with the time it was read (RFC 3339) and a space
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,10 +34,11 @@ from .audit import audit
 from .channel import ByteBudget, Channel
 from .config import DaemonConfig
 from .errors import RequestError
+from .logstream import stream_logs
 from .registry import SessionTable, parse_name
 from .session import rfc3339
 from .sizepolicy import size_error
-from .streams import StreamContext, stream_attach, stream_logs
+from .streams import StreamContext, stream_attach
 
 log = structlog.get_logger("consoled.control")
 
@@ -347,9 +348,9 @@ class ControlServer:
                 session.report_exit(request.exit_code)
             return [ev.ExitReported(str(session.name), session.exit_code)]
         if isinstance(request, ev.Rename):
-            session = table.rename(request.session, request.new)
-            audit("rename", session=request.session, new=str(session.name))
-            return [ev.Renamed(request.session, str(session.name))]
+            new = table.rename(request.session, request.new)
+            audit("rename", session=request.session, new=str(new))
+            return [ev.Renamed(request.session, str(new))]
         raise RemoteProtocolError(  # pragma: no cover - the state machine prevents it
             f"unexpected request {request.TYPE!r}", ErrorCode.UNEXPECTED_MESSAGE
         )

@@ -7,7 +7,10 @@ a partial one (the next record continues it).  Pure functions, no I/O.
 
 from __future__ import annotations
 
+import functools
+import re
 import time
+from datetime import datetime
 from typing import Final
 
 STREAM: Final = b"stdout"  # a terminal merges stdout and stderr
@@ -49,21 +52,61 @@ def decode_record(line: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     return ts, stream, tag, content
 
 
+_TIMESTAMP: Final = re.compile(
+    rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)"
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _epoch_seconds(seconds: bytes, zone: bytes) -> int:
+    when = datetime.strptime(seconds.decode() + zone.decode().replace("Z", "+00:00"),
+                             "%Y-%m-%dT%H:%M:%S%z")  # fmt: skip
+    return int(when.timestamp())
+
+
+def parse_timestamp(ts: bytes) -> int:
+    """A record's RFC 3339 timestamp as nanoseconds since the epoch.
+
+    Raises:
+        CriFormatError: it is not one.
+    """
+    match = _TIMESTAMP.fullmatch(ts)
+    if match is None:
+        raise CriFormatError(f"not an RFC 3339 timestamp: {ts[:40]!r}")
+    seconds, frac, zone = match.groups()
+    try:
+        whole = _epoch_seconds(seconds, zone)
+    except ValueError:
+        raise CriFormatError(f"not a valid time: {ts[:40]!r}") from None
+    return whole * 1_000_000_000 + int((frac or b"").ljust(9, b"0"))
+
+
 class CriDecoder:
     """Turns a CRI log stream back into the bytes that were logged."""
 
     def __init__(self) -> None:
         self._pending = b""
 
-    def feed(self, data: bytes) -> bytes:
+    def _lines(self, data: bytes) -> list[bytes]:
         buf = self._pending + data
         lines = buf.split(b"\n")
         self._pending = lines.pop()
+        return lines
+
+    def feed(self, data: bytes) -> bytes:
         out = []
-        for line in lines:
+        for line in self._lines(data):
             _, _, tag, content = decode_record(line)
             out.append(content + b"\n" if tag == b"F" else content)
         return b"".join(out)
+
+    def feed_records(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """Each whole record in ``data``: its timestamp, and the bytes it logged."""
+        out = []
+        for line in self._lines(data):
+            ts, _, tag, content = decode_record(line)
+            out.append((ts, content + b"\n" if tag == b"F" else content))
+        return out
 
     def close(self) -> bytes:
         """Check that the stream ended on a record boundary."""

@@ -22,6 +22,11 @@ is the only holder of the consoles.
 Every message is one msgpack map; the successor's stderr is a pipe the
 predecessor relays into its own log (so a successor that cannot even start
 explains why) until the commit hands it the real one.
+
+A successor says which versions of session records it reads (*ready*
+carries ``records``).  One that cannot read this daemon's (an older program,
+which sends no such list) would find no session in them, and hold every
+terminal as ``unnamed-N`` without its output: it is not handed anything.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ import trio
 
 from ..io.fdpass import BATCH_FDS, receive_with_fds, send_with_fds
 from ..io.fds import OwnedFd
+from ..io.record import LOADABLE
+from ..io.record import VERSION as RECORD_VERSION
 
 log = structlog.get_logger("consoled.handover")
 
@@ -180,6 +187,14 @@ class Predecessor:
             if message["type"] != "ready":
                 await self._kill(process)
                 raise HandoverError(f"the new program failed to start: {message.get('error')}")
+            readable = message.get("records", [1])
+            if not isinstance(readable, list) or RECORD_VERSION not in readable:
+                await self._kill(process)
+                raise HandoverError(
+                    f"the new program reads session records of version {readable} only, not "
+                    f"{RECORD_VERSION} (it is older than this one): it would lose every "
+                    "session's name and output"
+                )
         except BaseException:
             sock.close()
             raise
@@ -314,7 +329,11 @@ class HandoverLink:
         self.sock.close()
 
     async def ready(self, version: str) -> None:
-        await self.sock.send(_pack({"type": "ready", "pid": os.getpid(), "version": version}))
+        await self.sock.send(
+            _pack(
+                {"type": "ready", "pid": os.getpid(), "version": version, "records": list(LOADABLE)}
+            )
+        )
 
     async def failed(self, error: str) -> None:
         with contextlib.suppress(OSError):

@@ -13,6 +13,13 @@ truncated or waited on.
 Rotation keeps ``max_files - 1`` older files, ``NAME.log.1`` (newest) to
 ``NAME.log.N``, as kubelet's ``containerLogMaxFiles`` counts them.
 
+A CRI file dates each record.  A raw file has no room for times, so it has a
+sidecar, ``NAME.log.idx`` (``NAME.log.1.idx`` once rotated, and so on), of
+16-byte ``(file offset, time)`` entries (see :mod:`..io.timeindex`): one
+when the file starts, then one for each batch in which a line starts, at
+most one per 10 ms.  The sidecar counts towards ``max_size``, so the files
+of a log never take more than ``max_size * max_files`` together.
+
 Writes are synchronous on purpose: the reader writes each batch before it
 reads the next, so the file is complete however loaded the daemon is.  A
 write that fails (a full disk) does not cost the session: the session keeps
@@ -28,18 +35,23 @@ import hashlib
 import itertools
 import os
 import stat
+import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from ..io.fds import OwnedFd
+from ..io.timeindex import ENTRY, entry_time
 from . import cri
 
 _OPEN_TRIES: Final = 5
 #: Longest file name most Linux file systems take.
 NAME_MAX: Final = 255
-#: Room kept in a stem for ``.log`` and the rotation suffix.
-_SUFFIX_ROOM: Final = len(".log.") + 4
+#: What a raw log file's sidecar (its time index) is called: the file's name and this.
+INDEX_SUFFIX: Final = ".idx"
+#: Room kept in a stem for ``.log``, the rotation suffix and a sidecar's.
+_SUFFIX_ROOM: Final = len(".log.") + 4 + len(INDEX_SUFFIX)
 
 
 class LogFormat(enum.StrEnum):
@@ -169,17 +181,32 @@ class LogDir:
 
 
 @dataclass(slots=True)
+class LogPart:
+    """One file of a log, open for reading, and how much of it to read."""
+
+    owner: OwnedFd
+    size: int
+    #: Its sidecar (a raw file's time index), if it has one.
+    index: OwnedFd | None = None
+
+    def close(self) -> None:
+        self.owner.close()
+        if self.index is not None:
+            self.index.close()
+
+
+@dataclass(slots=True)
 class LogSnapshot:
     """Read-only fds on a session's log files, and how much of each to read."""
 
-    parts: list[tuple[OwnedFd, int]]  # (fd, size), oldest first
+    parts: list[LogPart]  # oldest first
     format: LogFormat
     #: Stream offset up to which the files hold the output (they may lag after a write failure).
     written_to: int
 
     def close(self) -> None:
-        for owner, _ in self.parts:
-            owner.close()
+        for part in self.parts:
+            part.close()
         self.parts.clear()
 
 
@@ -214,6 +241,13 @@ class LogFile:
         self.size = size
         self.written_to = written_to
         self.rotations = rotations
+        #: A raw file's sidecar, open for appending, and its size.
+        self._index: OwnedFd | None = None
+        self._index_size = 0
+        #: The newest entry's time (a new one is due RESOLUTION later).
+        self._last_time: int | None = None
+        #: The last byte written was a newline.
+        self._at_line_start = True
 
     @classmethod
     def create(
@@ -235,7 +269,8 @@ class LogFile:
         owner = logdir.open_fresh(stem + ".log")
         for n in range(1, max(max_files, 2) + 1):
             logdir.remove(f"{stem}.log.{n}")  # a previous session's
-        return cls(
+            logdir.remove(f"{stem}.log.{n}{INDEX_SUFFIX}")
+        log = cls(
             logdir,
             stem,
             fmt,
@@ -245,6 +280,15 @@ class LogFile:
             size=0,
             written_to=written_to,
         )
+        if fmt is LogFormat.RAW:
+            try:
+                log._index = logdir.open_fresh(log.name + INDEX_SUFFIX)
+            except BaseException:
+                owner.close()
+                raise
+        else:
+            logdir.remove(log.name + INDEX_SUFFIX)
+        return log
 
     @classmethod
     def adopt(
@@ -272,7 +316,7 @@ class LogFile:
         if fmt is LogFormat.RAW and owner is not None:
             # Exact for raw files: every byte in the current file is one of the stream's.
             written_to = int(meta.get("base", 0)) + size
-        return cls(
+        log = cls(
             logdir,
             stem,
             fmt,
@@ -283,6 +327,32 @@ class LogFile:
             written_to=written_to,
             rotations=int(meta.get("rotations", 0)),
         )
+        if fmt is LogFormat.RAW and writing and owner is not None:
+            log._adopt_index()
+        return log
+
+    def _adopt_index(self) -> None:
+        """Reopen the sidecar of the file being written, and where it and the file stand."""
+        name = self.name + INDEX_SUFFIX
+        try:
+            reader = self._dir.open_existing(name, os.O_RDONLY)
+            if reader is not None:
+                with contextlib.closing(reader):
+                    end = os.fstat(reader.fd).st_size // ENTRY.size * ENTRY.size
+                    if end:
+                        last = os.pread(reader.fd, ENTRY.size, end - ENTRY.size)
+                        _, self._last_time = ENTRY.unpack(last)
+                self._index = self._dir.open_existing(name, os.O_WRONLY | os.O_APPEND)
+                self._index_size = end
+            if self._index is None:
+                # Gone: the times of what the file holds are lost, not those to come.
+                self._index = self._dir.open_fresh(name)
+            log_reader = self._dir.open_existing(self.name, os.O_RDONLY)
+            if log_reader is not None and self.size:
+                with contextlib.closing(log_reader):
+                    self._at_line_start = os.pread(log_reader.fd, 1, self.size - 1) == b"\n"
+        except (OSError, LogFileError, struct.error):
+            pass  # times are extra: the file is written all the same
 
     def meta(self) -> dict[str, Any]:
         """What :meth:`adopt` needs to carry on with this file."""
@@ -331,21 +401,42 @@ class LogFile:
         rotated = False
         view = memoryview(data)
         fd = self.owner.fd
+        done = 0
         while view:
-            if self.max_size and self.size >= self.max_size:
+            used = self.size + self._index_size
+            if self.max_size and self.size and used >= self.max_size:
                 self._rotate()
                 fd = self.owner.fd
                 rotated = True
-            room = len(view) if not self.max_size else self.max_size - self.size
+                used = 0
+            room = len(view) if not self.max_size else max(1, self.max_size - used)
             try:
                 n = os.write(fd, view[:room])
             except InterruptedError:
                 continue
+            self._date(data[done : done + n])  # the whole of data, not a copy, as a rule
             # Counted as it goes: after a failure, written_to is exactly how far it got.
             self.size += n
             self.written_to += n
+            done += n
             view = view[n:]
         return rotated
+
+    def _date(self, written: bytes) -> None:
+        """Add a sidecar entry for bytes just written at ``self.size``, if one is due."""
+        if self._index is None or not written:
+            return
+        # A file's first bytes are always dated: its older lines may be gone with older files.
+        when = entry_time(
+            written, self._at_line_start, self._last_time, time.time_ns, first=self.size == 0
+        )
+        self._at_line_start = written.endswith(b"\n")
+        if when is None:
+            return
+        with contextlib.suppress(OSError):  # times are extra: the output is what counts
+            os.write(self._index.fd, ENTRY.pack(self.size, when))
+            self._index_size += ENTRY.size
+            self._last_time = when
 
     def skip_to(self, offset: int) -> None:
         """Output up to ``offset`` is lost for this file (it was not written in time)."""
@@ -394,24 +485,35 @@ class LogFile:
         """Every file name of this log, oldest first."""
         return [f"{self.name}.{n}" for n in range(self.max_files - 1, 0, -1)] + [self.name]
 
+    def _all_files(self) -> list[str]:
+        """Every file name of this log and of its sidecars, oldest first, each file then its own."""
+        return [name for log in self._files() for name in (log, log + INDEX_SUFFIX)]
+
     def _rotate(self) -> None:
         names = self._files()
         if len(names) > 1:
             for older, newer in itertools.pairwise(names):
-                with contextlib.suppress(FileNotFoundError):
-                    self._dir.rename(newer, older)
+                for suffix in ("", INDEX_SUFFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        self._dir.rename(newer + suffix, older + suffix)
         fresh = self._dir.open_fresh(self.name)
         self.owner.close()
         self._owner = fresh
         self.size = 0
         self.rotations += 1
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+            self._index_size = 0
+            with contextlib.suppress(LogFileError):
+                self._index = self._dir.open_fresh(self.name + INDEX_SUFFIX)
 
     def rename(self, stem: str) -> None:
-        """Follow a session rename; the open fd keeps writing to the moved file."""
+        """Follow a session rename; the open fds keep writing to the moved files."""
         stem = file_stem(stem)
-        old = self._files()
+        old = self._all_files()
         self.stem = stem
-        for before, after in zip(old, self._files(), strict=True):
+        for before, after in zip(old, self._all_files(), strict=True):
             with contextlib.suppress(FileNotFoundError):
                 self._dir.rename(before, after)
 
@@ -432,14 +534,14 @@ class LogFile:
             written_to=0,
         )
         aside.remove_files()
-        for before, after in zip(self._files(), aside._files(), strict=True):
+        for before, after in zip(self._all_files(), aside._all_files(), strict=True):
             with contextlib.suppress(FileNotFoundError):
                 self._dir.rename(before, after)
         return aside.path
 
     def remove_files(self) -> None:
-        """Delete every file of this log (``rm`` without ``--keep-logs``)."""
-        for name in self._files():
+        """Delete every file of this log, sidecars too (``rm`` without ``--keep-logs``)."""
+        for name in self._all_files():
             self._dir.remove(name)
 
     def snapshot(self) -> LogSnapshot:
@@ -448,18 +550,23 @@ class LogFile:
         Raises:
             LogFileError: a file cannot be opened, or is not a regular file.
         """
-        parts: list[tuple[OwnedFd, int]] = []
+        parts: list[LogPart] = []
         try:
             for name in self._files():
                 owner = self._dir.open_existing(name, os.O_RDONLY)
-                if owner is not None:
-                    parts.append((owner, os.fstat(owner.fd).st_size))
+                if owner is None:
+                    continue
+                parts.append(LogPart(owner, os.fstat(owner.fd).st_size))
+                if self.format is LogFormat.RAW:
+                    parts[-1].index = self._dir.open_existing(name + INDEX_SUFFIX, os.O_RDONLY)
         except BaseException:
-            for owner, _ in parts:
-                owner.close()
+            for part in parts:
+                part.close()
             raise
         return LogSnapshot(parts, self.format, self.written_to)
 
     def close(self) -> None:
         if self._owner is not None:
             self._owner.close()
+        if self._index is not None:
+            self._index.close()

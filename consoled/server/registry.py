@@ -42,11 +42,18 @@ REMOVE_TIMEOUT = 5.0
 SCREEN_IDLE = 300.0
 
 
-def parse_name(text: str) -> SessionName:
+def parse_name(text: str, what: str = "container id") -> SessionName:
     try:
-        return SessionName.parse(text)
+        return SessionName.parse(text, what)
     except InvalidName as exc:
         raise RequestError(ErrorCode.INVALID_NAME, str(exc)) from None
+
+
+def _names(sessions: list[Session], most: int = 3) -> str:
+    """A few sessions' names, for a message."""
+    names = sorted((s.name for s in sessions), key=SessionName.sort_key)
+    shown = ", ".join(str(n) for n in names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 def exec_base(command: str) -> str:
@@ -245,14 +252,14 @@ class SessionTable:
         return retired
 
     def listing(self, container: str | None = None) -> list[Session]:
-        """Sessions sorted by container, the init session before its execs."""
+        """Sessions sorted naturally by container (s2 before s10), the init session first."""
         if container is not None:
             try:
                 check_part(container, "container id")
             except InvalidName as exc:
                 raise RequestError(ErrorCode.INVALID_NAME, str(exc)) from None
         chosen = [s for s in self._sessions.values() if container in (None, s.name.id)]
-        chosen.sort(key=lambda s: (s.name.id, s.name.exec is not None, s.name.exec or ""))
+        chosen.sort(key=lambda s: s.name.sort_key())
         return chosen
 
     # --- creation --------------------------------------------------------------------
@@ -475,12 +482,65 @@ class SessionTable:
                 session.log_file.remove_files()
             self._forget(session)
 
-    def rename(self, text: str, new_text: str) -> Session:
-        session = self.get(text)
-        new = parse_name(new_text)
-        if new == session.name:
-            return session
-        self._check_free(new)
+    def rename(self, text: str, new_text: str) -> SessionName:
+        """``rename``: a session, or a whole container with its execs.
+
+        ``rename ID NEW`` moves every session of container ``ID`` (its init
+        and its execs, log files and all) to container ``NEW``, which must
+        have no session yet.  An exec is renamed only within its container
+        (``ID/a`` to ``ID/b``); a lone session without execs may take any
+        free name (``rename unnamed-3 web1/sh-1`` fixes a misnamed exec).
+
+        Returns:
+            The new name.
+        """
+        old = parse_name(text)
+        new = parse_name(new_text, "new name")
+        if old.exec is None:
+            members = [s for s in self._sessions.values() if s.name.id == old.id]
+            if not members:
+                raise RequestError(ErrorCode.UNKNOWN_SESSION, f"no session named {text!r}")
+            if new == old:
+                return new
+            if new.exec is not None:
+                self._check_free(new)
+            execs = [s for s in members if s.name.exec is not None]
+            if new.exec is not None and execs:
+                raise RequestError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"container {old.id} has exec sessions ({_names(execs)}): "
+                    f"rename the container to a container id, not to {new}",
+                )
+            if new.exec is None and new.id != old.id:
+                taken = [s for s in self._sessions.values() if s.name.id == new.id]
+                if taken:
+                    raise RequestError(
+                        ErrorCode.NAME_IN_USE,
+                        f"container {new.id} already has sessions ({_names(taken)}); "
+                        "remove them first with consoled rm",
+                    )
+            moves = [
+                (s, new if new.exec is not None else SessionName(new.id, s.name.exec))
+                for s in members
+            ]
+        else:
+            session = self.get(text)
+            if new == old:
+                return new
+            if new.exec is None or new.id != old.id:
+                raise RequestError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"session {old} is an exec of container {old.id}: it can only be renamed "
+                    f"within its container, to {old.id}/NAME",
+                )
+            moves = [(session, new)]
+        for _, name in moves:
+            self._check_free(name)
+        for session, name in moves:
+            self._move(session, name)
+        return new
+
+    def _move(self, session: Session, new: SessionName) -> None:
         old = session.name
         del self._sessions[old]
         session.name = new
@@ -489,10 +549,9 @@ class SessionTable:
             try:
                 session.log_file.rename(new.file_stem)
             except OSError as exc:
-                log.error("logfile.rename_failed", error=exc.strerror)
+                log.error("logfile.rename_failed", session=str(new), error=exc.strerror)
         session.persist()
         log.info("session.renamed", old=str(old), new=str(new))
-        return session
 
     @contextlib.contextmanager
     def track_stream(self) -> Iterator[None]:

@@ -1,4 +1,4 @@
-"""The streaming half of the protocol: ``attach`` and ``logs``.
+"""The streaming half of the protocol: ``attach`` (``logs`` is in :mod:`.logstream`).
 
 An attached client gets three tasks in a nursery of its own: the output pump
 moves its bounded queue to the socket, the input loop takes keys, sizes and
@@ -11,7 +11,6 @@ pump and the input loop ends first ends the rest.
 from __future__ import annotations
 
 import itertools
-import os
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -24,9 +23,7 @@ from ..protocol import events as ev
 from .audit import audit
 from .channel import Channel
 from .config import DaemonConfig
-from .cri import CriDecoder, CriFormatError
 from .errors import RequestError
-from .logfile import LogFileError, LogFormat, LogSnapshot
 from .registry import SessionTable
 from .session import Session
 from .sizepolicy import size_error, valid_size
@@ -36,8 +33,6 @@ log = structlog.get_logger("consoled.stream")
 
 #: Seconds a lagged client gets to take its "lagged" notice before it is cut off.
 LAGGED_GRACE: Final = 5.0
-#: Read size when streaming a log file.
-FILE_CHUNK: Final = 256 * 1024
 #: Bytes of one client's input that may wait for a terminal that is not
 #: reading; more is dropped (as a full tty input buffer drops keys).
 INPUT_QUEUE: Final = 64 * 1024
@@ -368,107 +363,3 @@ async def _input_loop(
         elif isinstance(event, ev.Detach):
             sub.end(ev.EndReason.DETACHED, "detached")
             return
-
-
-async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs) -> None:
-    """Send a session's log file (or scrollback), then follow it if asked."""
-    session = context.session_for_stream(request.session)
-    if request.uid is not None and request.uid != session.uid:
-        raise RequestError(
-            ErrorCode.UNKNOWN_SESSION,
-            f"session {session.name} is not the one this client followed "
-            "(it ended and the name was reused)",
-        )
-    if request.resume is not None and request.resume < 0:
-        raise RequestError(ErrorCode.INVALID_ARGUMENT, "resume must be an offset >= 0")
-    follow = request.follow and (
-        session.state is not ev.SessionState.EXITED or request.resume is not None
-    )
-    sub = Subscriber(context.config.client_queue, read_only=True, label="logs", follower=True)
-    snapshot: LogSnapshot | None = None
-    # Synchronous from here to the follower's registration: the file (and the
-    # ring after it) hold exactly the output up to that moment.
-    log_file = session.log_file
-    if log_file is not None and request.resume is None:
-        try:
-            snapshot = log_file.snapshot()
-        except LogFileError as exc:
-            # A file we cannot read (something planted in the directory): the ring will do.
-            log.error("logfile.unreadable", session=str(session.name), error=str(exc))
-    try:
-        resume, replay = request.resume, None
-        if snapshot is not None:
-            # The files, then whatever they lack (a write failed) from the ring.
-            resume = snapshot.written_to
-        if follow:
-            session.attach(sub, replay=replay, resume=resume, nudge=False)  # no screen
-        else:
-            if resume is not None:
-                _, chunks = session.record.read_from(resume)
-            else:
-                chunks = session.record.tail()
-            sub.preload(chunks)
-            if session.state is ev.SessionState.EXITED:
-                sub.end(ev.EndReason.EXITED, f"session {session.name} ended")
-            else:
-                sub.end(ev.EndReason.END_OF_LOG, "")
-        with context.table.track_stream():
-            await _logs_stream(channel, session, sub, snapshot, resumed=request.resume is not None)
-    finally:
-        if snapshot is not None:
-            snapshot.close()
-
-
-async def _logs_stream(
-    channel: Channel,
-    session: Session,
-    sub: Subscriber,
-    snapshot: LogSnapshot | None,
-    *,
-    resumed: bool,
-) -> None:
-    if resumed:
-        log.info("client.following", session=str(session.name), resumed=True, offset=sub.offset)
-    try:
-        await channel.send(
-            ev.Attached(
-                str(session.name), session.state, 0, 0, 0, offset=sub.offset, uid=session.uid
-            )
-        )
-        if snapshot is not None:
-            await _send_files(channel, snapshot)
-        async with trio.open_nursery() as nursery:
-
-            async def watch_client() -> None:
-                # A logs client sends nothing but `detach`; EOF means it left.
-                while True:
-                    event = await channel.receive()
-                    if event is None or isinstance(event, ev.Detach):
-                        sub.end(ev.EndReason.DETACHED, "detached")
-                        return
-
-            nursery.start_soon(watch_client)
-            await _pump_output(channel, session, sub)
-            nursery.cancel_scope.cancel()
-    finally:
-        session.detach(sub)
-
-
-async def _send_files(channel: Channel, snapshot: LogSnapshot) -> None:
-    decoder = CriDecoder() if snapshot.format is LogFormat.CRI else None
-    for owner, size in snapshot.parts:
-        fd = owner.fd
-        offset = 0
-        while offset < size:
-            data = os.pread(fd, min(FILE_CHUNK, size - offset), offset)
-            if not data:
-                break
-            offset += len(data)
-            if decoder is not None:
-                try:
-                    data = decoder.feed(data)
-                except CriFormatError as exc:
-                    log.error("logfile.corrupt", error=str(exc))
-                    return
-            if data:
-                await channel.send(ev.Output(data))

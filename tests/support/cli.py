@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Mapping
 
 import trio
 
@@ -14,13 +15,27 @@ CLI_TIMEOUT = 30.0
 
 
 async def cli(
-    daemon: DaemonProcess, *args: str, stdin: bytes = b"", timeout: float = CLI_TIMEOUT
+    daemon: DaemonProcess,
+    *args: str,
+    stdin: bytes = b"",
+    timeout: float = CLI_TIMEOUT,
+    env: Mapping[str, str | None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """``python -m consoled ARGS`` with the daemon's state dir; output captured."""
+    """``python -m consoled ARGS`` with the daemon's state dir; output captured.
+
+    Args:
+        env: more environment variables (None removes one).
+    """
+    environ = daemon.env()
+    for name, value in (env or {}).items():
+        if value is None:
+            environ.pop(name, None)
+        else:
+            environ[name] = value
     with trio.fail_after(timeout):
         return await trio.run_process(
             [sys.executable, "-m", "consoled", *args],
-            env=daemon.env(),
+            env=environ,
             stdin=stdin,
             capture_stdout=True,
             capture_stderr=True,

@@ -1,0 +1,387 @@
+"""The ``logs`` stream: a session's log files or scrollback, filtered here, then live output.
+
+Everything ``logs`` asks for is done in the daemon, so that ``--tail 10`` of
+a 50 MB log sends ten lines, not 50 MB: the tail is found by reading the
+ring, then the files, backwards from their end; ``--since``/``--until`` and
+``--timestamps`` are applied by :class:`~.loglines.LineFilter` to lines whose
+times come from the ring's time index, a raw file's sidecar, or a CRI
+file's records.  A log file wholly older than ``--since`` is not read.
+
+The files are snapshotted, and the follower registered, in one synchronous
+step, so the files, then the ring, then live output are one contiguous
+stream, exactly as the unfiltered stream is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Final
+
+import structlog
+import trio
+
+from ..io.record import Record
+from ..io.timeindex import TimeIndex, decode
+from ..protocol import MAX_DATA_CHUNK, ErrorCode
+from ..protocol import events as ev
+from .channel import Channel
+from .cri import CriDecoder, CriFormatError, decode_record, parse_timestamp
+from .errors import RequestError
+from .logfile import LogFileError, LogFormat, LogPart, LogSnapshot
+from .loglines import LineFilter, TailFinder
+from .session import Session
+from .streams import StreamContext
+from .subscriber import Subscriber
+
+log = structlog.get_logger("consoled.stream")
+
+#: Read size when streaming a log file.
+FILE_CHUNK: Final = 256 * 1024
+
+
+def _no_time(index: int) -> None:
+    return None
+
+
+async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs) -> None:
+    """Send a session's log files (or scrollback), filtered, then follow it if asked."""
+    session = context.session_for_stream(request.session)
+    if request.uid is not None and request.uid != session.uid:
+        raise RequestError(
+            ErrorCode.UNKNOWN_SESSION,
+            f"session {session.name} is not the one this client followed "
+            "(it ended and the name was reused)",
+        )
+    if request.resume is not None and request.resume < 0:
+        raise RequestError(ErrorCode.INVALID_ARGUMENT, "resume must be an offset >= 0")
+    if request.tail is not None and request.tail < 0:
+        raise RequestError(ErrorCode.INVALID_ARGUMENT, "tail must be a number of lines >= 0")
+    lines = LineFilter(since=request.since, until=request.until, timestamps=request.timestamps)
+    follow = request.follow and (
+        session.state is not ev.SessionState.EXITED or request.resume is not None
+    )
+    deadline = math.inf
+    if request.until is not None:
+        # Following ends once the time is past: nothing later would be shown.
+        left = (request.until - time.time_ns()) / 1e9
+        follow = follow and left > 0
+        deadline = trio.current_time() + max(left, 0.0)
+    record = session.record
+    sub = Subscriber(context.config.client_queue, read_only=True, label="logs", follower=True)
+    snapshot: LogSnapshot | None = None
+    # Synchronous from here to the follower's registration: the file (and the
+    # ring after it) hold exactly the output up to that moment.
+    log_file = session.log_file
+    if log_file is not None and request.resume is None:
+        try:
+            snapshot = log_file.snapshot()
+        except LogFileError as exc:
+            # A file we cannot read (something planted in the directory): the ring will do.
+            log.error("logfile.unreadable", session=str(session.name), error=str(exc))
+    try:
+        finder: TailFinder | None = None
+        if request.resume is not None:
+            first = request.resume
+            lines.at_line_start = record.ends_line_before(max(first, record.start))
+        elif snapshot is not None:
+            first = snapshot.written_to  # the files, then whatever they lack from the ring
+        else:
+            first = record.start
+        if request.tail is not None and request.resume is None:
+            finder = TailFinder(request.tail)
+            found = _tail_in_ring(finder, record, first)
+            if found is not None:
+                first = found
+                if snapshot is not None:
+                    snapshot.close()  # the tail is all in the ring
+                    snapshot = None
+        if follow:
+            session.attach(sub, replay=None, resume=first, nudge=False)
+        else:
+            sub.offset, chunks = record.read_from(first)
+            sub.preload(chunks)
+            if session.state is ev.SessionState.EXITED:
+                sub.end(ev.EndReason.EXITED, f"session {session.name} ended")
+            else:
+                sub.end(ev.EndReason.END_OF_LOG, "")
+        with context.table.track_stream():
+            await _logs_stream(
+                channel,
+                session,
+                sub,
+                snapshot,
+                lines=lines,
+                finder=finder,
+                deadline=deadline,
+                resumed=request.resume is not None,
+            )
+    finally:
+        if snapshot is not None:
+            snapshot.close()
+
+
+def _tail_in_ring(finder: TailFinder, record: Record, first: int) -> int | None:
+    """The stream offset where the tail starts, if the ring holds all of it from ``first``."""
+    start, chunks = record.read_from(first)
+    end = start + sum(map(len, chunks))
+    for chunk in reversed(chunks):
+        end -= len(chunk)
+        found = finder.back(chunk)
+        if found is not None:
+            return end + found
+    return None
+
+
+async def _logs_stream(
+    channel: Channel,
+    session: Session,
+    sub: Subscriber,
+    snapshot: LogSnapshot | None,
+    *,
+    lines: LineFilter,
+    finder: TailFinder | None,
+    deadline: float,
+    resumed: bool,
+) -> None:
+    if resumed:
+        log.info("client.following", session=str(session.name), resumed=True, offset=sub.offset)
+    try:
+        await channel.send(
+            ev.Attached(
+                str(session.name), session.state, 0, 0, 0, offset=sub.offset, uid=session.uid
+            )
+        )
+        if snapshot is not None:
+            await _send_files(channel, snapshot, lines, finder)
+        async with trio.open_nursery() as nursery:
+
+            async def watch_client() -> None:
+                # A logs client sends nothing but `detach`; EOF means it left.
+                while True:
+                    event = await channel.receive()
+                    if event is None or isinstance(event, ev.Detach):
+                        sub.end(ev.EndReason.DETACHED, "detached")
+                        return
+
+            nursery.start_soon(watch_client)
+            await _pump_logs(channel, session, sub, lines, deadline)
+            nursery.cancel_scope.cancel()
+    finally:
+        session.detach(sub)
+
+
+async def _send(channel: Channel, data: bytes) -> None:
+    for start in range(0, len(data), MAX_DATA_CHUNK):
+        await channel.send(ev.Output(data[start : start + MAX_DATA_CHUNK]))
+
+
+async def _pump_logs(
+    channel: Channel, session: Session, sub: Subscriber, lines: LineFilter, deadline: float
+) -> None:
+    """Send the ring's and the live output through the filter, then the ``ended`` notice."""
+    record = session.record
+    passed = False
+    while True:
+        if not passed:
+            with trio.move_on_at(deadline) as timer:
+                await sub.wait_output()
+            passed = timer.cancelled_caught
+        offset = sub.offset
+        chunks = sub.take(MAX_DATA_CHUNK)
+        if chunks:
+            out = []
+            for chunk in chunks:
+                base = offset
+                out.append(lines.feed(chunk, lambda i: record.time_at(base + i)))  # noqa: B023
+                offset += len(chunk)
+            await _send(channel, b"".join(out))
+            if not lines.done:
+                continue
+        notice = sub.end_notice
+        if lines.done or (passed and notice is None):
+            # --until: nothing later can be shown.
+            session.detach(sub)
+            await channel.send(ev.Ended(ev.EndReason.END_OF_LOG, ""))
+            return
+        assert notice is not None  # woken with nothing queued: the stream ended
+        session.detach(sub)
+        if notice.reason is ev.EndReason.RESTARTING:
+            await channel.send(ev.Ended(notice.reason, notice.message, resume=sub.offset))
+        else:
+            await channel.send(ev.Ended(notice.reason, notice.message, exit_code=notice.exit_code))
+        return
+
+
+# --- the files ---------------------------------------------------------------------------
+
+
+async def _send_files(
+    channel: Channel, snapshot: LogSnapshot, lines: LineFilter, finder: TailFinder | None
+) -> None:
+    parts = snapshot.parts
+    try:
+        first, offset = 0, 0
+        if finder is not None:
+            first, offset = await _tail_in_files(snapshot, finder)
+        for i in range(first, len(parts)):
+            start = offset if i == first else 0
+            if snapshot.format is LogFormat.CRI:
+                await _send_cri(channel, parts[i], start, lines)
+            else:
+                await _send_raw(channel, parts[i], start, lines)
+            if lines.done:
+                return
+    except CriFormatError as exc:
+        log.error("logfile.corrupt", error=str(exc))
+
+
+async def _tail_in_files(snapshot: LogSnapshot, finder: TailFinder) -> tuple[int, int]:
+    """The file and offset where the tail starts (the ring held less than all of it)."""
+    for i in range(len(snapshot.parts) - 1, -1, -1):
+        part = snapshot.parts[i]
+        if snapshot.format is LogFormat.CRI:
+            found = await _tail_in_cri(part, finder)
+        else:
+            found = await _tail_in_raw(part, finder)
+        if found is not None:
+            return i, found
+    return 0, 0
+
+
+async def _tail_in_raw(part: LogPart, finder: TailFinder) -> int | None:
+    end = part.size
+    while end > 0:
+        start = max(0, end - FILE_CHUNK)
+        data = os.pread(part.owner.fd, end - start, start)
+        found = finder.back(data)
+        if found is not None:
+            return start + found
+        end = start
+        await trio.lowlevel.checkpoint()
+    return None
+
+
+async def _tail_in_cri(part: LogPart, finder: TailFinder) -> int | None:
+    """Where the tail starts in a CRI file: just after the record that ends the line before it."""
+    pos = part.size
+    pending = b""  # the bytes from pos on not yet taken apart: a record cut by the chunk
+    newest = True
+    while pos > 0 or pending:
+        if pos > 0:
+            start = max(0, pos - FILE_CHUNK)
+            pending = os.pread(part.owner.fd, pos - start, start) + pending
+            pos = start
+            if newest:
+                newest = False
+                pending = pending[: pending.rfind(b"\n") + 1]  # a record cut by a crash: not one
+        if pos > 0:
+            cut = pending.find(b"\n") + 1  # what comes before may be the end of a record
+            if not cut:
+                continue
+            whole, pending = pending[cut:], pending[:cut]
+            base = pos + cut
+        else:
+            whole, pending, base = pending, b"", 0
+        end = base + len(whole)
+        for record in reversed(whole.split(b"\n")[:-1]):
+            _, _, tag, _ = decode_record(record)
+            if finder.back_record(tag == b"F"):
+                return end
+            end -= len(record) + 1
+        await trio.lowlevel.checkpoint()
+    return None
+
+
+def _sidecar(part: LogPart) -> TimeIndex | None:
+    """A raw file's times (file offset to time), from its sidecar if it has one."""
+    if part.index is None:
+        return None
+    data = os.pread(part.index.fd, os.fstat(part.index.fd).st_size, 0)
+    return decode(data, part.size)
+
+
+def _ends_line(part: LogPart) -> bool:
+    return part.size == 0 or os.pread(part.owner.fd, 1, part.size - 1) == b"\n"
+
+
+async def _send_raw(channel: Channel, part: LogPart, start: int, lines: LineFilter) -> None:
+    times = None if lines.passthrough else _sidecar(part)
+    if times is not None and lines.since is not None:
+        newest = times.last_time
+        if newest is not None and newest < lines.since:
+            lines.skip(_ends_line(part))  # every line that starts in it is too old
+            return
+    fd = part.owner.fd
+    offset = start
+    while offset < part.size:
+        data = os.pread(fd, min(FILE_CHUNK, part.size - offset), offset)
+        if not data:
+            return
+        if times is None:
+            out = lines.feed(data, _no_time)
+        else:
+            base = offset
+            out = lines.feed(data, lambda i: times.time_at(base + i))  # noqa: B023
+        offset += len(data)
+        if out:
+            await _send(channel, out)
+        if lines.done:
+            return
+
+
+async def _send_cri(channel: Channel, part: LogPart, start: int, lines: LineFilter) -> None:
+    decoder = CriDecoder()
+    fd = part.owner.fd
+    offset = start
+    if lines.since is not None:
+        last = await _cri_last_record(part)
+        if last is None or parse_timestamp(last[0]) < lines.since:
+            lines.skip(last is None or last[2] == b"F")  # every line that starts in it is too old
+            return
+    while offset < part.size:
+        data = os.pread(fd, min(FILE_CHUNK, part.size - offset), offset)
+        if not data:
+            return
+        offset += len(data)
+        if lines.passthrough:
+            out = decoder.feed(data)
+        else:
+            # Records of one batch share a timestamp: each run of them is fed at once.
+            pieces: list[bytes] = []
+            runs: list[tuple[bytes, list[bytes]]] = []
+            for stamp, logged in decoder.feed_records(data):
+                if runs and runs[-1][0] == stamp:
+                    runs[-1][1].append(logged)
+                else:
+                    runs.append((stamp, [logged]))
+            for stamp, logged_run in runs:
+                when = parse_timestamp(stamp)
+                pieces.append(lines.feed(b"".join(logged_run), lambda i: when))  # noqa: B023
+                if lines.done:
+                    break
+            out = b"".join(pieces)
+        if out:
+            await _send(channel, out)
+        if lines.done:
+            return
+        await trio.lowlevel.checkpoint()
+
+
+async def _cri_last_record(part: LogPart) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """The last whole record of a CRI file (None if it has none)."""
+    end = part.size
+    pending = b""
+    while end > 0:
+        start = max(0, end - 4096)
+        pending = os.pread(part.owner.fd, end - start, start) + pending
+        end = start
+        last = pending.rfind(b"\n")
+        if last < 0:
+            continue
+        before = pending.rfind(b"\n", 0, last)
+        if before >= 0 or start == 0:
+            return decode_record(pending[before + 1 : last])
+        await trio.lowlevel.checkpoint()
+    return None

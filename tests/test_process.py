@@ -1,0 +1,33 @@
+"""The process on a terminal: its leader's pidfd, and its exit status (consoled/io/process.py)."""
+
+from __future__ import annotations
+
+import os
+
+import trio
+import trio.testing
+
+from consoled.io.fds import OwnedFd
+from consoled.io.process import Leader
+
+
+async def test_waiting_for_a_leader_that_is_let_go_gives_no_status() -> None:
+    # Was: `rm --force` while the pump waited for the leader's status (after the
+    # terminal hung up) closed the pidfd under it, and the session "failed" with
+    # ClosedResourceError, an internal error in the daemon's log.
+    proc = await trio.lowlevel.open_process(["sleep", "30"])
+    try:
+        leader = Leader(proc.pid, OwnedFd(os.pidfd_open(proc.pid), "pidfd"), None)
+        found: list[int | None] = []
+        async with trio.open_nursery() as nursery:
+
+            async def wait() -> None:
+                found.append(await leader.wait_status(10))
+
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            leader.close()  # what Session.exit does
+        assert found == [None]
+    finally:
+        proc.kill()
+        await proc.wait()
