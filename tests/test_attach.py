@@ -460,15 +460,17 @@ async def test_stalled_client_is_lagged_and_costs_nobody_else(
     never_reads = await AsyncClient.connect(daemon.control_socket)
     try:
         # `attach > file`: keeps up, as a client writing to a terminal would.
+        # (Their stdin stays open: at its end they would type ctrl-d, and `read go`
+        # would return before everyone is attached.)
         with (tmp_path / "fast.out").open("wb") as fast_out:
             fast = await trio.lowlevel.open_process(
-                argv, env=daemon.env(), stdin=subprocess.DEVNULL, stdout=fast_out,
+                argv, env=daemon.env(), stdin=subprocess.PIPE, stdout=fast_out,
                 stderr=subprocess.PIPE,
             )  # fmt: skip
         procs.append(fast)
         # `attach | something that never reads`: the attach process stalls on its stdout.
         slow = await trio.lowlevel.open_process(
-            argv, env=daemon.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            argv, env=daemon.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )  # fmt: skip
         procs.append(slow)
@@ -499,6 +501,7 @@ async def test_stalled_client_is_lagged_and_costs_nobody_else(
             assert await fast.wait() == 0, fast_err
             assert await slow.wait() == 75, slow_err  # EX_TEMPFAIL: lagged, attach again
         everything = (tmp_path / "fast.out").read_bytes()
+        assert b"\x1b[2J" not in everything  # to a file: the raw bytes, no drawn screen
         assert everything.count(b"x") == FLOOD
         assert everything.endswith(b"end-42\r\n")
         assert fast_err.decode().splitlines() == [f"consoled: session {cid} ended (exit status 0)"]
@@ -517,6 +520,8 @@ async def test_stalled_client_is_lagged_and_costs_nobody_else(
                     proc.kill()
                     with trio.move_on_after(EXIT_TIMEOUT):
                         await proc.wait()
+                if proc.stdin is not None:
+                    await proc.stdin.aclose()
             await never_reads.aclose()
 
 

@@ -488,6 +488,9 @@ def attach(
     tty = options.tty and os.isatty(stdin)
     if tty != options.tty:
         options = dataclasses.replace(options, tty=tty)
+    if options.screen and not os.isatty(stdout):
+        # A drawn screen is for a terminal; a file or a pipe gets the raw bytes.
+        options = dataclasses.replace(options, screen=False)
     size = window_size(stdin) if tty else (0, 0)
     client = Client(control_path, timeout=ATTACH_TIMEOUT)
     attacher: Attacher | None = None
