@@ -226,9 +226,10 @@ async def test_attach_after_a_flood_says_the_screen_is_approximate(
         await c.aclose()
         flood = b"\x1b[7m" + b"y\r\n" * 20000  # 60 KB through a 4 KiB ring
         with trio.fail_after(WAIT):
-            for start in range(0, len(flood), 4096):
+            sent = 0
+            while sent < len(flood):  # the slave is non-blocking: writes may be partial
                 await trio.lowlevel.wait_writable(slave)
-                os.write(slave, flood[start : start + 4096])
+                sent += os.write(slave, flood[sent : sent + 4096])
         await written(d, "f1", len(flood))
         c = await d.connect()
         assert isinstance(await c.request(ev.Attach("f1", screen=True)), ev.Attached)
