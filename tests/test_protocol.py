@@ -27,6 +27,7 @@ from consoled.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
     Connection,
+    EncodedOutput,
     ErrorCode,
     LocalProtocolError,
     RemoteProtocolError,
@@ -412,6 +413,48 @@ def test_attach_stream_to_done() -> None:
     # Nothing more may come from the server.
     with pytest.raises(LocalProtocolError):
         pair.server.send(ev.Output(b"late"))
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 255, 256, 65535, 65536, MAX_DATA_CHUNK - 1, MAX_DATA_CHUNK, MAX_DATA_CHUNK + 1,
+     2 * MAX_DATA_CHUNK + 3],
+)  # fmt: skip
+def test_encoded_output_is_exactly_the_output_messages(size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    pieces = [data[i : i + MAX_DATA_CHUNK] for i in range(0, size, MAX_DATA_CHUNK)] or [b""]
+    pair = pair_in("streaming")
+    expected = b"".join(wire(ev.Output(p)) for p in pieces)
+    encoded = EncodedOutput(data)
+    assert encoded.size == len(encoded) == size
+    sent = pair.server.send_encoded(encoded)
+    assert sent == expected, "the same bytes as sending each piece as an output message"
+    pair.client.receive_data(sent)
+    got, sentinel = drain(pair.client)
+    assert sentinel is NEED_DATA
+    assert got == [ev.Output(p) for p in pieces]
+    assert all(len(e.data) <= MAX_DATA_CHUNK for e in got if isinstance(e, ev.Output))
+
+
+@given(st.binary(max_size=2000))
+def test_encoded_output_round_trips(data: bytes) -> None:
+    pair = pair_in("streaming")
+    pair.client.receive_data(pair.server.send_encoded(EncodedOutput(data)))
+    assert drain(pair.client) == ([ev.Output(data)], NEED_DATA)
+
+
+@pytest.mark.parametrize("state", ["handshake", "idle", "awaiting", "done"])
+def test_encoded_output_only_while_streaming(state: str) -> None:
+    pair = pair_in(state)
+    with pytest.raises(LocalProtocolError, match="may not send 'output'"):
+        pair.server.send_encoded(EncodedOutput(b"x"))
+    assert pair.server.state is State(state), "a refused send changes nothing"
+
+
+def test_a_client_may_not_send_encoded_output() -> None:
+    pair = pair_in("streaming")
+    with pytest.raises(LocalProtocolError, match="client may not send 'output'"):
+        pair.client.send_encoded(EncodedOutput(b"x"))
 
 
 def test_logs_stream_to_done() -> None:
@@ -1290,3 +1333,4 @@ def test_stream_round_trips(
 def test_many_messages_in_one_stream_of_bytes(events: list[ev.Event], cuts: list[int]) -> None:
     pair = pair_in("streaming")
     pair.send(Role.CLIENT, *events, cuts=cuts)
+
