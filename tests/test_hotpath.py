@@ -24,6 +24,8 @@ import pytest
 import trio
 import trio.testing
 
+from consoled.io.fds import OwnedFd
+from consoled.io.pty import PtyMaster
 from consoled.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
@@ -401,3 +403,54 @@ async def test_the_reader_writes_part_of_a_frame_and_the_pump_finishes_it(
                 ended = await peer.receive()
                 assert isinstance(ended, ev.Ended), ended
             assert partial, "the reader left part of a frame for the pump"
+
+
+# --- reading: a short read was all there was ------------------------------------------------
+
+
+async def test_a_short_pty_read_ends_the_batch_and_nothing_is_missed() -> None:
+    master_fd, slave = os.openpty()
+    master = PtyMaster(OwnedFd(master_fd, "pty"), 0)
+    try:
+        tty.setraw(slave)
+        os.set_blocking(slave, False)
+        with trio.fail_after(WAIT):
+            os.write(slave, b"k")
+            assert await master.read_batch() == b"k"
+            assert master.drained, "an echo's read ends the batch: no read that fails"
+            # Output written while the reader thought the pty empty is read all the same.
+            os.write(slave, b"x" * 300)
+            os.write(slave, b"y" * 300)
+            got = b""
+            while len(got) < 600:
+                got += await master.read_batch()
+            assert got == b"x" * 300 + b"y" * 300
+            big = pattern(100_000)
+            got = b""
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write_slave, slave, big)
+                while len(got) < len(big):
+                    got += await master.read_batch()
+            assert got == big
+    finally:
+        master.close()
+        os.close(slave)
+
+
+async def test_messages_larger_than_a_read_arrive_whole_and_in_order(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "r1", slaves)
+        c = await d.connect()
+        assert isinstance(await c.request(ev.Attach("r1", replay=0)), ev.Attached)
+        # One write of about 150 KB, more than one receive of the daemon's: sizes
+        # (which the terminal takes however fast) and then keys.
+        burst = b"".join(c.conn.send(ev.WindowSize(20 + i % 10, 80)) for i in range(6000))
+        await c.send_raw(burst + c.conn.send(ev.WindowSize(33, 99)) + c.conn.send(ev.Input(b"<>")))
+        assert len(burst) > 2 * 64 * 1024
+        assert await read_slave(slave, 2) == b"<>"
+        packed = fcntl.ioctl(slave, termios.TIOCGWINSZ, b"\0" * 8)
+        assert struct.unpack("HHHH", packed)[:2] == (33, 99)
+        await c.send(ev.Input(b"!"))  # then a single key, after a short read
+        assert await read_slave(slave, 1) == b"!"

@@ -74,6 +74,7 @@ class Channel:
         self._charged = 0
         #: The rest of a frame that send_encoded_now could only partly write.
         self._unfinished: memoryview | None = None
+        self._read_short = False
 
     def release(self) -> None:
         """Give back this connection's share of the budget (it is closing)."""
@@ -224,12 +225,44 @@ class Channel:
             # counts, so a full budget never refuses anyone's whole message.
             self._account()
             if event is NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                self.conn.receive_data(await self._receive_some())
                 continue
             if event is CLOSED:
                 return None
             assert isinstance(event, ev.Event)
             return event
+
+    async def _receive_some(self) -> bytes | bytearray:
+        """What the client sent next (b"" at its end of the stream).
+
+        A socket read that came back short was most likely all there was: the
+        next one waits for the socket first instead of trying and failing (a
+        keystroke is one short read: this saves a recv(2) and an exception
+        per key).  If more was there after all, the wait returns at once.
+        """
+        stream = self.stream
+        if not isinstance(stream, trio.SocketStream):
+            return await stream.receive_some(RECEIVE_SIZE)
+        sock = stream.socket
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        if self._read_short:
+            await trio.lowlevel.wait_readable(sock)
+            waited = True
+        while True:
+            try:
+                data = os.read(sock.fileno(), RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+                continue
+            except OSError as exc:
+                raise translate_oserror(exc, "socket") from exc
+            break
+        self._read_short = len(data) < RECEIVE_SIZE
+        if not waited:  # a receive is a checkpoint, whatever was waiting
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
 
     def _account(self) -> None:
         if self._budget is not None:
