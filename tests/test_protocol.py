@@ -8,8 +8,10 @@ sends; hypothesis covers any bytes in any chunking, and every valid message.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
+import pickle
 import tracemalloc
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -27,6 +29,7 @@ from consoled.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
     Connection,
+    EncodedOutput,
     ErrorCode,
     LocalProtocolError,
     RemoteProtocolError,
@@ -39,10 +42,12 @@ from consoled.protocol.codec import (
     MAX_ELEMENTS_FROM_SERVER,
     MAX_LIST_LEN,
     MAX_STR_LEN,
+    _fields_of,
     encode_body,
 )
 from consoled.protocol.connection import Sentinel
 from consoled.protocol.elements import count_elements
+from consoled.protocol.message import Frozen
 
 OTHER = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}
 FATAL_CODES = [code for code in ErrorCode if code.fatal]
@@ -412,6 +417,48 @@ def test_attach_stream_to_done() -> None:
     # Nothing more may come from the server.
     with pytest.raises(LocalProtocolError):
         pair.server.send(ev.Output(b"late"))
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 255, 256, 65535, 65536, MAX_DATA_CHUNK - 1, MAX_DATA_CHUNK, MAX_DATA_CHUNK + 1,
+     2 * MAX_DATA_CHUNK + 3],
+)  # fmt: skip
+def test_encoded_output_is_exactly_the_output_messages(size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    pieces = [data[i : i + MAX_DATA_CHUNK] for i in range(0, size, MAX_DATA_CHUNK)] or [b""]
+    pair = pair_in("streaming")
+    expected = b"".join(wire(ev.Output(p)) for p in pieces)
+    encoded = EncodedOutput(data)
+    assert encoded.size == len(encoded) == size
+    sent = pair.server.send_encoded(encoded)
+    assert sent == expected, "the same bytes as sending each piece as an output message"
+    pair.client.receive_data(sent)
+    got, sentinel = drain(pair.client)
+    assert sentinel is NEED_DATA
+    assert got == [ev.Output(p) for p in pieces]
+    assert all(len(e.data) <= MAX_DATA_CHUNK for e in got if isinstance(e, ev.Output))
+
+
+@given(st.binary(max_size=2000))
+def test_encoded_output_round_trips(data: bytes) -> None:
+    pair = pair_in("streaming")
+    pair.client.receive_data(pair.server.send_encoded(EncodedOutput(data)))
+    assert drain(pair.client) == ([ev.Output(data)], NEED_DATA)
+
+
+@pytest.mark.parametrize("state", ["handshake", "idle", "awaiting", "done"])
+def test_encoded_output_only_while_streaming(state: str) -> None:
+    pair = pair_in(state)
+    with pytest.raises(LocalProtocolError, match="may not send 'output'"):
+        pair.server.send_encoded(EncodedOutput(b"x"))
+    assert pair.server.state is State(state), "a refused send changes nothing"
+
+
+def test_a_client_may_not_send_encoded_output() -> None:
+    pair = pair_in("streaming")
+    with pytest.raises(LocalProtocolError, match="client may not send 'output'"):
+        pair.client.send_encoded(EncodedOutput(b"x"))
 
 
 def test_logs_stream_to_done() -> None:
@@ -1290,3 +1337,48 @@ def test_stream_round_trips(
 def test_many_messages_in_one_stream_of_bytes(events: list[ev.Event], cuts: list[int]) -> None:
     pair = pair_in("streaming")
     pair.send(Role.CLIENT, *events, cuts=cuts)
+
+
+# --- the message classes --------------------------------------------------------------
+
+
+def test_messages_behave_as_frozen_dataclasses() -> None:
+    ended = ev.Ended(ev.EndReason.EXITED, "bye", exit_code=3)
+    assert ended == ev.Ended(reason=ev.EndReason.EXITED, message="bye", exit_code=3)
+    assert ended != ev.Ended(ev.EndReason.EXITED, "bye")
+    assert ev.Detach() == ev.Detach()
+    assert ev.Output(b"x") != ev.Input(b"x"), "another message is never equal"
+    assert hash(ended) == hash(ev.Ended(ev.EndReason.EXITED, "bye", exit_code=3))
+    assert len({ev.Output(b"a"), ev.Output(b"a"), ev.Output(b"b")}) == 2
+    assert repr(ev.Hello(1)) == "Hello(version=1, client='')"
+    assert ev.Attach("web").replay is None, "defaults"
+    with pytest.raises(AttributeError):
+        ended.message = "changed"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        ended.extra = 1  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        ev.Hello()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        ev.Hello(1, "c", "too many")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        ev.Hello(1, nope=2)  # type: ignore[call-arg]
+    assert not hasattr(ended, "__dict__"), "slotted"
+    assert ev.Resize.__match_args__ == ("session", "rows", "cols")
+    match ev.Resize("web", 24, 80):
+        case ev.Resize(name, rows, cols):
+            assert (name, rows, cols) == ("web", 24, 80)
+    # What the standard library offers for dataclasses works as well.
+    assert dataclasses.is_dataclass(ended)
+    assert dataclasses.replace(ended, exit_code=0) == ev.Ended(
+        ev.EndReason.EXITED, "bye", None, None, 0
+    )
+    assert [f.name for f in dataclasses.fields(ev.Hello)] == ["version", "client"]
+    assert dataclasses.asdict(ev.Hello(1, "c")) == {"version": 1, "client": "c"}
+    assert copy.deepcopy(INFO) == INFO
+    assert pickle.loads(pickle.dumps(ended)) == ended
+
+
+@pytest.mark.parametrize("cls", [*ev.ALL_EVENTS, ev.SessionInfo])
+def test_every_message_field_has_a_wire_checker(cls: type[Frozen]) -> None:
+    # The schema is worked out on first use: every field must have a checker.
+    assert [f.name for f in _fields_of(cls)] == list(cls._fields)

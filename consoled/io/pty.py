@@ -27,6 +27,10 @@ from .fds import OwnedFd, set_nonblocking
 #: batches got a full-speed reader dropped as lagged; docs/performance.md).
 BATCH_SIZE: Final = 64 * 1024
 READ_SIZE: Final = 64 * 1024
+#: A first read shorter than this (an echo, a prompt) was most likely all there
+#: was: the batch ends without another read that would fail.  If more was
+#: there after all, the next wait returns at once.
+SHORT_READ: Final = 512
 
 
 class Hangup(Exception):
@@ -41,7 +45,8 @@ class PtyMaster:
         self.number = number
         set_nonblocking(holder.fd)
         self._write_lock = trio.StrictFIFOLock()
-        #: The last read found the pty empty (so waiting is the next step, not reading).
+        #: The last read found the pty empty, or (a short first read) most
+        #: likely: waiting is the next step, not reading.
         self.drained = False
 
     @property
@@ -92,6 +97,9 @@ class PtyMaster:
                 raise Hangup
             parts.append(data)
             total += len(data)
+            if total < SHORT_READ:
+                self.drained = True
+                break
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -6,7 +6,14 @@ Feed received bytes to :class:`Connection.receive_data`, take events from
 """
 
 from . import events
-from .connection import CLOSED, DEFAULT_MAX_FRAME_SIZE, MAX_DATA_CHUNK, NEED_DATA, Connection
+from .connection import (
+    CLOSED,
+    DEFAULT_MAX_FRAME_SIZE,
+    MAX_DATA_CHUNK,
+    NEED_DATA,
+    Connection,
+    EncodedOutput,
+)
 from .errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from .events import PROTOCOL_VERSION
 from .state import Role, State
@@ -18,6 +25,7 @@ __all__ = [
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "Connection",
+    "EncodedOutput",
     "ErrorCode",
     "LocalProtocolError",
     "ProtocolError",

@@ -7,9 +7,7 @@ not know are ignored, so a later minor revision can add optional fields.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -19,6 +17,7 @@ import msgpack
 from . import events as ev
 from .elements import count_elements
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from .message import Frozen
 
 #: Longest string field accepted (session names are at most 257 characters).
 MAX_STR_LEN: Final = 4096
@@ -99,50 +98,56 @@ def _tuple_of_sessions(value: object, field: str) -> tuple[ev.SessionInfo, ...]:
     return tuple(_session_info(item, f"{field}[{i}]") for i, item in enumerate(value))
 
 
-_SIMPLE: Final[dict[object, _Check]] = {
-    str: _check_str,
-    int: _check_int,
-    bool: _check_bool,
-    bytes: _check_bytes,
-    ErrorCode: _enum_check(ErrorCode),
-    ev.EndReason: _enum_check(ev.EndReason),
-    ev.SessionState: _enum_check(ev.SessionState),
-    tuple[ev.SessionInfo, ...]: _tuple_of_sessions,
+#: The checker for each field type, by its annotation as written in :mod:`.events`.
+_SIMPLE: Final[dict[str, _Check]] = {
+    "str": _check_str,
+    "int": _check_int,
+    "bool": _check_bool,
+    "bytes": _check_bytes,
+    "ErrorCode": _enum_check(ErrorCode),
+    "EndReason": _enum_check(ev.EndReason),
+    "SessionState": _enum_check(ev.SessionState),
+    "tuple[SessionInfo, ...]": _tuple_of_sessions,
 }
 
 
-def _checker_for(hint: object) -> _Check:
+def _checker_for(hint: str) -> _Check:
     if hint in _SIMPLE:
         return _SIMPLE[hint]
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) and len(args) == 2 and type(None) in args:
-        (inner,) = (a for a in args if a is not type(None))
-        return _optional(_checker_for(inner))
+    if hint.endswith(" | None"):
+        return _optional(_checker_for(hint.removesuffix(" | None")))
     raise TypeError(f"no wire checker for {hint!r}")  # pragma: no cover - a bug in events.py
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class _Field:
-    name: str
-    check: _Check
-    required: bool
+    __slots__ = ("check", "name", "required")
+
+    def __init__(self, name: str, check: _Check, required: bool) -> None:
+        self.name = name
+        self.check = check
+        self.required = required
 
 
-def _fields_of(cls: type) -> tuple[_Field, ...]:
-    hints = typing.get_type_hints(cls)
+def _fields_of(cls: type[Frozen]) -> tuple[_Field, ...]:
+    hints: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        hints.update(getattr(klass, "__annotations__", {}))
     return tuple(
-        _Field(
-            f.name,
-            _checker_for(hints[f.name]),
-            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
-        )
-        for f in dataclasses.fields(cls)
+        _Field(name, _checker_for(hints[name]), name not in cls._defaults) for name in cls._fields
     )
 
 
-_SCHEMA: Final[dict[type, tuple[_Field, ...]]] = {
-    cls: _fields_of(cls) for cls in (*ev.ALL_EVENTS, ev.SessionInfo)
-}
+class _Schema(dict[type, tuple[_Field, ...]]):
+    """Each message class's fields and their checkers, worked out on first use."""
+
+    def __missing__(self, cls: type) -> tuple[_Field, ...]:
+        if not (isinstance(cls, type) and issubclass(cls, ev.Event | ev.SessionInfo)):
+            raise KeyError(cls)
+        fields = self[cls] = _fields_of(cls)
+        return fields
+
+
+_SCHEMA: Final = _Schema()
 _BY_NAME: Final[dict[str, type[ev.Event]]] = {cls.TYPE: cls for cls in ev.ALL_EVENTS}
 
 
@@ -161,7 +166,7 @@ def _plain(value: object) -> object:
         return value.value
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if isinstance(value, Frozen):
         return _as_map(value)
     return value
 
@@ -175,7 +180,7 @@ def encode_body(event: ev.Event) -> bytes:
     if type(event) is ev.Output:  # the hot path: skip the generic walk
         packed: bytes = msgpack.packb({"type": "output", "data": event.data})
         return packed
-    if type(event) not in _SCHEMA:
+    if not isinstance(event, ev.Event) or type(event) is ev.Event:
         raise LocalProtocolError(f"{event!r} is not a protocol message")
     body = _as_map(event)
     body["type"] = event.TYPE

@@ -22,12 +22,65 @@ DEFAULT_MAX_FRAME_SIZE: Final = 1024 * 1024
 #: Largest ``data`` in one ``output`` or ``input`` message that we send.
 MAX_DATA_CHUNK: Final = 256 * 1024
 _HEADER: Final = 4
+#: The start of every ``output`` body: a map of two, ``type`` first (as msgpack packs
+#: ``{"type": "output", "data": ...}``), then the ``data`` key.
+_OUTPUT_PREFIX: Final = b"\x82\xa4type\xa6output\xa4data"
+
+
+def _bin_header(size: int) -> bytes:
+    """The msgpack header of a ``bin`` of ``size`` bytes."""
+    if size < 0x100:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 0x10000:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+class EncodedOutput:
+    """Output encoded once as ``output`` frames, to be sent as it is on any connection.
+
+    A session's output goes to every attached client alike: the daemon frames
+    each chunk once and every client's connection sends the same bytes
+    (:meth:`Connection.send_encoded`).  Data longer than :data:`MAX_DATA_CHUNK`
+    becomes several frames.  The bytes are exactly those of
+    ``Connection.send(Output(data))`` for each piece.
+
+    Attributes:
+        size: bytes of output data it carries (not counting the framing).
+        frames: the frames, ready to send.
+    """
+
+    __slots__ = ("frames", "size")
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.size = size = len(data)
+        if size <= MAX_DATA_CHUNK:
+            header = _bin_header(size)
+            body_len = len(_OUTPUT_PREFIX) + len(header) + size
+            self.frames = b"".join(
+                (body_len.to_bytes(_HEADER, "big"), _OUTPUT_PREFIX, header, data)
+            )
+            return
+        view = memoryview(data)
+        self.frames = b"".join(
+            EncodedOutput(view[start : start + MAX_DATA_CHUNK]).frames
+            for start in range(0, size, MAX_DATA_CHUNK)
+        )
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __repr__(self) -> str:
+        return f"EncodedOutput(size={self.size})"
 
 
 class Sentinel(enum.Enum):
     NEED_DATA = "need_data"
     CLOSED = "closed"
 
+
+#: Stands for any ``output`` message when the state machine checks an encoded one.
+_OUTPUT_PROBE: Final = ev.Output(b"")
 
 NEED_DATA: Final = Sentinel.NEED_DATA
 CLOSED: Final = Sentinel.CLOSED
@@ -78,6 +131,18 @@ class Connection:
         body = codec.encode_body(event)
         self._machine.process(self.our_role, event, ours=True)
         return len(body).to_bytes(_HEADER, "big") + body
+
+    def send_encoded(self, output: EncodedOutput) -> bytes:
+        """Return the bytes of ``output``, framed beforehand, for this connection.
+
+        The state machine checks it as it checks an ``output`` message: only
+        the server sends it, and only while streaming.
+
+        Raises:
+            LocalProtocolError: output may not be sent in the current state.
+        """
+        self._machine.process(self.our_role, _OUTPUT_PROBE, ours=True)
+        return output.frames
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes received from the peer; ``b""`` means the peer closed."""

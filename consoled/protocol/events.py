@@ -1,4 +1,4 @@
-"""The messages of the consoled control protocol, as frozen dataclasses.
+"""The messages of the consoled control protocol, as frozen records of typed fields.
 
 Every message has a wire name (``TYPE``) and typed fields; :mod:`.codec`
 turns them into msgpack maps and back, checking every field.  Which side may
@@ -10,10 +10,10 @@ docs/protocol.md is the reference for all of these; keep the two in step.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import ClassVar
 
 from .errors import ErrorCode
+from .message import Frozen, frozen
 
 #: The protocol version this implementation speaks.
 PROTOCOL_VERSION = 1
@@ -37,8 +37,8 @@ class SessionState(enum.StrEnum):
     EXITED = "exited"  # the terminal hung up; scrollback kept until rm
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+@frozen
+class Event(Frozen):
     """Base class of every protocol message."""
 
     TYPE: ClassVar[str] = ""
@@ -47,7 +47,7 @@ class Event:
 # --- handshake ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Hello(Event):
     """Client -> server, first message on every connection."""
 
@@ -56,7 +56,7 @@ class Hello(Event):
     client: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Welcome(Event):
     """Server -> client, the answer to a ``hello`` the server accepts."""
 
@@ -66,7 +66,7 @@ class Welcome(Event):
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Error(Event):
     """Server -> client: a request failed, or (``code.fatal``) the connection ends."""
 
@@ -78,7 +78,7 @@ class Error(Event):
 # --- requests and their replies -------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CreateSocket(Event):
     """Ask for a console socket for ``session``.
 
@@ -94,14 +94,14 @@ class CreateSocket(Event):
     ephemeral: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SocketCreated(Event):
     TYPE: ClassVar[str] = "socket_created"
     session: str
     path: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ListSessions(Event):
     """List every session, or only those of container ``id``."""
 
@@ -109,8 +109,8 @@ class ListSessions(Event):
     id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
+@frozen
+class SessionInfo(Frozen):
     """One session as ``ls`` shows it (also the stable ``ls --json`` object)."""
 
     session: str
@@ -130,7 +130,7 @@ class SessionInfo:
     exit_code: int | None = None  # how its process ended (128 + N for signal N), if known
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SessionList(Event):
     """One page of a session list; ``more`` is true on every page but the last."""
 
@@ -139,12 +139,12 @@ class SessionList(Event):
     more: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GetInfo(Event):
     TYPE: ClassVar[str] = "get_info"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DaemonInfo(Event):
     TYPE: ClassVar[str] = "daemon_info"
     version: str
@@ -159,7 +159,7 @@ class DaemonInfo(Event):
     started: str = ""  # RFC 3339: when this program started serving (a reexec restarts it)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Remove(Event):
     TYPE: ClassVar[str] = "remove"
     session: str
@@ -167,14 +167,14 @@ class Remove(Event):
     keep_logs: bool = False  # keep its log files (they are removed with it otherwise)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Removed(Event):
     TYPE: ClassVar[str] = "removed"
     session: str
     state: SessionState  # the state it was in when removed
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Resize(Event):
     """Set a session's window size from outside (``consoled resize``)."""
 
@@ -184,7 +184,7 @@ class Resize(Event):
     cols: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Resized(Event):
     TYPE: ClassVar[str] = "resized"
     session: str
@@ -192,21 +192,21 @@ class Resized(Event):
     cols: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Rename(Event):
     TYPE: ClassVar[str] = "rename"
     session: str
     new: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Renamed(Event):
     TYPE: ClassVar[str] = "renamed"
     session: str
     new: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Wait(Event):
     """Wait until a session has ended; the reply says how its process ended."""
 
@@ -214,14 +214,14 @@ class Wait(Event):
     session: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Waited(Event):
     TYPE: ClassVar[str] = "waited"
     session: str
     exit_code: int | None  # 128 + N for signal N; None when it cannot be known
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReportExit(Event):
     """A client that reaped a session's process says how it ended.
 
@@ -234,21 +234,21 @@ class ReportExit(Event):
     exit_code: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ExitReported(Event):
     TYPE: ClassVar[str] = "exit_reported"
     session: str
     exit_code: int | None  # the status the session has now
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reexec(Event):
     """Replace the daemon's program with the one now installed, dropping nothing."""
 
     TYPE: ClassVar[str] = "reexec"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reexeced(Event):
     """The successor has taken everything over and serves now."""
 
@@ -258,7 +258,7 @@ class Reexeced(Event):
     sessions: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Attach(Event):
     """Attach to a session.
 
@@ -287,7 +287,7 @@ class Attach(Event):
     history: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Logs(Event):
     """Stream a session's retained output (its log file when it has one)."""
 
@@ -302,7 +302,7 @@ class Logs(Event):
     timestamps: bool = False  # start each line with the time it was read (RFC 3339) and a space
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Attached(Event):
     """The stream has started: ``output`` messages follow, then ``ended``."""
 
@@ -319,13 +319,13 @@ class Attached(Event):
 # --- the stream -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Output(Event):
     TYPE: ClassVar[str] = "output"
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Screen(Event):
     """Draws the session's current screen; the output that follows continues it."""
 
@@ -334,25 +334,25 @@ class Screen(Event):
     approximate: bool = False  # some output went unemulated (a flood): not exact
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Input(Event):
     TYPE: ClassVar[str] = "input"
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WindowSize(Event):
     TYPE: ClassVar[str] = "window_size"
     rows: int
     cols: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Detach(Event):
     TYPE: ClassVar[str] = "detach"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Ended(Event):
     TYPE: ClassVar[str] = "ended"
     reason: EndReason

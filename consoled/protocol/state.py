@@ -14,7 +14,6 @@ and received, so each knows what the other may legally do next.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import NoReturn
 
 from . import events as ev
@@ -52,12 +51,15 @@ REPLY_FOR: dict[type[ev.Event], type[ev.Event]] = {
 }
 
 
-@dataclass(slots=True)
 class StateMachine:
     """Tracks one connection; :meth:`process` raises on an illegal message."""
 
-    state: State = State.HANDSHAKE
-    pending: type[ev.Event] | None = None  # the request awaiting its reply
+    __slots__ = ("pending", "state")
+
+    def __init__(self) -> None:
+        self.state = State.HANDSHAKE
+        #: The request awaiting its reply.
+        self.pending: type[ev.Event] | None = None
 
     def process(self, sender: Role, event: ev.Event, *, ours: bool) -> bool:
         """Advance on ``event`` sent by ``sender``.

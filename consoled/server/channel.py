@@ -3,11 +3,17 @@
 Sends are serialised by a FIFO lock, because an attached client's output
 pump and its input handler (answering a bad resize) may both send; the codec
 is fed in the same order the bytes go out.
+
+A session's reader may also write output straight to the socket while nobody
+sends (:meth:`Channel.send_encoded_now`).  What the socket did not take of
+that frame is the *unfinished* rest: every send finishes it first, so frames
+never interleave.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Final
 
 import trio
@@ -17,6 +23,7 @@ from ..protocol import (
     CLOSED,
     NEED_DATA,
     Connection,
+    EncodedOutput,
     ErrorCode,
     RemoteProtocolError,
     Role,
@@ -25,6 +32,8 @@ from ..protocol import (
 from ..protocol import events as ev
 
 RECEIVE_SIZE: Final = 64 * 1024
+#: More frames than this in one send are joined first (writev takes at most 1,024).
+MAX_WRITEV: Final = 64
 
 
 class ByteBudget:
@@ -63,12 +72,20 @@ class Channel:
         self._send_lock = trio.StrictFIFOLock()
         self._budget = budget
         self._charged = 0
+        #: The rest of a frame that send_encoded_now could only partly write.
+        self._unfinished: memoryview | None = None
+        self._read_short = False
 
     def release(self) -> None:
         """Give back this connection's share of the budget (it is closing)."""
         if self._budget is not None:
             self._budget.charge(self._charged, 0)
         self._charged = 0
+
+    @property
+    def unfinished(self) -> bool:
+        """Part of a frame is written and the rest waits for the next send (or :meth:`flush`)."""
+        return self._unfinished is not None
 
     async def send(self, *events: ev.Event) -> None:
         """Send events in order.
@@ -78,12 +95,7 @@ class Channel:
             trio.ClosedResourceError: the client broke the protocol (the
                 connection is closing: only the fatal error may still go out).
         """
-        # Uncontended (the usual case), take the lock without the scheduler
-        # round trip of ``async with``; send_all yields once anyway.
-        try:
-            self._send_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._send_lock.acquire()
+        await self._acquire()
         try:
             # An attached client's input loop may have just received garbage
             # while its output pump was about to send: the pump stops here.
@@ -91,14 +103,96 @@ class Channel:
                 isinstance(e, ev.Error) and e.code.fatal for e in events
             ):
                 raise trio.ClosedResourceError("the client broke the protocol")
-            data = b"".join([self.conn.send(event) for event in events])
-            sent = self._send_now(data)
-            if sent < len(data):
-                await self.stream.send_all(memoryview(data)[sent:])
+            await self._finish()
+            await self._write([b"".join([self.conn.send(event) for event in events])])
         finally:
             self._send_lock.release()
 
-    def _send_now(self, data: bytes) -> int:
+    async def send_output(self, outputs: Sequence[EncodedOutput]) -> None:
+        """Send output framed beforehand (shared by every client of a session), in order.
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: as :meth:`send`.
+        """
+        await self._acquire()
+        try:
+            if self.conn.state is State.ERROR:
+                raise trio.ClosedResourceError("the client broke the protocol")
+            await self._finish()
+            await self._write([self.conn.send_encoded(output) for output in outputs])
+        finally:
+            self._send_lock.release()
+
+    async def flush(self) -> None:
+        """Finish the frame :meth:`send_encoded_now` started, if any.
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: as :meth:`send`.
+        """
+        await self._acquire()
+        try:
+            await self._finish()
+        finally:
+            self._send_lock.release()
+
+    def send_encoded_now(self, output: EncodedOutput) -> bool:
+        """Write ``output`` to the socket now, if nobody is sending; never waits.
+
+        If the socket takes only part of it, the rest is written by the next
+        send (or :meth:`flush`) before anything else: see :attr:`unfinished`.
+
+        Returns:
+            False if nothing was written: someone is sending, a frame is
+            unfinished, the stream is not open, or the socket is full or broken
+            (the caller queues it; the next send reports a broken socket).
+        """
+        if (
+            self._send_lock.locked()
+            or self._unfinished is not None
+            or self.conn.state is not State.STREAMING
+        ):
+            return False
+        frames = self.conn.send_encoded(output)
+        try:
+            sent = self._send_now([frames])
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        if not sent:
+            return False
+        if sent < len(frames):
+            self._unfinished = memoryview(frames)[sent:]
+        return True
+
+    async def _acquire(self) -> None:
+        # Uncontended (the usual case), take the lock without the scheduler
+        # round trip of ``async with``.
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+
+    async def _finish(self) -> None:
+        """With the lock held: write the rest of an unfinished frame."""
+        rest = self._unfinished
+        if rest is not None:
+            try:
+                await self._write([rest])
+            finally:
+                self._unfinished = None  # written, or the connection is done for
+
+    async def _write(self, buffers: list[bytes] | list[memoryview]) -> None:
+        """With the lock held: write ``buffers``, yielding only if the socket is full."""
+        if len(buffers) > MAX_WRITEV:
+            buffers = [b"".join(buffers)]
+        sent = self._send_now(buffers)
+        for buf in buffers:
+            if sent >= len(buf):
+                sent -= len(buf)
+                continue
+            await self.stream.send_all(memoryview(buf)[sent:])
+            sent = 0
+
+    def _send_now(self, buffers: Sequence[bytes | memoryview]) -> int:
         """Send what the socket takes right now, without a scheduler round trip.
 
         An echo is a few dozen bytes: one write(2), where send_all would add
@@ -108,7 +202,10 @@ class Channel:
         if not isinstance(stream, trio.SocketStream):
             return 0
         try:
-            return os.write(stream.socket.fileno(), data)
+            fd = stream.socket.fileno()
+            if len(buffers) == 1:
+                return os.write(fd, buffers[0])
+            return os.writev(fd, buffers)
         except BlockingIOError:
             return 0
         except OSError as exc:
@@ -128,12 +225,44 @@ class Channel:
             # counts, so a full budget never refuses anyone's whole message.
             self._account()
             if event is NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(RECEIVE_SIZE))
+                self.conn.receive_data(await self._receive_some())
                 continue
             if event is CLOSED:
                 return None
             assert isinstance(event, ev.Event)
             return event
+
+    async def _receive_some(self) -> bytes | bytearray:
+        """What the client sent next (b"" at its end of the stream).
+
+        A socket read that came back short was most likely all there was: the
+        next one waits for the socket first instead of trying and failing (a
+        keystroke is one short read: this saves a recv(2) and an exception
+        per key).  If more was there after all, the wait returns at once.
+        """
+        stream = self.stream
+        if not isinstance(stream, trio.SocketStream):
+            return await stream.receive_some(RECEIVE_SIZE)
+        sock = stream.socket
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        if self._read_short:
+            await trio.lowlevel.wait_readable(sock)
+            waited = True
+        while True:
+            try:
+                data = os.read(sock.fileno(), RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+                continue
+            except OSError as exc:
+                raise translate_oserror(exc, "socket") from exc
+            break
+        self._read_short = len(data) < RECEIVE_SIZE
+        if not waited:  # a receive is a checkpoint, whatever was waiting
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
 
     def _account(self) -> None:
         if self._budget is not None:

@@ -1,8 +1,9 @@
 """The clients of one session: fan-out of output, and the window size they agree on.
 
-Pure bookkeeping (no I/O): the session's pump calls :meth:`ClientHub.publish`
-for every batch, which never waits; a client that falls too far behind is
-ended as *lagged*.  Window sizes combine by the daemon's size policy; the
+Bookkeeping that never waits: the session's pump calls :meth:`ClientHub.publish`
+for every batch, which frames it once for all clients (a client whose pump
+is idle gets it written at once, see :mod:`.subscriber`); a client that
+falls too far behind is ended as *lagged*.  Window sizes combine by the daemon's size policy; the
 session applies the result to its terminal.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 
 import structlog
 
+from ..protocol import EncodedOutput
 from ..protocol.events import EndReason
 from .sizepolicy import ClientSize, SizePolicy, choose_size
 from .subscriber import Subscriber
@@ -52,7 +54,10 @@ class ClientHub:
         Returns:
             True if a dropped one's size counted (the size should be recomputed).
         """
-        dropped = [sub for sub in self._subscribers if not sub.push(data)]
+        if not self._subscribers:
+            return False
+        output = EncodedOutput(data)  # once, whatever the number of clients
+        dropped = [sub for sub in self._subscribers if not sub.push(output)]
         resize = False
         for sub in dropped:
             # Only this push ends a stream as lagged; the others ended (detached,

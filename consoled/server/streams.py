@@ -18,7 +18,7 @@ from typing import Final
 import structlog
 import trio
 
-from ..protocol import MAX_DATA_CHUNK, ErrorCode
+from ..protocol import MAX_DATA_CHUNK, EncodedOutput, ErrorCode
 from ..protocol import events as ev
 from .audit import audit
 from .channel import Channel
@@ -160,27 +160,59 @@ async def _pump_output(
     the daemon is restarting, the notice says where the client resumes its
     output and how much of its input was consumed.
     """
+
+    def send_now(output: EncodedOutput) -> bool:
+        if not channel.send_encoded_now(output):
+            return False
+        if channel.unfinished:
+            sub.wake()  # the rest of the frame is ours to write
+        return True
+
+    sub.send_now = send_now
+    try:
+        await _pump_queue(channel, sub)
+    finally:
+        sub.send_now = None
+    notice = sub.end_notice
+    assert notice is not None
+    session.detach(sub)
+    if notice.reason is not ev.EndReason.RESTARTING:
+        await channel.send(ev.Ended(notice.reason, notice.message, exit_code=notice.exit_code))
+        if notice.reason is ev.EndReason.EXITED and not sub.follower and delivered is not None:
+            delivered(session)
+        return
+    consumed = None if inputs is None else await inputs.stop()
+    await channel.send(ev.Ended(notice.reason, notice.message, resume=sub.offset, input=consumed))
+
+
+async def _pump_queue(channel: Channel, sub: Subscriber) -> None:
+    """Send queued output until the stream has ended and nothing is left."""
     while True:
         await sub.wait_output()
         chunks = sub.take(MAX_DATA_CHUNK)
         if chunks:
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            for start in range(0, len(data), MAX_DATA_CHUNK):
-                await channel.send(ev.Output(data[start : start + MAX_DATA_CHUNK]))
-            continue
-        notice = sub.end_notice
-        assert notice is not None  # woken with nothing queued: the stream ended
-        session.detach(sub)
-        if notice.reason is not ev.EndReason.RESTARTING:
-            await channel.send(ev.Ended(notice.reason, notice.message, exit_code=notice.exit_code))
-            if notice.reason is ev.EndReason.EXITED and not sub.follower and delivered is not None:
-                delivered(session)
+            await channel.send_output(_encoded(chunks))
+        elif sub.end_notice is not None:
             return
-        consumed = None if inputs is None else await inputs.stop()
-        await channel.send(
-            ev.Ended(notice.reason, notice.message, resume=sub.offset, input=consumed)
-        )
-        return
+        else:  # woken to finish a frame the session's reader started
+            await channel.flush()
+
+
+def _encoded(chunks: list[bytes | EncodedOutput]) -> list[EncodedOutput]:
+    """Chunks as frames: live output is framed already, replayed bytes are joined and framed."""
+    out: list[EncodedOutput] = []
+    raw: list[bytes] = []
+    for chunk in chunks:
+        if isinstance(chunk, EncodedOutput):
+            if raw:
+                out.append(EncodedOutput(b"".join(raw)))
+                raw = []
+            out.append(chunk)
+        else:
+            raw.append(chunk)
+    if raw:
+        out.append(EncodedOutput(raw[0] if len(raw) == 1 else b"".join(raw)))
+    return out
 
 
 async def _watch_lag(sub: Subscriber, scope: trio.CancelScope) -> None:

@@ -4,15 +4,22 @@ The session's reader calls :meth:`Subscriber.push` for every batch; it never
 waits.  A subscriber whose queue would grow past its bound is ended as
 *lagged* and dropped from the session, so one stalled client costs only
 itself.
+
+Live output arrives framed already (:class:`~consoled.protocol.EncodedOutput`,
+encoded once for all clients).  While the client's pump waits with nothing
+queued, a push first offers the frame to :attr:`Subscriber.send_now`, which
+writes it straight to the client's socket: an echo then needs no task switch.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
+from ..protocol import EncodedOutput
 from ..protocol.events import EndReason
 from .sizepolicy import ClientSize
 
@@ -40,7 +47,7 @@ class Subscriber:
         self.follower = follower
         self.label = label
         self.size: ClientSize | None = None
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | EncodedOutput] = deque()
         self._queued = 0
         self._allowance = 0  # replay bytes that do not count against the limit
         self._wakeup = trio.Event()
@@ -49,6 +56,10 @@ class Subscriber:
         #: Stream offset of the next byte :meth:`take` returns: where a client
         #: that lost this stream resumes.
         self.offset = 0
+        #: Writes output to the client now, without waiting; False if it cannot
+        #: (then it is queued).  Set by the pump; used only while it waits.
+        self.send_now: Callable[[EncodedOutput], bool] | None = None
+        self._pump_waiting = False
 
     @property
     def queued(self) -> int:
@@ -63,8 +74,12 @@ class Subscriber:
         if chunks:
             self._wakeup.set()
 
-    def push(self, data: bytes) -> bool:
-        """Queue live output.
+    def push(self, data: bytes | EncodedOutput) -> bool:
+        """Queue live output, or send it at once (see :attr:`send_now`).
+
+        It goes straight to the client only when nothing is queued and the
+        pump is waiting, so holds nothing either: it cannot overtake older
+        output.  It then counts as taken (the offset moves past it).
 
         Returns:
             False if the subscriber is (now) ended: the caller drops it.
@@ -77,6 +92,15 @@ class Subscriber:
                 f"this client fell more than {self.limit} bytes behind the output",
             )
             return False
+        if (
+            self._pump_waiting
+            and not self._chunks
+            and self.send_now is not None
+            and isinstance(data, EncodedOutput)
+            and self.send_now(data)
+        ):
+            self.offset += data.size
+            return True
         self._chunks.append(data)
         self._queued += len(data)
         self._wakeup.set()
@@ -94,9 +118,9 @@ class Subscriber:
         self._wakeup.set()
         self.ended.set()
 
-    def take(self, max_bytes: int) -> list[bytes]:
+    def take(self, max_bytes: int) -> list[bytes | EncodedOutput]:
         """Take queued chunks, about ``max_bytes`` worth (at least one)."""
-        out: list[bytes] = []
+        out: list[bytes | EncodedOutput] = []
         total = 0
         chunks = self._chunks
         while chunks and (not out or total + len(chunks[0]) <= max_bytes):
@@ -110,6 +134,14 @@ class Subscriber:
             self._wakeup = trio.Event()
         return out
 
+    def wake(self) -> None:
+        """Wake the pump with nothing queued (a frame it must finish was started)."""
+        self._wakeup.set()
+
     async def wait_output(self) -> None:
-        """Wait until there is output to take or the stream has ended."""
-        await self._wakeup.wait()
+        """Wait until there is output to take or the stream has ended (or :meth:`wake`)."""
+        self._pump_waiting = True
+        try:
+            await self._wakeup.wait()
+        finally:
+            self._pump_waiting = False
