@@ -28,6 +28,7 @@ import trio.testing
 
 from consoled.protocol import MAX_DATA_CHUNK
 from consoled.protocol import events as ev
+from consoled.server import registry
 from consoled.terminal import Screen
 from tests.conftest import BundleFactory, DaemonFactory, Spawn
 from tests.support.client import AsyncClient
@@ -249,17 +250,19 @@ async def test_attach_after_a_flood_says_the_screen_is_approximate(
 
 
 async def test_an_unused_screen_is_frozen_and_thawed_as_it_was(
-    short_tmp: Path, slaves: list[int], autojump_clock: trio.testing.MockClock
+    short_tmp: Path, slaves: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Five minutes unused, in a fifth of a second (real time: the pty I/O is real).
+    monkeypatch.setattr(registry, "SCREEN_IDLE", 0.2)
     async with inproc_daemon(short_tmp / "s") as d:
         slave = await running(d, "i1", slaves)
         os.write(slave, b"\x1b[?1049h\x1b[2;3Hprompt\x1b[6n")
         assert await read_slave(slave, 6) == b"\x1b[2;9R"
         screen = d.table.get("i1").screen
         assert screen is not None and not screen.frozen
-        with trio.fail_after(3600):
+        with trio.fail_after(WAIT):
             while not screen.frozen:  # noqa: ASYNC110 - frozen by a timer
-                await trio.sleep(10)
+                await trio.sleep(0.05)
         # Thawed for the next query: the cursor is where it was.
         os.write(slave, b"!\x1b[6n")
         assert await read_slave(slave, 7) == b"\x1b[2;10R"

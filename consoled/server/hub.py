@@ -56,8 +56,17 @@ class ClientHub:
         """
         if not self._subscribers:
             return False
-        output = EncodedOutput(data)  # once, whatever the number of clients
-        dropped = [sub for sub in self._subscribers if not sub.push(output)]
+        output: EncodedOutput | None = None  # framed once, whatever the number of clients
+        dropped = []
+        for sub in self._subscribers:
+            if sub.raw:
+                pushed = sub.push(data)
+            else:
+                if output is None:
+                    output = EncodedOutput(data)
+                pushed = sub.push(output)
+            if not pushed:
+                dropped.append(sub)
         resize = False
         for sub in dropped:
             # Only this push ends a stream as lagged; the others ended (detached,

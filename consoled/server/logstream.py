@@ -69,7 +69,9 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
         follow = follow and left > 0
         deadline = trio.current_time() + max(left, 0.0)
     record = session.record
-    sub = Subscriber(context.config.client_queue, read_only=True, label="logs", follower=True)
+    sub = Subscriber(
+        context.config.client_queue, read_only=True, label="logs", follower=True, raw=True
+    )
     snapshot: LogSnapshot | None = None
     # Synchronous from here to the follower's registration: the file (and the
     # ring after it) hold exactly the output up to that moment.
@@ -193,6 +195,7 @@ async def _pump_logs(
         if chunks:
             out = []
             for chunk in chunks:
+                assert isinstance(chunk, bytes)  # a raw subscriber: never framed
                 base = offset
                 out.append(lines.feed(chunk, lambda i: record.time_at(base + i)))  # noqa: B023
                 offset += len(chunk)

@@ -39,12 +39,23 @@ class Subscriber:
         read_only: the client's input and size are ignored.
         label: names the client in logs.
         follower: a ``logs -f`` reader rather than an attached client.
+        raw: wants the output as bytes rather than framed (see :attr:`raw`).
     """
 
-    def __init__(self, limit: int, *, read_only: bool, label: str, follower: bool = False) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        read_only: bool,
+        label: str,
+        follower: bool = False,
+        raw: bool = False,
+    ) -> None:
         self.limit = limit
         self.read_only = read_only or follower
         self.follower = follower
+        #: Takes the output as bytes, not framed (a ``logs`` reader filters it first).
+        self.raw = raw
         self.label = label
         self.size: ClientSize | None = None
         self._chunks: deque[bytes | EncodedOutput] = deque()
