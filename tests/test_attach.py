@@ -607,11 +607,34 @@ async def test_pipe_mode_ends_when_stdin_does(
     # Was: `printf 'uptime\n' | consoled attach --no-tty web1` never ended.  At the end of
     # its input it types ctrl-d, as at a prompt: the shell exits, and so does the attach.
     cid = await containers.start(daemon)
+    # At its prompt, as in a script that attaches to a running container.  A ctrl-d
+    # that reaches the terminal before the shell has switched it to raw mode (while
+    # it starts up) becomes a NUL there: the kernel's end-of-file mark does not
+    # survive the switch (see the README).
+    await wait_output(daemon.control_socket, cid, PROMPT)
     result = await cli(daemon, "attach", "--no-tty", cid, stdin=b"echo piped-$((6*7))\n")
     assert result.returncode == 0, result.stderr
     assert b"piped-42\r\n" in result.stdout
     lines = [line for line in result.stderr.decode().splitlines() if line]
     assert lines == [f"consoled: session {cid} ended (exit status 0)"]
+    assert await containers.status(cid) == "stopped"
+
+
+async def test_pipe_mode_types_end_of_file_once_the_program_answered(
+    daemon: DaemonProcess, containers: Containers
+) -> None:
+    # Was: the ctrl-d followed the last line at once.  It reached the terminal while
+    # `read` had it in canonical mode, as the kernel's end-of-file mark, and the
+    # program switched to raw mode before reading on: it read a NUL, and the
+    # attach never ended (the shell between two commands does the same).  Now it
+    # is typed once the program's output has been quiet: after the switch.
+    script = 'read x; stty raw -echo; echo "got-$x"; head -c 1 | od -An -c; echo done'
+    cid = await containers.start(daemon, ["sh", "-c", script])
+    result = await cli(daemon, "attach", "--no-tty", cid, stdin=b"abc\n")
+    assert result.returncode == 0, result.stderr
+    assert b"got-abc" in result.stdout
+    # od shows ctrl-d as 004; a NUL would be \0.
+    assert re.search(rb"004\s+done", result.stdout), result.stdout
     assert await containers.status(cid) == "stopped"
 
 

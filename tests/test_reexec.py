@@ -24,7 +24,7 @@ import pytest
 import trio
 
 import consoled
-from consoled.protocol import ErrorCode
+from consoled.protocol import PROTOCOL_VERSION, ErrorCode
 from consoled.protocol import events as ev
 from tests.conftest import BundleFactory, DaemonFactory, Spawn
 from tests.support.cli import cli
@@ -339,12 +339,17 @@ async def test_connections_queued_during_the_handover_are_answered(
     async def keep_asking() -> None:
         # One `info` after another, over the protocol, until the reexec is over.
         while not done.is_set():
-            c = await AsyncClient.connect(daemon.control_socket)
+            c = await AsyncClient.connect(daemon.control_socket, hello=False)
             try:
-                # If the daemon said 'restarting' and closed, that is read below.
+                # If the daemon said 'restarting' and closed, that is read below:
+                # in place of the welcome, or of the answer.
                 with contextlib.suppress(trio.BrokenResourceError):
-                    await c.send(ev.GetInfo())
+                    await c.send(ev.Hello(PROTOCOL_VERSION, "tests"))
                 reply = await c.receive()
+                if isinstance(reply, ev.Welcome):
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        await c.send(ev.GetInfo())
+                    reply = await c.receive()
                 assert reply is not None, "closed without a word"
                 if isinstance(reply, ev.Error):
                     # Connected just as the old daemon drained: told to send it again.

@@ -53,6 +53,10 @@ EXIT_LAGGED: Final = 75  # EX_TEMPFAIL: this client fell too far behind; attach 
 READ_SIZE: Final = 64 * 1024
 #: What pipe mode types when stdin ends: ctrl-d, a terminal's end-of-file (VEOF).
 EOF_KEY: Final = b"\x04"
+#: Pipe mode types it once the session's output has been quiet this long (seconds)...
+EOF_QUIET: Final = 0.1
+#: ...or this long after stdin ended, whichever comes first.
+EOF_QUIET_MAX: Final = 2.0
 
 
 class SignalExit(BaseException):
@@ -205,6 +209,9 @@ class Attacher:
         self.stdout = stdout
         self.matcher = DetachMatcher(options.detach_keys, options.detach_wait)
         self.stdin_open = True
+        #: Pipe mode, stdin ended: when to type the end-of-file, and the latest it may be.
+        self.eof_due: float | None = None
+        self.eof_limit = 0.0
         self.ended: ev.Ended | None = None
         self.at_line_start = True
         self.uid = attached.uid
@@ -252,8 +259,9 @@ class Attacher:
             if self.ended is not None:
                 return self.ended
             timeout_ms = None
-            if self.matcher.deadline is not None:
-                timeout_ms = max(0, int((self.matcher.deadline - time.monotonic()) * 1000) + 1)
+            deadlines = [d for d in (self.matcher.deadline, self.eof_due) if d is not None]
+            if deadlines:
+                timeout_ms = max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
             for fd, _mask in poller.poll(timeout_ms):
                 if fd == sock:
                     keep_going = self._from_daemon()
@@ -272,6 +280,9 @@ class Attacher:
             deadline = self.matcher.deadline
             if deadline is not None and time.monotonic() >= deadline:
                 self._send_input(self.matcher.flush())
+            if self.eof_due is not None and time.monotonic() >= self.eof_due:
+                self.eof_due = None
+                self._send_input(EOF_KEY)
 
     def _restarting(self) -> bool:
         return self.ended is not None and self.ended.reason is ev.EndReason.RESTARTING
@@ -341,6 +352,8 @@ class Attacher:
             if isinstance(event, ev.Output):
                 self._write(event.data)
                 self.offset += len(event.data)
+                if self.eof_due is not None:
+                    self.eof_due = min(time.monotonic() + EOF_QUIET, self.eof_limit)
             elif isinstance(event, ev.Screen):
                 self._write(event.data)
                 if event.approximate:
@@ -391,9 +404,21 @@ class Attacher:
 
         The program then ends (a shell exits, ``cat`` finishes) and so does the attach.
         A read-only attach types nothing: it watches until the session ends.
+
+        As a person would, it waits until the program has answered what was
+        typed (its output quiet for :data:`EOF_QUIET`, at most
+        :data:`EOF_QUIET_MAX` after stdin ended).  A ctrl-d that reaches a
+        terminal in canonical mode is the kernel's end-of-file mark, and a
+        program that then switches the terminal to raw mode (a shell between
+        two commands, going back to its line editor) reads it as a NUL: the
+        end of input would be lost, and the attach would never end.
         """
-        if not self.options.read_only:
-            self._send_input(self.matcher.flush() + EOF_KEY)
+        if self.options.read_only:
+            return
+        self._send_input(self.matcher.flush())
+        now = time.monotonic()
+        self.eof_limit = now + EOF_QUIET_MAX
+        self.eof_due = now + EOF_QUIET
 
     def _send_input(self, data: bytes) -> None:
         if not data:
