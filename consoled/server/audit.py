@@ -7,6 +7,8 @@ pid and command name are bound to every event of its connection (see
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import structlog
 
 log = structlog.get_logger("consoled.audit")
@@ -15,3 +17,10 @@ log = structlog.get_logger("consoled.audit")
 def audit(action: str, **fields: object) -> None:
     """Log one audit record."""
     log.info("audit", action=action, **fields)
+
+
+class AuditRecord(NamedTuple):
+    """An audit record to log later: once the reply it concerns is sent."""
+
+    action: str
+    fields: dict[str, object]

@@ -30,7 +30,7 @@ from ..io.peer import Credentials, command_name, credentials
 from ..protocol import PROTOCOL_VERSION, Connection, ErrorCode, RemoteProtocolError, Role
 from ..protocol import events as ev
 from .access import Access, access_for, refusal
-from .audit import audit
+from .audit import AuditRecord, audit
 from .channel import ByteBudget, Channel
 from .config import DaemonConfig
 from .errors import RequestError
@@ -271,17 +271,25 @@ class ControlServer:
                     conn.handed_off = True  # the daemon answers it when the reexec is over
                     return
                 replies: list[ev.Event]
+                record: AuditRecord | None = None
                 if isinstance(request, ev.Wait):
                     replies = [await self._wait(conn, request)]
                 else:
-                    replies = await self._answer(request)
+                    replies, record = await self._answer(request)
             except RequestError as exc:
                 log.info(
                     "request.failed", request=request.TYPE, code=str(exc.code), error=exc.message
                 )
                 await channel.send(ev.Error(exc.code, exc.message))
                 continue
-            await channel.send(*replies)
+            try:
+                await channel.send(*replies)
+            finally:
+                # Recorded after the reply is on its way, whatever becomes of it:
+                # rendering the record and waking the log writer took a quarter of
+                # a resize's round trip (docs/performance.md).
+                if record is not None:
+                    audit(record.action, **record.fields)
 
     async def _wait(self, conn: ClientConnection, request: ev.Wait) -> ev.Waited:
         """Answer once the session has ended; a draining daemon says ``restarting`` instead."""
@@ -302,7 +310,8 @@ class ControlServer:
         self.table.delivered(session)
         return reply
 
-    async def _answer(self, request: ev.Event) -> list[ev.Event]:
+    async def _answer(self, request: ev.Event) -> tuple[list[ev.Event], AuditRecord | None]:
+        """The replies to ``request``, and what the audit trail records of it (if anything)."""
         table = self.table
         if isinstance(request, ev.CreateSocket):
             if request.exec_base is not None:
@@ -311,23 +320,27 @@ class ControlServer:
                 name = parse_name(request.session)
             session = table.create_waiting(name, ephemeral=request.ephemeral)
             assert session.socket_path is not None
-            audit("create_socket", session=str(name), exec=request.exec_base is not None)
             log.info("session.created", session=str(name), socket=session.socket_path)
-            return [ev.SocketCreated(str(name), session.socket_path)]
+            record = AuditRecord(
+                "create_socket", {"session": str(name), "exec": request.exec_base is not None}
+            )
+            return [ev.SocketCreated(str(name), session.socket_path)], record
         if isinstance(request, ev.ListSessions):
             infos = [s.info() for s in table.listing(request.id)]
             pages = [infos[i : i + LIST_PAGE] for i in range(0, len(infos), LIST_PAGE)] or [[]]
             return [
                 ev.SessionList(tuple(page), more=i < len(pages) - 1) for i, page in enumerate(pages)
-            ]
+            ], None
         if isinstance(request, ev.GetInfo):
-            return [self.info()]
+            return [self.info()], None
         if isinstance(request, ev.Remove):
             state = await table.remove(
                 request.session, force=request.force, keep_logs=request.keep_logs
             )
-            audit("rm", session=request.session, force=request.force, state=str(state))
-            return [ev.Removed(request.session, state)]
+            record = AuditRecord(
+                "rm", {"session": request.session, "force": request.force, "state": str(state)}
+            )
+            return [ev.Removed(request.session, state)], record
         if isinstance(request, ev.Resize):
             session = table.get(request.session)
             problem = size_error(request.rows, request.cols)
@@ -338,19 +351,21 @@ class ControlServer:
                     ErrorCode.SESSION_NOT_RUNNING, f"session {session.name} has exited"
                 )
             session.set_size(request.rows, request.cols)
-            audit("resize", session=str(session.name), rows=request.rows, cols=request.cols)
-            return [ev.Resized(str(session.name), request.rows, request.cols)]
+            record = AuditRecord(
+                "resize", {"session": str(session.name), "rows": request.rows, "cols": request.cols}
+            )
+            return [ev.Resized(str(session.name), request.rows, request.cols)], record
         if isinstance(request, ev.ReportExit):
             session = table.get(request.session)
             if not 0 <= request.exit_code <= 255:
                 raise RequestError(ErrorCode.INVALID_ARGUMENT, "an exit code is 0 to 255")
             if session.state is ev.SessionState.EXITED and session.exit_status is None:
                 session.report_exit(request.exit_code)
-            return [ev.ExitReported(str(session.name), session.exit_code)]
+            return [ev.ExitReported(str(session.name), session.exit_code)], None
         if isinstance(request, ev.Rename):
             new = table.rename(request.session, request.new)
-            audit("rename", session=request.session, new=str(new))
-            return [ev.Renamed(request.session, str(new))]
+            record = AuditRecord("rename", {"session": request.session, "new": str(new)})
+            return [ev.Renamed(request.session, str(new))], record
         raise RemoteProtocolError(  # pragma: no cover - the state machine prevents it
             f"unexpected request {request.TYPE!r}", ErrorCode.UNEXPECTED_MESSAGE
         )

@@ -283,36 +283,40 @@ async def _attached(
     delivered: Callable[[Session], None],
 ) -> None:
     replayed = session.record.end - first
-    log.info(
-        "client.attached",
-        session=str(session.name),
-        read_only=sub.read_only,
-        replay=replayed,
-        rows=session.rows,
-        cols=session.cols,
-        resumed=resumed,
-        screen=screen is not None,
-        approximate=screen is not None and screen[1],
-    )
-    audit("attach", session=str(session.name), read_only=sub.read_only, resumed=resumed)
     try:
-        await channel.send(
-            ev.Attached(
-                str(session.name),
-                session.state,
-                session.rows,
-                session.cols,
-                replayed,
-                offset=first,
-                uid=session.uid,
+        try:
+            await channel.send(
+                ev.Attached(
+                    str(session.name),
+                    session.state,
+                    session.rows,
+                    session.cols,
+                    replayed,
+                    offset=first,
+                    uid=session.uid,
+                )
             )
-        )
-        if screen is not None:
-            # Drawn as of `first`: the queued output continues it.
-            for start in range(0, max(len(screen[0]), 1), MAX_DATA_CHUNK):
-                chunk = screen[0][start : start + MAX_DATA_CHUNK]
-                last = start + MAX_DATA_CHUNK >= len(screen[0])
-                await channel.send(ev.Screen(chunk, approximate=screen[1] and last))
+            if screen is not None:
+                # Drawn as of `first`: the queued output continues it.
+                for start in range(0, max(len(screen[0]), 1), MAX_DATA_CHUNK):
+                    chunk = screen[0][start : start + MAX_DATA_CHUNK]
+                    last = start + MAX_DATA_CHUNK >= len(screen[0])
+                    await channel.send(ev.Screen(chunk, approximate=screen[1] and last))
+        finally:
+            # Logged once the client has its answer (each event costs the
+            # event loop its rendering and a wake-up of the log writer).
+            log.info(
+                "client.attached",
+                session=str(session.name),
+                read_only=sub.read_only,
+                replay=replayed,
+                rows=session.rows,
+                cols=session.cols,
+                resumed=resumed,
+                screen=screen is not None,
+                approximate=screen is not None and screen[1],
+            )
+            audit("attach", session=str(session.name), read_only=sub.read_only, resumed=resumed)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_lag, sub, nursery.cancel_scope)
 
@@ -360,9 +364,6 @@ async def _input_loop(
                         ev.Error(ErrorCode.READ_ONLY, "this client is read-only; input ignored")
                     )
                 continue
-            if not typed:
-                typed = True
-                audit("input", session=str(session.name))
             session.client_typed(sub)
             data = event.data
             if pending.idle:
@@ -370,6 +371,9 @@ async def _input_loop(
                 written = session.write_input_now(data)
                 pending.consumed += written
                 data = data[written:]
+            if not typed:
+                typed = True  # recorded after the first keys are on their way
+                audit("input", session=str(session.name))
             if data and not pending.put(data):
                 pending.consumed += len(data)  # dropped, and the client is told: never resent
                 if not warned_dropped:
