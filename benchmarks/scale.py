@@ -110,6 +110,16 @@ async def wait_bytes(control: str, total: int, within: float) -> None:
             await trio.sleep(0.05)
 
 
+async def notifications_quiet(daemon: DaemonProcess, quiet: float, within: float) -> None:
+    """Wait until the daemon has sent its service manager nothing for ``quiet`` seconds."""
+    with trio.fail_after(within):
+        while True:
+            seen = len(daemon.notifications)
+            await trio.sleep(quiet)
+            if len(daemon.notifications) == seen:
+                return
+
+
 async def settle_pss(pid: int) -> int:
     await trio.sleep(1.0)
     return pss_kib(pid)
@@ -148,6 +158,10 @@ async def scale(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
             await wait_bytes(control, total * PRINTED, timeout)
             pss1 = await settle_pss(daemon.pid)
             per_session = (pss1 - pss0) / (total - warm)
+            # The daemon keeps each session's fds in the fd store (the harness
+            # plays systemd here, and reads more slowly): let it finish that, so
+            # that the idle window is idle.
+            await notifications_quiet(daemon, 0.5, timeout)
             # Idle: nothing happens; the daemon should sleep.
             cpu0 = cpu_seconds(daemon.pid)
             await trio.sleep(idle_window)

@@ -179,7 +179,7 @@ class Daemon:
             except OSError as exc:
                 raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
             if self.manager.fd_store:
-                self.manager.store(f"listen.{role}", self.listeners[role].fileno())
+                self.manager.store(f"listen.{role}", self.listeners[role])
 
     def _clean_intake_dir(self) -> None:
         """Remove console sockets no session of ours serves (left by a daemon that died)."""

@@ -200,7 +200,7 @@ class SessionTable:
             session.intake.close()
             session.intake = None
         session.start(owner, number)
-        self.manager.store(f"s{session.serial}.pty", owner.fd)
+        self.manager.store(f"s{session.serial}.pty", owner)
         self._look_for_leader(session)
         self._spawn(session)
 
@@ -339,7 +339,7 @@ class SessionTable:
         self._open_log(session)
         self._register(session)
         for fd_name, owner in session.fds():
-            self.manager.store(fd_name, owner.fd)
+            self.manager.store(fd_name, owner)
         return session
 
     def _open_log(self, session: Session) -> None:
@@ -394,7 +394,7 @@ class SessionTable:
         if self.config.intake_timeout:
             session.intake_deadline = session.created + self.config.intake_timeout
         session.persist()
-        self.manager.store(session.intake.name, session.intake.fileno())
+        self.manager.store(session.intake.name, session.intake)
         self._spawn(session)
         return session
 
@@ -417,7 +417,7 @@ class SessionTable:
 
         def replaced(name: str, owner: OwnedFd) -> None:
             self.manager.unstore(name)
-            self.manager.store(name, owner.fd)
+            self.manager.store(name, owner)
 
         session.fd_replaced = replaced
 
