@@ -8,6 +8,7 @@ once on the autojump clock.  See tests/support/inproc.py.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import trio.testing
 from consoled.protocol import ErrorCode
 from consoled.protocol import events as ev
 from consoled.server.config import Limits
+from consoled.server.session import LEADER_SEARCH, Session
 from tests.support.client import AsyncClient
 from tests.support.inproc import InProcDaemon, hand_master, inproc_daemon
 
@@ -255,3 +257,31 @@ async def test_the_longest_names_get_log_files_and_rename_them(
         assert renamed.name != path.name and renamed.name.startswith("c" * 100)
         assert renamed_sidecar.name == renamed.name + ".idx"
         assert session.info().log_path == str(renamed)
+
+
+async def test_a_terminal_nobody_makes_controlling_is_looked_at_a_dozen_times(
+    short_tmp: Path,
+    autojump_clock: trio.testing.MockClock,
+    slaves: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Was: every 5 ms for 2 s, 400 looks per session; a thousand such sessions
+    # after a reexec (a pty holder's, or programs that never take a controlling
+    # terminal) kept half the event loop busy, and an attached client's pause
+    # grew with them.  Now the interval doubles after each miss.
+    looks: Counter[str] = Counter()
+    real = Session.find_leader
+
+    def counting(self: Session) -> bool:
+        looks[str(self.name)] += 1
+        return real(self)
+
+    monkeypatch.setattr(Session, "find_leader", counting)
+    async with inproc_daemon(short_tmp / "s") as d:
+        await running(d, "lonely", slaves)
+        assert d.table.get("lonely").leader is None
+        await trio.sleep(LEADER_SEARCH + 1)
+        seen = looks["lonely"]
+        assert 5 <= seen <= 15, seen
+        await trio.sleep(60)
+        assert looks["lonely"] == seen  # given up after LEADER_SEARCH

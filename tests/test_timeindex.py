@@ -8,15 +8,20 @@ cut short by a crash, or a record that lived in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from consoled.io.fds import OwnedFd
 from consoled.io.record import DATA_OFFSET, INDEX_SLOTS, WRITE_SLACK, Record
 from consoled.io.timeindex import ENTRY, RESOLUTION, TimeIndex, decode
+from consoled.server import logfile
+from consoled.server.logfile import LogDir, LogFile, LogFormat
 
 T0 = 1_800_000_000_000_000_000
 MS = 1_000_000
@@ -165,3 +170,63 @@ async def test_a_record_in_memory_keeps_its_times_when_made_durable() -> None:
             again.close()
     finally:
         rec.close()
+
+
+async def test_a_reloaded_record_reads_its_index_before_the_ring_moves(record: Record) -> None:
+    # A successor reads each record's index with its first use, not at adoption
+    # (a thousand sessions' indexes were a quarter of a reexec's pause).  The
+    # first append must still find where the predecessor left off: mid-line here,
+    # and the end about to move past the byte that says so.
+    clock = Clock()
+    feed(record, clock, [(0, b"x" * 4000 + b"\n"), (100, b"half a line")])
+    again = reload(record)
+    try:
+        clock.now += 500 * MS
+        again.clock = clock
+        start = again.end
+        again.append(b"y" * 3000 + b" and its end\n")
+        clock.now += 500 * MS
+        again.append(b"the next line\n")
+        # The rest of the half line belongs to it: no entry of its own.
+        assert again.time_at(start) == T0 + 100 * MS
+        assert again.time_at(again.end - 1) == T0 + 1100 * MS
+    finally:
+        again.close()
+    skipped = reload(record)
+    try:
+        skipped.clock = clock
+        skipped.skip(10)
+        clock.now += 100 * MS
+        skipped.append(b"after the gap\n")
+        assert skipped.time_at(skipped.end - 1) == T0 + 1200 * MS
+    finally:
+        skipped.close()
+
+
+def test_an_adopted_log_file_reopens_its_sidecar_with_the_first_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A successor reopens a raw log's sidecar when it first writes, not when it
+    # adopts the file (three opens per session were a third of a reexec's pause).
+    clock = Clock()
+    monkeypatch.setattr(logfile, "time", SimpleNamespace(time_ns=clock))
+    with contextlib.closing(LogDir.open(tmp_path / "logs")) as logdir:
+        log = LogFile.create(logdir, "web", LogFormat.RAW, max_size=0, max_files=2)
+        try:
+            log.write(b"one\n", 4)
+            clock.now += 100 * MS
+            log.write(b"half", 8)
+            adopted = LogFile.adopt(logdir, log.meta(), log.owner.dup(), writing=True)
+        finally:
+            log.close()
+        try:
+            assert adopted._index is None  # not reopened yet
+            clock.now += 100 * MS
+            adopted.write(b" a line\n", 16)  # the rest of the half line: no entry of its own
+            clock.now += 100 * MS
+            adopted.write(b"three\n", 22)
+        finally:
+            adopted.close()
+    entries = list(ENTRY.iter_unpack((tmp_path / "logs" / "web.log.idx").read_bytes()))
+    assert entries == [(0, T0), (4, T0 + 100 * MS), (16, T0 + 300 * MS)]
+    assert (tmp_path / "logs" / "web.log").read_bytes() == b"one\nhalf a line\nthree\n"

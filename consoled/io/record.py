@@ -134,6 +134,8 @@ class Record:
         self._index_at = 0
         #: The last byte appended was a newline (a line starts with the next).
         self._at_line_start = True
+        #: A loaded record's index, read when first needed (see load).
+        self._unloaded_index: tuple[int, bytes, int] | None = None
         #: The wall clock output is dated by (nanoseconds since the epoch).
         self.clock: Callable[[], int] = time.time_ns
 
@@ -217,8 +219,17 @@ class Record:
         if meta is None:
             raise RecordError(f"session record metadata is unreadable {problems}")
         record = cls(owner, capacity - WRITE_SLACK, end, meta, seq)
-        record._load_index(version, head, size)
+        # Read with the first output or question about times, not now: a
+        # successor adopting a thousand sessions would spend a quarter of its
+        # pause decoding time indexes.
+        record._unloaded_index = (version, head, size)
         return record
+
+    def _index_ready(self) -> None:
+        if self._unloaded_index is not None:
+            version, head, size = self._unloaded_index
+            self._unloaded_index = None
+            self._load_index(version, head, size)
 
     def _load_index(self, version: int, head: bytes, size: int) -> None:
         """Read the time index, or give a version 1 record one (best effort: times are extra)."""
@@ -315,6 +326,7 @@ class Record:
 
     def skip(self, n: int) -> None:
         """Count ``n`` bytes that could not be stored: the ring exposes nothing before them."""
+        self._index_ready()
         self.end += n
         self._valid_from = self.end
         self._at_line_start = True  # not known: the next batch gets a time
@@ -335,6 +347,7 @@ class Record:
         n = len(data)
         if not n:
             return
+        self._index_ready()  # before the end moves and the ring is overwritten
         if self._memory is not None:
             self._memory.append(data)
             self.end += n
@@ -410,6 +423,7 @@ class Record:
 
     def _store_index(self, first: int) -> None:
         """Write the entries from the ``first``-th on, then their count (never raises)."""
+        self._index_ready()
         if self._owner is None or not self._index_at:
             return
         fd = self._owner.fd
@@ -423,11 +437,13 @@ class Record:
         Exact to within the index's resolution for the first byte of a line;
         None for output older than the index (a version 1 record's).
         """
+        self._index_ready()
         return self._index.time_at(offset)
 
     def ends_line_before(self, offset: int) -> bool:
         """Whether the byte before ``offset`` is a newline (True when it is not held)."""
         if offset == self.end:
+            self._index_ready()
             return self._at_line_start
         if not self.start < offset <= self.end:
             return True

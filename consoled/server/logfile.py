@@ -248,6 +248,8 @@ class LogFile:
         self._last_time: int | None = None
         #: The last byte written was a newline.
         self._at_line_start = True
+        #: An adopted file's sidecar is reopened when first needed (see adopt).
+        self._index_pending = False
 
     @classmethod
     def create(
@@ -328,8 +330,15 @@ class LogFile:
             rotations=int(meta.get("rotations", 0)),
         )
         if fmt is LogFormat.RAW and writing and owner is not None:
-            log._adopt_index()
+            # Reopened with the first write, not now: a successor adopting a
+            # thousand sessions would spend a third of its pause on sidecars.
+            log._index_pending = True
         return log
+
+    def _settle_index(self) -> None:
+        if self._index_pending:
+            self._index_pending = False
+            self._adopt_index()
 
     def _adopt_index(self) -> None:
         """Reopen the sidecar of the file being written, and where it and the file stand."""
@@ -398,6 +407,7 @@ class LogFile:
             rotated = self._write_records(cri.encode(data))
             self.written_to = end
             return rotated
+        self._settle_index()
         rotated = False
         view = memoryview(data)
         fd = self.owner.fd

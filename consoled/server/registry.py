@@ -31,7 +31,7 @@ from .errors import RequestError
 from .intake import InFlight, IntakeGone, wait_master
 from .logfile import LogDir, LogFile, LogFileError, LogFormat
 from .screenstate import EmulationBudget
-from .session import LEADER_SEARCH, LEADER_SEARCH_INTERVAL, Session
+from .session import LEADER_SEARCH, LEADER_SEARCH_INTERVAL, LEADER_SEARCH_INTERVAL_MAX, Session
 
 log = structlog.get_logger("consoled.registry")
 
@@ -92,7 +92,8 @@ class SessionTable:
         #: What emulators may cost on the draining path, all sessions together.
         self.emulation = EmulationBudget()
         #: Running sessions whose terminal leader is not known yet, and until when to look.
-        self._leaderless: dict[Session, float] = {}
+        #: Sessions whose leader is looked for: (give up at, next look, interval).
+        self._leaderless: dict[Session, tuple[float, float, float]] = {}
         self._leaderless_changed = trio.Event()
         self.shutting_down = False
         self._streams = 0
@@ -118,7 +119,12 @@ class SessionTable:
 
     def _look_for_leader(self, session: Session) -> None:
         if session.state is SessionState.RUNNING and session.leader is None:
-            self._leaderless[session] = trio.current_time() + LEADER_SEARCH
+            now = trio.current_time()
+            self._leaderless[session] = (
+                now + LEADER_SEARCH,
+                now + LEADER_SEARCH_INTERVAL,
+                LEADER_SEARCH_INTERVAL,
+            )
             self._leaderless_changed.set()
 
     async def _freeze_idle_screens(self) -> None:
@@ -138,11 +144,25 @@ class SessionTable:
                 self._leaderless_changed = trio.Event()
                 await self._leaderless_changed.wait()
             now = trio.current_time()
-            for session, deadline in list(self._leaderless.items()):
+            due = min(next_look for _, next_look, _ in self._leaderless.values())
+            if due > now:
+                # No event says a runtime has made the terminal controlling: look
+                # again when the next look is due, or for a session new meanwhile.
+                self._leaderless_changed = trio.Event()
+                with trio.move_on_at(due):
+                    await self._leaderless_changed.wait()
+                continue
+            # Looks due soon are taken now too: one pass, not one wake-up each.
+            soon = now + LEADER_SEARCH_INTERVAL
+            for session, (deadline, next_look, last) in list(self._leaderless.items()):
+                if next_look > soon:
+                    continue
                 if session.find_leader() or now > deadline:
                     del self._leaderless[session]
-            # No event says a runtime has made the terminal controlling: look again soon.
-            await trio.sleep(LEADER_SEARCH_INTERVAL)
+                    continue
+                interval = min(last * 2, LEADER_SEARCH_INTERVAL_MAX)
+                self._leaderless[session] = (deadline, now + interval, interval)
+            await trio.lowlevel.checkpoint()
 
     def stop_serving(self) -> None:
         """Spawn no more tasks (the nursery is being cancelled for a handover)."""

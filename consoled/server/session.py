@@ -48,8 +48,12 @@ LEADER_EXIT_WAIT: Final = 1.0
 MAX_PENDING_ANSWERS: Final = 4096
 #: How long, and how often, a terminal's leader not yet found is looked for
 #: again: runc makes the terminal controlling only after it sent the master.
+#: The first look is soon; the interval doubles after each miss, up to the
+#: last, so a terminal nobody makes controlling costs a dozen looks, not 400
+#: (a thousand such sessions after a reexec took half the event loop for 2 s).
 LEADER_SEARCH: Final = 2.0
 LEADER_SEARCH_INTERVAL: Final = 0.005
+LEADER_SEARCH_INTERVAL_MAX: Final = 0.25
 
 
 def rfc3339(ts: float) -> str:
