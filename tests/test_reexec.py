@@ -225,12 +225,21 @@ def break_install(root: Path, how: str) -> str:
             path.read_text().replace("LOADABLE: Final = (1, 2)", "LOADABLE: Final = (1,)")
         )
         return "reads session records of version [1] only, not 2"
+    if how == "fails-to-adopt":
+        # Starts, and fails once the old daemon has quiesced and frozen its readers.
+        path = root / "consoled" / "server" / "inventory.py"
+        path.write_text(
+            path.read_text()
+            + "\n\ndef restore(*args, **kwargs):\n"
+            + '    raise RuntimeError("planted: cannot adopt")\n'
+        )
+        return "planted: cannot adopt"
     path = root / "consoled" / "__main__.py"
     path.write_text("import sys\nsys.exit(1)\n")
     return "exited with status 1"
 
 
-@pytest.mark.parametrize("how", ["import-error", "exits-1", "older"])
+@pytest.mark.parametrize("how", ["import-error", "exits-1", "older", "fails-to-adopt"])
 async def test_reexec_into_a_broken_install_keeps_the_old_daemon(
     daemon_factory: DaemonFactory,
     nursery: trio.Nursery,

@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import struct
 import termios
+from collections.abc import Iterable
 from typing import Final
 
 import trio
@@ -48,6 +50,36 @@ class PtyMaster:
         #: The last read found the pty empty, or (a short first read) most
         #: likely: waiting is the next step, not reading.
         self.drained = False
+        #: Set while a handover is under way: the reader reads nothing (see freeze).
+        self._frozen: trio.Event | None = None
+
+    # --- a handover's pause ---------------------------------------------------------
+
+    def freeze(self) -> None:
+        """From now on the reader reads nothing until :meth:`thaw`; it waits instead.
+
+        What the terminal writes meanwhile stays in the kernel's buffer, for
+        whoever holds the master next.  Cheaper than cancelling the reader: a
+        daemon handing over a thousand sessions spent 27 ms cancelling their
+        readers while every attached client waited.
+        """
+        if self._frozen is None:
+            self._frozen = trio.Event()
+
+    def thaw(self) -> None:
+        """Let the reader go on (a handover failed)."""
+        if self._frozen is not None:
+            self._frozen.set()
+            self._frozen = None
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen is not None
+
+    async def wait_thawed(self) -> None:
+        """Return at once, or once :meth:`thaw` is called."""
+        while self._frozen is not None:
+            await self._frozen.wait()
 
     @property
     def closed(self) -> bool:
@@ -114,6 +146,8 @@ class PtyMaster:
         if self.drained:  # the last read found the pty empty: wait before reading again
             await trio.lowlevel.wait_readable(self._holder.fd)
         while True:
+            if self._frozen is not None:
+                await self.wait_thawed()
             data = self.read_available()
             if data is not None:
                 return data
@@ -179,3 +213,11 @@ class PtyMaster:
     def set_size(self, rows: int, cols: int) -> None:
         """Set the window size; the kernel sends SIGWINCH if it changed."""
         fcntl.ioctl(self._holder.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def readable_now(fds: Iterable[int]) -> set[int]:
+    """Which of ``fds`` have something to read, or hung up, right now (one poll(2))."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(0)}

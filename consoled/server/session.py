@@ -317,6 +317,8 @@ class Session:
         if self.leader is not None:
             # Everything the terminal wrote has been read; how did its process end?
             self.exit_status = await self.leader.wait_status(LEADER_EXIT_WAIT)
+        # A handover under way: the successor ends the session (or we do, if it failed).
+        await master.wait_thawed()
         self.exit(EndReason.EXITED)
 
     def report_exit(self, code: int) -> None:
