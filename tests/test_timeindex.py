@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -230,3 +231,23 @@ def test_an_adopted_log_file_reopens_its_sidecar_with_the_first_write(
     entries = list(ENTRY.iter_unpack((tmp_path / "logs" / "web.log.idx").read_bytes()))
     assert entries == [(0, T0), (4, T0 + 100 * MS), (16, T0 + 300 * MS)]
     assert (tmp_path / "logs" / "web.log").read_bytes() == b"one\nhalf a line\nthree\n"
+
+
+def test_a_new_log_file_gets_its_sidecar_with_its_first_output(tmp_path: Path) -> None:
+    # Creating a file costs most of a millisecond on some disks, while a runtime
+    # waits for the console socket: the sidecar waits for output.  A previous
+    # session's sidecar never passes for the new one's.
+    logs = tmp_path / "logs"
+    with contextlib.closing(LogDir.open(logs)) as logdir:
+        (logs / "web.log.idx").write_bytes(ENTRY.pack(0, T0) * 3)  # a previous session's
+        log = LogFile.create(logdir, "web", LogFormat.RAW, max_size=0, max_files=2)
+        try:
+            assert not (logs / "web.log.idx").exists()
+            before = time.time_ns()
+            log.write(b"first line\n", 11)
+            after = time.time_ns()
+        finally:
+            log.close()
+    entries = list(ENTRY.iter_unpack((logs / "web.log.idx").read_bytes()))
+    assert len(entries) == 1
+    assert entries[0][0] == 0 and before <= entries[0][1] <= after

@@ -282,14 +282,11 @@ class LogFile:
             size=0,
             written_to=written_to,
         )
-        if fmt is LogFormat.RAW:
-            try:
-                log._index = logdir.open_fresh(log.name + INDEX_SUFFIX)
-            except BaseException:
-                owner.close()
-                raise
-        else:
-            logdir.remove(log.name + INDEX_SUFFIX)
+        logdir.remove(log.name + INDEX_SUFFIX)  # a previous session's
+        # A raw file's sidecar is created with the first output (see _adopt_index):
+        # on some disks creating a file costs most of a millisecond, and a
+        # runtime waits for the session's console socket meanwhile.
+        log._index_pending = fmt is LogFormat.RAW
         return log
 
     @classmethod
@@ -341,7 +338,10 @@ class LogFile:
             self._adopt_index()
 
     def _adopt_index(self) -> None:
-        """Reopen the sidecar of the file being written, and where it and the file stand."""
+        """Reopen the sidecar of the file being written, and where it and the file stand.
+
+        Creates it if there is none: a new file's, or one that was removed.
+        """
         name = self.name + INDEX_SUFFIX
         try:
             reader = self._dir.open_existing(name, os.O_RDONLY)
@@ -356,10 +356,11 @@ class LogFile:
             if self._index is None:
                 # Gone: the times of what the file holds are lost, not those to come.
                 self._index = self._dir.open_fresh(name)
-            log_reader = self._dir.open_existing(self.name, os.O_RDONLY)
-            if log_reader is not None and self.size:
-                with contextlib.closing(log_reader):
-                    self._at_line_start = os.pread(log_reader.fd, 1, self.size - 1) == b"\n"
+            if self.size:
+                log_reader = self._dir.open_existing(self.name, os.O_RDONLY)
+                if log_reader is not None:
+                    with contextlib.closing(log_reader):
+                        self._at_line_start = os.pread(log_reader.fd, 1, self.size - 1) == b"\n"
         except (OSError, LogFileError, struct.error):
             pass  # times are extra: the file is written all the same
 

@@ -450,7 +450,11 @@ class SessionTable:
                 "(raise its limit, or remove sessions)",
             )
         limit = self.config.limits.waiting
-        if sum(1 for s in self._sessions.values() if s.state is SessionState.WAITING) >= limit:
+        # Counted only when it could be reached: a scan of every session on every
+        # create_socket made taking in thousands of sessions quadratic.
+        if len(self._sessions) >= limit and (
+            sum(1 for s in self._sessions.values() if s.state is SessionState.WAITING) >= limit
+        ):
             raise RequestError(
                 ErrorCode.LIMIT_EXCEEDED,
                 f"{limit} sessions are already waiting for their master (--max-waiting)",
