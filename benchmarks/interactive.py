@@ -5,6 +5,12 @@ for the line discipline's echo of it (the kernel echoes; ``cat`` only keeps
 the terminal open and cooked).  Fewer than 4,095 bytes go into one line, so
 the line buffer never fills.
 
+Attach, connect to first echo (consoled and conmon): a new client connects,
+attaches without replay, sends one byte and waits for its echo; then it
+closes.  consoled's client is the project's own (``consoled.client.conn``:
+``hello`` and ``attach``, each waiting for its answer, then the input);
+conmon's takes its attach socket, where connecting is attaching.
+
 Resize: a new size is asked for, then ``stty size`` in the container must
 show it.  The figure is the time until the size is in force: for consoled,
 from the ``resize`` request to its ``resized`` reply (the ioctl is done
@@ -23,7 +29,7 @@ import time
 import trio
 
 from .bench import Bench
-from .consoles import ConmonConsole, Console
+from .consoles import ConmonConsole, Console, ConsoledConsole
 from .stats import Figure, Summary, percentile
 from .taps import Tap, get_winsize
 
@@ -48,11 +54,40 @@ def _echo_trips(tap: Tap, trips: int) -> list[float]:
     return out
 
 
+def _attach_trips(console: Console, count: int) -> list[float]:
+    """Connect-to-first-echo times in microseconds, a new client each time."""
+    out: list[float] = []
+    perf = time.perf_counter_ns
+    for _ in range(count):
+        t = perf()
+        if isinstance(console, ConsoledConsole):
+            tap: Tap = console.open_tap(replay=0)
+        else:
+            tap = console.open_tap()
+        try:
+            tap.send(b"b")
+            got = b""
+            while b"b" not in got:
+                data = tap.recv()
+                if not data:
+                    raise EOFError("terminal closed during the attach test")
+                got += data
+            out.append((perf() - t) / 1000)
+        finally:
+            tap.close()
+            console.taps.remove(tap)
+    return out
+
+
 async def echo(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
     trips = bench.options.size(1000, 100)
+    attaches = bench.options.size(100, 10)
     p50: dict[str, list[float]] = {k: [] for k in bench.kinds}
     p99: dict[str, list[float]] = {k: [] for k in bench.kinds}
     raw: dict[str, list[list[float]]] = {k: [] for k in bench.kinds}
+    attach_kinds = [k for k in bench.kinds if k != "raw"]
+    attach50: dict[str, list[float]] = {k: [] for k in attach_kinds}
+    attach99: dict[str, list[float]] = {k: [] for k in attach_kinds}
     for _ in range(bench.options.runs):
         for kind in bench.kinds:
             async with bench.console(kind, "echo R; exec cat", "echo") as console:
@@ -60,6 +95,10 @@ async def echo(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
                 await console.start()
                 await trio.to_thread.run_sync(tap.read_until, READY)
                 samples = await trio.to_thread.run_sync(_echo_trips, tap, trips)
+                if kind in attach_kinds:
+                    joins = await trio.to_thread.run_sync(_attach_trips, console, attaches)
+                    attach50[kind].append(percentile(joins, 0.50))
+                    attach99[kind].append(percentile(joins, 0.99))
             p50[kind].append(percentile(samples, 0.50))
             p99[kind].append(percentile(samples, 0.99))
             raw[kind].append(samples)
@@ -80,9 +119,28 @@ async def echo(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
             ("<=", 400.0),
             {k: Summary.of(v) for k, v in p99.items() if k != "consoled"},
         ),
+        Figure(
+            "4 echo",
+            "attach: connect to first echo, p50",
+            "us",
+            Summary.of(attach50["consoled"]),
+            None,
+            {k: Summary.of(v) for k, v in attach50.items() if k != "consoled"},
+        ),
+        Figure(
+            "4 echo",
+            "attach: connect to first echo, p99",
+            "us",
+            Summary.of(attach99["consoled"]),
+            None,
+            {k: Summary.of(v) for k, v in attach99.items() if k != "consoled"},
+        ),
     ]
     data = {
         "trips": trips,
+        "attaches": attaches,
+        "attach_p50_us": attach50,
+        "attach_p99_us": attach99,
         "p50_us": p50,
         "p99_us": p99,
         "max_us": {k: [max(s) for s in v] for k, v in raw.items()},
