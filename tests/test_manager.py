@@ -41,7 +41,7 @@ def reader(short_tmp: Path) -> Iterator[socket.socket]:
 
 def receive_all(sock: socket.socket) -> list[tuple[str, list[int]]]:
     """Every datagram waiting, with the fds it carried (the caller closes them)."""
-    got = []
+    got: list[tuple[str, list[int]]] = []
     while True:
         fds = array.array("i")
         try:

@@ -72,10 +72,6 @@ class PtyMaster:
             self._frozen.set()
             self._frozen = None
 
-    @property
-    def frozen(self) -> bool:
-        return self._frozen is not None
-
     async def wait_thawed(self) -> None:
         """Return at once, or once :meth:`thaw` is called."""
         while self._frozen is not None:
