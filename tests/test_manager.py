@@ -101,3 +101,57 @@ async def test_queued_stores_hold_no_duplicate_fds(reader: socket.socket) -> Non
         for owner in owners:
             owner.close()
         manager.close()
+
+
+async def test_a_successor_makes_the_fd_store_changes_its_predecessor_had_not_sent(
+    reader: socket.socket,
+) -> None:
+    # Changes still queued when a reexec hands over would be lost with the old
+    # process; a crash after that would lose those sessions.  The old daemon
+    # lists them in the handover, and the new one makes them with its own fds.
+    old = ServiceManager({"NOTIFY_SOCKET": reader.getsockname()})
+    new = ServiceManager({"NOTIFY_SOCKET": reader.getsockname()})
+    owners = {f"s{n}.pty": OwnedFd(os.memfd_create(f"h{n}", os.MFD_CLOEXEC)) for n in range(40)}
+    theirs = {name: owner.dup() for name, owner in owners.items()}  # the successor's copies
+    try:
+        for name, owner in owners.items():
+            old.store(name, owner)
+        old.unstore("s3.pty")
+        owners["s5.pty"].close()  # its session went before the store was sent
+        for _, fds in receive_all(reader):  # what the manager got before the handover
+            for fd in fds:
+                os.close(fd)
+        changes = old.pending_fd_store()
+        queued = [name for name in owners if ("store", name) in changes]
+        assert queued and "s5.pty" not in queued
+        assert changes[-1] == ("remove", "s3.pty")
+        # Through the handover's msgpack: lists, not tuples; and junk is skipped.
+        made, skipped = new.replay_fd_store(
+            [list(c) for c in changes] + [["store", "s99.pty"], "junk"], theirs
+        )
+        assert made == len(changes)
+        assert skipped == ["s99.pty", "'junk'"]
+        got: list[tuple[str, list[int]]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(new.run)
+            with trio.fail_after(TIMEOUT):
+                while len(got) < made:
+                    got += receive_all(reader)
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        try:
+            assert [m for m, _ in got] == [f"FDSTORE=1\nFDNAME={name}" for name in queued] + [
+                "FDSTOREREMOVE=1\nFDNAME=s3.pty"
+            ]
+            for (message, fds), name in zip(got, queued, strict=False):
+                assert len(fds) == 1, message
+                assert os.fstat(fds[0]).st_ino == os.fstat(theirs[name].fd).st_ino
+        finally:
+            for _, fds in got:
+                for fd in fds:
+                    os.close(fd)
+    finally:
+        for owner in [*owners.values(), *theirs.values()]:
+            owner.close()
+        old.close()
+        new.close()

@@ -24,7 +24,7 @@ import errno
 import os
 import socket
 from collections import deque
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Final, Protocol
 
 import structlog
@@ -153,6 +153,46 @@ class ServiceManager:
         """Drop every fd stored under ``name``."""
         if self.fd_store:
             self._send(f"FDSTOREREMOVE=1\nFDNAME={name}".encode(), None)
+
+    def pending_fd_store(self) -> list[tuple[str, str]]:
+        """The fd store changes not sent yet, in order: ``("store"|"remove", name)``.
+
+        A successor that takes over before they are sent makes them itself
+        (see :meth:`replay_fd_store`); a store whose fd was closed meanwhile is
+        left out.
+        """
+        changes = []
+        for message, source in self._pending:
+            op = {b"FDSTORE=1": "store", b"FDSTOREREMOVE=1": "remove"}.get(message.split(b"\n")[0])
+            if op is None or (op == "store" and (source is None or live_fd(source) is None)):
+                continue
+            changes.append((op, message.rpartition(b"FDNAME=")[2].decode()))
+        return changes
+
+    def replay_fd_store(
+        self, changes: object, sources: Mapping[str, FdSource]
+    ) -> tuple[int, list[str]]:
+        """Make a predecessor's unsent fd store changes, with our own fds of those names.
+
+        Returns:
+            How many were made, and the names that were not (no such fd here,
+            or not a change at all: the list came from another program).
+        """
+        made = 0
+        skipped: list[str] = []
+        for change in changes if isinstance(changes, list) else []:
+            op, name = change if isinstance(change, list | tuple) and len(change) == 2 else ("", "")
+            if not isinstance(name, str) or not valid_fdname(name):
+                skipped.append(repr(change)[:80])
+            elif op == "store" and name in sources:
+                self.store(name, sources[name])
+                made += 1
+            elif op == "remove":
+                self.unstore(name)
+                made += 1
+            else:
+                skipped.append(name)
+        return made, skipped
 
     def _send(self, message: bytes, source: FdSource | None) -> None:
         if self._sock is None:

@@ -44,7 +44,7 @@ import trio
 from .. import __version__
 from ..io.fds import OwnedFd
 from ..io.listener import Gate, Listener, Origin
-from ..io.manager import ServiceManager, take_listen_fds
+from ..io.manager import FdSource, ServiceManager, take_listen_fds
 from ..protocol import ErrorCode
 from ..protocol import events as ev
 from .channel import Channel
@@ -126,16 +126,22 @@ class Daemon:
 
     def fds(self) -> list[tuple[str, int]]:
         """Every fd to hand to a successor, named."""
-        assert self.table is not None
         assert self.lock is not None
         named: list[tuple[str, int]] = [("lock", self.lock.fd), ("stderr", 2)]
+        named.extend((name, source.fileno()) for name, source in self.fd_sources())
+        return named
+
+    def fd_sources(self) -> list[tuple[str, FdSource]]:
+        """The listeners' and sessions' fds, by the names they are handed over
+        and stored under (a socket unit's listeners by their role)."""
+        assert self.table is not None
+        named: list[tuple[str, FdSource]] = []
         for role, listener in self.listeners.items():
             if listener.origin is Origin.MANAGER:
-                named.append((role, listener.fileno()))
+                named.append((role, listener))
             else:
-                named.append((f"listen.{role}", listener.fileno()))
-        for name, owner in self.table.fds():
-            named.append((name, owner.fileno()))
+                named.append((f"listen.{role}", listener))
+        named.extend(self.table.fds())
         return named
 
     # --- start-up ----------------------------------------------------------------
@@ -215,7 +221,7 @@ class Daemon:
             The number of sessions taken over.
         """
         await link.ready(__version__)
-        _, named = await link.receive_state()
+        state, named = await link.receive_state()
         log.debug("reexec.received", fds=len(named))
         try:
             self._open_log_dir()
@@ -242,6 +248,9 @@ class Daemon:
         self.owns_paths = True
         if outcome == "gone":
             log.warning("reexec.predecessor_gone", why="it left before it committed; taking over")
+        made, skipped = self.manager.replay_fd_store(state.get("fd_store"), dict(self.fd_sources()))
+        if made or skipped:
+            log.info("reexec.fd_store_caught_up", changes=made, skipped=skipped[:10])
         if self.lock is None:
             self.lock = acquire_lock(self.config.state_dir)
         write_pid(self.lock)
@@ -401,7 +410,9 @@ class Daemon:
                     session.record.make_durable(f"s{session.serial}")
                     session.persist()
             named = self.fds()
-            sessions = await predecessor.send(named, {"version": __version__})
+            # What the fd store has not been told yet, the successor tells it.
+            state = {"version": __version__, "fd_store": self.manager.pending_fd_store()}
+            sessions = await predecessor.send(named, state)
         except (HandoverError, OSError) as exc:
             await predecessor.abort()
             # READY=1 comes once serving resumes (see _serve_once).
