@@ -37,19 +37,24 @@ READY = b"R\r\n"
 SIZE_LINE = re.compile(rb"(\d+) (\d+)\r\n")
 
 
+def _echo(tap: Tap, key: bytes) -> None:
+    """Type ``key`` and wait for the terminal to echo it."""
+    tap.send(key)
+    got = b""
+    while key not in got:
+        data = tap.recv()
+        if not data:
+            raise EOFError("terminal closed while waiting for an echo")
+        got += data
+
+
 def _echo_trips(tap: Tap, trips: int) -> list[float]:
     """Round-trip times in microseconds."""
     out: list[float] = []
     perf = time.perf_counter_ns
     for _ in range(trips):
         t = perf()
-        tap.send(b"a")
-        got = b""
-        while b"a" not in got:
-            data = tap.recv()
-            if not data:
-                raise EOFError("terminal closed during the echo test")
-            got += data
+        _echo(tap, b"a")
         out.append((perf() - t) / 1000)
     return out
 
@@ -65,13 +70,7 @@ def _attach_trips(console: Console, count: int) -> list[float]:
         else:
             tap = console.open_tap()
         try:
-            tap.send(b"b")
-            got = b""
-            while b"b" not in got:
-                data = tap.recv()
-                if not data:
-                    raise EOFError("terminal closed during the attach test")
-                got += data
+            _echo(tap, b"b")
             out.append((perf() - t) / 1000)
         finally:
             tap.close()
