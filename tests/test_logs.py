@@ -11,6 +11,7 @@ by, and the filtering is done by the daemon (a ``--tail 3`` sends three lines).
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -165,13 +166,23 @@ async def test_logs_options_over_the_scrollback_alone(
     await follow_tail_then_new_output(daemon, cid, out_dir, pairs)
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def follow_tail_then_new_output(
     daemon: DaemonProcess, cid: str, out_dir: Path, pairs: list[tuple[int, int]]
 ) -> None:
     """``logs -f --tail 2 -t``: the last two lines, then what comes, stamped; ctrl-c ends it."""
     argv = [sys.executable, "-m", "consoled", "logs", "-f", "--tail", "2", "-t", cid]
     proc = await trio.lowlevel.open_process(
-        argv, env=daemon.env(), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+        argv,
+        env=daemon.env(),
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        # As at a terminal: a suite started in the background (`.ci/run &`)
+        # would otherwise pass on SIGINT ignored, as a shell does for such jobs.
+        preexec_fn=default_sigint,
     )
     try:
         assert proc.stdout is not None
