@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from consoled.io.record import Record
@@ -563,6 +563,7 @@ def test_mode_tracker_does_not_depend_on_chunking(data: bytes, cuts: list[int]) 
 
 @PROPERTY
 @given(STREAM, CUTS)
+@example(data=b"\x1b]2;\x0e", cuts=[])  # found by a CI run: SO inside an unfinished title
 def test_the_reset_sequence_leaves_a_fresh_terminal(data: bytes, cuts: list[int]) -> None:
     out = OutputFilter(rows=24)
     written = b"".join(out.feed(chunk) for chunk in chunked(data, cuts)) + out.flush()
@@ -583,6 +584,27 @@ def test_filter_starts_from_a_rendered_screen() -> None:
     )
     from_modes = OutputFilter(from_render.modes, rows=24)
     assert from_modes.reset_sequence() == from_render.reset_sequence()
+
+
+@pytest.mark.parametrize(
+    ("data", "shifted"),
+    [
+        (b"\x0e", True),
+        (b"\x0e\x0f", False),
+        (b"\x1b]2;\x0e\x07", False),  # in a title: not a shift, as on a terminal
+        (b"\x1b]2;\x0e\x18", False),  # in a title that CAN cancelled
+        (b"\x1b]8;;\x0e\x1b\\", False),  # in a hyperlink
+        (b"\x1bP\x0e\x1b\\", False),  # in a DCS
+        (b"\x1b]2;x\x07\x0e", True),  # after the title
+        (b"\x0e\x1b]2;\x0f\x07", True),  # the SI is in the title
+    ],
+)
+def test_shift_out_counts_only_outside_string_sequences(data: bytes, shifted: bool) -> None:
+    # Was: any SO or SI in the output counted, also inside a title, and the
+    # reset on detach disagreed with what the terminal had done.
+    tracker = ModeTracker(rows=24)
+    tracker.feed(data)
+    assert tracker.modes.shifted is shifted
 
 
 def test_reset_sequence_of_default_modes_is_empty() -> None:

@@ -75,6 +75,9 @@ _PARTIAL: Final = re.compile(
     rb")?\Z"
 )
 _MAX_PARTIAL: Final = MAX_TITLE + 8
+#: The body of a string sequence (OSC, DCS, SOS, PM, APC): a terminal ignores
+#: SO and SI there, as every C0 control but those that end it (BEL, CAN, SUB, ESC).
+_STRING_BODY: Final = re.compile(rb"\x1b[\]P_^X][^\x07\x18\x1a\x1b]*")
 _SGR: Final = re.compile(rb"\x1b\[([0-9;:" + CSI_INERT + rb"]{0,64})m")
 _SGR_SEARCH_STEPS: Final = 64
 
@@ -416,13 +419,31 @@ class ModeTracker:
             self._sgr_default = True
 
     def _track_shift(self, buf: bytes, reset_at: int) -> None:
-        so = buf.rfind(b"\x0e")
-        si = buf.rfind(b"\x0f")
-        last = max(so, si)
+        last, shifted = _last_shift(buf)
         if last > reset_at:
-            self._shifted = so > si
+            self._shifted = shifted
         elif reset_at >= 0:
             self._shifted = False
+
+
+def _last_shift(buf: bytes) -> tuple[int, bool]:
+    """Where the last SO or SI a terminal acts on is in ``buf`` (-1: none), and if it is SO.
+
+    One inside a string sequence (a title, say) is not a shift.
+    """
+    end = len(buf)
+    bodies: list[tuple[int, int]] | None = None
+    while True:
+        so = buf.rfind(b"\x0e", 0, end)
+        si = buf.rfind(b"\x0f", 0, end)
+        last = max(so, si)
+        if last < 0:
+            return -1, False
+        if bodies is None:
+            bodies = [m.span() for m in _STRING_BODY.finditer(buf)] if b"\x1b" in buf else []
+        if not any(start <= last < stop for start, stop in bodies):
+            return last, last == so
+        end = last
 
 
 def _is_sgr_reset(params: bytes) -> bool:
