@@ -26,7 +26,7 @@ import trio
 from consoled.protocol import ErrorCode
 from consoled.protocol import events as ev
 from tests.conftest import BundleFactory
-from tests.support.cli import cli, logs
+from tests.support.cli import cli, logs, ls_json
 from tests.support.client import RECEIVE_TIMEOUT, AsyncClient
 from tests.support.daemon import DaemonProcess
 from tests.support.ptyproc import PtyProcess
@@ -431,7 +431,7 @@ async def test_exec_as_an_unknown_user_leaves_nothing(
         assert result.returncode == 126, result  # as docker exec
         assert why.encode() in result.stderr, result.stderr
         assert b"Traceback" not in result.stderr
-    sessions = json.loads((await cli(daemon, "ls", "--json")).stdout)
+    sessions = await ls_json(daemon)
     assert [s["session"] for s in sessions] == [cid]
 
 
@@ -466,7 +466,7 @@ async def test_exec_detach_prints_the_session_which_waits_for_wait(
     waited = await cli(daemon, "wait", name)
     assert (waited.returncode, waited.stdout) == (0, b"5\n")
     # ...and then it is gone.
-    sessions = json.loads((await cli(daemon, "ls", "--json")).stdout)
+    sessions = await ls_json(daemon)
     assert [s["session"] for s in sessions] == [cid]
 
 

@@ -7,7 +7,6 @@ pidfd's exit info), with real runc and crun containers.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import trio
 
 from tests.conftest import BundleFactory, DaemonFactory, Spawn
-from tests.support.cli import cli
+from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
 from tests.support.runtime import Runtime
@@ -63,7 +62,7 @@ async def test_exec_returns_the_commands_status(
     assert result.returncode == status, result.stderr
     assert b"Traceback" not in result.stderr
     # Nothing is left behind: the exec's session is gone once its status was delivered.
-    listed = [e["session"] for e in json.loads((await cli(daemon, "ls", "--json")).stdout)]
+    listed = [e["session"] for e in await ls_json(daemon)]
     assert listed == [cid]
 
 
@@ -99,14 +98,14 @@ async def test_exec_keep_keeps_the_session_and_wait_prints_its_status(
         "--", "sh", "-c", "exit 4",
     )  # fmt: skip
     assert result.returncode == 4, result.stderr
-    (entry,) = [e for e in json.loads((await cli(daemon, "ls", "--json")).stdout)
-                if e["exec"] is not None]  # fmt: skip
+    (entry,) = [e for e in await ls_json(daemon) if e["exec"] is not None]
     assert (entry["state"], entry["exit_code"]) == ("exited", 4)
     assert entry["exited_at"]
+    name = str(entry["session"])
     # As docker ps -a shows it.
     table = (await cli(daemon, "ls")).stdout.decode()
-    assert re.search(rf"{re.escape(entry['session'])}\s+exited \(4\) \d+s ago", table), table
-    waited = await cli(daemon, "wait", entry["session"])
+    assert re.search(rf"{re.escape(name)}\s+exited \(4\) \d+s ago", table), table
+    waited = await cli(daemon, "wait", name)
     assert (waited.returncode, waited.stdout) == (0, b"4\n")
 
 

@@ -7,7 +7,6 @@ container's state, a marker file), by polling the condition with a deadline.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import trio
 
 from consoled.protocol import events as ev
 from tests.conftest import BundleFactory, DaemonFactory
-from tests.support.cli import cli
+from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.runtime import Runtime
@@ -64,13 +63,6 @@ async def wait_stopped(runtime: Runtime, cid: str) -> None:
         return await container_status(runtime, cid) == "stopped"
 
     await wait_until(stopped, f"{runtime.name} container {cid} stopped")
-
-
-async def ls_json(daemon: DaemonProcess) -> list[dict[str, object]]:
-    result = await cli(daemon, "ls", "--json")
-    assert result.returncode == 0, result.stderr
-    entries: list[dict[str, object]] = json.loads(result.stdout)
-    return entries
 
 
 async def entry_of(daemon: DaemonProcess, name: str) -> dict[str, object]:

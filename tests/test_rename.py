@@ -8,12 +8,11 @@ and after the rename, and log files that must follow.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import BundleFactory, DaemonFactory
-from tests.support.cli import cli
+from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient, wait_output
 from tests.support.runtime import Runtime
 
@@ -47,7 +46,7 @@ async def test_rename_moves_a_container_with_its_execs_and_logs(
 
     result = await cli(daemon, "rename", cid, new)
     assert (result.returncode, result.stdout, result.stderr) == (0, f"{new}\n".encode(), b"")
-    listed = json.loads((await cli(daemon, "ls", "--json")).stdout)
+    listed = await ls_json(daemon)
     assert [(e["session"], e["state"]) for e in listed] == [
         (new, "running"),
         (f"{new}/e1", "running"),

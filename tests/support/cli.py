@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -41,6 +42,14 @@ async def cli(
             capture_stderr=True,
             check=False,
         )
+
+
+async def ls_json(daemon: DaemonProcess) -> list[dict[str, object]]:
+    """``consoled ls --json``'s entries; the command must succeed."""
+    result = await cli(daemon, "ls", "--json")
+    assert result.returncode == 0, result.stderr
+    entries: list[dict[str, object]] = json.loads(result.stdout)
+    return entries
 
 
 async def logs(daemon: DaemonProcess, name: str) -> bytes:
