@@ -423,7 +423,6 @@ class Record:
 
     def _store_index(self, first: int) -> None:
         """Write the entries from the ``first``-th on, then their count (never raises)."""
-        self._index_ready()
         if self._owner is None or not self._index_at:
             return
         fd = self._owner.fd
