@@ -564,6 +564,7 @@ def test_mode_tracker_does_not_depend_on_chunking(data: bytes, cuts: list[int]) 
 @PROPERTY
 @given(STREAM, CUTS)
 @example(data=b"\x1b]2;\x0e", cuts=[])  # found by a CI run: SO inside an unfinished title
+@example(data=b"\x1b[\x0e", cuts=[])  # and SO inside an unfinished CSI
 def test_the_reset_sequence_leaves_a_fresh_terminal(data: bytes, cuts: list[int]) -> None:
     out = OutputFilter(rows=24)
     written = b"".join(out.feed(chunk) for chunk in chunked(data, cuts)) + out.flush()
@@ -597,6 +598,8 @@ def test_filter_starts_from_a_rendered_screen() -> None:
         (b"\x1bP\x0e\x1b\\", False),  # in a DCS
         (b"\x1b]2;x\x07\x0e", True),  # after the title
         (b"\x0e\x1b]2;\x0f\x07", True),  # the SI is in the title
+        (b"\x1b[\x0e", True),  # executed inside a CSI, even an unfinished one
+        (b"\x1b]2;\x0e", False),  # in a title not finished yet
     ],
 )
 def test_shift_out_counts_only_outside_string_sequences(data: bytes, shifted: bool) -> None:

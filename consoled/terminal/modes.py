@@ -289,7 +289,9 @@ class ModeTracker:
         self._tail = buf[hold:]
         scanned = buf if hold == len(buf) else buf[:hold]
         self._track_sgr(scanned, reset_at)
-        self._track_shift(scanned, reset_at)
+        # A terminal acts on SO and SI even inside an unfinished control
+        # sequence (C0 controls are executed there): the held tail counts too.
+        self._track_shift(buf, reset_at)
         return breaks
 
     def reset_tail(self) -> None:
