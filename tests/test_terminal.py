@@ -206,6 +206,7 @@ def test_render_draws_the_same_screen(data: bytes, cuts: list[int], size: tuple[
 
 @PROPERTY
 @given(STREAM, SIZES, st.integers(1, 50))
+@example(data=b"\x1b]2;\r\x07", size=(2, 2), n=1)  # a CR in a title: ignored, as terminals do
 def test_render_with_history_puts_it_above_the_screen(
     data: bytes, size: tuple[int, int], n: int
 ) -> None:

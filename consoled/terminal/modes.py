@@ -45,6 +45,9 @@ PRIVATE_DEFAULTS: Final[dict[int, bool]] = {
 ANSI_DEFAULTS: Final[dict[int, bool]] = {4: False, 20: False}
 
 _P: Final = rb"[0-9;" + CSI_INERT + rb"]"
+#: Bytes a terminal ignores inside a title (C0 controls and DEL), and never
+#: written into one.
+TITLE_IGNORED: Final = bytes([*range(0x20), 0x7F])
 #: Longest title kept (bytes); a longer OSC 0/2 is ignored, as some terminals do.
 MAX_TITLE: Final = 1024
 
@@ -332,7 +335,7 @@ class ModeTracker:
             self._private[66] = m.group("keypad") == b"="
         elif kind == "title":
             if m.group("osc") != b"1":
-                self._title = m.group("title")
+                self._title = m.group("title").translate(None, TITLE_IGNORED)
         elif kind == "charset":
             # Line drawing or not: the national sets are ASCII in practice.
             charset = b"0" if m.group("charset") == b"0" else b"B"

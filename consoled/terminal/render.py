@@ -18,7 +18,7 @@ from typing import Final
 
 import avt
 
-from .modes import PRIVATE_DEFAULTS, TerminalModes
+from .modes import PRIVATE_DEFAULTS, TITLE_IGNORED, TerminalModes
 
 #: C1 controls as their 7-bit equivalents (ESC and the byte less 0x40).
 _SEVEN_BIT: Final = {c: "\x1b" + chr(c - 0x40) for c in range(0x80, 0xA0)}
@@ -27,8 +27,6 @@ _SGR_COLON: Final = re.compile(r"\x1b\[[0-9;]*:[0-9;:]*m")
 _ENTER_ALTERNATE: Final = "\x1b[?1047h"
 #: Modes that ``Vt.dump()`` already writes (or that the render must not set).
 _DUMPED: Final = frozenset({1, 6, 7, 25, 66})
-#: Bytes never written inside a title: C0 controls and DEL.
-_TITLE_UNSAFE: Final = bytes([*range(0x20), 0x7F])
 
 
 def convert_dump(dump: str) -> str:
@@ -135,5 +133,5 @@ def mode_sequences(modes: TerminalModes) -> bytes:
     if modes.modify_other_keys:
         out += b"\x1b[>4;%dm" % modes.modify_other_keys
     if modes.title is not None:
-        out += b"\x1b]2;" + modes.title.translate(None, _TITLE_UNSAFE) + b"\x1b\\"
+        out += b"\x1b]2;" + modes.title.translate(None, TITLE_IGNORED) + b"\x1b\\"
     return bytes(out)
