@@ -652,6 +652,13 @@ def session_state(
 
 @PROPERTY
 @given(STREAM, CUTS, SIZES, st.sets(st.integers(0, 60)), st.frozensets(st.integers(0, 60)))
+@example(  # found with 12,000 examples: frozen just after a title, mid-character
+    data=b"00000000000\x1b]2;00000000000\x07\xc3\xa9",
+    cuts=[28],
+    size=(2, 2),
+    looks={0},
+    freezes=frozenset([0]),
+)
 def test_the_session_state_draws_what_a_fresh_emulator_shows(
     data: bytes,
     cuts: list[int],
@@ -685,6 +692,7 @@ def test_the_session_state_draws_what_a_fresh_emulator_shows(
         (b"\x1b[?1049hx", True),
         (b"\x1b]0;title", False),
         (b"\x1b]0;title\x07", True),
+        (b"\x1b]0;title\x07" + "é".encode()[:1], False),  # a character cut after the title
         (b"\x1b]0;title\x1b", False),
         (b"\x1b]0;title\x1b\\", True),
         (b"\x1bP$q q", False),

@@ -266,7 +266,8 @@ def ends_clean(tail: bytes) -> bool:
             if not _CSI_DONE.match(seq):
                 return False
         elif kind in (b"]", b"P", b"_", b"^", b"X"):
-            return b"\x07" in seq  # ESC \ would have been the last ESC
+            if b"\x07" not in seq:  # ESC \ would have been the last ESC
+                return False
         elif not _ESC_DONE.match(seq):
             return False
     # A UTF-8 character cut short: continuation bytes at the end, fewer than its lead asks for.
