@@ -195,6 +195,7 @@ def test_chunking_does_not_change_the_screen(
 
 @PROPERTY
 @given(STREAM, CUTS, SIZES)
+@example(data=b"\x1b]2;\x80\x07", cuts=[], size=(2, 2))  # an invalid byte in a title
 def test_render_draws_the_same_screen(data: bytes, cuts: list[int], size: tuple[int, int]) -> None:
     original = fed(*size, [data])
     render = fed(*size, chunked(data, cuts)).render()

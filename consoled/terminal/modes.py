@@ -335,7 +335,7 @@ class ModeTracker:
             self._private[66] = m.group("keypad") == b"="
         elif kind == "title":
             if m.group("osc") != b"1":
-                self._title = m.group("title").translate(None, TITLE_IGNORED)
+                self._title = clean_title(m.group("title"))
         elif kind == "charset":
             # Line drawing or not: the national sets are ASCII in practice.
             charset = b"0" if m.group("charset") == b"0" else b"B"
@@ -429,6 +429,16 @@ class ModeTracker:
             self._shifted = shifted
         elif reset_at >= 0:
             self._shifted = False
+
+
+def clean_title(raw: bytes) -> bytes:
+    """A title as a UTF-8 terminal takes it: no C0 or C1 controls, an invalid byte as U+FFFD.
+
+    So the title recorded is the one a render writes back, and no byte of it
+    can end the OSC that carries it (C1 ST) or act as a control.
+    """
+    text = raw.translate(None, TITLE_IGNORED).decode("utf-8", "replace")
+    return "".join(c for c in text if not "\x80" <= c <= "\x9f").encode()
 
 
 def _last_shift(buf: bytes) -> tuple[int, bool]:
