@@ -19,6 +19,12 @@ journal (see :mod:`.journal`).
   event whose ``count`` says how many events are missing at that point
   (and ``error``, the errno name, when a write failed).
 
+The writer is woken only when it waits with nothing queued, and then
+gives the burst that woke it :data:`BATCH_DELAY` to arrive before it writes:
+waking a thread hands it the GIL, and doing that for every event cost an
+attach, which logs a few, about a fifth of its time (docs/performance.md).
+:meth:`LogSink.flush` and :meth:`LogSink.close` cut the delay short.
+
 Why a thread and not a trio task: a trio task can only wait for a file
 descriptor that is non-blocking, and stderr's open file description is
 shared with whoever started us (a shell, a terminal, systemd), so setting
@@ -54,6 +60,8 @@ MAX_LINES = 4096
 MAX_BYTES = 1024 * 1024
 #: Seconds :meth:`LogSink.close` waits for the queue to be written.
 FLUSH_TIMEOUT = 1.0
+#: Seconds the woken writer waits for the rest of a burst before writing it.
+BATCH_DELAY = 0.005
 #: Pause after a failed write, doubled after each further failure...
 PAUSE_FIRST = 0.05
 #: ...up to this.
@@ -115,6 +123,8 @@ class LogSink:
             write to ``fd`` only those journald cannot take.
         max_lines: events queued at most.
         max_bytes: bytes queued at most.
+        batch_delay: seconds the writer, woken by an event, waits for more
+            before it writes them.
     """
 
     def __init__(
@@ -126,8 +136,10 @@ class LogSink:
         journal: JournalSocket | None = None,
         max_lines: int = MAX_LINES,
         max_bytes: int = MAX_BYTES,
+        batch_delay: float = BATCH_DELAY,
     ) -> None:
         self._fd = fd
+        self._batch_delay = batch_delay
         self._processors = tuple(processors)
         self._renderer = renderer
         self._journal = journal
@@ -140,6 +152,8 @@ class LogSink:
         self._cond = threading.Condition(lock)  # the writer waits here for events
         self._idle = threading.Condition(lock)  # flush() waits here for the writer
         self._busy = False  # the writer holds an event it took
+        self._sleeping = False  # the writer waits for an event: the next one wakes it
+        self._hurry = False  # flush() or close() wants the queue written now
         self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0
         self._missing = 0  # events lost since the last one queued
@@ -174,7 +188,7 @@ class LogSink:
     def _render(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Record:
         for processor in self._processors:
             result = processor(logger, method_name, event_dict)
-            if not isinstance(result, MutableMapping):
+            if type(result) is not dict and not isinstance(result, MutableMapping):
                 raise TypeError(f"processor {processor!r} returned {type(result).__name__}")
             event_dict = result
         line = self._renderer(logger, method_name, event_dict)
@@ -216,7 +230,9 @@ class LogSink:
             self._queue.append(_Queued(record, self._missing))
             self._missing = 0
             self._queued_bytes += size
-            self._cond.notify()
+            if self._sleeping:
+                self._sleeping = False
+                self._cond.notify()
 
     def stats(self) -> SinkStats:
         with self._cond:
@@ -237,9 +253,14 @@ class LogSink:
             True if the writer is idle, False if it is still busy (blocked).
         """
         with self._cond:
-            return self._idle.wait_for(
-                lambda: self._finished or not (self._queue or self._busy), timeout
-            )
+            self._hurry = True
+            self._cond.notify()  # ends the writer's batch delay
+            try:
+                return self._idle.wait_for(
+                    lambda: self._finished or not (self._queue or self._busy), timeout
+                )
+            finally:
+                self._hurry = False
 
     def close(self, timeout: float = FLUSH_TIMEOUT) -> bool:
         """Write what is queued and stop the writer, waiting at most ``timeout`` seconds.
@@ -254,6 +275,7 @@ class LogSink:
         """
         with self._cond:
             self._closing = True
+            self._hurry = True
             self._cond.notify_all()
         self._wake.set()
         self._thread.join(timeout)
@@ -295,7 +317,12 @@ class LogSink:
                     self._unreported += self._missing  # for the last report
                     self._missing = 0
                     return None
+                self._sleeping = True
                 self._cond.wait()
+                self._sleeping = False
+                if not self._hurry and self._batch_delay > 0:
+                    # Let the rest of the burst come without waking us again.
+                    self._cond.wait(self._batch_delay)
             item = self._queue.popleft()
             self._busy = True
             self._queued_bytes -= len(item.record.line) + len(item.record.entry or b"")
