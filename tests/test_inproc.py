@@ -8,6 +8,7 @@ once on the autojump clock.  See tests/support/inproc.py.
 from __future__ import annotations
 
 import os
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ import structlog
 import trio
 import trio.testing
 
-from consoled.protocol import ErrorCode
+from consoled import __version__
+from consoled.client.conn import Client
+from consoled.protocol import PROTOCOL_VERSION, Connection, ErrorCode, Role
 from consoled.protocol import events as ev
 from consoled.server.config import Limits
 from consoled.server.session import LEADER_SEARCH, Session
@@ -188,6 +191,24 @@ async def test_unfinished_frames_are_bounded_for_all_clients_together(
         await third.aclose()
 
 
+async def test_a_pipelined_request_is_not_charged_to_the_buffer_budget(
+    short_tmp: Path,
+) -> None:
+    # Was: the request waiting behind its hello counted as unfinished, so a
+    # nearly full budget refused every `consoled` command.
+    limit = 256 * 1024
+    async with inproc_daemon(short_tmp / "s", limits=Limits(buffered=limit)) as d:
+        holder = await d.connect(hello=False)
+        await holder.send_raw((1024 * 1024).to_bytes(4, "big") + b"\x00" * (limit - 8))
+        await trio.testing.wait_all_tasks_blocked()  # the daemon holds limit - 4 bytes
+        c = await d.connect(hello=False)
+        await c.send_raw(c.conn.send(ev.Hello(PROTOCOL_VERSION)) + c.conn.send(ev.GetInfo()))
+        assert isinstance(await c.receive(), ev.Welcome)
+        assert isinstance(await c.receive(), ev.DaemonInfo)
+        await c.aclose()
+        await holder.aclose()
+
+
 async def test_a_waiting_session_gives_up_after_the_intake_timeout(
     short_tmp: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -224,6 +245,61 @@ async def test_input_before_the_master_arrives_waits_for_it(
                 await trio.lowlevel.wait_readable(slave)
                 got += os.read(slave, 4096)
         await c.aclose()
+
+
+async def test_a_request_pipelined_with_hello_is_answered_after_the_welcome(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "piped", slaves)
+        c = await d.connect(hello=False)
+        hello = c.conn.send(ev.Hello(PROTOCOL_VERSION, "tests"))
+        await c.send_raw(hello + c.conn.send(ev.Attach("piped", replay=0)))
+        assert isinstance(await c.receive(), ev.Welcome)
+        attached = await c.receive()
+        assert isinstance(attached, ev.Attached), attached
+        os.write(slave, b"live\n")
+        got, ended = await c.read_output_until(b"live")
+        assert b"live" in got and ended is None
+        await c.aclose()
+
+
+async def test_the_blocking_client_sends_hello_with_its_first_request(
+    short_tmp: Path,
+) -> None:
+    """One write carries both; the welcome is read before the reply."""
+    path = os.fspath(short_tmp / "fake.sock")
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(path)
+    listener.listen(1)
+    with listener:
+
+        def call() -> ev.Event:
+            with Client(path, timeout=10) as client:
+                return client.request(ev.GetInfo())
+
+        async def serve() -> bytes:
+            conn, _ = await listener.accept()
+            with conn:
+                server = Connection(Role.SERVER)
+                first = await conn.recv(65536)
+                server.receive_data(first)
+                got = list(server.events())
+                assert [type(e) for e in got] == [ev.Hello, ev.GetInfo], got
+                await conn.send(server.send(ev.Welcome(PROTOCOL_VERSION, "fake", 4242)))
+                info = ev.DaemonInfo("fake", 4242, "", "", "", None, 0, "latest", 0)
+                await conn.send(server.send(info))
+                return first
+
+        replies: list[ev.Event] = []
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, lambda: replies.append(call()))
+                first = await serve()
+        assert isinstance(replies[0], ev.DaemonInfo)
+        expected = Connection(Role.CLIENT)
+        hello = ev.Hello(PROTOCOL_VERSION, f"consoled-cli/{__version__}")
+        assert first == expected.send(hello) + expected.send(ev.GetInfo())
 
 
 async def test_the_longest_names_get_log_files_and_rename_them(

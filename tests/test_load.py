@@ -175,7 +175,11 @@ async def process_cycler(
                 got = 0
                 while got < LINE_SIZE:  # attached, and the session's lines come through
                     chunk = await proc.stdout.receive_some(65536)
-                    assert chunk, "consoled attach ended before any output"
+                    if not chunk:
+                        err = await proc.stderr.receive_some(65536)
+                        raise AssertionError(
+                            f"consoled attach {name} ended before any output: {err!r}"
+                        )
                     got += len(chunk)
                 with trio.move_on_after(rng.uniform(0.3, 1.0)):
                     while chunk := await proc.stdout.receive_some(65536):

@@ -329,6 +329,42 @@ def test_handshake() -> None:
     assert pair.states() == (State.IDLE, State.IDLE)
 
 
+def test_pipelined_request_is_answered_after_the_welcome() -> None:
+    """hello and the first request in one write: the welcome, then the reply."""
+    pair = ConnectionPair()
+    pair.send(Role.CLIENT, ev.Hello(PROTOCOL_VERSION, "pytest"), ev.GetInfo())
+    assert pair.states() == (State.HELLO_SENT, State.HELLO_SENT)
+    pair.send(Role.SERVER, WELCOME)
+    assert pair.states() == (State.AWAITING, State.AWAITING)
+    pair.send(Role.SERVER, ev.DaemonInfo("v", 1, "", "", "", None, 0, "latest", 0))
+    assert pair.states() == (State.IDLE, State.IDLE)
+
+
+def test_pipelined_attach_streams_after_the_welcome() -> None:
+    pair = ConnectionPair()
+    pair.send(Role.CLIENT, ev.Hello(PROTOCOL_VERSION, "pytest"), ev.Attach("web", replay=0))
+    pair.send(Role.SERVER, WELCOME, ATTACHED)
+    assert pair.states() == (State.STREAMING, State.STREAMING)
+
+
+def test_only_one_request_may_be_pipelined() -> None:
+    pair = ConnectionPair()
+    pair.send(Role.CLIENT, ev.Hello(PROTOCOL_VERSION, "pytest"), ev.GetInfo())
+    with pytest.raises(LocalProtocolError):
+        pair.client.send(ev.ListSessions())
+    # The server refuses a second one too, however it arrives.
+    pair.server.receive_data(wire(ev.ListSessions()))
+    with pytest.raises(RemoteProtocolError):
+        pair.server.next_event()
+
+
+def test_pipelined_request_after_a_refused_hello_is_over() -> None:
+    pair = ConnectionPair()
+    pair.send(Role.CLIENT, ev.Hello(PROTOCOL_VERSION + 1, "pytest"), ev.GetInfo())
+    pair.send(Role.SERVER, ev.Error(ErrorCode.UNSUPPORTED_VERSION, "speak 1"))
+    assert pair.states() == (State.DONE, State.DONE)
+
+
 def test_hello_defaults_round_trip() -> None:
     pair = ConnectionPair()
     [hello] = pair.send(Role.CLIENT, ev.Hello(7))
@@ -567,7 +603,7 @@ ILLEGAL: list[tuple[str, Role, ev.Event]] = [
     ("handshake", Role.SERVER, WELCOME),
     ("handshake", Role.SERVER, ev.Error(ErrorCode.INVALID_NAME, "non-fatal before hello")),
     ("hello_sent", Role.CLIENT, ev.Hello(1)),
-    ("hello_sent", Role.CLIENT, ev.GetInfo()),
+    ("hello_sent", Role.CLIENT, ev.Input(b"x")),
     ("hello_sent", Role.SERVER, ev.SessionList(())),
     ("hello_sent", Role.SERVER, ev.Error(ErrorCode.INTERNAL, "non-fatal before welcome")),
     ("idle", Role.CLIENT, ev.Hello(1)),

@@ -127,7 +127,11 @@ def check_server(sock: socket.socket, path: str, env: Mapping[str, str] = os.env
 
 
 class Client:
-    """One connection to the daemon's control socket, handshake done.
+    """One connection to the daemon's control socket.
+
+    The ``hello`` goes out with the first request, in the same write, and
+    the ``welcome`` is read before its reply (the protocol allows one
+    request to be pipelined so): every command saves a round trip.
 
     A daemon that is handing over to its successor answers ``restarting``
     instead of starting a request; the client then connects again (the
@@ -149,24 +153,19 @@ class Client:
     ) -> None:
         self.path = path
         self.timeout = timeout
+        #: The daemon's pid, from its ``welcome`` (0 until the first reply).
         self.daemon_pid = 0
+        self._hello_due = False
+        self._welcome_due = False
         self.reconnect(wait)
 
     def reconnect(self, wait: float = RESTART_WAIT) -> None:
-        """Connect (again), retrying while the daemon says it is restarting.
+        """Connect (again); the ``hello`` goes with the next request.
 
         Args:
             wait: seconds to keep trying while nothing listens at the path.
         """
-        deadline = time.monotonic() + max(wait, RESTART_WAIT)
-        while True:
-            try:
-                self._connect(wait_until=time.monotonic() + wait)
-                return
-            except Restarting:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.05)
+        self._connect(wait_until=time.monotonic() + wait)
 
     def _connect(self, wait_until: float) -> None:
         delay = 0.02
@@ -195,14 +194,8 @@ class Client:
                 raise DaemonUnavailable(
                     f"the daemon is not running: cannot connect to {self.path} ({exc.strerror})"
                 ) from None
-        try:
-            welcome = self._request_once(ev.Hello(PROTOCOL_VERSION, f"consoled-cli/{__version__}"))
-        except BaseException:
-            self.sock.close()
-            raise
-        if not isinstance(welcome, ev.Welcome):  # pragma: no cover - the state machine checks
-            raise ClientError(f"unexpected answer to hello: {welcome.TYPE}")
-        self.daemon_pid = welcome.pid
+        self._hello_due = True  # sent with the first request
+        self._welcome_due = False
 
     def close(self) -> None:
         self.sock.close()
@@ -217,13 +210,35 @@ class Client:
         return self.sock.fileno()
 
     def send(self, event: ev.Event) -> None:
+        data = self.conn.send(event) if not self._hello_due else self._hello_and(event)
         try:
-            self.sock.sendall(self.conn.send(event))
+            self.sock.sendall(data)
         except OSError as exc:
             raise DaemonUnavailable(f"lost the connection to consoled ({exc})") from None
 
+    def _hello_and(self, event: ev.Event) -> bytes:
+        """The ``hello`` and ``event`` pipelined, as one write."""
+        hello = self.conn.send(ev.Hello(PROTOCOL_VERSION, f"consoled-cli/{__version__}"))
+        data = hello + self.conn.send(event)
+        self._hello_due = False
+        self._welcome_due = True
+        return data
+
     def receive(self) -> ev.Event | None:
-        """The next event; None if the daemon closed the connection."""
+        """The next event; None if the daemon closed the connection.
+
+        The ``welcome`` to a pipelined ``hello`` is taken on the way; a daemon
+        that refused the ``hello`` (a fatal ``error``) is returned that error.
+        """
+        if self._welcome_due:
+            self._welcome_due = False
+            welcome = self._next_event()
+            if not isinstance(welcome, ev.Welcome):
+                return welcome  # None, or the error that refused us
+            self.daemon_pid = welcome.pid
+        return self._next_event()
+
+    def _next_event(self) -> ev.Event | None:
         while True:
             event = self.conn.next_event()
             if event is NEED_DATA:
@@ -253,6 +268,7 @@ class Client:
             DaemonUnavailable: the daemon closed the connection.
         """
         deadline = time.monotonic() + RESTART_WAIT
+        delay = 0.01
         while True:
             try:
                 return self._request_once(event)
@@ -260,6 +276,8 @@ class Client:
                 if time.monotonic() >= deadline:
                     raise
                 self.sock.close()
+                time.sleep(delay)  # the successor takes over within a few tens of ms
+                delay = min(delay * 2, 0.2)
                 self.reconnect()
 
     def _request_once(self, event: ev.Event) -> ev.Event:

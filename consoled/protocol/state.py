@@ -6,9 +6,14 @@ and received, so each knows what the other may legally do next.
 ::
 
     HANDSHAKE --hello--> HELLO_SENT --welcome--> IDLE
+    HELLO_SENT --request--> HELLO_SENT (pipelined) --welcome--> AWAITING
     IDLE --request--> AWAITING --reply / non-fatal error--> IDLE
     AWAITING(attach|logs) --attached--> STREAMING --ended--> DONE
     any --fatal error--> DONE;  a peer's protocol violation --> ERROR
+
+A client may send its first request right after ``hello``, without waiting
+for ``welcome`` (one round trip fewer); the server answers it after the
+``welcome``, as if it had come then.  Only one request may be pipelined so.
 """
 
 from __future__ import annotations
@@ -84,6 +89,13 @@ class StateMachine:
             if state is State.HANDSHAKE and isinstance(event, ev.Hello):
                 self.state = State.HELLO_SENT
                 return True
+            if (
+                state is State.HELLO_SENT
+                and self.pending is None
+                and isinstance(event, ev.CLIENT_REQUESTS)
+            ):
+                self.pending = type(event)  # pipelined: answered after the welcome
+                return True
             if state is State.IDLE and isinstance(event, ev.CLIENT_REQUESTS):
                 self.state = State.AWAITING
                 self.pending = type(event)
@@ -94,7 +106,7 @@ class StateMachine:
                 return False
         else:
             if state is State.HELLO_SENT and isinstance(event, ev.Welcome):
-                self.state = State.IDLE
+                self.state = State.IDLE if self.pending is None else State.AWAITING
                 return True
             if state is State.AWAITING and self.pending is not None:
                 if isinstance(event, ev.Error):

@@ -221,9 +221,11 @@ class Channel:
         """
         while True:
             event = self.conn.next_event()
-            # Charged once the complete frames are out: only an unfinished frame
-            # counts, so a full budget never refuses anyone's whole message.
-            self._account()
+            # Only an unfinished frame counts, charged once the complete frames
+            # are out, so a full budget never refuses anyone's whole message
+            # (nor a request pipelined with its hello, waiting its turn: no more
+            # is read until the complete frames are taken).
+            self._account(self.conn.buffered if event is NEED_DATA else 0)
             if event is NEED_DATA:
                 self.conn.receive_data(await self._receive_some())
                 continue
@@ -260,12 +262,14 @@ class Channel:
                 raise translate_oserror(exc, "socket") from exc
             break
         self._read_short = len(data) < RECEIVE_SIZE
-        if not waited:  # a receive is a checkpoint, whatever was waiting
+        if not waited and not self._read_short:
+            # A receive is a checkpoint, whatever was waiting.  A short read
+            # (a hello and its pipelined request) needs no yield of its own:
+            # the next receive waits for the socket first.
             await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
-    def _account(self) -> None:
+    def _account(self, after: int) -> None:
         if self._budget is not None:
-            after = self.conn.buffered
             before, self._charged = self._charged, after
             self._budget.charge(before, after)
