@@ -137,6 +137,31 @@ async def test_unread_pipe_never_blocks_the_caller(
     assert stats.dropped == count - stats.written + 1
 
 
+async def test_a_burst_is_written_together_and_flush_does_not_wait_for_it(
+    new_sink: SinkFactory, pipe: tuple[int, int], nursery: trio.Nursery
+) -> None:
+    r, w = pipe
+    sink = new_sink(w, batch_delay=3600)
+    log = sink_logger(sink)
+    reader = PipeReader(r)
+    nursery.start_soon(reader.run)
+    log.info("first")
+    log.info("second")
+    await trio.sleep(0.1)
+    # The woken writer waits for the rest of the burst (each wake-up costs
+    # the event loop the GIL)...
+    assert sink.stats().written == 0
+    # ...but not when someone waits for the events.
+    with trio.fail_after(BOUND):
+        await flush(sink)
+    await reader.wait_for('"second"')
+    assert [e["event"] for e in reader.events()] == ["first", "second"]
+    log.info("third")
+    with trio.fail_after(BOUND):
+        assert await trio.to_thread.run_sync(sink.close, BOUND)
+    await reader.wait_for('"third"')
+
+
 async def test_close_is_bounded_and_writes_the_last_events(
     new_sink: SinkFactory, pipe: tuple[int, int], nursery: trio.Nursery
 ) -> None:

@@ -17,7 +17,7 @@ from typing import TextIO
 import structlog
 
 from .journal import JOURNAL_SOCKET, JournalSocket, stream_is_journal
-from .logsink import MAX_BYTES, MAX_LINES, LogSink
+from .logsink import BATCH_DELAY, MAX_BYTES, MAX_LINES, LogSink
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -29,6 +29,7 @@ def make_sink(
     journal: JournalSocket | None = None,
     max_lines: int = MAX_LINES,
     max_bytes: int = MAX_BYTES,
+    batch_delay: float = BATCH_DELAY,
 ) -> LogSink:
     """The daemon's sink: events rendered as ``fmt`` lines for ``fd`` (or sent to ``journal``).
 
@@ -52,6 +53,7 @@ def make_sink(
         journal=journal,
         max_lines=max_lines,
         max_bytes=max_bytes,
+        batch_delay=batch_delay,
     )
 
 
