@@ -53,6 +53,13 @@ class Console(abc.ABC):
     def resize(self, rows: int, cols: int) -> None:
         """Ask for a new window size (blocking)."""
 
+    def request_resize(self, rows: int, cols: int) -> None:
+        """Ask for a new window size; :meth:`resize_answered` waits for any answer."""
+        self.resize(rows, cols)
+
+    def resize_answered(self) -> None:  # noqa: B027 - only consoled answers
+        """Wait for the answer to :meth:`request_resize`, if the console gives one."""
+
     @property
     def broker_pid(self) -> int | None:
         """The process that moves the bytes, when it is not us."""
@@ -169,6 +176,12 @@ class ConsoledConsole(Console):
 
     def resize(self, rows: int, cols: int) -> None:
         self.control().call(ev.Resize(self.cid, rows, cols), ev.Resized)
+
+    def request_resize(self, rows: int, cols: int) -> None:
+        self.control().send(ev.Resize(self.cid, rows, cols))
+
+    def resize_answered(self) -> None:
+        self.control().expect_typed(ev.Resized)
 
     async def aclose(self) -> None:
         try:

@@ -12,11 +12,12 @@ closes.  consoled's client is the project's own (``consoled.client.conn``:
 conmon's takes its attach socket, where connecting is attaching.
 
 Resize: a new size is asked for, then ``stty size`` in the container must
-show it.  The figure is the time until the size is in force: for consoled,
-from the ``resize`` request to its ``resized`` reply (the ioctl is done
-before the reply); for raw, the ioctl on the master; for conmon, from the
-write to its ``ctl`` FIFO until TIOCGWINSZ on the container's terminal (its
-init's fd 0) shows the size.
+show it.  The figure is the time until the size is in force, measured the
+same way for consoled and conmon: from sending the ``resize`` request (or
+writing to conmon's ``ctl`` FIFO) until TIOCGWINSZ on the container's
+terminal (its init's fd 0) shows the size; for raw, the ioctl on the
+master.  Beside it, consoled's ``resize`` request until its ``resized``
+reply: what a client waits for (conmon does not answer).
 """
 
 from __future__ import annotations
@@ -147,24 +148,35 @@ async def echo(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
     return figures, data
 
 
-def _resizes(console: Console, tap: Tap, count: int, slave: int | None) -> tuple[list[float], int]:
+def _resizes(
+    console: Console, tap: Tap, count: int, slave: int | None
+) -> tuple[list[float], list[float], int]:
     """Resize ``count`` times.
 
     Returns:
-        Latencies in microseconds, and how often ``stty size`` showed another size.
+        Latencies in microseconds until the size was in force and until the
+        console answered (consoled only), and how often ``stty size`` showed
+        another size.
     """
-    latencies: list[float] = []
+    in_force: list[float] = []
+    answered: list[float] = []
     wrong = 0
     pending = b""
+    perf = time.perf_counter_ns
     for i in range(count):
         rows, cols = 30 + i % 200, 90 + i % 150
-        t = time.perf_counter_ns()
-        console.resize(rows, cols)
-        if slave is not None:  # conmon does not answer: watch the terminal itself
+        t = perf()
+        console.request_resize(rows, cols)
+        if slave is not None:  # watch the container's terminal itself
             deadline = time.monotonic() + 5
             while get_winsize(slave) != (rows, cols) and time.monotonic() < deadline:
                 pass
-        latencies.append((time.perf_counter_ns() - t) / 1000)
+        seen = perf()
+        console.resize_answered()
+        done = perf()
+        in_force.append(((seen if slave is not None else done) - t) / 1000)
+        if isinstance(console, ConsoledConsole):
+            answered.append((done - t) / 1000)
         tap.send(b"\n")
         while (match := SIZE_LINE.search(pending)) is None:
             data = tap.recv()
@@ -174,13 +186,14 @@ def _resizes(console: Console, tap: Tap, count: int, slave: int | None) -> tuple
         pending = pending[match.end() :]
         if (int(match[1]), int(match[2])) != (rows, cols):
             wrong += 1
-    return latencies, wrong
+    return in_force, answered, wrong
 
 
 async def resize(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
     count = bench.options.size(100, 10)
     script = "stty -echo; echo R; while read x; do stty size; done"
     p50: dict[str, list[float]] = {k: [] for k in bench.kinds}
+    reply50: list[float] = []
     wrong: dict[str, list[float]] = {k: [] for k in bench.kinds}
     for _ in range(bench.options.runs):
         for kind in bench.kinds:
@@ -189,15 +202,19 @@ async def resize(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
                 await console.start()
                 await trio.to_thread.run_sync(tap.read_until, READY)
                 slave = None
-                if isinstance(console, ConmonConsole):
+                if isinstance(console, ConmonConsole | ConsoledConsole):
                     pid = await console.container_pid()
                     slave = os.open(f"/proc/{pid}/fd/0", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
                 try:
-                    lat, bad = await trio.to_thread.run_sync(_resizes, console, tap, count, slave)
+                    lat, replies, bad = await trio.to_thread.run_sync(
+                        _resizes, console, tap, count, slave
+                    )
                 finally:
                     if slave is not None:
                         os.close(slave)
             p50[kind].append(percentile(lat, 0.5))
+            if replies:
+                reply50.append(percentile(replies, 0.5))
             wrong[kind].append(float(bad))
     figures = [
         Figure(
@@ -207,6 +224,14 @@ async def resize(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
             Summary.of(p50["consoled"]),
             ("<=", 500.0),
             {k: Summary.of(v) for k, v in p50.items() if k != "consoled"},
+        ),
+        Figure(
+            "5 resize",
+            "resize request to its reply, p50",
+            "us",
+            Summary.of(reply50),
+            None,
+            {},
         ),
         Figure(
             "5 resize",
@@ -221,4 +246,4 @@ async def resize(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
             },
         ),
     ]
-    return figures, {"resizes": count, "p50_us": p50, "wrong": wrong}
+    return figures, {"resizes": count, "p50_us": p50, "reply_p50_us": reply50, "wrong": wrong}
