@@ -302,6 +302,34 @@ async def test_the_blocking_client_sends_hello_with_its_first_request(
         assert first == expected.send(hello) + expected.send(ev.GetInfo())
 
 
+async def test_exited_sessions_are_kept_by_age_across_renames_and_listed_by_id(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """The retention limit and ``ls ID`` follow renames (they no longer scan every session)."""
+    async with inproc_daemon(short_tmp / "s", max_exited=2) as d:
+
+        async def run_and_exit(name: str) -> None:
+            slave = await running(d, name, slaves)
+            slaves.remove(slave)
+            os.close(slave)  # the terminal hangs up
+            with trio.fail_after(10):
+                await d.table.get(name).done.wait()
+
+        c = await connect(d)
+        await run_and_exit("a")
+        await run_and_exit("b")
+        assert isinstance(await c.request(ev.Rename("a", "a2")), ev.Renamed)
+        await run_and_exit("c")  # the oldest (a, now a2) goes, renamed or not
+        assert sorted(s.session for s in await c.list_sessions()) == ["b", "c"]
+        keep = await running(d, "b/sh-1", slaves)  # an exec beside exited "b"
+        assert keep
+        assert sorted(s.session for s in await c.list_sessions("b")) == ["b", "b/sh-1"]
+        assert isinstance(await c.request(ev.Rename("b", "d")), ev.Renamed)
+        assert await c.list_sessions("b") == []
+        assert sorted(s.session for s in await c.list_sessions("d")) == ["d", "d/sh-1"]
+        await c.aclose()
+
+
 async def test_the_longest_names_get_log_files_and_rename_them(
     short_tmp: Path, tmp_path: Path, slaves: list[int]
 ) -> None:

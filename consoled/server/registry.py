@@ -88,6 +88,10 @@ class SessionTable:
         self.log_dir = log_dir
         self.manager = manager
         self._sessions: dict[SessionName, Session] = {}
+        #: The same sessions by container id (a container's init and its execs).
+        self._by_id: dict[str, dict[SessionName, Session]] = {}
+        #: The exited sessions kept (for the retention limit, without a scan of all).
+        self._kept_exited: dict[Session, None] = {}
         self._serials = itertools.count(1)
         self._unnamed = itertools.count(1)
         #: Where intake tasks run: one serving period's (cancelled for a handover).
@@ -308,11 +312,7 @@ class SessionTable:
         Returns:
             The sessions retired.
         """
-        retired = [
-            s
-            for s in self._sessions.values()
-            if s.name.id == container and s.state is SessionState.EXITED
-        ]
+        retired = [s for s in self._of_id(container) if s.state is SessionState.EXITED]
         for session in retired:
             moved = None
             if session.log_file is not None:
@@ -336,7 +336,7 @@ class SessionTable:
                 check_part(container, "container id")
             except InvalidName as exc:
                 raise RequestError(ErrorCode.INVALID_NAME, str(exc)) from None
-        chosen = [s for s in self._sessions.values() if container in (None, s.name.id)]
+        chosen = list(self._sessions.values()) if container is None else self._of_id(container)
         chosen.sort(key=lambda s: s.name.sort_key())
         return chosen
 
@@ -492,8 +492,27 @@ class SessionTable:
         self._register(session)
         self._serials = itertools.count(max(session.serial + 1, next(self._serials)))
 
-    def _register(self, session: Session) -> None:
+    def _of_id(self, container: str) -> list[Session]:
+        """The sessions of container ``container`` (its init and its execs)."""
+        return list(self._by_id.get(container, {}).values())
+
+    def _add(self, session: Session) -> None:
         self._sessions[session.name] = session
+        self._by_id.setdefault(session.name.id, {})[session.name] = session
+        if session.state is SessionState.EXITED:
+            self._kept_exited[session] = None
+
+    def _remove(self, session: Session) -> None:
+        name = session.name
+        del self._sessions[name]
+        members = self._by_id[name.id]
+        del members[name]
+        if not members:
+            del self._by_id[name.id]
+        self._kept_exited.pop(session, None)
+
+    def _register(self, session: Session) -> None:
+        self._add(session)
         session.terminal_state = self.config.terminal_state
         session.emulation = self.emulation
 
@@ -515,18 +534,19 @@ class SessionTable:
             return
         self.manager.unstore(f"s{session.serial}.pty")
         self.manager.unstore(f"s{session.serial}.log")
-        exited = sorted(
-            (s for s in self._sessions.values() if s.state is SessionState.EXITED),
-            key=lambda s: s.exited_at or 0.0,
-        )
-        for oldest in exited[: max(0, len(exited) - self.config.max_exited)]:
+        kept = self._kept_exited
+        kept[session] = None
+        excess = len(kept) - self.config.max_exited
+        if excess <= 0:
+            return
+        for oldest in sorted(kept, key=lambda s: s.exited_at or 0.0)[:excess]:
             log.info("session.expired", session=str(oldest.name))
             self._forget(oldest)
 
     def _forget(self, session: Session) -> None:
         self._leaderless.pop(session, None)
         if self._sessions.get(session.name) is session:
-            del self._sessions[session.name]
+            self._remove(session)
         for suffix in ("rec", "pty", "sock", "log"):
             self.manager.unstore(f"s{session.serial}.{suffix}")
         session.close()
@@ -579,7 +599,7 @@ class SessionTable:
         old = parse_name(text)
         new = parse_name(new_text, "new name")
         if old.exec is None:
-            members = [s for s in self._sessions.values() if s.name.id == old.id]
+            members = self._of_id(old.id)
             if not members:
                 raise RequestError(ErrorCode.UNKNOWN_SESSION, f"no session named {text!r}")
             if new == old:
@@ -594,7 +614,7 @@ class SessionTable:
                     f"rename the container to a container id, not to {new}",
                 )
             if new.exec is None and new.id != old.id:
-                taken = [s for s in self._sessions.values() if s.name.id == new.id]
+                taken = self._of_id(new.id)
                 if taken:
                     raise RequestError(
                         ErrorCode.NAME_IN_USE,
@@ -624,9 +644,9 @@ class SessionTable:
 
     def _move(self, session: Session, new: SessionName) -> None:
         old = session.name
-        del self._sessions[old]
+        self._remove(session)
         session.name = new
-        self._sessions[new] = session
+        self._add(session)
         if session.log_file is not None:
             try:
                 session.log_file.rename(new.file_stem)
@@ -670,6 +690,8 @@ class SessionTable:
         for session in self._sessions.values():
             session.close(unlink=unlink)
         self._sessions.clear()
+        self._by_id.clear()
+        self._kept_exited.clear()
 
     def fds(self) -> Iterator[tuple[str, OwnedFd | Listener]]:
         """Every fd the sessions hold, named, for a handover."""
