@@ -670,6 +670,35 @@ def test_sending_an_illegal_message_is_local_error_without_state_change(
         assert pair.states() == (State.HELLO_SENT, State.HELLO_SENT)
 
 
+@settings(max_examples=400, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just(Role.CLIENT), any_client_message),
+            st.tuples(st.just(Role.SERVER), any_server_message),
+        ),
+        max_size=16,
+    )
+)
+def test_whatever_one_end_may_send_the_other_accepts(steps: list[tuple[Role, ev.Event]]) -> None:
+    """Both ends run one machine: no sequence makes them disagree (pipelining included)."""
+    pair = ConnectionPair()
+    for role, event in steps:
+        sender, receiver = pair.conn[role], pair.conn[OTHER[role]]
+        before = pair.states()
+        try:
+            data = sender.send(event)
+        except LocalProtocolError:
+            assert pair.states() == before
+            continue
+        receiver.receive_data(data)
+        got, sentinel = drain(receiver)  # never a RemoteProtocolError
+        assert sentinel is NEED_DATA
+        # Stream input that crossed the end of the stream is dropped, nothing else.
+        assert got == [event] or (got == [] and isinstance(event, ev.STREAM_INPUTS))
+        assert pair.client.state is pair.server.state
+
+
 def test_sending_a_non_message_is_local_error() -> None:
     pair = pair_in("idle")
     with pytest.raises(LocalProtocolError):

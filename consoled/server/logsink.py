@@ -21,8 +21,8 @@ journal (see :mod:`.journal`).
 
 The writer is woken only when it waits with nothing queued, and then
 gives the burst that woke it :data:`BATCH_DELAY` to arrive before it writes:
-waking a thread hands it the GIL, and doing that for every event cost an
-attach, which logs a few, about a fifth of its time (docs/performance.md).
+a woken thread takes the GIL from the event loop, and an attach, which logs
+five events, made it do so five times (docs/performance.md).
 :meth:`LogSink.flush` and :meth:`LogSink.close` cut the delay short.
 
 Why a thread and not a trio task: a trio task can only wait for a file
@@ -320,7 +320,7 @@ class LogSink:
                 self._sleeping = True
                 self._cond.wait()
                 self._sleeping = False
-                if not self._hurry and self._batch_delay > 0:
+                if not (self._hurry or self._closing) and self._batch_delay > 0:
                     # Let the rest of the burst come without waking us again.
                     self._cond.wait(self._batch_delay)
             item = self._queue.popleft()
