@@ -26,9 +26,10 @@ import trio
 import consoled
 from consoled.protocol import PROTOCOL_VERSION, ErrorCode
 from consoled.protocol import events as ev
+from consoled.terminal import Screen
 from tests.conftest import BundleFactory, DaemonFactory, Spawn
 from tests.support.cli import cli
-from tests.support.client import AsyncClient, wait_output
+from tests.support.client import AsyncClient, screen_of, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.holder import PtyHolder
 from tests.support.runtime import Runtime
@@ -386,6 +387,46 @@ async def test_connections_queued_during_the_handover_are_answered(
     finally:
         await holder.aclose()
     await daemon.wait_event("session.exited", count=300, timeout=60)
+
+
+async def test_the_screen_goes_to_the_successor_as_it_was(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery
+) -> None:
+    """Attach after a reexec draws the old daemon's screen, not one rebuilt from the ring."""
+    # Was: the successor rebuilt every screen from the ring, so a session that
+    # had printed more than the ring holds came back approximate, its older
+    # lines blank, until its program redrew.
+    daemon = await daemon_factory("--scrollback", "4K")
+    holder = await PtyHolder.start(nursery)
+    try:
+        path = (await cli(daemon, "socket", "scr")).stdout.decode().strip()
+        await holder.hand([path])
+        await daemon.wait_event("session.running", session="scr")
+        await holder.sink(0)  # raw, and the daemon's answers to queries are read
+        control = await AsyncClient.connect(daemon.control_socket)
+        assert isinstance(await control.request(ev.Resize("scr", 10, 40)), ev.Resized)
+        await control.aclose()
+        await holder.say(0, "\x1b[2J\x1b[1;1Hpinned-top-line")
+        # Twice what the ring holds, all below the first line; each line asks
+        # where the cursor is, so the daemon's screen keeps up to answer.
+        for n in range(100):
+            await holder.say(0, f"\x1b[5;1Hcounter-{n:03d}-{'x' * 60}\x1b[6n")
+        await wait_output(daemon.control_socket, "scr", b"counter-099")
+        await reexec(daemon)
+        client = await AsyncClient.connect(daemon.control_socket)
+        try:
+            attached = await client.request(ev.Attach("scr", screen=True))
+            assert isinstance(attached, ev.Attached), attached
+            render, approximate = await screen_of(client)
+            assert not approximate
+            drawn = Screen(10, 40)
+            drawn.feed(render)
+            assert drawn.text()[0] == "pinned-top-line"
+            assert drawn.text()[4].startswith("counter-099-")
+        finally:
+            await client.aclose()
+    finally:
+        await holder.aclose()
 
 
 async def test_a_client_too_far_behind_is_told_what_it_missed(

@@ -26,12 +26,15 @@ import pytest
 import trio
 import trio.testing
 
-from consoled.protocol import MAX_DATA_CHUNK
+from consoled.io.fds import OwnedFd
+from consoled.io.record import Record
 from consoled.protocol import events as ev
 from consoled.server import registry
+from consoled.server.handover import read_screens, write_screens
+from consoled.server.screenstate import SessionScreen
 from consoled.terminal import Screen
 from tests.conftest import BundleFactory, DaemonFactory, Spawn
-from tests.support.client import AsyncClient
+from tests.support.client import AsyncClient, screen_of
 from tests.support.daemon import DaemonProcess
 from tests.support.inproc import InProcDaemon, hand_master, inproc_daemon
 from tests.support.ptyproc import EXPECT_TIMEOUT
@@ -90,22 +93,54 @@ async def written(d: InProcDaemon, name: str, count: int) -> None:
             await trio.sleep(0.01)
 
 
-async def screen_of(client: AsyncClient) -> tuple[bytes, bool]:
-    """The ``screen`` messages that follow ``attached``, joined."""
-    data, approximate = b"", False
-    while True:
-        event = await client.receive()
-        assert isinstance(event, ev.Screen), event
-        data += event.data
-        approximate = event.approximate
-        if len(event.data) < MAX_DATA_CHUNK:  # the last one
-            return data, approximate
-
-
 def fed(rows: int, cols: int, data: bytes) -> Screen:
     screen = Screen(rows, cols)
     screen.feed(data)
     return screen
+
+
+def test_a_screen_handed_over_goes_on_as_the_old_one_would() -> None:
+    """What a reexec hands over (see test_reexec) continues exactly, through the memfd."""
+    record = Record(None, 4096, 0, {"name": "h"}, 0)
+    old = SessionScreen(10, 30, 0)
+    record.append(b"\x1b[2J\x1b[Hfirst\r\n\x1b[?25l\x1b[4;5Hthere")
+    old.catch_up(record)
+    state = old.handover(record)
+    assert state is not None
+    record.append(b"\x1b[3;1Hafter")  # read while the successor starts: fed from the ring
+    owner = write_screens({7: state})
+    taken = read_screens(owner)
+    assert owner.closed
+    assert taken == {7: state}
+    new = SessionScreen.taken_over(taken[7])
+    old.catch_up(record)
+    new.catch_up(record)
+    assert new.screen.render() == old.screen.render()
+    assert new.screen.text()[:3] == ["first", "", "after"]
+    assert not new.screen.approximate
+
+
+def test_a_screen_cut_inside_a_sequence_is_not_handed_over() -> None:
+    record = Record(None, 4096, 0, {"name": "h"}, 0)
+    screen = SessionScreen(10, 30, 0)
+    record.append(b"text\x1b[3")
+    screen.catch_up(record)
+    assert screen.handover(record) is None  # the successor rebuilds it from the ring
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"\xc1", "garbled"),
+        (b"\x81\xa1a\x01", "not a list"),
+        (b"\x91\x93\x01\x02\x03", "an entry is not"),
+    ],
+)
+def test_garbled_screens_are_refused_with_what_is_wrong(data: bytes, problem: str) -> None:
+    fd = os.memfd_create("test", os.MFD_CLOEXEC)
+    os.write(fd, data)
+    with pytest.raises(ValueError, match=problem):
+        read_screens(OwnedFd(fd, "screens"))
 
 
 async def test_the_daemon_answers_each_query_once_however_many_clients_watch(

@@ -50,10 +50,11 @@ from ..protocol import events as ev
 from .channel import Channel
 from .config import DaemonConfig
 from .control import ControlServer
-from .handover import HandoverError, HandoverLink, Predecessor, successor_argv
+from .handover import HandoverError, HandoverLink, Predecessor, successor_argv, write_screens
 from .inventory import Inventory, restore
 from .logfile import LogDir, LogFileError
 from .registry import SessionTable
+from .screenstate import ScreenHandover
 from .statedir import StartupError, acquire_lock, check_paths, prepare_dir, write_pid
 from .wellknown import WellKnownSocket
 
@@ -108,6 +109,8 @@ class Daemon:
         self.owns_paths = False
         self._send, self._receive = trio.open_memory_channel[Request](8)
         self._busy = False  # a reexec or shutdown is under way
+        #: The screens frozen for the successor of a reexec under way (by serial).
+        self._screens: dict[int, ScreenHandover] = {}
 
     # --- holding -----------------------------------------------------------------
 
@@ -227,13 +230,14 @@ class Daemon:
             self._open_log_dir()
             self.table = SessionTable(self.config, self.log_dir, self.manager, self.gate)
             inventory = self._restore(named)
+            screens = self.table.take_screens(inventory.screens)
         except BaseException as exc:
             await link.failed(f"{type(exc).__name__}: {exc}")
             raise
         self.lock, inventory.lock = inventory.lock, None
         stderr, inventory.stderr = inventory.stderr, None
         self._take_listeners(inventory)
-        log.debug("reexec.adopted", sessions=len(self.table))
+        log.debug("reexec.adopted", sessions=len(self.table), screens=screens)
         await link.adopted(len(self.table))
         outcome = await link.wait_commit()
         if outcome == "abort":
@@ -363,6 +367,9 @@ class Daemon:
                     await self._reexec_failed(request.channel, str(exc))
                     self._busy = False
                     continue
+                # Rendered before the pause begins (a screen is caught up only
+                # on demand: the successor goes on from each one's offset).
+                self._screens = table.screens_to_hand_over()
                 await self._quiesce(control, table)
                 # The readers stop where they are (cancelling a thousand of them
                 # took 27 ms of every attached client's pause); the rest of this
@@ -410,9 +417,17 @@ class Daemon:
                     session.record.make_durable(f"s{session.serial}")
                     session.persist()
             named = self.fds()
+            screens, self._screens = self._screens, {}
+            if screens:
+                screens_fd = write_screens(screens)
+                named.append(("screens", screens_fd.fd))
             # What the fd store has not been told yet, the successor tells it.
             state = {"version": __version__, "fd_store": self.manager.pending_fd_store()}
-            sessions = await predecessor.send(named, state)
+            try:
+                sessions = await predecessor.send(named, state)
+            finally:
+                if screens:
+                    screens_fd.close()  # the successor has its own copy
         except (HandoverError, OSError) as exc:
             await predecessor.abort()
             # READY=1 comes once serving resumes (see _serve_once).

@@ -23,6 +23,13 @@ Every message is one msgpack map; the successor's stderr is a pipe the
 predecessor relays into its own log (so a successor that cannot even start
 explains why) until the commit hands it the real one.
 
+The emulated screens (see :mod:`.screenstate`) go along in one more fd,
+``screens``: a memfd of msgpack, each screen frozen to its render with the
+offset it continues from (:func:`write_screens`).  A successor rebuilding a
+screen from the ring alone would have only the ring's output; with this it
+goes on exactly where the predecessor was.  One that does not know the
+name closes it, and rebuilds from the ring as before.
+
 A successor says which versions of session records it reads (*ready*
 carries ``records``).  One that cannot read this daemon's (an older program,
 which sends no such list) would find no session in them, and hold every
@@ -50,6 +57,7 @@ from ..io.fdpass import BATCH_FDS, receive_with_fds, send_with_fds
 from ..io.fds import OwnedFd
 from ..io.record import LOADABLE
 from ..io.record import VERSION as RECORD_VERSION
+from .screenstate import ScreenHandover
 
 log = structlog.get_logger("consoled.handover")
 
@@ -69,6 +77,61 @@ STDERR_TIMEOUT: Final = 2.0
 
 class HandoverError(Exception):
     """The handover failed; the message says why (for the log and for the requester)."""
+
+
+#: Largest ``screens`` memfd read: about 20,000 screens of 200x60.
+MAX_SCREENS_BYTES: Final = 256 * 1024 * 1024
+
+
+def write_screens(screens: dict[int, ScreenHandover]) -> OwnedFd:
+    """The screens, by session serial, in a memfd for the successor (at offset 0)."""
+    data = msgpack.packb([[serial, *state] for serial, state in screens.items()])
+    owner = OwnedFd(os.memfd_create("consoled:screens", os.MFD_CLOEXEC), "screens")
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(owner.fd, view) :]
+        os.lseek(owner.fd, 0, os.SEEK_SET)
+    except BaseException:
+        owner.close()
+        raise
+    return owner
+
+
+def read_screens(owner: OwnedFd) -> dict[int, ScreenHandover]:
+    """The screens a predecessor handed over (closes ``owner``).
+
+    Raises:
+        ValueError: it is not what :func:`write_screens` writes; the message says how.
+    """
+    try:
+        size = os.fstat(owner.fd).st_size
+        if size > MAX_SCREENS_BYTES:
+            raise ValueError(f"{size} bytes, more than {MAX_SCREENS_BYTES}")
+        data = os.pread(owner.fd, size, 0)
+    except OSError as exc:
+        raise ValueError(exc.strerror or str(exc)) from None
+    finally:
+        owner.close()
+    try:
+        entries = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ValueError(f"garbled: {exc}") from None
+    match entries:
+        case list():
+            pass
+        case _:
+            raise ValueError("garbled: not a list")
+    screens: dict[int, ScreenHandover] = {}
+    for entry in entries:
+        match entry:
+            case [int(serial), int(fed), bool(approximate), int(rows), int(cols), bytes(render)]:
+                screens[serial] = ScreenHandover(fed, approximate, rows, cols, render)
+            case _:
+                raise ValueError(
+                    "garbled: an entry is not [serial, fed, approximate, rows, cols, render]"
+                )
+    return screens
 
 
 def _pack(message: dict[str, Any]) -> bytes:

@@ -8,6 +8,7 @@ turns it back into listeners and sessions, whichever way it came:
 any other name                a ``.socket`` unit's socket, known by its path
 ``listen.control``, ...       the daemon's own listening sockets
 ``lock``, ``stderr``          the state directory's lock, the log's destination
+``screens``                   the emulated screens (a predecessor's only)
 ``s<N>.rec``                  session N's record: name, state, ring
 ``s<N>.pty``                  its master, while it runs
 ``s<N>.sock``                 its console socket, while it waits
@@ -34,8 +35,10 @@ from ..io.fds import OwnedFd
 from ..io.listener import Listener, Origin
 from ..io.record import Record, RecordError
 from ..protocol.events import EndReason, SessionState
+from .handover import read_screens
 from .logfile import LogDir, LogFile, LogFileError
 from .registry import SessionTable
+from .screenstate import ScreenHandover
 from .session import Session
 
 log = structlog.get_logger("consoled.inventory")
@@ -59,6 +62,8 @@ class Inventory:
     stderr: OwnedFd | None = None
     sessions: int = 0
     orphans: list[tuple[OwnedFd, int]] = field(default_factory=list)
+    #: A predecessor's emulated screens, by session serial (a handover only).
+    screens: dict[int, ScreenHandover] = field(default_factory=dict)
 
     def close(self) -> None:
         for listener in self.listeners.values():
@@ -122,6 +127,11 @@ def restore(
             parts[serial][kind] = owner
         elif name in LISTENERS:
             _take_listener(inventory, name, owner)
+        elif name == "screens":
+            try:
+                inventory.screens = read_screens(owner)
+            except ValueError as exc:
+                log.warning("inventory.rejected", fd=name, error=str(exc))
         elif name in ("lock", "stderr") and getattr(inventory, name) is None:
             owner.kind = name
             setattr(inventory, name, owner)

@@ -31,7 +31,7 @@ from .config import DaemonConfig
 from .errors import RequestError
 from .intake import InFlight, IntakeGone, wait_master
 from .logfile import LogDir, LogFile, LogFileError, LogFormat
-from .screenstate import EmulationBudget
+from .screenstate import DEFAULT_SIZE, EmulationBudget, ScreenHandover, SessionScreen
 from .session import LEADER_SEARCH, LEADER_SEARCH_INTERVAL, LEADER_SEARCH_INTERVAL_MAX, Session
 
 log = structlog.get_logger("consoled.registry")
@@ -692,6 +692,43 @@ class SessionTable:
         self._sessions.clear()
         self._by_id.clear()
         self._kept_exited.clear()
+
+    def screens_to_hand_over(self) -> dict[int, ScreenHandover]:
+        """The running sessions' emulated screens, by serial, frozen for a successor.
+
+        A screen whose output so far ends inside a sequence is left out: the
+        successor rebuilds it from the ring, as it would without this.
+        """
+        screens: dict[int, ScreenHandover] = {}
+        for session in self._sessions.values():
+            screen = session.screen
+            if screen is None or session.state is not SessionState.RUNNING:
+                continue
+            state = screen.handover(session.record)
+            if state is not None:
+                screens[session.serial] = state
+        return screens
+
+    def take_screens(self, screens: dict[int, ScreenHandover]) -> int:
+        """A predecessor's screens for the sessions it handed over.
+
+        Returns:
+            How many were taken: not one whose session is unknown, ended, or
+            of another size (a resize crossed the handover), or whose offset is
+            past the output.
+        """
+        by_serial = {s.serial: s for s in self._sessions.values()}
+        taken = 0
+        for serial, state in screens.items():
+            session = by_serial.get(serial)
+            if session is None or session.state is not SessionState.RUNNING:
+                continue
+            size = (session.rows, session.cols) if session.rows and session.cols else DEFAULT_SIZE
+            if (state.rows, state.cols) != size or not 0 <= state.fed <= session.record.end:
+                continue
+            session.screen = SessionScreen.taken_over(state, clock=trio.current_time)
+            taken += 1
+        return taken
 
     def fds(self) -> Iterator[tuple[str, OwnedFd | Listener]]:
         """Every fd the sessions hold, named, for a handover."""

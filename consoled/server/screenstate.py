@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, NamedTuple
 
 from ..io.record import Record
 from ..terminal import QueryScanner, Responder, Screen
@@ -87,6 +87,17 @@ class EmulationBudget:
         self._left -= seconds
         if nbytes >= 4096:
             self._per_byte = 0.8 * self._per_byte + 0.2 * (seconds / nbytes)
+
+
+class ScreenHandover(NamedTuple):
+    """A screen as one daemon hands it to its successor (see :meth:`SessionScreen.handover`)."""
+
+    #: Stream offset of the next byte the screen has to be fed.
+    fed: int
+    approximate: bool
+    rows: int
+    cols: int
+    render: bytes
 
 
 class SessionScreen:
@@ -154,6 +165,30 @@ class SessionScreen:
         self._size = (screen.rows, screen.cols)
         self._screen = None
         return True
+
+    def handover(self, record: Record) -> ScreenHandover | None:
+        """The screen as a successor takes it over (frozen), or None if it cannot be.
+
+        A successor that rebuilt the screen from the ring would only have the
+        ring's output (the screen approximate, once the ring wrapped): it is
+        given the render as of :attr:`fed` instead, and goes on from there.
+        """
+        if not self.freeze(record):
+            return None  # the output fed so far ends inside a sequence: rebuilt from the ring
+        assert self._frozen is not None
+        render, approximate = self._frozen
+        return ScreenHandover(self.fed, approximate, *self._size, render)
+
+    @classmethod
+    def taken_over(
+        cls, state: ScreenHandover, clock: Callable[[], float] = time.monotonic
+    ) -> SessionScreen:
+        """A predecessor's screen (see :meth:`handover`), frozen, going on from its offset."""
+        screen = cls(state.rows, state.cols, 0, clock)
+        screen._frozen = (state.render, state.approximate)
+        screen._screen = None
+        screen.fed = state.fed
+        return screen
 
     def idle_for(self, now: float) -> float:
         return now - self.used

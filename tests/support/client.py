@@ -15,7 +15,7 @@ import termios
 
 import trio
 
-from consoled.protocol import CLOSED, NEED_DATA, PROTOCOL_VERSION, Connection, Role
+from consoled.protocol import CLOSED, MAX_DATA_CHUNK, NEED_DATA, PROTOCOL_VERSION, Connection, Role
 from consoled.protocol import events as ev
 
 #: Seconds any single receive may take in a test.
@@ -133,3 +133,15 @@ async def wait_output(
                 out = out[-4096:] + event.data  # a match is short: keep only the tail
     finally:
         await follower.aclose()
+
+
+async def screen_of(client: AsyncClient) -> tuple[bytes, bool]:
+    """The ``screen`` messages that follow ``attached``, joined, and whether it is approximate."""
+    data, approximate = b"", False
+    while True:
+        event = await client.receive()
+        assert isinstance(event, ev.Screen), event
+        data += event.data
+        approximate = event.approximate
+        if len(event.data) < MAX_DATA_CHUNK:  # the last one
+            return data, approximate
