@@ -52,6 +52,17 @@ async def reexec(daemon: DaemonProcess) -> str:
     return result.stderr.decode()
 
 
+async def held(daemon: DaemonProcess, holder: PtyHolder, name: str) -> None:
+    """Session ``name``, running on a pty whose slave ``holder`` holds (handed as runtimes do)."""
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        path = await client.create_socket(name)
+    finally:
+        await client.aclose()
+    await holder.hand([path])
+    await daemon.wait_event("session.running", session=name)
+
+
 def numbers(out: bytes) -> list[int]:
     return [int(m.group(1)) for m in NUMBER.finditer(out)]
 
@@ -253,11 +264,7 @@ async def test_reexec_into_a_broken_install_keeps_the_old_daemon(
     daemon = await daemon_factory(extra_env={"PYTHONPATH": str(root)})
     holder = await PtyHolder.start(nursery)
     try:
-        client = await AsyncClient.connect(daemon.control_socket)
-        path = await client.create_socket("keep")
-        await client.aclose()
-        await holder.hand([path])
-        await daemon.wait_event("session.running", session="keep")
+        await held(daemon, holder, "keep")
         old = daemon.pid
 
         why = break_install(root, how)
@@ -399,9 +406,7 @@ async def test_the_screen_goes_to_the_successor_as_it_was(
     daemon = await daemon_factory("--scrollback", "4K")
     holder = await PtyHolder.start(nursery)
     try:
-        path = (await cli(daemon, "socket", "scr")).stdout.decode().strip()
-        await holder.hand([path])
-        await daemon.wait_event("session.running", session="scr")
+        await held(daemon, holder, "scr")
         await holder.sink(0)  # raw, and the daemon's answers to queries are read
         control = await AsyncClient.connect(daemon.control_socket)
         assert isinstance(await control.request(ev.Resize("scr", 10, 40)), ev.Resized)
@@ -435,9 +440,7 @@ async def test_a_client_too_far_behind_is_told_what_it_missed(
     daemon = await daemon_factory("--scrollback", "4K")
     holder = await PtyHolder.start(nursery)
     try:
-        path = (await cli(daemon, "socket", "far")).stdout.decode().strip()
-        await holder.hand([path])
-        await daemon.wait_event("session.running", session="far")
+        await held(daemon, holder, "far")
         client = await trio.lowlevel.open_process(
             [sys.executable, "-m", "consoled", "attach", "--no-tty", "--no-replay", "far"],
             env=daemon.env(),

@@ -417,17 +417,16 @@ class Daemon:
                     session.record.make_durable(f"s{session.serial}")
                     session.persist()
             named = self.fds()
-            screens, self._screens = self._screens, {}
-            if screens:
-                screens_fd = write_screens(screens)
-                named.append(("screens", screens_fd.fd))
+            screens = self._screens_fd()
+            if screens is not None:
+                named.append(("screens", screens.fd))
             # What the fd store has not been told yet, the successor tells it.
             state = {"version": __version__, "fd_store": self.manager.pending_fd_store()}
             try:
                 sessions = await predecessor.send(named, state)
             finally:
-                if screens:
-                    screens_fd.close()  # the successor has its own copy
+                if screens is not None:
+                    screens.close()  # the successor has its own copy
         except (HandoverError, OSError) as exc:
             await predecessor.abort()
             # READY=1 comes once serving resumes (see _serve_once).
@@ -445,6 +444,21 @@ class Daemon:
         await trio.aclose_forcefully(requester.stream)
         await predecessor.wait_stderr_closed()
         return True
+
+    def _screens_fd(self) -> OwnedFd | None:
+        """The screens frozen for the successor, in a memfd; None if there are none.
+
+        Without a memfd (out of memory or fds) the successor rebuilds them from
+        the rings: the handover goes on.
+        """
+        screens, self._screens = self._screens, {}
+        if not screens:
+            return None
+        try:
+            return write_screens(screens)
+        except OSError as exc:
+            log.warning("reexec.screens_not_sent", error=exc.strerror or str(exc))
+            return None
 
     async def _reexec_failed(self, requester: Channel, why: str, *, ready: bool = True) -> None:
         log.error("reexec.failed", error=why)
