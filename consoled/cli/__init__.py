@@ -1,0 +1,51 @@
+"""The ``consoled`` command line.
+
+Only ``serve`` imports trio and structlog (lazily); every other command is a
+thin, fast client of the control protocol.  Exit status: 0 success, 1 an
+error (with a one-line message on stderr, never a traceback), 2 usage.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from ..client.conn import ClientError
+from ..protocol import ProtocolError
+from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError, quiet_stdout
+from .parser import build_parser
+
+__all__ = ["build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "state_dir"):
+        args.state_dir = None
+    try:
+        status = int(args.func(args))
+        sys.stdout.flush()  # here, where a reader that has gone is handled
+        return status
+    except UsageError as exc:
+        command = getattr(args, "usage_of", parser)
+        command.print_usage(sys.stderr)
+        print(f"{command.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # `consoled ls | head -1`: the reader has all it wanted.
+        quiet_stdout()
+        return EXIT_OK
+    except ClientError as exc:
+        print(f"consoled: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except ProtocolError as exc:
+        print(f"consoled: protocol error talking to the daemon: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        # The machine said no (a full disk, a missing directory): say what, not where.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"consoled: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,380 @@
+"""The client commands: thin, fast clients of the control protocol."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ..client.conn import Client, ClientError, DaemonUnavailable
+from ..client.detachkeys import DetachKeysError, parse_detach_keys
+from ..names import InvalidName, SessionName
+from ..protocol import events as ev
+from .common import EXIT_ERROR, EXIT_OK, UsageError, connect, quiet_stdout, state_dir_of
+
+if TYPE_CHECKING:
+    from ..terminal.filter import OutputFilter
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """As ``docker wait``: block until each session has ended, print its exit status."""
+    status = EXIT_OK
+    with Client(os.path.join(state_dir_of(args), "control.sock"), timeout=None) as client:
+        for name in args.sessions:
+            try:
+                reply = client.call(ev.Wait(name), ev.Waited)
+            except ClientError as exc:
+                if isinstance(exc, DaemonUnavailable):
+                    raise
+                print(f"consoled: {exc.message}", file=sys.stderr)
+                status = EXIT_ERROR
+                continue
+            print("unknown" if reply.exit_code is None else reply.exit_code, flush=True)
+    return status
+
+
+def cmd_reexec(args: argparse.Namespace) -> int:
+    with Client(os.path.join(state_dir_of(args), "control.sock"), timeout=args.timeout) as client:
+        reply = client.call(ev.Reexec(), ev.Reexeced)
+    print(
+        f"consoled {reply.version} (pid {reply.pid}) took over {reply.sessions} sessions",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def cmd_socket(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        reply = client.call(ev.CreateSocket(args.session), ev.SocketCreated)
+    print(reply.path)
+    return EXIT_OK
+
+
+def _age(created: str, now: float) -> str:
+    from datetime import datetime
+
+    seconds = max(0, int(now - datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def session_json(info: ev.SessionInfo) -> dict[str, object]:
+    """The stable ``ls --json`` object of one session."""
+    return {
+        "session": info.session,
+        "id": info.id,
+        "exec": info.exec,
+        "state": str(info.state),
+        "clients": info.clients,
+        "rows": info.rows,
+        "cols": info.cols,
+        "created": info.created,
+        "bytes_out": info.bytes_out,
+        "exited_at": info.exited_at,
+        "socket": info.socket,
+        "log_path": info.log_path,
+        "scrollback_bytes": info.scrollback_bytes,
+        "exit_code": info.exit_code,
+    }
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    wanted = None
+    if args.name is not None:
+        try:
+            wanted = SessionName.parse(args.name)
+        except InvalidName as exc:
+            raise UsageError(str(exc)) from None
+    with connect(args) as client:
+        sessions = client.list_sessions(None if wanted is None else wanted.id)
+    if wanted is not None and wanted.exec is not None:
+        sessions = [s for s in sessions if s.session == str(wanted)]
+    if args.json:
+        import json  # not at the top: attach must start fast
+
+        # dumps, not dump: json.dump writes every token separately (200,000
+        # writes for 4,000 sessions, most of `ls --json`'s time).
+        sys.stdout.write(json.dumps([session_json(s) for s in sessions]) + "\n")
+        return EXIT_OK
+    now = time.time()
+    rows = [("SESSION", "STATE", "CLIENTS", "SIZE", "AGE", "OUTPUT")]
+    for s in sessions:
+        name = s.session if s.exec is None else f"  {s.session}"
+        size = f"{s.rows}x{s.cols}" if s.rows and s.cols else "-"
+        state = str(s.state)
+        if s.state is ev.SessionState.EXITED:
+            # As docker ps -a: "exited (3) 5s ago".
+            code = "?" if s.exit_code is None else str(s.exit_code)
+            when = f" {_age(s.exited_at, now)} ago" if s.exited_at else ""
+            state = f"exited ({code}){when}"
+        rows.append(
+            (
+                name,
+                state,
+                str(s.clients),
+                size,
+                _age(s.created, now),
+                _human_bytes(s.bytes_out),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _write_stdout(data: bytes) -> None:
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
+
+
+class _LogsOutput:
+    """Where ``consoled logs`` writes: to a terminal, queries taken out and modes reset at the end.
+
+    The output holds the queries the session's programs asked their terminal
+    (busybox ash asks for the cursor position at every prompt); the user's
+    terminal would answer them, into the user's shell.
+    """
+
+    def __init__(self, raw: bool) -> None:
+        self.filter: OutputFilter | None = None
+        if not raw and sys.stdout.isatty():
+            from ..terminal.filter import OutputFilter
+
+            self.filter = OutputFilter()
+
+    def write(self, data: bytes) -> None:
+        if self.filter is not None:
+            data = self.filter.feed(data)
+        _write_stdout(data)
+
+    def close(self) -> None:
+        if self.filter is not None:
+            with contextlib.suppress(OSError):
+                _write_stdout(self.filter.flush() + self.filter.reset_sequence())
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    path = os.path.join(state_dir_of(args), "control.sock")
+    timeout = None if args.follow else 30.0
+    client = Client(path, timeout=timeout)
+    output = _LogsOutput(args.raw)
+    # The same window of time when following on after a restart; the tail was taken already.
+    window = functools.partial(
+        ev.Logs, args.session, since=args.since, until=args.until, timestamps=args.timestamps
+    )
+    try:
+        request = window(follow=args.follow, tail=args.tail)
+        attached = client.call(request, ev.Attached)
+        try:
+            while True:
+                event = client.receive()
+                if event is None:
+                    raise DaemonUnavailable("consoled closed the connection before the log ended")
+                if isinstance(event, ev.Output):
+                    output.write(event.data)
+                elif isinstance(event, ev.Ended):
+                    if event.reason is ev.EndReason.RESTARTING and event.resume is not None:
+                        # The daemon handed over to its successor: follow on from there.
+                        client.close()
+                        client = Client(path, timeout=timeout, wait=10.0)
+                        request = window(follow=True, resume=event.resume, uid=attached.uid)
+                        attached = client.call(request, ev.Attached)
+                        continue
+                    if event.reason is ev.EndReason.SHUTDOWN:
+                        print("consoled: the consoled daemon stopped", file=sys.stderr)
+                        return EXIT_ERROR
+                    if event.reason is ev.EndReason.LAGGED:
+                        print(f"consoled: {event.message}", file=sys.stderr)
+                        return EXIT_ERROR
+                    return EXIT_OK
+        except KeyboardInterrupt:
+            return 130
+        except BrokenPipeError:
+            # `consoled logs x | head`: the reader has all it wanted.
+            quiet_stdout()
+            return EXIT_OK
+    finally:
+        output.close()
+        client.close()
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    with connect(args) as client:
+        for name in args.sessions:
+            try:
+                request = ev.Remove(name, force=args.force, keep_logs=args.keep_logs)
+                reply = client.call(request, ev.Removed)
+            except ClientError as exc:
+                if isinstance(exc, DaemonUnavailable):
+                    raise
+                print(f"consoled: {exc.message}", file=sys.stderr)
+                status = EXIT_ERROR
+                continue
+            print(reply.session, flush=True)
+            if reply.state is ev.SessionState.RUNNING:
+                print(f"consoled: {name} was running: its terminal was closed", file=sys.stderr)
+    return status
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        reply = client.call(ev.Resize(args.session, args.rows, args.cols), ev.Resized)
+    print(f"{reply.rows}x{reply.cols}")  # as ls shows sizes
+    return EXIT_OK
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        reply = client.call(ev.Rename(args.session, args.new), ev.Renamed)
+    print(reply.new)
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    state_dir = state_dir_of(args)
+    with connect(args) as client:
+        info = client.call(ev.GetInfo(), ev.DaemonInfo)
+    if args.json:
+        fields = (
+            "version",
+            "pid",
+            "state_dir",
+            "control_socket",
+            "console_socket",
+            "log_dir",
+            "sessions",
+            "size_policy",
+            "scrollback",
+            "started",
+        )
+        import json
+
+        print(json.dumps({f: getattr(info, f) for f in fields}))
+    elif args.console_socket:
+        print(info.console_socket)
+    else:
+        print(f"consoled {info.version}, pid {info.pid}, serving {state_dir} since {info.started}")
+        print(f"console socket:  {info.console_socket}")
+        print(f"control socket:  {info.control_socket}")
+        print(f"log directory:   {info.log_dir or '-'}")
+        print(f"sessions:        {info.sessions}")
+        print(f"size policy:     {info.size_policy}; scrollback {info.scrollback} bytes")
+    return EXIT_OK
+
+
+def _attach_options(args: argparse.Namespace, session: str) -> object:
+    from ..client.attach import AttachOptions
+
+    try:
+        keys = parse_detach_keys(args.detach_keys)
+    except DetachKeysError as exc:
+        raise UsageError(str(exc)) from None
+    # Default: the current screen, as tmux. --replay/--no-replay: raw bytes instead.
+    replay = 0 if args.no_replay else args.replay
+    return AttachOptions(
+        session=session,
+        read_only=getattr(args, "read_only", False),
+        detach_keys=keys,
+        detach_wait=args.detach_wait,
+        replay=replay,
+        tty=not args.no_tty,
+        screen=replay is None,
+        history=args.history or 0,
+        detach_on_eof=args.detach_on_eof,
+    )
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from ..client.attach import AttachOptions, attach
+
+    options = _attach_options(args, args.session)
+    assert isinstance(options, AttachOptions)
+    return attach(os.path.join(state_dir_of(args), "control.sock"), options)
+
+
+def _exec_env(given: Sequence[str]) -> tuple[str, ...]:
+    """docker's ``-e``: ``NAME=VALUE``, or ``NAME`` for this environment's value if it is set."""
+    env = []
+    for item in given:
+        name, sep, _ = item.partition("=")
+        if not name:
+            raise UsageError(f"invalid environment variable {item!r}: use NAME=VALUE or NAME")
+        if sep:
+            env.append(item)
+        elif name in os.environ:
+            env.append(f"{name}={os.environ[name]}")
+    return tuple(env)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from ..client.attach import AttachOptions, attach
+    from ..client.container import ContainerError, container_env, container_user, merge_env
+    from ..client.execute import EXIT_CANNOT_RUN, Runtime, run_exec
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError(
+            "consoled exec needs a command after the container id: ID -- CMD [ARGS...]"
+        )
+    if args.workdir is not None and not args.workdir.startswith("/"):
+        raise UsageError(f"the working directory must be an absolute path, not {args.workdir!r}")
+    options = _attach_options(args, "")
+    assert isinstance(options, AttachOptions)
+    import shutil
+
+    path = args.runtime or shutil.which("runc")
+    if path is None:
+        raise ClientError(
+            "runc was not found on PATH; name the runtime with --runtime PATH or $CONSOLED_RUNTIME"
+        )
+    runtime = Runtime(
+        path, root=args.root, global_args=tuple(args.runtime_arg), workdir=args.workdir
+    )
+    if args.user is not None:
+        try:
+            user = container_user(args.user, runtime.prefix, args.id)
+        except ContainerError as exc:
+            print(f"consoled: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_RUN  # as docker exec -u with a user the container does not have
+        runtime = dataclasses.replace(runtime, user=user)
+    additions = _exec_env(args.env)
+    if additions:
+        # The container's environment and these, as docker gives them (see .client.container).
+        try:
+            env = merge_env(container_env(runtime.prefix, args.id), additions)
+        except ContainerError as exc:
+            print(f"consoled: {exc}; passing only the -e variables", file=sys.stderr)
+            env = list(additions)
+        runtime = dataclasses.replace(runtime, env=tuple(env))
+    return run_exec(
+        os.path.join(state_dir_of(args), "control.sock"),
+        container=args.id,
+        command=command,
+        runtime=runtime,
+        options=options,
+        attach=attach,
+        keep=args.keep,
+        detach=args.detach,
+    )
