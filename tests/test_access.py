@@ -419,6 +419,8 @@ async def test_watch_group_may_only_watch(rig: Rig, shells: Shells, out_dir: Pat
             assert line.endswith("attach with --read-only"), line
         elif what != "reexec":
             assert "may only watch (consoled's --watch-group" in line, line
+    # Logged as each was refused; the daemon's log may reach us a few ms later.
+    await daemon.wait_event("request.failed", count=6, code="not_allowed", peer_uid=watcher.uid)
     assert len(daemon.find("request.failed", code="not_allowed", peer_uid=watcher.uid)) == 6
     after = await session_info(daemon, cid)
     assert (after.session, after.state, after.rows, after.cols) == (

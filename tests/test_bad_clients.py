@@ -228,6 +228,7 @@ async def test_a_client_that_leaves_a_busy_session_gives_its_size_back(
                 await stalled.aclose()
             reading.cancel_scope.cancel()
         assert (session.rows, session.cols) == (40, 100), session
+        await daemon.wait_event("client.lagged")
         assert len(daemon.find("client.lagged")) == 1, daemon.find("client.lagged")
     finally:
         await reader.aclose()

@@ -425,6 +425,7 @@ async def test_every_bad_intake_in_a_row_then_a_good_master(
     # The silent peer, still connected, is let go when the master arrives.
     with trio.fail_after(BOUND):
         assert await quiet.recv(16) == b""
+    await daemon.wait_event("intake.rejected", kind="second_connection", session=name)
     kinds = sorted(e["kind"] for e in daemon.find("intake.rejected", session=name))
     assert kinds == sorted([c.kind for c in CASES if c is not SILENT] + ["second_connection"])
 
@@ -489,6 +490,7 @@ async def test_two_masters_at_once_one_is_held_the_other_closed(
     await wait_until(lambda: [] if peer_gone(lost_slave) else ["the losing master is open"])
     assert not peer_gone(held_slave)
     assert (await client.session(name)).state is ev.SessionState.RUNNING
+    await daemon.wait_event("intake.master", session=name)
     assert len(daemon.find("intake.master", session=name)) == 1
     kit.close(s1)
     kit.close(s2)

@@ -164,7 +164,7 @@ async def test_reexec_under_load_loses_and_repeats_nothing(
         assert piped.returncode is None
         assert b"consoled:" not in bytes(tty.output)
         assert piped_err == b""
-        assert daemon.find("reexec.done")
+        await daemon.wait_event("reexec.done")
         assert not daemon.find("reexec.failed")
     finally:
         piped.kill()
@@ -407,29 +407,38 @@ async def test_the_screen_goes_to_the_successor_as_it_was(
     holder = await PtyHolder.start(nursery)
     try:
         await held(daemon, holder, "scr")
-        await holder.sink(0)  # raw, and the daemon's answers to queries are read
+        await holder.sink(0)  # raw: the lines arrive as written
         control = await AsyncClient.connect(daemon.control_socket)
         assert isinstance(await control.request(ev.Resize("scr", 10, 40)), ev.Resized)
         await control.aclose()
+
+        async def drawn() -> tuple[list[str], bool]:
+            """The screen an attach draws now (the daemon brings it up to date)."""
+            client = await AsyncClient.connect(daemon.control_socket)
+            try:
+                attached = await client.request(ev.Attach("scr", screen=True))
+                assert isinstance(attached, ev.Attached), attached
+                render, approximate = await screen_of(client)
+            finally:
+                await client.aclose()
+            screen = Screen(10, 40)
+            screen.feed(render)
+            return screen.text(), approximate
+
         await holder.say(0, "\x1b[2J\x1b[1;1Hpinned-top-line")
-        # Twice what the ring holds, all below the first line; each line asks
-        # where the cursor is, so the daemon's screen keeps up to answer.
+        # Twice what the ring holds, all below the first line. An attach
+        # every 25 lines (2 KiB) keeps the daemon's screen up to date.
         for n in range(100):
-            await holder.say(0, f"\x1b[5;1Hcounter-{n:03d}-{'x' * 60}\x1b[6n")
-        await wait_output(daemon.control_socket, "scr", b"counter-099")
+            await holder.say(0, f"\x1b[5;1Hcounter-{n:03d}-{'x' * 60}")
+            if n % 25 == 24:
+                await wait_output(daemon.control_socket, "scr", f"counter-{n:03d}".encode())
+                text, approximate = await drawn()
+                assert text[0] == "pinned-top-line" and not approximate
         await reexec(daemon)
-        client = await AsyncClient.connect(daemon.control_socket)
-        try:
-            attached = await client.request(ev.Attach("scr", screen=True))
-            assert isinstance(attached, ev.Attached), attached
-            render, approximate = await screen_of(client)
-            assert not approximate
-            drawn = Screen(10, 40)
-            drawn.feed(render)
-            assert drawn.text()[0] == "pinned-top-line"
-            assert drawn.text()[4].startswith("counter-099-")
-        finally:
-            await client.aclose()
+        text, approximate = await drawn()
+        assert not approximate
+        assert text[0] == "pinned-top-line"
+        assert text[4].startswith("counter-099-")
     finally:
         await holder.aclose()
 
