@@ -15,7 +15,7 @@ from consoled.protocol.codec import encode_body
 from tests.conftest import DaemonFactory
 from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
-from tests.support.holder import PtyHolder
+from tests.support.holder import PtyHolder, running_session
 
 #: Bound on one exchange with the daemon.
 TIMEOUT = 10.0
@@ -33,17 +33,6 @@ def vm_kib(pid: int, field: str) -> int:
             if key == field:
                 return int(value.split()[0])
     raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-async def running_session(daemon: DaemonProcess, holder: PtyHolder, name: str) -> None:
-    """A session whose master the holder handed over (its slave is number 0)."""
-    client = await AsyncClient.connect(daemon.control_socket)
-    try:
-        path = await client.create_socket(name)
-    finally:
-        await client.aclose()
-    await holder.hand([path])
-    await daemon.wait_event("session.running", session=name)
 
 
 async def test_garbage_in_a_busy_stream_is_only_a_protocol_error(

@@ -31,7 +31,7 @@ from tests.conftest import BundleFactory, DaemonFactory, Spawn
 from tests.support.cli import cli
 from tests.support.client import AsyncClient, screen_of, wait_output
 from tests.support.daemon import DaemonProcess
-from tests.support.holder import PtyHolder
+from tests.support.holder import PtyHolder, running_session
 from tests.support.runtime import Runtime
 
 #: Bound on one `consoled reexec` in these tests.
@@ -50,17 +50,6 @@ async def reexec(daemon: DaemonProcess) -> str:
     await daemon.wait_ready(readies + 1)
     assert daemon.pid != before
     return result.stderr.decode()
-
-
-async def held(daemon: DaemonProcess, holder: PtyHolder, name: str) -> None:
-    """Session ``name``, running on a pty whose slave ``holder`` holds (handed as runtimes do)."""
-    client = await AsyncClient.connect(daemon.control_socket)
-    try:
-        path = await client.create_socket(name)
-    finally:
-        await client.aclose()
-    await holder.hand([path])
-    await daemon.wait_event("session.running", session=name)
 
 
 def numbers(out: bytes) -> list[int]:
@@ -264,7 +253,7 @@ async def test_reexec_into_a_broken_install_keeps_the_old_daemon(
     daemon = await daemon_factory(extra_env={"PYTHONPATH": str(root)})
     holder = await PtyHolder.start(nursery)
     try:
-        await held(daemon, holder, "keep")
+        await running_session(daemon, holder, "keep")
         old = daemon.pid
 
         why = break_install(root, how)
@@ -406,7 +395,7 @@ async def test_the_screen_goes_to_the_successor_as_it_was(
     daemon = await daemon_factory("--scrollback", "4K")
     holder = await PtyHolder.start(nursery)
     try:
-        await held(daemon, holder, "scr")
+        await running_session(daemon, holder, "scr")
         await holder.sink(0)  # raw: the lines arrive as written
         control = await AsyncClient.connect(daemon.control_socket)
         assert isinstance(await control.request(ev.Resize("scr", 10, 40)), ev.Resized)
@@ -449,7 +438,7 @@ async def test_a_client_too_far_behind_is_told_what_it_missed(
     daemon = await daemon_factory("--scrollback", "4K")
     holder = await PtyHolder.start(nursery)
     try:
-        await held(daemon, holder, "far")
+        await running_session(daemon, holder, "far")
         client = await trio.lowlevel.open_process(
             [sys.executable, "-m", "consoled", "attach", "--no-tty", "--no-replay", "far"],
             env=daemon.env(),

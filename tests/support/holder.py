@@ -15,6 +15,8 @@ from pathlib import Path
 
 import trio
 
+from tests.support.client import AsyncClient
+from tests.support.daemon import DaemonProcess
 from tests.support.ptyholder import line
 
 #: Seconds any holder command may take.
@@ -131,3 +133,14 @@ class PtyHolder:
             if self.proc.returncode is None:
                 self.proc.kill()
                 await self.proc.wait()
+
+
+async def running_session(daemon: DaemonProcess, holder: PtyHolder, name: str) -> None:
+    """Make session ``name`` run on a pty whose slave ``holder`` holds (handed as runtimes do)."""
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        path = await client.create_socket(name)
+    finally:
+        await client.aclose()
+    await holder.hand([path])
+    await daemon.wait_event("session.running", session=name)
