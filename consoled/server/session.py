@@ -343,10 +343,14 @@ class Session:
         except OSError as exc:
             log.error("session.ring_write_failed", session=str(self.name), error=exc.strerror)
             record.skip(len(data))
-        if self.log_file is not None:
-            self._write_log(data)
+        # The clients before the log file: an echo reaches its client a few
+        # microseconds sooner, and the ring, which a resuming client reads, has
+        # it already.  (Nothing awaits in between: a `logs -f` that snapshots
+        # the file sees this batch in the ring.)
         if self.hub.publish(data):
             self._resize_to_policy()  # a client that counted is gone
+        if self.log_file is not None:
+            self._write_log(data)
         if not self.terminal_state:
             return
         ends = self._queries.ends(data)
