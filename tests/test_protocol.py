@@ -38,12 +38,16 @@ from consoled.protocol import (
 )
 from consoled.protocol import events as ev
 from consoled.protocol.codec import (
+    INPUT_PREFIX,
     MAX_ELEMENTS_FROM_CLIENT,
     MAX_ELEMENTS_FROM_SERVER,
     MAX_LIST_LEN,
     MAX_STR_LEN,
+    OUTPUT_PREFIX,
     _fields_of,
+    decode_body,
     encode_body,
+    stream_data_at,
 )
 from consoled.protocol.connection import Sentinel
 from consoled.protocol.elements import count_elements
@@ -481,6 +485,83 @@ def test_encoded_output_round_trips(data: bytes) -> None:
     pair = pair_in("streaming")
     pair.client.receive_data(pair.server.send_encoded(EncodedOutput(data)))
     assert drain(pair.client) == ([ev.Output(data)], NEED_DATA)
+
+
+@pytest.mark.parametrize("kind", [ev.Output, ev.Input])
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, MAX_DATA_CHUNK])
+def test_stream_data_is_encoded_as_msgpack_packs_its_map(kind: type[ev.Event], size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    event = kind(data)  # type: ignore[call-arg]
+    body = encode_body(event)
+    assert body == msgpack.packb({"type": event.TYPE, "data": data})
+    assert stream_data_at(body, 0, len(body)) == (kind, len(body) - size), "the quick path"
+
+
+def _bin(data: bytes, width: int) -> bytes:
+    marker = {1: b"\xc4", 2: b"\xc5", 4: b"\xc6"}[width]
+    return marker + (len(data) % (1 << (8 * width))).to_bytes(width, "big") + data
+
+
+#: Bodies around the usual ``output``/``input`` layout: the layout itself,
+#: longer ``bin`` headers than needed, and near misses (a wrong length, other
+#: key orders, extra keys, another type, stray bytes).
+stream_bodies = st.one_of(
+    st.builds(
+        lambda name, data, width, tail: (
+            b"\x82\xa4type" + msgpack.packb(name) + b"\xa4data" + _bin(data, width) + tail
+        ),
+        st.sampled_from(["output", "input", "screen", "outpu"]),
+        st.binary(max_size=300),
+        st.sampled_from([1, 2, 4]),
+        st.sampled_from([b"", b"", b"x", b"\x00"]),
+    ),
+    st.builds(
+        lambda name, data, cut: msgpack.packb({"type": name, "data": data})[:cut],
+        st.sampled_from(["output", "input"]),
+        st.binary(max_size=300),
+        st.integers(min_value=1, max_value=400),
+    ),
+    st.builds(
+        lambda name, data, more: msgpack.packb({"data": data, "type": name, **more}),
+        st.sampled_from(["output", "input"]),
+        st.binary(max_size=50),
+        st.dictionaries(st.sampled_from(["x", "data2"]), st.integers(0, 1000), max_size=1),
+    ),
+)
+
+
+@settings(max_examples=600)
+@given(stream_bodies)
+def test_the_quick_stream_decoder_agrees_with_the_generic_one(body: bytes) -> None:
+    """Whatever body the quick path takes, the generic decoder makes the same message of it."""
+    kind, at = stream_data_at(body, 0, len(body))
+    if not at:
+        return
+    assert decode_body(body, DEFAULT_MAX_FRAME_SIZE, MAX_ELEMENTS_FROM_CLIENT) == kind(
+        body[at:]  # type: ignore[call-arg]
+    )
+
+
+@pytest.mark.parametrize("kind", [ev.Output, ev.Input])
+def test_stream_data_in_another_layout_is_still_understood(kind: type[ev.Event]) -> None:
+    pair = pair_in("streaming")
+    receiver = pair.client if kind is ev.Output else pair.server
+    body = msgpack.packb({"data": b"hi", "type": kind.TYPE, "later": 1})
+    long_header = (OUTPUT_PREFIX if kind is ev.Output else INPUT_PREFIX) + b"\xc6\x00\x00\x00\x02hi"
+    receiver.receive_data(frame(body) + frame(long_header))
+    assert drain(receiver) == ([kind(b"hi"), kind(b"hi")], NEED_DATA)  # type: ignore[call-arg]
+
+
+def test_stream_data_out_of_place_is_still_refused() -> None:
+    """The quick path decodes; the state machine still rules (no output before streaming)."""
+    pair = pair_in("idle")
+    pair.client.receive_data(wire(ev.Output(b"early")))
+    with pytest.raises(RemoteProtocolError, match="may not send 'output' in state idle"):
+        pair.client.next_event()
+    pair = pair_in("idle")
+    pair.server.receive_data(wire(ev.Input(b"early")))
+    with pytest.raises(RemoteProtocolError, match="may not send 'input' in state idle"):
+        pair.server.next_event()
 
 
 @pytest.mark.parametrize("state", ["handshake", "idle", "awaiting", "done"])

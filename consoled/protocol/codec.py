@@ -175,11 +175,60 @@ def _as_map(obj: object) -> dict[str, object]:
     return {f.name: _plain(getattr(obj, f.name)) for f in _SCHEMA[type(obj)]}
 
 
+#: The start of an ``output`` or ``input`` body as msgpack packs ``{"type": ..., "data": ...}``:
+#: a map of two, ``type`` first, then the ``data`` key (its ``bin`` header follows).
+OUTPUT_PREFIX: Final = b"\x82\xa4type\xa6output\xa4data"
+INPUT_PREFIX: Final = b"\x82\xa4type\xa5input\xa4data"
+#: The ``bin`` headers by their first byte: the size of the length that follows.
+_BIN_LENGTH_SIZE: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+def bin_header(size: int) -> bytes:
+    """The msgpack header of a ``bin`` of ``size`` bytes, as msgpack writes it."""
+    if size < 0x100:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 0x10000:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def stream_data_at(body: bytes | bytearray, start: int, end: int) -> tuple[type[ev.Event], int]:
+    """Whether ``body[start:end]`` is an ``output`` or ``input`` body in the usual layout.
+
+    Every keystroke and every chunk of output is one; recognising them
+    without msgpack and the generic checks is most of an echo's decoding
+    cost (run cold, between keystrokes, the generic path costs several times
+    its warm cost).  Any other layout (keys in another order, extra keys)
+    is left to :func:`decode_body`, which gives the same message.
+
+    Returns:
+        The message class and where its data starts (the data ends at
+        ``end``), or ``(ev.Event, 0)`` when it is not such a body.
+    """
+    if body.startswith(OUTPUT_PREFIX, start):
+        cls: type[ev.Event] = ev.Output
+        at = start + len(OUTPUT_PREFIX)
+    elif body.startswith(INPUT_PREFIX, start):
+        cls = ev.Input
+        at = start + len(INPUT_PREFIX)
+    else:
+        return ev.Event, 0
+    if at >= end:
+        return ev.Event, 0
+    width = _BIN_LENGTH_SIZE.get(body[at], 0)
+    data = at + 1 + width
+    if not width or data > end or int.from_bytes(body[at + 1 : data], "big") != end - data:
+        return ev.Event, 0
+    return cls, data
+
+
 def encode_body(event: ev.Event) -> bytes:
     """Encode one message as the msgpack body of a frame."""
-    if type(event) is ev.Output:  # the hot path: skip the generic walk
-        packed: bytes = msgpack.packb({"type": "output", "data": event.data})
-        return packed
+    kind = type(event)
+    if kind is ev.Output or kind is ev.Input:  # the hot path: skip the generic walk
+        data: bytes = event.data  # type: ignore[attr-defined]
+        prefix = OUTPUT_PREFIX if kind is ev.Output else INPUT_PREFIX
+        return b"".join((prefix, bin_header(len(data)), data))
     if not isinstance(event, ev.Event) or type(event) is ev.Event:
         raise LocalProtocolError(f"{event!r} is not a protocol message")
     body = _as_map(event)

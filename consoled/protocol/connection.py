@@ -22,18 +22,8 @@ DEFAULT_MAX_FRAME_SIZE: Final = 1024 * 1024
 #: Largest ``data`` in one ``output`` or ``input`` message that we send.
 MAX_DATA_CHUNK: Final = 256 * 1024
 _HEADER: Final = 4
-#: The start of every ``output`` body: a map of two, ``type`` first (as msgpack packs
-#: ``{"type": "output", "data": ...}``), then the ``data`` key.
-_OUTPUT_PREFIX: Final = b"\x82\xa4type\xa6output\xa4data"
-
-
-def _bin_header(size: int) -> bytes:
-    """The msgpack header of a ``bin`` of ``size`` bytes."""
-    if size < 0x100:
-        return b"\xc4" + size.to_bytes(1, "big")
-    if size < 0x10000:
-        return b"\xc5" + size.to_bytes(2, "big")
-    return b"\xc6" + size.to_bytes(4, "big")
+#: Elements (see :mod:`.elements`) in an ``output`` or ``input`` message.
+STREAM_DATA_ELEMENTS: Final = 5
 
 
 class EncodedOutput:
@@ -55,10 +45,10 @@ class EncodedOutput:
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self.size = size = len(data)
         if size <= MAX_DATA_CHUNK:
-            header = _bin_header(size)
-            body_len = len(_OUTPUT_PREFIX) + len(header) + size
+            header = codec.bin_header(size)
+            body_len = len(codec.OUTPUT_PREFIX) + len(header) + size
             self.frames = b"".join(
-                (body_len.to_bytes(_HEADER, "big"), _OUTPUT_PREFIX, header, data)
+                (body_len.to_bytes(_HEADER, "big"), codec.OUTPUT_PREFIX, header, data)
             )
             return
         view = memoryview(data)
@@ -113,6 +103,9 @@ class Connection:
                 codec.MAX_ELEMENTS_FROM_SERVER if from_server else codec.MAX_ELEMENTS_FROM_CLIENT
             )
         self.max_elements: Final = max_elements
+        #: An ``output`` or ``input`` message holds 5 elements: decode them quickly
+        #: (see :func:`.codec.stream_data_at`) unless the bound is lower still.
+        self._quick = max_elements >= STREAM_DATA_ELEMENTS
         self._machine = StateMachine()
         self._buf = bytearray()
         self._pos = 0
@@ -197,11 +190,20 @@ class Connection:
                     ErrorCode.FRAME_TOO_LARGE,
                 )
             if available >= _HEADER + size:
-                body = bytes(self._buf[start : start + size])
-                self._pos = start + size
-                if self._pos == len(self._buf):
-                    self._buf.clear()
+                end = start + size
+                buf = self._buf
+                kind, at = codec.stream_data_at(buf, start, end) if self._quick else (ev.Event, 0)
+                if at:
+                    with memoryview(buf) as view:
+                        event: ev.Event = kind(bytes(view[at:end]))  # type: ignore[call-arg]
+                else:
+                    body = bytes(buf[start:end])
+                self._pos = end
+                if end == len(buf):
+                    buf.clear()
                     self._pos = 0
+                if at:
+                    return event
                 try:
                     return codec.decode_body(body, self.max_frame_size, self.max_elements)
                 except RemoteProtocolError:

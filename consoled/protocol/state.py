@@ -56,6 +56,10 @@ REPLY_FOR: dict[type[ev.Event], type[ev.Event]] = {
 }
 
 
+#: What the server may send while streaming, besides ``ended``.
+_SERVER_STREAM = (ev.Output, ev.Screen, ev.Error)
+
+
 class StateMachine:
     """Tracks one connection; :meth:`process` raises on an illegal message."""
 
@@ -81,10 +85,16 @@ class StateMachine:
         Raises:
             LocalProtocolError, RemoteProtocolError: the message is not allowed now.
         """
+        state = self.state
+        if state is State.STREAMING:  # the hot path: a keystroke, a chunk of output
+            kind = type(event)
+            if kind is ev.Input and sender is Role.CLIENT:
+                return True
+            if kind is ev.Output and sender is Role.SERVER:
+                return True
         if isinstance(event, ev.Error) and event.code.fatal and sender is Role.SERVER:
             self.state = State.DONE
             return True
-        state = self.state
         if sender is Role.CLIENT:
             if state is State.HANDSHAKE and isinstance(event, ev.Hello):
                 self.state = State.HELLO_SENT
@@ -120,7 +130,7 @@ class StateMachine:
                     self.pending = None
                     return True
             if state is State.STREAMING:
-                if isinstance(event, ev.Output | ev.Screen | ev.Error):
+                if isinstance(event, _SERVER_STREAM):
                     return True
                 if isinstance(event, ev.Ended):
                     self.state = State.DONE
