@@ -24,6 +24,7 @@ from consoled.protocol import PROTOCOL_VERSION, Connection, ErrorCode, Role
 from consoled.protocol import events as ev
 from consoled.server.config import Limits
 from consoled.server.session import LEADER_SEARCH, Session
+from consoled.server.streams import LAGGED_GRACE
 from tests.support.client import AsyncClient
 from tests.support.inproc import InProcDaemon, hand_master, inproc_daemon
 
@@ -244,6 +245,33 @@ async def test_input_before_the_master_arrives_waits_for_it(
             while b"typed-before-the-master\n" not in got:
                 await trio.lowlevel.wait_readable(slave)
                 got += os.read(slave, 4096)
+        await c.aclose()
+
+
+async def test_a_lagged_client_that_reads_nothing_is_let_go_after_the_grace(
+    short_tmp: Path, slaves: list[int], autojump_clock: trio.testing.MockClock
+) -> None:
+    """Its stream ends LAGGED_GRACE after it lagged, though the ``ended`` notice
+    cannot be written: the socket is full and the client never reads."""
+    async with inproc_daemon(short_tmp / "s", client_queue=64 * 1024) as d:
+        slave = await running(d, "flood", slaves)
+        os.set_blocking(slave, False)
+        c = await connect(d)
+        assert isinstance(await c.request(ev.Attach("flood", replay=0)), ev.Attached)
+        (sub,) = list(d.table.get("flood").hub)
+        with structlog.testing.capture_logs() as logs:
+            with trio.fail_after(60):
+                while sub.end_notice is None:
+                    try:
+                        os.write(slave, b"x" * 4096)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(slave)
+                lagged_at = trio.current_time()
+                await d.table.wait_streams_done()
+        assert sub.end_notice.reason is ev.EndReason.LAGGED
+        assert trio.current_time() - lagged_at == pytest.approx(LAGGED_GRACE, abs=0.5)
+        (detached,) = [e for e in logs if e["event"] == "client.detached"]
+        assert detached["reason"] == "lagged"
         await c.aclose()
 
 

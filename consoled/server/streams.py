@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 import structlog
@@ -76,11 +77,17 @@ class PendingInput:
         self._writing = False
         self._queued = trio.Event()
         self._idle = trio.Event()
+        #: Starts the task that moves queued input to the terminal, on the
+        #: first input that has to wait (set by the stream that owns it).
+        self.start_writer: Callable[[], object] | None = None
 
     def put(self, data: bytes) -> bool:
         """Queue ``data``; False (and nothing queued) if it would pass the bound."""
         if self._size + len(data) > self.limit:
             return False
+        if self.start_writer is not None:
+            self.start_writer()
+            self.start_writer = None
         self._chunks.append(data)
         self._size += len(data)
         self._queued.set()
@@ -215,12 +222,19 @@ def _encoded(chunks: list[bytes | EncodedOutput]) -> list[EncodedOutput]:
     return out
 
 
-async def _watch_lag(sub: Subscriber, scope: trio.CancelScope) -> None:
-    """Once ``sub`` is ended, bound how long delivering the rest may take."""
-    await sub.ended.wait()
-    assert sub.end_notice is not None
-    if sub.end_notice.reason is ev.EndReason.LAGGED:
+def _bound_when_lagged(sub: Subscriber, scope: trio.CancelScope) -> None:
+    """Once ``sub`` is ended as lagged, bound how long delivering the rest may take.
+
+    A hook rather than a task watching the subscriber: every attach would
+    pay for starting and cancelling the task.
+    """
+
+    def bound() -> None:
         scope.deadline = min(scope.deadline, trio.current_time() + LAGGED_GRACE)
+
+    sub.on_lagged = bound
+    if sub.end_notice is not None and sub.end_notice.reason is ev.EndReason.LAGGED:
+        bound()  # already, while the reply and the screen were sent
 
 
 async def stream_attach(channel: Channel, context: StreamContext, request: ev.Attach) -> None:
@@ -318,8 +332,7 @@ async def _attached(
             )
             audit("attach", session=str(session.name), read_only=sub.read_only, resumed=resumed)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_lag, sub, nursery.cancel_scope)
-
+            _bound_when_lagged(sub, nursery.cancel_scope)
             inputs = InputSide()
 
             async def output_then_stop() -> None:
@@ -329,12 +342,15 @@ async def _attached(
             nursery.start_soon(output_then_stop)
             pending = inputs.pending
             async with trio.open_nursery() as writer:
-                writer.start_soon(_write_input, session, pending)
+                # Started when input must wait first (the terminal is full, or
+                # not there yet): most keys go straight to the terminal.
+                pending.start_writer = partial(writer.start_soon, _write_input, session, pending)
                 with inputs.scope:
                     await _input_loop(channel, session, sub, pending)
                 # Let keys typed just before detaching reach the terminal.
-                with trio.move_on_after(INPUT_FLUSH_TIMEOUT):
-                    await pending.wait_idle()
+                if not pending.idle:
+                    with trio.move_on_after(INPUT_FLUSH_TIMEOUT):
+                        await pending.wait_idle()
                 writer.cancel_scope.cancel()
             # The client closed its side, or asked to detach: the pump finishes.
     finally:

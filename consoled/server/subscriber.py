@@ -71,6 +71,9 @@ class Subscriber:
         #: (then it is queued).  Set by the pump; used only while it waits.
         self.send_now: Callable[[EncodedOutput], bool] | None = None
         self._pump_waiting = False
+        #: Called (once) when the subscriber is ended as lagged: its stream bounds
+        #: how long delivering the ``ended`` notice may take.
+        self.on_lagged: Callable[[], None] | None = None
 
     @property
     def queued(self) -> int:
@@ -128,6 +131,8 @@ class Subscriber:
             self._queued = 0
         self._wakeup.set()
         self.ended.set()
+        if reason is EndReason.LAGGED and self.on_lagged is not None:
+            self.on_lagged()
 
     def take(self, max_bytes: int) -> list[bytes | EncodedOutput]:
         """Take queued chunks, about ``max_bytes`` worth (at least one)."""
