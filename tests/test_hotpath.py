@@ -361,6 +361,30 @@ async def test_keys_keep_their_order_under_concurrent_typing_and_resizing(
         assert struct.unpack("HHHH", packed)[:2] == (30, 100)
 
 
+async def test_keys_that_wait_for_a_full_terminal_reach_it_in_order_later(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """Keys go straight to the terminal until it is full; then they queue for
+    the input writer (started only then), and the terminal gets every key
+    once, in order, when it reads again."""
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "full", slaves)
+        tty.setraw(slave)  # no line editing: the kernel's input buffer really fills
+        c = await d.connect()
+        assert isinstance(await c.request(ev.Attach("full", replay=0)), ev.Attached)
+        typed = b"".join(b"%05d," % i for i in range(8000))  # 48 KB: the pty takes about 20
+        for start in range(0, len(typed), 6):
+            await c.send(ev.Input(typed[start : start + 6]))
+        await trio.testing.wait_all_tasks_blocked()
+        os.set_blocking(slave, False)
+        first = os.read(slave, len(typed))
+        assert 0 < len(first) < len(typed), "the rest waits in the daemon's queue"
+        os.set_blocking(slave, True)
+        assert first + await read_slave(slave, len(typed) - len(first)) == typed
+        await c.send(ev.Input(b"after"))  # straight again once the queue is empty
+        assert await read_slave(slave, 5) == b"after"
+
+
 async def test_the_reader_writes_part_of_a_frame_and_the_pump_finishes_it(
     short_tmp: Path, slaves: list[int]
 ) -> None:
