@@ -237,8 +237,8 @@ async def test_cri_partial_line_is_continued_by_the_next_record(
         assert isinstance(reply, ev.Attached), reply
         script = 'stty -echo; printf "question? "; read x; echo "answer=$x"'
         await runc.run(cid, bundle(["sh", "-c", script]), path)
-        # The daemon writes each batch to the file before any client sees it, so
-        # the question is logged, as an unfinished line, before the answer exists.
+        # The daemon writes each batch to the file before it takes the next input,
+        # so the question is logged, as an unfinished line, before the answer exists.
         out, ended = await attach.read_output_until(b"question? ")
         assert ended is None, out
         await attach.send(ev.Input(b"42\r"))

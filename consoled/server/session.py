@@ -8,9 +8,10 @@ every byte not yet read in the kernel's pty buffer, for whoever serves the
 session next.  Only :meth:`Session.exit` (the terminal hung up, or
 ``rm --force``) and :meth:`Session.close` end it.
 
-Every batch read goes to the record's ring first, then the log file, then
-the clients: a client is never sent a byte the ring does not hold, so a
-client that resumes after a restart finds its place.
+Every batch read goes to the record's ring first, then to the clients, then
+the log file, all before the next await: a client is never sent a byte the
+ring does not hold, so a client that resumes after a restart finds its
+place, and the file has the batch before the daemon does anything else.
 """
 
 from __future__ import annotations
@@ -333,7 +334,7 @@ class Session:
         return self.leader is not None or self.state is not SessionState.RUNNING
 
     def publish(self, data: bytes) -> None:
-        """One batch of output: into the ring, the log file, then to every client.
+        """One batch of output: into the ring, to every client, then into the log file.
 
         A terminal query in it is answered, once, for the session.
         """
