@@ -8,6 +8,7 @@ through untouched; in the default mode the line discipline turns each
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import pytest
 
 from consoled.io import pty
 from consoled.protocol import events as ev
+from consoled.server.logfile import LogDir, LogFile, LogFormat
 from tests.conftest import BundleFactory, DaemonFactory
 from tests.support.cli import cli
 from tests.support.client import AsyncClient
@@ -252,3 +254,65 @@ async def test_cri_partial_line_is_continued_by_the_next_record(
     assert records[-1] == (b"F", b"answer=42\r")
     assert {tag for tag, _ in records[:-1]} == {b"P"}
     assert b"".join(content for _, content in records[:-1]) == b"question? "
+
+
+def test_a_cri_file_written_past_its_record_goes_on_where_it_stands(tmp_path: Path) -> None:
+    """After a crash, a CRI file's own records say how far it got, not the session's record."""
+    # Was: the successor took the position the session's record last stored
+    # (when the file was created or rotated) and wrote everything after it again.
+    logs = tmp_path / "logs"
+    stream = b""
+    with contextlib.closing(LogDir.open(logs)) as logdir:
+        log = LogFile.create(logdir, "web", LogFormat.CRI, max_size=0, max_files=2)
+        try:
+
+            def write(data: bytes) -> None:
+                nonlocal stream
+                stream += data
+                log.write(data, len(stream))
+
+            write(b"one\n")
+            write(b"half")
+            recorded = log.meta()  # the record as the daemon last wrote it
+            write(b" a line\ntwo\nthree")
+            write(b"\n")
+            whole = (logs / "web.log").stat().st_size
+            with open(logs / "web.log", "ab") as f:  # the daemon died inside a write
+                f.write(b"2026-11-30T00:00:00.000000000Z stdout F fo")
+            adopted = LogFile.adopt(logdir, recorded, log.owner.dup(), writing=True)
+        finally:
+            log.close()
+        try:
+            assert adopted.written_to == len(stream)
+            assert adopted.size == whole == (logs / "web.log").stat().st_size, "cut record gone"
+            stream += b"four\n"
+            adopted.write(b"four\n", len(stream))
+        finally:
+            adopted.close()
+    assert parse_cri((logs / "web.log").read_bytes()) == stream
+
+
+def test_a_cri_file_with_foreign_bytes_past_its_record_keeps_the_recorded_position(
+    tmp_path: Path,
+) -> None:
+    logs = tmp_path / "logs"
+    with contextlib.closing(LogDir.open(logs)) as logdir:
+        log = LogFile.create(logdir, "web", LogFormat.CRI, max_size=0, max_files=2)
+        try:
+            log.write(b"one\n", 4)
+            recorded = log.meta()
+            with open(logs / "web.log", "ab") as f:
+                f.write(b"not a record\n")
+            adopted = LogFile.adopt(logdir, recorded, log.owner.dup(), writing=True)
+            older = LogFile.adopt(
+                logdir,
+                {k: v for k, v in recorded.items() if k != "size"},  # an older daemon's record
+                log.owner.dup(),
+                writing=True,
+            )
+        finally:
+            log.close()
+        for other in (adopted, older):
+            assert other.written_to == 4
+            other.close()
+    assert (logs / "web.log").read_bytes().endswith(b"not a record\n"), "nothing cut"

@@ -33,6 +33,7 @@ from tests.support.client import AsyncClient, screen_of, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.holder import PtyHolder, running_session
 from tests.support.runtime import Runtime
+from tests.test_logfiles import parse_cri
 
 #: Bound on one `consoled reexec` in these tests.
 REEXEC_TIMEOUT = 60.0
@@ -477,5 +478,32 @@ async def test_a_client_too_far_behind_is_told_what_it_missed(
                 for pipe in (client.stdin, client.stdout, client.stderr):
                     if pipe is not None:
                         await pipe.aclose()
+    finally:
+        await holder.aclose()
+
+
+async def test_a_cri_log_goes_on_after_a_reexec_without_repeating_a_record(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # Was: a CRI file's written_to reached the session's record only with a
+    # rotation, so the successor took the file to be where the session
+    # started and wrote everything the ring held into it again.
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory("--log-dir", str(log_dir), "--log-format-file", "cri")
+    holder = await PtyHolder.start(nursery)
+    try:
+        await running_session(daemon, holder, "c1")
+        for n in range(5):
+            await holder.say(0, f"before-{n}")
+        await wait_output(daemon.control_socket, "c1", b"before-4")
+        await reexec(daemon)
+        await holder.say(0, "after-0")
+        await wait_output(daemon.control_socket, "c1", b"after-0")
+        await reexec(daemon)
+        await holder.say(0, "after-1")
+        await wait_output(daemon.control_socket, "c1", b"after-1")
+        lines = parse_cri((log_dir / "c1.log").read_bytes()).splitlines()
+        expected = [f"before-{n}" for n in range(5)] + ["after-0", "after-1"]
+        assert [line.decode().strip() for line in lines] == expected
     finally:
         await holder.aclose()

@@ -410,11 +410,14 @@ class Daemon:
         assert self.table is not None
         try:
             # The records are up to date (every change is written as it happens;
-            # the window size is read back from the terminal): only a record kept
-            # in memory needs a memfd now.
+            # the window size is read back from the terminal), but for a CRI log
+            # file's position: only those, and a record kept in memory (it
+            # needs a memfd now), are written here.
             for session in self.table:
                 if not session.record.durable:
                     session.record.make_durable(f"s{session.serial}")
+                    session.persist()
+                elif session.log_unrecorded:
                     session.persist()
             named = self.fds()
             screens = self._screens_fd()

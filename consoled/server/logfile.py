@@ -210,6 +210,45 @@ class LogSnapshot:
         self.parts.clear()
 
 
+#: Bytes read at a time when a CRI file's newest records are counted.
+_TAIL_CHUNK: Final = 256 * 1024
+
+
+def _cri_tail(owner: OwnedFd, start: int, end: int) -> tuple[int, int] | None:
+    """The output the whole CRI records between file offsets ``start`` and ``end`` carry.
+
+    Returns:
+        The bytes of output they carry and the file offset where the last
+        whole record ends, or None if those bytes are not CRI records (or
+        cannot be read): then nothing is known about them.
+    """
+    try:
+        # The file as it is open (renamed since, perhaps), for reading.
+        reader = os.open(f"/proc/self/fd/{owner.fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    carried = 0
+    whole = pos = start
+    rest = b""
+    try:
+        while pos < end:
+            chunk = os.pread(reader, min(_TAIL_CHUNK, end - pos), pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                _, _, tag, content = cri.decode_record(line)
+                carried += len(content) + (tag == b"F")
+                whole += len(line) + 1
+    except (OSError, cri.CriFormatError):
+        return None
+    finally:
+        os.close(reader)
+    return carried, whole
+
+
 class LogFile:
     """The log file of one session.
 
@@ -315,6 +354,17 @@ class LogFile:
         if fmt is LogFormat.RAW and owner is not None:
             # Exact for raw files: every byte in the current file is one of the stream's.
             written_to = int(meta.get("base", 0)) + size
+        elif fmt is LogFormat.CRI and owner is not None and size > int(meta.get("size", size)):
+            # Written past what the record says (a crash came before the session's
+            # record was written again): the records since say how far.
+            found = _cri_tail(owner, int(meta["size"]), size)
+            if found is not None:
+                carried, whole = found
+                written_to += carried
+                if whole < size:
+                    # A record cut short: the ring has its bytes, written again whole.
+                    os.ftruncate(owner.fd, whole)
+                    size = whole
         log = cls(
             logdir,
             stem,
@@ -374,6 +424,9 @@ class LogFile:
             "rotations": self.rotations,
             "base": self.written_to - self.size if self.format is LogFormat.RAW else 0,
             "written_to": self.written_to,
+            # The file's size that goes with written_to (a CRI file's records are
+            # longer than the output they carry; see adopt).
+            "size": self.size,
         }
 
     @property

@@ -33,7 +33,7 @@ from ..io.record import Record, RecordError
 from ..names import SessionName
 from ..protocol.events import EndReason, SessionInfo, SessionState
 from .hub import ClientHub
-from .logfile import LogFile, LogFileError
+from .logfile import LogFile, LogFileError, LogFormat
 from .screenstate import EmulationBudget, QueryWatch, SessionScreen
 from .sizepolicy import SizePolicy
 from .subscriber import Subscriber
@@ -125,6 +125,8 @@ class Session:
         self.running = trio.Event()
         self.done = trio.Event()
         self._log_failed_at: float | None = None
+        #: The log file's position as the record last stored it.
+        self._log_recorded_to: int | None = None
         #: Told when one of the session's fds is replaced (a log file rotated):
         #: the service manager's fd store must follow.
         self.fd_replaced: Callable[[str, OwnedFd], None] = lambda name, owner: None
@@ -206,10 +208,28 @@ class Session:
 
     def persist(self) -> None:
         """Write the metadata to the record; a failure is logged, never raised."""
+        meta = self.meta()
         try:
-            self.record.write_meta(self.meta())
+            self.record.write_meta(meta)
         except (OSError, RecordError) as exc:
             log.error("session.persist_failed", session=str(self.name), error=str(exc))
+            return
+        self._log_recorded_to = None if meta["log"] is None else meta["log"]["written_to"]
+
+    @property
+    def log_unrecorded(self) -> bool:
+        """The log file went on since the record was last written.
+
+        Only a CRI file's position needs the record (a raw file's size says
+        it): a handover writes the record first, or the successor would count
+        the records since (see :meth:`.LogFile.adopt`).
+        """
+        log_file = self.log_file
+        return (
+            log_file is not None
+            and log_file.format is LogFormat.CRI
+            and log_file.written_to != self._log_recorded_to
+        )
 
     def fds(self) -> Iterator[tuple[str, OwnedFd]]:
         """Every fd this session holds, with the name it is stored and handed over under."""
