@@ -15,6 +15,7 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from tests.support.client import RECEIVE_TIMEOUT, AsyncClient
 from tests.support.daemon import DaemonProcess
 from tests.support.ptyproc import PtyProcess
 from tests.support.runtime import CRUN_WRAPPER, Runtime
+from tests.test_reexec import reexec
 
 #: The prompt of busybox's interactive sh, as root.
 PROMPT = re.compile(rb"# ")
@@ -485,3 +487,59 @@ async def test_exec_ends_when_its_stdin_does(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(b"hello\r\n") == 2  # the terminal's echo, and cat's copy
+
+
+async def test_an_exec_rides_out_a_reexec_and_reports_its_exit(
+    *,
+    daemon: DaemonProcess,
+    runtime: Runtime,
+    bundle: BundleFactory,
+    out_dir: Path,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+    nursery: trio.Nursery,
+) -> None:
+    # `systemctl reload` while someone runs `consoled exec`: the exec goes on
+    # through the new daemon and ends with its program's exit code.
+    cid = container_id("xr")
+    await start_with_users(daemon, runtime, bundle, tmp_path, cid)
+    script = "echo started; while [ ! -e /out/go ]; do usleep 20000; done; echo done-42; exit 7"
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "consoled", "exec", *runtime_options(runtime, tmp_path), cid,
+         "sh", "-c", script],
+        env=daemon.env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out = bytearray()
+    changed = trio.Event()
+
+    async def read() -> None:
+        nonlocal changed
+        assert proc.stdout is not None
+        async for chunk in proc.stdout:
+            out.extend(chunk)
+            changed.set()
+            changed = trio.Event()
+
+    nursery.start_soon(read)
+    try:
+        with trio.fail_after(RECEIVE_TIMEOUT):
+            while b"started" not in out:
+                await changed.wait()
+        await reexec(daemon)
+        (out_dir / "go").touch()
+        with trio.fail_after(RECEIVE_TIMEOUT):
+            assert await proc.wait() == 7
+        assert out.count(b"done-42\r\n") == 1, bytes(out)
+        assert out.count(b"started\r\n") == 1, bytes(out)
+        # Its status was delivered: the session is gone, as after any exec.
+        assert [s["session"] for s in await ls_json(daemon)] == [cid]
+    finally:
+        with trio.CancelScope(shield=True):
+            proc.kill()
+            await proc.wait()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    await pipe.aclose()

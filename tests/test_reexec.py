@@ -507,3 +507,57 @@ async def test_a_cri_log_goes_on_after_a_reexec_without_repeating_a_record(
         assert [line.decode().strip() for line in lines] == expected
     finally:
         await holder.aclose()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "cri"])
+async def test_logs_follow_rides_out_reexecs_and_shows_each_line_once(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path, fmt: str
+) -> None:
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory("--log-dir", str(log_dir), "--log-format-file", fmt)
+    holder = await PtyHolder.start(nursery)
+    follower = None
+    try:
+        await running_session(daemon, holder, "f1")
+        await holder.say(0, "line-0")
+        await wait_output(daemon.control_socket, "f1", b"line-0")
+        follower = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "consoled", "logs", "-f", "f1"],
+            env=daemon.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out = bytearray()
+        changed = trio.Event()
+
+        async def read() -> None:
+            nonlocal changed
+            assert follower is not None and follower.stdout is not None
+            async for chunk in follower.stdout:
+                out.extend(chunk)
+                changed.set()
+                changed = trio.Event()
+
+        nursery.start_soon(read)
+
+        async def seen(text: bytes) -> None:
+            with trio.fail_after(CATCH_UP_TIMEOUT):
+                while text not in out:
+                    await changed.wait()
+
+        await seen(b"line-0")
+        for n in range(1, 3):
+            await reexec(daemon)
+            await holder.say(0, f"line-{n}")
+            await seen(f"line-{n}".encode())
+        result = await cli(daemon, "rm", "--force", "f1")
+        assert result.returncode == 0, result.stderr
+        with trio.fail_after(CATCH_UP_TIMEOUT):
+            assert await follower.wait() == 0
+        assert out.replace(b"\r", b"").splitlines() == [b"line-0", b"line-1", b"line-2"]
+    finally:
+        if follower is not None:
+            with trio.CancelScope(shield=True):
+                follower.kill()
+                await follower.wait()
+        await holder.aclose()
