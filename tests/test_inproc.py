@@ -7,8 +7,10 @@ once on the autojump clock.  See tests/support/inproc.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import tty
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,6 +275,38 @@ async def test_a_lagged_client_that_reads_nothing_is_let_go_after_the_grace(
         (detached,) = [e for e in logs if e["event"] == "client.detached"]
         assert detached["reason"] == "lagged"
         await c.aclose()
+
+
+async def test_a_restart_counts_input_exactly_as_far_as_it_reached_the_terminal(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """``ended.input`` counts every part of a write cut short by the restart.
+
+    The client sends again whatever lies beyond it; a count short of what
+    reached the terminal makes those keys arrive twice.
+    """
+    # Was: a queued chunk counted only once written whole, so keys written
+    # before the restart cut the write short were sent again.
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "rs", slaves)
+        tty.setraw(slave)  # nobody reads it: the kernel's input buffer fills
+        os.set_blocking(slave, False)
+        c = await connect(d)
+        assert isinstance(await c.request(ev.Attach("rs", replay=0)), ev.Attached)
+        typed = b"".join(b"%05d," % i for i in range(8000))  # 48 KB: the pty takes about 20
+        await c.send(ev.Input(typed))
+        await trio.testing.wait_all_tasks_blocked()
+        got = os.read(slave, 5000)  # room for part of the queued write, not all of it
+        await trio.testing.wait_all_tasks_blocked()
+        d.table.end_streams(ev.EndReason.RESTARTING, "restarting")
+        ended = await c.receive()
+        assert isinstance(ended, ev.Ended) and ended.reason is ev.EndReason.RESTARTING, ended
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(slave, 65536):
+                got += chunk
+        assert len(got) < len(typed), "the restart came while input was queued"
+        assert ended.input == len(got)
+        assert got == typed[: len(got)]
 
 
 async def test_a_request_pipelined_with_hello_is_answered_after_the_welcome(

@@ -561,3 +561,42 @@ async def test_logs_follow_rides_out_reexecs_and_shows_each_line_once(
                 follower.kill()
                 await follower.wait()
         await holder.aclose()
+
+
+async def test_keys_waiting_for_a_full_terminal_go_to_the_successor_once(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Input the old daemon still held for a terminal that was not reading is
+    sent again by the client to the new one: every key arrives once, in order."""
+    daemon = await daemon_factory()
+    holder = await PtyHolder.start(nursery)
+    proc = None
+    try:
+        await running_session(daemon, holder, "in1")
+        await holder.leave_unread(0)
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "consoled", "attach", "--no-tty", "--no-replay", "in1"],
+            env=daemon.env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stderr is not None
+        # 48 KB: the pty takes about 20 and the daemon queues the rest.
+        typed = b"".join(b"%05d," % i for i in range(8000))
+        await proc.stdin.send_all(typed)
+        await daemon.wait_event("audit", action="input")
+        await reexec(daemon)
+        got = await holder.drain(0, len(typed), tmp_path / "typed")
+        assert len(got) == len(typed) and got == typed
+        proc.kill()
+        with trio.fail_after(REEXEC_TIMEOUT):
+            await proc.wait()
+            said = b"".join([chunk async for chunk in proc.stderr])
+        assert said == b"", said  # nothing said lost, nor any byte of output missed
+    finally:
+        if proc is not None:
+            with trio.CancelScope(shield=True):
+                proc.kill()
+                await proc.wait()
+        await holder.aclose()

@@ -14,7 +14,7 @@ import os
 import select
 import struct
 import termios
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import trio
@@ -149,8 +149,13 @@ class PtyMaster:
                 return data
             await trio.lowlevel.wait_readable(self._holder.fd)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, wrote: Callable[[int], None] | None = None) -> None:
         """Write all of ``data`` to the terminal, waiting while the container is not reading.
+
+        Args:
+            wrote: told the size of each part as it is written, so that what
+                reached the terminal is known exactly however the write ends
+                (cancelled while the terminal is full, say).
 
         Raises:
             Hangup: the slave side is gone.
@@ -176,6 +181,8 @@ class PtyMaster:
                         raise Hangup from None
                     raise
                 view = view[n:]
+                if wrote is not None:
+                    wrote(n)
         finally:
             self._write_lock.release()
 

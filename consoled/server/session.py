@@ -574,11 +574,14 @@ class Session:
         """Set the size directly (the ``resize`` request)."""
         self._apply_size(rows, cols)
 
-    async def write_input(self, data: bytes) -> bool:
+    async def write_input(self, data: bytes, wrote: Callable[[int], None]) -> bool:
         """Write input to the terminal, waiting for the master if it has not arrived yet.
 
+        Args:
+            wrote: told the size of each part as it reaches the terminal.
+
         Returns:
-            False if the session cannot take it (it ended).
+            False if the session cannot take the rest (it ended).
         """
         if self.state is SessionState.WAITING:
             await self.running.wait()
@@ -586,7 +589,7 @@ class Session:
         if master is None or self.state is not SessionState.RUNNING:
             return False
         try:
-            await master.write(data)
+            await master.write(data, wrote)
         except (Hangup, trio.ClosedResourceError):
             return False
         return True

@@ -76,7 +76,8 @@ class PendingInput:
         self._size = 0
         self._writing = False
         self._queued = trio.Event()
-        self._idle = trio.Event()
+        #: Set (and replaced) whenever a write ends: waiters look again.
+        self._written = trio.Event()
         #: Starts the task that moves queued input to the terminal, on the
         #: first input that has to wait (set by the stream that owns it).
         self.start_writer: Callable[[], object] | None = None
@@ -105,10 +106,10 @@ class PendingInput:
         return data
 
     def written(self) -> None:
-        """What :meth:`take` returned has reached the terminal (or was dropped)."""
+        """The write of what :meth:`take` returned has ended (see ``consumed``)."""
         self._writing = False
-        if not self._chunks:
-            self._idle.set()
+        self._written.set()
+        self._written = trio.Event()
 
     @property
     def idle(self) -> bool:
@@ -118,18 +119,34 @@ class PendingInput:
     async def wait_idle(self) -> None:
         """Wait until everything queued has been written."""
         while self._chunks or self._writing:
-            self._idle = trio.Event()
-            await self._idle.wait()
+            await self._written.wait()
+
+    async def wait_not_writing(self) -> None:
+        """Wait until no write is under way (what is queued stays queued)."""
+        while self._writing:
+            await self._written.wait()
 
 
 async def _write_input(session: Session, pending: PendingInput) -> None:
-    """Move a client's keys to the terminal, waiting as long as it is not reading."""
+    """Move a client's keys to the terminal, waiting as long as it is not reading.
+
+    ``pending.consumed`` counts each part as it reaches the terminal: a
+    restart that stops this mid-write tells the client exactly where to go
+    on, and the client sends the rest to the successor, nothing twice.
+    """
     while True:
         data = await pending.take()
+        left = len(data)
+
+        def wrote(n: int) -> None:
+            nonlocal left
+            left -= n
+            pending.consumed += n
+
         try:
-            if not await session.write_input(data):
+            if not await session.write_input(data, wrote):
                 log.debug("input.dropped", reason="session not running")
-            pending.consumed += len(data)
+                pending.consumed += left  # never sent again: the session is gone
         finally:
             pending.written()
 
@@ -139,17 +156,30 @@ class InputSide:
 
     def __init__(self) -> None:
         self.pending = PendingInput()
+        #: The loop reading the client's input.
         self.scope = trio.CancelScope()
+        #: The task writing queued input to the terminal (see PendingInput.start_writer).
+        self.writer_scope: trio.CancelScope | None = None
+        #: Stopped for a restart: what is queued is the successor's to write.
+        self.stopping = False
 
     async def stop(self) -> int:
-        """Take no more input, let what was taken reach the terminal (bounded).
+        """Take no more input and stop writing it now: the daemon is restarting.
+
+        Whatever has not reached the terminal (a write cut short, the keys
+        still queued) is not consumed: the client sends it again to the
+        successor, which writes it.  Waiting here for a terminal that is not
+        reading would hold up the restart for every client, and past the
+        restart's own bound lose the count the client needs.
 
         Returns:
             The bytes of input consumed, final from now on.
         """
+        self.stopping = True
         self.scope.cancel()
-        with trio.move_on_after(INPUT_FLUSH_TIMEOUT):
-            await self.pending.wait_idle()
+        if self.writer_scope is not None:
+            self.writer_scope.cancel()
+        await self.pending.wait_not_writing()  # at once: the writer was cancelled
         return self.pending.consumed
 
 
@@ -345,10 +375,12 @@ async def _attached(
                 # Started when input must wait first (the terminal is full, or
                 # not there yet): most keys go straight to the terminal.
                 pending.start_writer = partial(writer.start_soon, _write_input, session, pending)
+                inputs.writer_scope = writer.cancel_scope
                 with inputs.scope:
                     await _input_loop(channel, session, sub, pending)
-                # Let keys typed just before detaching reach the terminal.
-                if not pending.idle:
+                # Let keys typed just before detaching reach the terminal
+                # (not on a restart: the client sends them to the successor).
+                if not pending.idle and not inputs.stopping:
                     with trio.move_on_after(INPUT_FLUSH_TIMEOUT):
                         await pending.wait_idle()
                 writer.cancel_scope.cancel()

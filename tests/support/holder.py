@@ -112,6 +112,16 @@ class PtyHolder:
         """Make slave ``index`` raw and read (and discard) whatever is typed into it."""
         assert await self.ask(f"sink {index}") == f"sinking {index}"
 
+    async def leave_unread(self, index: int) -> None:
+        """Make slave ``index`` raw and never read it: typed input fills its buffer."""
+        assert await self.ask(f"raw {index}") == f"raw {index}"
+
+    async def drain(self, index: int, size: int, into: Path) -> bytes:
+        """Read up to ``size`` bytes typed into slave ``index`` (bounded wait)."""
+        answer = await self.ask(f"drain {index} {size} {into}")
+        assert answer.startswith("drained "), answer
+        return into.read_bytes()
+
     async def hangups(self) -> int:
         answer = await self.ask("hangups")
         assert answer.startswith("hangups "), answer

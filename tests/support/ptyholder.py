@@ -25,6 +25,11 @@ Commands, one per line on stdin, are served in order:
   wait for the answer; streams go on.
 - ``sink I``: puts slave I in raw mode and reads and discards its input from
   now on, as a program reading its terminal would; answers ``sinking I``.
+- ``raw I``: puts slave I in raw mode and leaves its input unread (a program
+  that does not read its terminal: the kernel's input buffer fills);
+  answers ``raw I``.
+- ``drain I SIZE PATH``: reads slave I's input until SIZE bytes came (or
+  :data:`DRAIN_WAIT` passed), writes them to PATH; answers ``drained N``.
 - ``sync``: answers ``ok COUNT`` (the slaves held) once every earlier command is done.
 
 ``say`` and ``write`` on a streaming slave mix their bytes into its lines.
@@ -46,6 +51,8 @@ import tty
 
 #: Bytes of one numbered line.
 LINE_SIZE = 64
+#: Seconds a ``drain`` waits for the bytes it was told to expect.
+DRAIN_WAIT = 30.0
 
 
 def line(index: int, number: int) -> bytes:
@@ -77,6 +84,24 @@ def write_fully(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
             select.select([], [fd], [])
+
+
+def read_up_to(fd: int, size: int, deadline: float) -> bytes:
+    """Read from ``fd`` until ``size`` bytes have come or the deadline passed."""
+    got = bytearray()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while len(got) < size:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(int(left * 1000) + 1):
+            break
+        try:
+            got += os.read(fd, size - len(got))
+        except BlockingIOError:
+            continue
+        except OSError:
+            break  # hung up
+    return bytes(got)
 
 
 def hung_up(fds: list[int], deadline: float) -> set[int]:
@@ -190,6 +215,16 @@ class Holder:
             os.set_blocking(self.slaves[i], False)
             self.sinks.add(self.slaves[i])
             print(f"sinking {i}", flush=True)
+        elif command == "raw":
+            i = int(arg)
+            tty.setraw(self.slaves[i])  # and nobody reads it: its input buffer fills
+            print(f"raw {i}", flush=True)
+        elif command == "drain":
+            index, size, path = arg.split(" ", 2)
+            got = read_up_to(self.slaves[int(index)], int(size), time.monotonic() + DRAIN_WAIT)
+            with open(path, "wb") as f:
+                f.write(got)
+            print(f"drained {len(got)}", flush=True)
         elif command == "sync":
             print(f"ok {len(self.slaves)}", flush=True)
 
