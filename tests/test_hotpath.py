@@ -26,6 +26,7 @@ import trio.testing
 
 from consoled.io.fds import OwnedFd
 from consoled.io.pty import PtyMaster
+from consoled.names import SessionName
 from consoled.protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
@@ -36,7 +37,9 @@ from consoled.protocol import (
 )
 from consoled.protocol import events as ev
 from consoled.server.channel import Channel
-from consoled.server.streams import _pump_output
+from consoled.server.session import Session
+from consoled.server.sizepolicy import SizePolicy
+from consoled.server.streams import PendingInput, _pump_output, _write_input
 from consoled.server.subscriber import Subscriber
 from tests.support.client import AsyncClient
 from tests.support.inproc import InProcDaemon, hand_master, inproc_daemon
@@ -383,6 +386,35 @@ async def test_keys_that_wait_for_a_full_terminal_reach_it_in_order_later(
         assert first + await read_slave(slave, len(typed) - len(first)) == typed
         await c.send(ev.Input(b"after"))  # straight again once the queue is empty
         assert await read_slave(slave, 5) == b"after"
+
+
+async def test_a_stopped_input_writer_writes_nothing_it_woke_for() -> None:
+    """A restart stops the input writer while keys it was just woken for are
+    queued: they stay queued (the client sends them to the successor), and
+    none reaches the terminal uncounted."""
+    # Was: a writer woken but not yet running took the queue and wrote it
+    # after the restart had counted the input consumed: those keys came twice.
+    master, slave = os.openpty()
+    session = Session.new(
+        1, SessionName.parse("w1"), scrollback=4096, size_policy=SizePolicy.LATEST
+    )
+    try:
+        session.start(OwnedFd(master, "pty"), 0)
+        pending = PendingInput()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write_input, session, pending)
+            await trio.testing.wait_all_tasks_blocked()  # waiting for input
+            assert pending.put(b"typed-just-before")  # wakes the writer...
+            await pending.stop()  # ...which has not run yet
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        assert pending.consumed == 0
+        os.set_blocking(slave, False)
+        with pytest.raises(BlockingIOError):
+            os.read(slave, 100)  # the terminal got nothing
+    finally:
+        session.close()
+        os.close(slave)
 
 
 async def test_the_reader_writes_part_of_a_frame_and_the_pump_finishes_it(

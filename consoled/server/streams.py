@@ -78,6 +78,7 @@ class PendingInput:
         self._queued = trio.Event()
         #: Set (and replaced) whenever a write ends: waiters look again.
         self._written = trio.Event()
+        self._stopped = False
         #: Starts the task that moves queued input to the terminal, on the
         #: first input that has to wait (set by the stream that owns it).
         self.start_writer: Callable[[], object] | None = None
@@ -94,11 +95,17 @@ class PendingInput:
         self._queued.set()
         return True
 
-    async def take(self) -> bytes:
-        """Wait for queued input and take all of it; call :meth:`written` after."""
-        while not self._chunks:
+    async def take(self) -> bytes | None:
+        """Wait for queued input and take all of it; call :meth:`written` after.
+
+        Returns:
+            None once :meth:`stop` was called: nothing more is written.
+        """
+        while not self._chunks and not self._stopped:
             self._queued = trio.Event()
             await self._queued.wait()
+        if self._stopped:
+            return None
         data = b"".join(self._chunks)
         self._chunks.clear()
         self._size = 0
@@ -121,8 +128,15 @@ class PendingInput:
         while self._chunks or self._writing:
             await self._written.wait()
 
-    async def wait_not_writing(self) -> None:
-        """Wait until no write is under way (what is queued stays queued)."""
+    async def stop(self) -> None:
+        """Write nothing more; wait for a write under way to end (its writer was
+        cancelled).  What is queued stays queued, not consumed.
+
+        A writer woken but not yet running would otherwise take the queue and
+        write some of it before it could notice its cancellation.
+        """
+        self._stopped = True
+        self._queued.set()
         while self._writing:
             await self._written.wait()
 
@@ -136,6 +150,8 @@ async def _write_input(session: Session, pending: PendingInput) -> None:
     """
     while True:
         data = await pending.take()
+        if data is None:
+            return  # stopped for a restart
         left = len(data)
 
         def wrote(n: int) -> None:
@@ -179,7 +195,7 @@ class InputSide:
         self.scope.cancel()
         if self.writer_scope is not None:
             self.writer_scope.cancel()
-        await self.pending.wait_not_writing()  # at once: the writer was cancelled
+        await self.pending.stop()  # at once: the writer was cancelled
         return self.pending.consumed
 
 
