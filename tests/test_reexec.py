@@ -589,11 +589,56 @@ async def test_keys_waiting_for_a_full_terminal_go_to_the_successor_once(
         await reexec(daemon)
         got = await holder.drain(0, len(typed), tmp_path / "typed")
         assert len(got) == len(typed) and got == typed
+        assert await holder.drain(0, 1, tmp_path / "more", within=0.5) == b"", "only once"
         proc.kill()
         with trio.fail_after(REEXEC_TIMEOUT):
             await proc.wait()
             said = b"".join([chunk async for chunk in proc.stderr])
         assert said == b"", said  # nothing said lost, nor any byte of output missed
+    finally:
+        if proc is not None:
+            with trio.CancelScope(shield=True):
+                proc.kill()
+                await proc.wait()
+        await holder.aclose()
+
+
+async def test_keys_typed_before_the_master_arrives_reach_it_after_a_reexec(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A client attached to a waiting session types; a reexec comes before the
+    runtime hands the master over; the keys reach the terminal once."""
+    daemon = await daemon_factory()
+    holder = await PtyHolder.start(nursery)
+    proc = None
+    try:
+        client = await AsyncClient.connect(daemon.control_socket)
+        try:
+            path = await client.create_socket("early")
+        finally:
+            await client.aclose()
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "consoled", "attach", "--no-tty", "early"],
+            env=daemon.env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stderr is not None
+        await daemon.wait_event("client.attached", session="early")
+        typed = b"typed-while-waiting\n"
+        await proc.stdin.send_all(typed)
+        await daemon.wait_event("audit", action="input")
+        await reexec(daemon)
+        await holder.hand([path])
+        await daemon.wait_event("session.running", session="early")
+        assert await holder.drain(0, len(typed), tmp_path / "typed") == typed
+        assert await holder.drain(0, 1, tmp_path / "more", within=0.5) == b"", "only once"
+        proc.kill()
+        with trio.fail_after(REEXEC_TIMEOUT):
+            await proc.wait()
+            said = b"".join([chunk async for chunk in proc.stderr])
+        assert said == b"", said
     finally:
         if proc is not None:
             with trio.CancelScope(shield=True):

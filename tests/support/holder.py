@@ -116,9 +116,9 @@ class PtyHolder:
         """Make slave ``index`` raw and never read it: typed input fills its buffer."""
         assert await self.ask(f"raw {index}") == f"raw {index}"
 
-    async def drain(self, index: int, size: int, into: Path) -> bytes:
-        """Read up to ``size`` bytes typed into slave ``index`` (bounded wait)."""
-        answer = await self.ask(f"drain {index} {size} {into}")
+    async def drain(self, index: int, size: int, into: Path, within: float = 30.0) -> bytes:
+        """Read what is typed into slave ``index``: ``size`` bytes, or what came ``within``."""
+        answer = await self.ask(f"drain {index} {size} {within} {into}")
         assert answer.startswith("drained "), answer
         return into.read_bytes()
 

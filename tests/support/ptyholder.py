@@ -28,8 +28,8 @@ Commands, one per line on stdin, are served in order:
 - ``raw I``: puts slave I in raw mode and leaves its input unread (a program
   that does not read its terminal: the kernel's input buffer fills);
   answers ``raw I``.
-- ``drain I SIZE PATH``: reads slave I's input until SIZE bytes came (or
-  :data:`DRAIN_WAIT` passed), writes them to PATH; answers ``drained N``.
+- ``drain I SIZE SECONDS PATH``: reads slave I's input until SIZE bytes
+  came or SECONDS passed, writes them to PATH; answers ``drained N``.
 - ``sync``: answers ``ok COUNT`` (the slaves held) once every earlier command is done.
 
 ``say`` and ``write`` on a streaming slave mix their bytes into its lines.
@@ -51,8 +51,6 @@ import tty
 
 #: Bytes of one numbered line.
 LINE_SIZE = 64
-#: Seconds a ``drain`` waits for the bytes it was told to expect.
-DRAIN_WAIT = 30.0
 
 
 def line(index: int, number: int) -> bytes:
@@ -220,8 +218,8 @@ class Holder:
             tty.setraw(self.slaves[i])  # and nobody reads it: its input buffer fills
             print(f"raw {i}", flush=True)
         elif command == "drain":
-            index, size, path = arg.split(" ", 2)
-            got = read_up_to(self.slaves[int(index)], int(size), time.monotonic() + DRAIN_WAIT)
+            index, size, within, path = arg.split(" ", 3)
+            got = read_up_to(self.slaves[int(index)], int(size), time.monotonic() + float(within))
             with open(path, "wb") as f:
                 f.write(got)
             print(f"drained {len(got)}", flush=True)
