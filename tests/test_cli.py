@@ -335,6 +335,19 @@ async def test_commands_confirm_what_they_did_on_stdout(daemon: DaemonProcess) -
     assert await daemon_sessions(daemon) == []
 
 
+async def test_rm_and_wait_go_on_past_a_session_they_cannot_take(daemon: DaemonProcess) -> None:
+    """As docker rm and docker wait: each refused name is said, the rest are done, status 1."""
+    for name in ("m1", "m2"):
+        assert (await cli(daemon, "socket", name)).returncode == 0
+    result = await cli(daemon, "rm", "m1", "nosuch", "m2")
+    assert (result.returncode, result.stdout) == (1, b"m1\nm2\n"), result
+    assert result.stderr.decode().count("consoled: ") == 1 and "nosuch" in result.stderr.decode()
+    result = await cli(daemon, "wait", "nosuch", "nosuch2")
+    assert (result.returncode, result.stdout) == (1, b""), result
+    assert result.stderr.decode().count("consoled: ") == 2, result.stderr
+    assert await daemon_sessions(daemon) == []
+
+
 async def test_rename_refuses_what_would_split_a_container(daemon: DaemonProcess) -> None:
     for name in ("web1", "web1/sh-1", "web1/sh-2", "other"):
         assert (await cli(daemon, "socket", name)).returncode == 0

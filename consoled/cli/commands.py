@@ -9,7 +9,7 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..client.conn import Client, ClientError, DaemonUnavailable
@@ -22,21 +22,33 @@ if TYPE_CHECKING:
     from ..terminal.filter import OutputFilter
 
 
+def _each_session(names: Sequence[str], one: Callable[[str], None]) -> int:
+    """Do ``one`` for each session, as docker's commands on several containers do.
+
+    A session the daemon refuses is named on stderr and the rest go on; the
+    status is 1 if any was refused.  A daemon that is gone ends it all.
+    """
+    status = EXIT_OK
+    for name in names:
+        try:
+            one(name)
+        except DaemonUnavailable:
+            raise
+        except ClientError as exc:
+            print(f"consoled: {exc.message}", file=sys.stderr)
+            status = EXIT_ERROR
+    return status
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     """As ``docker wait``: block until each session has ended, print its exit status."""
-    status = EXIT_OK
     with Client(os.path.join(state_dir_of(args), "control.sock"), timeout=None) as client:
-        for name in args.sessions:
-            try:
-                reply = client.call(ev.Wait(name), ev.Waited)
-            except ClientError as exc:
-                if isinstance(exc, DaemonUnavailable):
-                    raise
-                print(f"consoled: {exc.message}", file=sys.stderr)
-                status = EXIT_ERROR
-                continue
+
+        def wait(name: str) -> None:
+            reply = client.call(ev.Wait(name), ev.Waited)
             print("unknown" if reply.exit_code is None else reply.exit_code, flush=True)
-    return status
+
+        return _each_session(args.sessions, wait)
 
 
 def cmd_reexec(args: argparse.Namespace) -> int:
@@ -218,22 +230,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    status = EXIT_OK
     with connect(args) as client:
-        for name in args.sessions:
-            try:
-                request = ev.Remove(name, force=args.force, keep_logs=args.keep_logs)
-                reply = client.call(request, ev.Removed)
-            except ClientError as exc:
-                if isinstance(exc, DaemonUnavailable):
-                    raise
-                print(f"consoled: {exc.message}", file=sys.stderr)
-                status = EXIT_ERROR
-                continue
+
+        def remove(name: str) -> None:
+            request = ev.Remove(name, force=args.force, keep_logs=args.keep_logs)
+            reply = client.call(request, ev.Removed)
             print(reply.session, flush=True)
             if reply.state is ev.SessionState.RUNNING:
                 print(f"consoled: {name} was running: its terminal was closed", file=sys.stderr)
-    return status
+
+        return _each_session(args.sessions, remove)
 
 
 def cmd_resize(args: argparse.Namespace) -> int:
