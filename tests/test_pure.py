@@ -22,6 +22,7 @@ from consoled.client.detachkeys import (
 from consoled.io.scrollback import COALESCE, Scrollback
 from consoled.names import InvalidName, SessionName, check_part
 from consoled.server import cri
+from consoled.server.hub import ClientHub
 from consoled.server.sizepolicy import (
     MAX_DIMENSION,
     ClientSize,
@@ -30,6 +31,7 @@ from consoled.server.sizepolicy import (
     size_error,
     valid_size,
 )
+from consoled.server.subscriber import Subscriber
 
 # --- session names ------------------------------------------------------------------------
 
@@ -302,6 +304,38 @@ def test_choose_size(policy: SizePolicy, expected: tuple[int, int]) -> None:
 @pytest.mark.parametrize("policy", list(SizePolicy))
 def test_choose_size_with_no_clients(policy: SizePolicy) -> None:
     assert choose_size(policy, []) is None
+
+
+def hub_with(
+    policy: SizePolicy, *sizes: tuple[int, int], resumed: bool
+) -> tuple[ClientHub, list[Subscriber]]:
+    hub = ClientHub(policy)
+    hub.hold(40, 120)  # as a restarted daemon found the terminal
+    subs = [Subscriber(1024, read_only=False, label=f"c{n}") for n in range(len(sizes))]
+    for sub, size in zip(subs, sizes, strict=True):
+        hub.add(sub, size, resumed=resumed)
+    return hub, subs
+
+
+def test_a_held_size_stands_until_a_client_is_active() -> None:
+    hub, (large, small) = hub_with(SizePolicy.LATEST, (40, 120), (24, 80), resumed=True)
+    assert hub.wanted_size() == (40, 120), "the last one back does not win"
+    assert hub.typed(large) and hub.wanted_size() == (40, 120)
+    hub, (large, small) = hub_with(SizePolicy.LATEST, (40, 120), (24, 80), resumed=True)
+    assert hub.typed(small) and hub.wanted_size() == (24, 80), "typing makes it latest"
+    hub, (large, small) = hub_with(SizePolicy.LATEST, (40, 120), (24, 80), resumed=True)
+    assert hub.resized(large, 30, 100) and hub.wanted_size() == (30, 100)
+    hub, (large, small) = hub_with(SizePolicy.LATEST, (40, 120), (24, 80), resumed=True)
+    hub.release()  # a resize request set the size directly
+    assert hub.wanted_size() == (24, 80)
+    hub, _ = hub_with(SizePolicy.LATEST, (24, 80), resumed=False)
+    assert hub.wanted_size() == (24, 80), "a new attach ends the hold"
+
+
+@pytest.mark.parametrize("policy", [SizePolicy.SMALLEST, SizePolicy.LARGEST])
+def test_only_latest_holds_a_size(policy: SizePolicy) -> None:
+    hub, _ = hub_with(policy, (50, 60), (30, 200), resumed=True)
+    assert hub.wanted_size() == choose_size(policy, [ClientSize(50, 60, 1), ClientSize(30, 200, 2)])
 
 
 def test_policy_names() -> None:

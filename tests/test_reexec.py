@@ -28,7 +28,7 @@ from consoled.protocol import PROTOCOL_VERSION, ErrorCode
 from consoled.protocol import events as ev
 from consoled.terminal import Screen
 from tests.conftest import BundleFactory, DaemonFactory, Spawn
-from tests.support.cli import cli
+from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient, screen_of, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.holder import PtyHolder, running_session
@@ -644,4 +644,59 @@ async def test_keys_typed_before_the_master_arrives_reach_it_after_a_reexec(
             with trio.CancelScope(shield=True):
                 proc.kill()
                 await proc.wait()
+        await holder.aclose()
+
+
+async def test_a_reexec_keeps_the_window_size_the_clients_had(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery
+) -> None:
+    """Under ``latest``, clients coming back from a reexec do not resize the terminal
+    to whichever came back last; the next one to type does, as before."""
+    # Was: each resumed client counted as newly active, so the last one back
+    # took the terminal to its own window (the program got a SIGWINCH and
+    # redrew for a size nobody had chosen).
+    daemon = await daemon_factory()
+    holder = await PtyHolder.start(nursery)
+    clients: list[AsyncClient] = []
+
+    async def attach(
+        rows: int, cols: int, resume: int | None = None, uid: str | None = None
+    ) -> tuple[AsyncClient, ev.Attached]:
+        client = await AsyncClient.connect(daemon.control_socket)
+        clients.append(client)
+        request = ev.Attach("sz", replay=0, rows=rows, cols=cols, resume=resume, uid=uid)
+        reply = await client.request(request)
+        assert isinstance(reply, ev.Attached), reply
+        return client, reply
+
+    async def size() -> tuple[object, object]:
+        (info,) = [s for s in await ls_json(daemon) if s["session"] == "sz"]
+        return info["rows"], info["cols"]
+
+    try:
+        await running_session(daemon, holder, "sz")
+        small, small_attached = await attach(24, 80)
+        large, large_attached = await attach(40, 120)  # the latest: the terminal is its size
+        assert await size() == (40, 120)
+        await reexec(daemon)
+        ended = {}
+        for name, client in (("small", small), ("large", large)):
+            while not isinstance(event := await client.receive(), ev.Ended):
+                assert isinstance(event, ev.Output), event
+            assert event.reason is ev.EndReason.RESTARTING, event
+            ended[name] = event
+        # The large one comes back first, the small one last.
+        await attach(40, 120, resume=ended["large"].resume, uid=large_attached.uid)
+        small, _ = await attach(24, 80, resume=ended["small"].resume, uid=small_attached.uid)
+        assert await size() == (40, 120)
+        await small.send(ev.Input(b"x"))  # active again: latest
+        out = b""
+        while b"x" not in out:  # the echo: the key was written, after the resize
+            event = await small.receive()
+            assert isinstance(event, ev.Output), event
+            out += event.data
+        assert await size() == (24, 80)
+    finally:
+        for client in clients:
+            await client.aclose()
         await holder.aclose()

@@ -10,6 +10,7 @@ session applies the result to its terminal.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Iterator
 
 import structlog
@@ -33,6 +34,8 @@ class ClientHub:
         self.size_policy = size_policy
         self._subscribers: dict[Subscriber, None] = {}
         self._activity = itertools.count(1)
+        #: The terminal's size as a predecessor chose it (see hold).
+        self._held: ClientSize | None = None
 
     def __iter__(self) -> Iterator[Subscriber]:
         return iter(list(self._subscribers))
@@ -76,10 +79,28 @@ class ClientHub:
             resize = self.remove(sub) or resize
         return resize
 
-    def add(self, sub: Subscriber, size: tuple[int, int] | None) -> None:
+    def hold(self, rows: int, cols: int) -> None:
+        """Keep ``rows`` x ``cols``, the size chosen before a restart, until a client is active.
+
+        After a restart every client attaches again, and none is newly active
+        for that: under ``latest`` the last one back would otherwise take the
+        terminal to its own window's size.  A client that types or resizes,
+        a new attach, or a ``resize`` request ends the hold.
+        """
+        if self.size_policy is SizePolicy.LATEST and rows and cols:
+            self._held = ClientSize(rows, cols, sys.maxsize)
+
+    def release(self) -> None:
+        """End the hold (the size was set directly)."""
+        self._held = None
+
+    def add(self, sub: Subscriber, size: tuple[int, int] | None, *, resumed: bool = False) -> None:
+        """Register ``sub``; ``resumed``: it was attached before a restart (see hold)."""
         self._subscribers[sub] = None
         if size is not None and not sub.read_only:
             sub.size = ClientSize(size[0], size[1], next(self._activity))
+            if not resumed:
+                self._held = None
 
     def remove(self, sub: Subscriber) -> bool:
         """Forget ``sub``; True if its size counted (the size should be recomputed)."""
@@ -93,6 +114,7 @@ class ClientHub:
         if sub.read_only or sub not in self._subscribers:
             return False
         sub.size = ClientSize(rows, cols, next(self._activity))
+        self._held = None
         return True
 
     def typed(self, sub: Subscriber) -> bool:
@@ -100,13 +122,15 @@ class ClientHub:
         if sub.size is None or self.size_policy is not SizePolicy.LATEST:
             return False
         sub.size = ClientSize(sub.size.rows, sub.size.cols, next(self._activity))
+        self._held = None
         return True
 
     def wanted_size(self) -> tuple[int, int] | None:
         """The size the policy picks, or None when no client has a size."""
-        return choose_size(
-            self.size_policy, (s.size for s in self._subscribers if s.size is not None)
-        )
+        sizes = [s.size for s in self._subscribers if s.size is not None]
+        if self._held is not None:
+            sizes.append(self._held)
+        return choose_size(self.size_policy, sizes)
 
     def end_all(self, reason: EndReason, message: str, exit_code: int | None = None) -> None:
         """End every stream (queued output is still delivered unless the reason drops it)."""

@@ -311,6 +311,7 @@ class Session:
         self.master = PtyMaster(owner, number)
         self.state = SessionState.RUNNING
         self.rows, self.cols = self.master.get_size()
+        self.hub.hold(self.rows, self.cols)  # until a client is active again
         self.leader = Leader.find(owner.fd)
         self.running.set()
 
@@ -554,7 +555,7 @@ class Session:
             message = self.end_message or end_message(self.name, self.end_reason)
             sub.end(self.end_reason, message, self.exit_code)
             return first, None
-        self.hub.add(sub, size)
+        self.hub.add(sub, size, resumed=resume is not None)
         self._resize_to_policy(nudge=nudge and resume is None)
         return first, None
 
@@ -572,6 +573,7 @@ class Session:
 
     def set_size(self, rows: int, cols: int) -> None:
         """Set the size directly (the ``resize`` request)."""
+        self.hub.release()
         self._apply_size(rows, cols)
 
     async def write_input(self, data: bytes, wrote: Callable[[int], None]) -> bool:
