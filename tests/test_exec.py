@@ -15,7 +15,6 @@ import json
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from tests.conftest import BundleFactory
 from tests.support.cli import cli, logs, ls_json
 from tests.support.client import RECEIVE_TIMEOUT, AsyncClient
 from tests.support.daemon import DaemonProcess
+from tests.support.piped import piped_cli
 from tests.support.ptyproc import PtyProcess
 from tests.support.runtime import CRUN_WRAPPER, Runtime
 from tests.test_reexec import reexec
@@ -504,42 +504,13 @@ async def test_an_exec_rides_out_a_reexec_and_reports_its_exit(
     cid = container_id("xr")
     await start_with_users(daemon, runtime, bundle, tmp_path, cid)
     script = "echo started; while [ ! -e /out/go ]; do usleep 20000; done; echo done-42; exit 7"
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "consoled", "exec", *runtime_options(runtime, tmp_path), cid,
-         "sh", "-c", script],
-        env=daemon.env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    out = bytearray()
-    changed = trio.Event()
-
-    async def read() -> None:
-        nonlocal changed
-        assert proc.stdout is not None
-        async for chunk in proc.stdout:
-            out.extend(chunk)
-            changed.set()
-            changed = trio.Event()
-
-    nursery.start_soon(read)
-    try:
-        with trio.fail_after(RECEIVE_TIMEOUT):
-            while b"started" not in out:
-                await changed.wait()
+    options = runtime_options(runtime, tmp_path)
+    async with piped_cli(daemon, nursery, "exec", *options, cid, "sh", "-c", script) as proc:
+        await proc.wait_for(b"started")
         await reexec(daemon)
         (out_dir / "go").touch()
-        with trio.fail_after(RECEIVE_TIMEOUT):
-            assert await proc.wait() == 7
-        assert out.count(b"done-42\r\n") == 1, bytes(out)
-        assert out.count(b"started\r\n") == 1, bytes(out)
-        # Its status was delivered: the session is gone, as after any exec.
-        assert [s["session"] for s in await ls_json(daemon)] == [cid]
-    finally:
-        with trio.CancelScope(shield=True):
-            proc.kill()
-            await proc.wait()
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                if pipe is not None:
-                    await pipe.aclose()
+        assert await proc.wait() == 7
+        assert proc.out.count(b"done-42\r\n") == 1, bytes(proc.out)
+        assert proc.out.count(b"started\r\n") == 1, bytes(proc.out)
+    # Its status was delivered: the session is gone, as after any exec.
+    assert [s["session"] for s in await ls_json(daemon)] == [cid]

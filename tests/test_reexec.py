@@ -15,8 +15,6 @@ import json
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient, screen_of, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.holder import PtyHolder, running_session
+from tests.support.piped import piped_cli
 from tests.support.runtime import Runtime
 from tests.test_logfiles import parse_cri
 
@@ -95,71 +94,47 @@ async def test_reexec_under_load_loses_and_repeats_nothing(
 
     # One client on a real terminal, one on pipes.
     tty = await attach(daemon, "--no-replay", cid)
-    piped = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "consoled", "attach", "--no-tty", "--no-replay", cid],
-        env=daemon.env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    piped_out = bytearray()
-    piped_err = bytearray()
-    piped_changed = trio.Event()
-
-    async def drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
-        nonlocal piped_changed
-        async for chunk in stream:
-            into += chunk
-            piped_changed.set()
-            piped_changed = trio.Event()
-
-    assert piped.stdout is not None and piped.stderr is not None
-    nursery.start_soon(drain, piped.stdout, piped_out)
-    nursery.start_soon(drain, piped.stderr, piped_err)
     try:
-        await tty.expect(NUMBER)
-        pids = [daemon.pid]
-        for _ in range(3):
-            mark = len(tty.output)
-            await reexec(daemon)
-            pids.append(daemon.pid)
-            # Output keeps flowing to the clients through the new daemon.
-            with trio.fail_after(CATCH_UP_TIMEOUT):
-                while not NUMBER.search(tty.output, mark + 4096):
-                    await tty.wait_changed()
-        assert len(set(pids)) == 4
+        async with piped_cli(daemon, nursery, "attach", "--no-tty", "--no-replay", cid) as piped:
+            await tty.expect(NUMBER)
+            pids = [daemon.pid]
+            for _ in range(3):
+                mark = len(tty.output)
+                await reexec(daemon)
+                pids.append(daemon.pid)
+                # Output keeps flowing to the clients through the new daemon.
+                with trio.fail_after(CATCH_UP_TIMEOUT):
+                    while not NUMBER.search(tty.output, mark + 4096):
+                        await tty.wait_changed()
+            assert len(set(pids)) == 4
 
-        (out_dir / "stop").touch()
-        end = re.compile(rb"END-(\d+)\r\n")
-        last_line = await tty.expect(end, timeout=CATCH_UP_TIMEOUT)
-        match = end.search(last_line)
-        assert match is not None
-        last = int(match.group(1))
-        with trio.fail_after(CATCH_UP_TIMEOUT):
-            while not end.search(piped_out):
-                await piped_changed.wait()
-        await wait_output(daemon.control_socket, cid, b"END-")
+            (out_dir / "stop").touch()
+            end = re.compile(rb"END-(\d+)\r\n")
+            last_line = await tty.expect(end, timeout=CATCH_UP_TIMEOUT)
+            match = end.search(last_line)
+            assert match is not None
+            last = int(match.group(1))
+            await piped.wait_for(end, timeout=CATCH_UP_TIMEOUT)
+            await wait_output(daemon.control_socket, cid, b"END-")
 
-        # The log file: every number from 1, once, in order.
-        logged = (log_dir / f"{cid}.log").read_bytes()
-        assert_exactly_once(numbers(logged), 1, last)
-        # Each client: from where it attached to the end, once, in order.
-        tty_values = numbers(bytes(tty.output))
-        assert_exactly_once(tty_values, tty_values[0], last)
-        piped_values = numbers(bytes(piped_out))
-        assert_exactly_once(piped_values, piped_values[0], last)
-        # Nobody noticed: no hangup, no client exited, nothing said on the terminal.
-        assert not (out_dir / "hup").exists()
-        assert tty.proc.returncode is None
-        assert piped.returncode is None
-        assert b"consoled:" not in bytes(tty.output)
-        assert piped_err == b""
-        await daemon.wait_event("reexec.done")
-        assert not daemon.find("reexec.failed")
+            # The log file: every number from 1, once, in order.
+            logged = (log_dir / f"{cid}.log").read_bytes()
+            assert_exactly_once(numbers(logged), 1, last)
+            # Each client: from where it attached to the end, once, in order.
+            tty_values = numbers(bytes(tty.output))
+            assert_exactly_once(tty_values, tty_values[0], last)
+            piped_values = numbers(bytes(piped.out))
+            assert_exactly_once(piped_values, piped_values[0], last)
+            # Nobody noticed: no hangup, no client exited, nothing said on the terminal.
+            assert not (out_dir / "hup").exists()
+            assert tty.proc.returncode is None
+            assert piped.proc.returncode is None
+            assert b"consoled:" not in bytes(tty.output)
+            assert piped.err == b""
+            await daemon.wait_event("reexec.done")
+            assert not daemon.find("reexec.failed")
     finally:
-        piped.kill()
         with trio.CancelScope(shield=True):
-            await piped.wait()
             await runc.kill(cid)
 
 
@@ -440,44 +415,27 @@ async def test_a_client_too_far_behind_is_told_what_it_missed(
     holder = await PtyHolder.start(nursery)
     try:
         await running_session(daemon, holder, "far")
-        client = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "consoled", "attach", "--no-tty", "--no-replay", "far"],
-            env=daemon.env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        try:
+        async with piped_cli(daemon, nursery, "attach", "--no-tty", "--no-replay", "far") as client:
             await daemon.wait_event("client.attached", session="far")
             # The client stops reading; the daemon moves on, and much more
             # than the ring holds is written before the client comes back.
-            client.send_signal(signal.SIGSTOP)
+            client.proc.send_signal(signal.SIGSTOP)
             await reexec(daemon)
             for n in range(100):
                 await holder.say(0, f"line-{n:03d}-" + "x" * 80)
             await wait_output(daemon.control_socket, "far", b"line-099-")
-            client.send_signal(signal.SIGCONT)
+            client.proc.send_signal(signal.SIGCONT)
             await holder.say(0, "after-the-gap")
-            out = b""
-            assert client.stdout is not None and client.stderr is not None
-            with trio.fail_after(REEXEC_TIMEOUT):
-                while b"after-the-gap" not in out:
-                    out += await client.stdout.receive_some()
-            with trio.fail_after(REEXEC_TIMEOUT):
-                err = await client.stderr.receive_some()
-            missed = re.search(rb"(\d+) bytes of output were lost", err)
-            assert missed is not None, err
+            await client.wait_for(b"after-the-gap", timeout=REEXEC_TIMEOUT)
+            lost = re.compile(rb"(\d+) bytes of output were lost")
+            await client.wait_for(lost, stderr=True, timeout=REEXEC_TIMEOUT)
+            missed = lost.search(client.err)
+            assert missed is not None
+            out = bytes(client.out)
             # It got the newest 4K, and was told exactly how much came before it.
             assert int(missed.group(1)) + len(out) >= 100 * 90
             assert b"line-099-" in out and b"line-000-" not in out
-            assert client.returncode is None
-        finally:
-            client.kill()
-            with trio.CancelScope(shield=True):
-                await client.wait()
-                for pipe in (client.stdin, client.stdout, client.stderr):
-                    if pipe is not None:
-                        await pipe.aclose()
+            assert client.proc.returncode is None
     finally:
         await holder.aclose()
 
@@ -516,50 +474,25 @@ async def test_logs_follow_rides_out_reexecs_and_shows_each_line_once(
     log_dir = tmp_path / "logs"
     daemon = await daemon_factory("--log-dir", str(log_dir), "--log-format-file", fmt)
     holder = await PtyHolder.start(nursery)
-    follower = None
     try:
         await running_session(daemon, holder, "f1")
         await holder.say(0, "line-0")
         await wait_output(daemon.control_socket, "f1", b"line-0")
-        follower = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "consoled", "logs", "-f", "f1"],
-            env=daemon.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        out = bytearray()
-        changed = trio.Event()
-
-        async def read() -> None:
-            nonlocal changed
-            assert follower is not None and follower.stdout is not None
-            async for chunk in follower.stdout:
-                out.extend(chunk)
-                changed.set()
-                changed = trio.Event()
-
-        nursery.start_soon(read)
-
-        async def seen(text: bytes) -> None:
-            with trio.fail_after(CATCH_UP_TIMEOUT):
-                while text not in out:
-                    await changed.wait()
-
-        await seen(b"line-0")
-        for n in range(1, 3):
-            await reexec(daemon)
-            await holder.say(0, f"line-{n}")
-            await seen(f"line-{n}".encode())
-        result = await cli(daemon, "rm", "--force", "f1")
-        assert result.returncode == 0, result.stderr
-        with trio.fail_after(CATCH_UP_TIMEOUT):
+        async with piped_cli(daemon, nursery, "logs", "-f", "f1") as follower:
+            await follower.wait_for(b"line-0")
+            for n in range(1, 3):
+                await reexec(daemon)
+                await holder.say(0, f"line-{n}")
+                await follower.wait_for(f"line-{n}".encode())
+            result = await cli(daemon, "rm", "--force", "f1")
+            assert result.returncode == 0, result.stderr
             assert await follower.wait() == 0
-        assert out.replace(b"\r", b"").splitlines() == [b"line-0", b"line-1", b"line-2"]
+            assert follower.out.replace(b"\r", b"").splitlines() == [
+                b"line-0",
+                b"line-1",
+                b"line-2",
+            ]
     finally:
-        if follower is not None:
-            with trio.CancelScope(shield=True):
-                follower.kill()
-                await follower.wait()
         await holder.aclose()
 
 
@@ -570,36 +503,21 @@ async def test_keys_waiting_for_a_full_terminal_go_to_the_successor_once(
     sent again by the client to the new one: every key arrives once, in order."""
     daemon = await daemon_factory()
     holder = await PtyHolder.start(nursery)
-    proc = None
     try:
         await running_session(daemon, holder, "in1")
         await holder.leave_unread(0)
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "consoled", "attach", "--no-tty", "--no-replay", "in1"],
-            env=daemon.env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        assert proc.stdin is not None and proc.stderr is not None
-        # 48 KB: the pty takes about 20 and the daemon queues the rest.
-        typed = b"".join(b"%05d," % i for i in range(8000))
-        await proc.stdin.send_all(typed)
-        await daemon.wait_event("audit", action="input")
-        await reexec(daemon)
-        got = await holder.drain(0, len(typed), tmp_path / "typed")
-        assert len(got) == len(typed) and got == typed
-        assert await holder.drain(0, 1, tmp_path / "more", within=0.5) == b"", "only once"
-        proc.kill()
-        with trio.fail_after(REEXEC_TIMEOUT):
-            await proc.wait()
-            said = b"".join([chunk async for chunk in proc.stderr])
-        assert said == b"", said  # nothing said lost, nor any byte of output missed
+        async with piped_cli(daemon, nursery, "attach", "--no-tty", "--no-replay", "in1") as client:
+            # 48 KB: the pty takes about 20 and the daemon queues the rest.
+            typed = b"".join(b"%05d," % i for i in range(8000))
+            await client.send(typed)
+            await daemon.wait_event("audit", action="input")
+            await reexec(daemon)
+            got = await holder.drain(0, len(typed), tmp_path / "typed")
+            assert len(got) == len(typed) and got == typed
+            assert await holder.drain(0, 1, tmp_path / "more", within=0.5) == b"", "only once"
+            said = await client.killed()
+            assert said == b"", said  # nothing said lost, nor any byte of output missed
     finally:
-        if proc is not None:
-            with trio.CancelScope(shield=True):
-                proc.kill()
-                await proc.wait()
         await holder.aclose()
 
 
@@ -610,40 +528,25 @@ async def test_keys_typed_before_the_master_arrives_reach_it_after_a_reexec(
     runtime hands the master over; the keys reach the terminal once."""
     daemon = await daemon_factory()
     holder = await PtyHolder.start(nursery)
-    proc = None
     try:
         client = await AsyncClient.connect(daemon.control_socket)
         try:
             path = await client.create_socket("early")
         finally:
             await client.aclose()
-        proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "consoled", "attach", "--no-tty", "early"],
-            env=daemon.env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        assert proc.stdin is not None and proc.stderr is not None
-        await daemon.wait_event("client.attached", session="early")
-        typed = b"typed-while-waiting\n"
-        await proc.stdin.send_all(typed)
-        await daemon.wait_event("audit", action="input")
-        await reexec(daemon)
-        await holder.hand([path])
-        await daemon.wait_event("session.running", session="early")
-        assert await holder.drain(0, len(typed), tmp_path / "typed") == typed
-        assert await holder.drain(0, 1, tmp_path / "more", within=0.5) == b"", "only once"
-        proc.kill()
-        with trio.fail_after(REEXEC_TIMEOUT):
-            await proc.wait()
-            said = b"".join([chunk async for chunk in proc.stderr])
-        assert said == b"", said
+        async with piped_cli(daemon, nursery, "attach", "--no-tty", "early") as attached:
+            await daemon.wait_event("client.attached", session="early")
+            typed = b"typed-while-waiting\n"
+            await attached.send(typed)
+            await daemon.wait_event("audit", action="input")
+            await reexec(daemon)
+            await holder.hand([path])
+            await daemon.wait_event("session.running", session="early")
+            assert await holder.drain(0, len(typed), tmp_path / "typed") == typed
+            assert await holder.drain(0, 1, tmp_path / "more", within=0.5) == b"", "only once"
+            said = await attached.killed()
+            assert said == b"", said
     finally:
-        if proc is not None:
-            with trio.CancelScope(shield=True):
-                proc.kill()
-                await proc.wait()
         await holder.aclose()
 
 
