@@ -31,3 +31,16 @@ async def test_waiting_for_a_leader_that_is_let_go_gives_no_status() -> None:
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_a_reaped_leaders_status_is_its_exit_code() -> None:
+    # Was: the status of a process already reaped came from the wrong field of
+    # the kernel's pidfd_info (the fsgid, not the exit code): 0 for root.
+    proc = await trio.lowlevel.open_process(["sh", "-c", "exit 3"])
+    leader = Leader(proc.pid, OwnedFd(os.pidfd_open(proc.pid), "pidfd"), None)
+    try:
+        assert await proc.wait() == 3  # reaped: no zombie left to read
+        status = await leader.wait_status(10)
+        assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3
+    finally:
+        leader.close()

@@ -95,7 +95,7 @@ class Leader:
         else:
             mask, *rest = _PIDFD_INFO.unpack(buf)
             if mask & PIDFD_INFO_EXIT:
-                status: int = rest[11]
+                status: int = rest[12]  # after cgroupid and 11 ids
                 return status
         stat = _stat_fields(self.pid)
         if stat is None or stat[0] != "Z" or stat[19] != self._start_time or len(stat) < 50:
