@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import tty
 from collections import Counter
@@ -22,9 +23,11 @@ import trio.testing
 
 from consoled import __version__
 from consoled.client.conn import Client
+from consoled.io.process import terminal_leader
 from consoled.protocol import PROTOCOL_VERSION, Connection, ErrorCode, Role
 from consoled.protocol import events as ev
 from consoled.server.config import Limits
+from consoled.server.inventory import restore
 from consoled.server.session import LEADER_SEARCH, Session
 from consoled.server.streams import LAGGED_GRACE
 from tests.support.client import AsyncClient
@@ -307,6 +310,43 @@ async def test_a_restart_counts_input_exactly_as_far_as_it_reached_the_terminal(
         assert len(got) < len(typed), "the restart came while input was queued"
         assert ended.input == len(got)
         assert got == typed[: len(got)]
+
+
+async def test_a_leader_gone_before_the_successor_adopts_still_gives_its_status(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """A successor gets each terminal's leader as a pidfd.  A leader that exits
+    during the handover leaves a terminal that names nobody (``TIOCGSID``):
+    the pidfd is the only way to how it ended."""
+    # Was: the successor looked for the leader again, found none, and the
+    # session's exit code stayed unknown.  (And a reaped process's status was
+    # read from the wrong field of the kernel's pidfd_info: its fsgid.)
+    async with inproc_daemon(short_tmp / "a") as old:
+        slave = await running(old, "led", slaves)
+        session = old.table.get("led")
+        assert session.master is not None
+        leader = await trio.lowlevel.open_process(  # a session leader with the terminal its own
+            ["sh", "-c", f"exec sleep 60 <{os.ttyname(slave)}"], start_new_session=True
+        )
+        try:
+            for _ in range(500):
+                if terminal_leader(session.master.fd) == leader.pid:
+                    break
+                await trio.sleep(0.01)
+            assert session.find_leader() and session.leader is not None
+            named = [(name, owner.dup()) for name, owner in session.fds()]
+            assert f"s{session.serial}.pid" in dict(named)
+        finally:
+            leader.kill()
+            await leader.wait()  # reaped: nothing but its pidfd knows how it ended
+        async with inproc_daemon(short_tmp / "b") as new:
+            restore(named, new.table, None).close()
+            adopted = new.table.get("led")
+            assert adopted.master is not None and terminal_leader(adopted.master.fd) is None
+            assert adopted.leader is not None
+            status = await adopted.leader.wait_status(5)
+            assert status is not None and os.WIFSIGNALED(status)
+            assert os.WTERMSIG(status) == signal.SIGKILL
 
 
 async def test_a_request_pipelined_with_hello_is_answered_after_the_welcome(

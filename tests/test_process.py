@@ -44,3 +44,19 @@ async def test_a_reaped_leaders_status_is_its_exit_code() -> None:
         assert status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3
     finally:
         leader.close()
+
+
+async def test_a_handed_over_pidfd_is_adopted_and_anything_else_refused() -> None:
+    proc = await trio.lowlevel.open_process(["sleep", "30"])
+    try:
+        adopted = Leader.adopt(OwnedFd(os.pidfd_open(proc.pid), "pidfd"))
+        assert adopted is not None and adopted.pid == proc.pid
+        adopted.close()
+        read, write = os.pipe()
+        os.close(write)
+        not_a_pidfd = OwnedFd(read, "pipe")
+        assert Leader.adopt(not_a_pidfd) is None
+        assert not_a_pidfd.closed
+    finally:
+        proc.kill()
+        await proc.wait()

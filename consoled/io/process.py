@@ -82,6 +82,26 @@ class Leader:
         stat = _stat_fields(pid)
         return cls(pid, OwnedFd(fd, "pidfd"), None if stat is None else stat[19])
 
+    @classmethod
+    def adopt(cls, owner: OwnedFd) -> Leader | None:
+        """The leader whose pidfd a predecessor handed over; it may have exited since.
+
+        A terminal whose leader is gone names nobody (``TIOCGSID``): its pidfd
+        is then the only way to its exit status.  None (and ``owner`` closed)
+        if the fd is not a pidfd.
+        """
+        pid = _pidfd_pid(owner.fd)
+        if pid is None:
+            owner.close()
+            return None
+        stat = _stat_fields(pid) if pid > 0 else None  # -1: exited and reaped already
+        return cls(pid, owner, None if stat is None else stat[19])
+
+    @property
+    def owner(self) -> OwnedFd:
+        """The pidfd's owner, for handing it on."""
+        return self._owner
+
     def close(self) -> None:
         self._owner.close()
 
@@ -122,6 +142,18 @@ class Leader:
         except trio.ClosedResourceError:
             pass  # closed under us (rm --force while waiting): nobody wants the status
         return None
+
+
+def _pidfd_pid(fd: int) -> int | None:
+    """The pid a pidfd refers to (-1 once reaped), or None if ``fd`` is not a pidfd."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _stat_fields(pid: int) -> list[str] | None:

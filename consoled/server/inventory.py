@@ -13,6 +13,7 @@ any other name                a ``.socket`` unit's socket, known by its path
 ``s<N>.pty``                  its master, while it runs
 ``s<N>.sock``                 its console socket, while it waits
 ``s<N>.log``                  its log file, while it runs
+``s<N>.pid``                  a pidfd on its terminal's leader (a predecessor's only)
 ============================  =================================================
 
 Nothing a successor or the fd store hands back is trusted blindly: a master
@@ -33,6 +34,7 @@ import structlog
 from ..io.fdpass import IntakeError, check_master
 from ..io.fds import OwnedFd
 from ..io.listener import Listener, Origin
+from ..io.process import Leader
 from ..io.record import Record, RecordError
 from ..protocol.events import EndReason, SessionState
 from .handover import read_screens
@@ -43,7 +45,7 @@ from .session import Session
 
 log = structlog.get_logger("consoled.inventory")
 
-_SESSION_FD: Final = re.compile(r"s([0-9]{1,18})\.(rec|pty|sock|log)")
+_SESSION_FD: Final = re.compile(r"s([0-9]{1,18})\.(rec|pty|sock|log|pid)")
 #: Names of the daemon's own listening sockets, and of a socket unit's.
 LISTENERS: Final = {
     "listen.control": ("control", Origin.BOUND),
@@ -160,6 +162,10 @@ def _restore_session(
     inventory: Inventory,
 ) -> None:
     rec, pty, sock, log_fd = (fds.get(k) for k in ("rec", "pty", "sock", "log"))
+    # The leader's pidfd: the only way to its exit status once it is gone (a
+    # terminal whose leader exited during the handover names nobody).
+    pid_fd = fds.get("pid")
+    leader = None if pid_fd is None else Leader.adopt(pid_fd)
     number = None if pty is None else _master_number(pty, f"s{serial}.pty")
     if number is None:
         pty = None
@@ -177,6 +183,8 @@ def _restore_session(
         if session is not None:
             log.warning("inventory.rejected", fd=f"s{serial}.rec", error="duplicate session name")
             session.record.close()
+        if leader is not None:
+            leader.close()
         for owner in (sock, log_fd):
             if owner is not None:
                 owner.close()
@@ -204,13 +212,16 @@ def _restore_session(
             log.warning("inventory.rejected", fd=f"s{serial}.sock", error=str(exc))
             if pty is not None and number is not None:
                 inventory.orphans.append((pty, number))
+            if leader is not None:
+                leader.close()
             session.close()
             return
     elif sock is not None:
         sock.close()
     if pty is not None and number is not None:
         if session.state is SessionState.RUNNING:
-            session.resume_master(pty, number)
+            session.resume_master(pty, number, leader)
+            leader = None
         else:
             log.warning("inventory.rejected", fd=f"s{serial}.pty", error="session not running")
             inventory.orphans.append((pty, number))
@@ -219,5 +230,7 @@ def _restore_session(
         # stored master that reports a hangup): it ended.
         session.master = None
         session.exit(EndReason.EXITED, f"session {session.name} ended while the daemon was down")
+    if leader is not None:
+        leader.close()  # no terminal of ours for it to lead
     table.restored(session)
     inventory.sessions += 1

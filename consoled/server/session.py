@@ -239,6 +239,8 @@ class Session:
             yield f"s{self.serial}.pty", self.master.owner
         if self.log_file is not None and not self.log_file.closed:
             yield f"s{self.serial}.log", self.log_file.owner
+        if self.leader is not None and not self.leader.owner.closed:
+            yield f"s{self.serial}.pid", self.leader.owner
 
     # --- introspection -----------------------------------------------------------
 
@@ -306,13 +308,18 @@ class Session:
             leader=None if self.leader is None else self.leader.pid,
         )
 
-    def resume_master(self, owner: OwnedFd, number: int) -> None:
-        """Take back the master of a session that was running before a restart."""
+    def resume_master(self, owner: OwnedFd, number: int, leader: Leader | None = None) -> None:
+        """Take back the master of a session that was running before a restart.
+
+        Args:
+            leader: the terminal's leader as the predecessor knew it (its
+                pidfd); else it is looked for again.
+        """
         self.master = PtyMaster(owner, number)
         self.state = SessionState.RUNNING
         self.rows, self.cols = self.master.get_size()
         self.hub.hold(self.rows, self.cols)  # until a client is active again
-        self.leader = Leader.find(owner.fd)
+        self.leader = leader if leader is not None else Leader.find(owner.fd)
         self.running.set()
 
     async def pump(self) -> None:
