@@ -274,7 +274,8 @@ def test_a_cri_file_written_past_its_record_goes_on_where_it_stands(tmp_path: Pa
             write(b"one\n")
             write(b"half")
             recorded = log.meta()  # the record as the daemon last wrote it
-            write(b" a line\ntwo\nthree")
+            write(b" a line\nprogress " + b"\r." * 300_000)  # a 600 KB record: longer than a read
+            write(b"\ntwo\nthree")
             write(b"\n")
             whole = (logs / "web.log").stat().st_size
             with open(logs / "web.log", "ab") as f:  # the daemon died inside a write

@@ -212,10 +212,15 @@ class LogSnapshot:
 
 #: Bytes read at a time when a CRI file's newest records are counted.
 _TAIL_CHUNK: Final = 256 * 1024
+#: Bytes of a record enough to parse its timestamp, stream and tag.
+_RECORD_HEAD: Final = 64
 
 
 def _cri_tail(owner: OwnedFd, start: int, end: int) -> tuple[int, int] | None:
     """The output the whole CRI records between file offsets ``start`` and ``end`` carry.
+
+    Only each record's head is kept (a record may hold megabytes of a line
+    without a newline): its length says the rest.
 
     Returns:
         The bytes of output they carry and the file offset where the last
@@ -229,19 +234,26 @@ def _cri_tail(owner: OwnedFd, start: int, end: int) -> tuple[int, int] | None:
         return None
     carried = 0
     whole = pos = start
-    rest = b""
+    head = b""  # the first bytes of the record being read
+    length = 0  # and its length so far
     try:
         while pos < end:
             chunk = os.pread(reader, min(_TAIL_CHUNK, end - pos), pos)
             if not chunk:
                 break
             pos += len(chunk)
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                _, _, tag, content = cri.decode_record(line)
-                carried += len(content) + (tag == b"F")
-                whole += len(line) + 1
+            at = 0
+            while at <= len(chunk):
+                newline = chunk.find(b"\n", at)
+                stop = len(chunk) if newline < 0 else newline
+                head += chunk[at : min(stop, at + _RECORD_HEAD - len(head))]
+                length += stop - at
+                if newline < 0:
+                    break
+                _, _, tag, content_head = cri.decode_record(head)
+                carried += length - (len(head) - len(content_head)) + (tag == b"F")
+                whole += length + 1
+                head, length, at = b"", 0, newline + 1
     except (OSError, cri.CriFormatError):
         return None
     finally:
