@@ -534,9 +534,10 @@ stream_bodies = st.one_of(
 @given(stream_bodies)
 def test_the_quick_stream_decoder_agrees_with_the_generic_one(body: bytes) -> None:
     """Whatever body the quick path takes, the generic decoder makes the same message of it."""
-    kind, at = stream_data_at(body, 0, len(body))
-    if not at:
+    found = stream_data_at(body, 0, len(body))
+    if found is None:
         return
+    kind, at = found
     assert decode_body(body, DEFAULT_MAX_FRAME_SIZE, MAX_ELEMENTS_FROM_CLIENT) == kind(
         body[at:]  # type: ignore[call-arg]
     )

@@ -192,7 +192,9 @@ def bin_header(size: int) -> bytes:
     return b"\xc6" + size.to_bytes(4, "big")
 
 
-def stream_data_at(body: bytes | bytearray, start: int, end: int) -> tuple[type[ev.Event], int]:
+def stream_data_at(
+    body: bytes | bytearray, start: int, end: int
+) -> tuple[type[ev.Event], int] | None:
     """Whether ``body[start:end]`` is an ``output`` or ``input`` body in the usual layout.
 
     Every keystroke and every chunk of output is one; recognising them
@@ -203,7 +205,7 @@ def stream_data_at(body: bytes | bytearray, start: int, end: int) -> tuple[type[
 
     Returns:
         The message class and where its data starts (the data ends at
-        ``end``), or ``(ev.Event, 0)`` when it is not such a body.
+        ``end``), or None when it is not such a body.
     """
     if body.startswith(OUTPUT_PREFIX, start):
         cls: type[ev.Event] = ev.Output
@@ -212,13 +214,13 @@ def stream_data_at(body: bytes | bytearray, start: int, end: int) -> tuple[type[
         cls = ev.Input
         at = start + len(INPUT_PREFIX)
     else:
-        return ev.Event, 0
+        return None
     if at >= end:
-        return ev.Event, 0
+        return None
     width = _BIN_LENGTH_SIZE.get(body[at], 0)
     data = at + 1 + width
     if not width or data > end or int.from_bytes(body[at + 1 : data], "big") != end - data:
-        return ev.Event, 0
+        return None
     return cls, data
 
 

@@ -176,6 +176,13 @@ class Connection:
                 return
             yield event
 
+    def _taken(self, end: int) -> None:
+        """The buffer's bytes before ``end`` are decoded."""
+        self._pos = end
+        if end == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+
     def _next_frame_event(self) -> ev.Event | Sentinel:
         available = len(self._buf) - self._pos
         if available >= _HEADER:
@@ -191,19 +198,15 @@ class Connection:
                 )
             if available >= _HEADER + size:
                 end = start + size
-                buf = self._buf
-                kind, at = codec.stream_data_at(buf, start, end) if self._quick else (ev.Event, 0)
-                if at:
-                    with memoryview(buf) as view:
+                found = codec.stream_data_at(self._buf, start, end) if self._quick else None
+                if found is not None:
+                    kind, at = found
+                    with memoryview(self._buf) as view:
                         event: ev.Event = kind(bytes(view[at:end]))  # type: ignore[call-arg]
-                else:
-                    body = bytes(buf[start:end])
-                self._pos = end
-                if end == len(buf):
-                    buf.clear()
-                    self._pos = 0
-                if at:
+                    self._taken(end)
                     return event
+                body = bytes(self._buf[start:end])
+                self._taken(end)
                 try:
                     return codec.decode_body(body, self.max_frame_size, self.max_elements)
                 except RemoteProtocolError:
