@@ -15,8 +15,10 @@ import re
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import pytest
 import structlog
 import trio
 
+from consoled.server import logconfig
 from consoled.server.logsink import LogSink
 from tests.support.sink import SinkFactory, sink_logger
 
@@ -227,6 +230,66 @@ async def test_nonblocking_stderr_is_waited_for_not_lost(
     assert [e["i"] for e in reader.events()] == list(range(50))
     stats = sink.stats()
     assert (stats.written, stats.dropped, stats.failed, stats.errors) == (50, 0, 0, 0)
+
+
+class Changing:
+    """An object whose repr changes after it was logged."""
+
+    def __init__(self) -> None:
+        self.state = "as logged"
+
+    def __repr__(self) -> str:
+        return f"<{self.state}>"
+
+
+async def test_the_writer_renders_events_as_they_were_when_logged(
+    pipe: tuple[int, int], nursery: trio.Nursery
+) -> None:
+    # The caller only captures an event (its context, time and values); the
+    # writer renders it later, in its own thread: rendering on the event
+    # loop cost an attach a tenth of its time.
+    r, w = pipe
+    fill(w)  # the writer blocks on the first event: the second waits, unrendered
+    rendered_in: list[int] = []
+    render = structlog.processors.JSONRenderer()
+
+    def spy(logger: Any, method_name: str, event_dict: Any) -> Any:
+        rendered_in.append(threading.get_ident())
+        return render(logger, method_name, event_dict)
+
+    sink = LogSink(w, capture=logconfig.CAPTURE, processors=logconfig.PROCESSORS, renderer=spy)
+    try:
+        await _renders_as_logged(sink, r, nursery, rendered_in)
+    finally:
+        sink.close(0.5)
+
+
+async def _renders_as_logged(
+    sink: LogSink, r: int, nursery: trio.Nursery, rendered_in: list[int]
+) -> None:
+    log = sink_logger(sink)
+    thing = Changing()
+    log.info("first")
+    with structlog.contextvars.bound_contextvars(peer="as logged"):
+        before = time.time()
+        log.info("second", thing=thing, items=[1, 2])
+        after = time.time()
+    thing.state = "changed"
+    await trio.sleep(0.01)  # wall-clock time passes before the writer renders
+    assert threading.get_ident() not in rendered_in
+    reader = PipeReader(r)
+    nursery.start_soon(reader.run)
+    await reader.wait_for('"second"')
+    second = reader.events()[1]
+    assert (second["thing"], second["items"], second["peer"]) == (
+        "<as logged>",
+        [1, 2],
+        "as logged",
+    )
+    stamp = datetime.fromisoformat(second["timestamp"]).timestamp()
+    assert before - 1e-6 <= stamp <= after + 1e-6
+    assert second["timestamp"].endswith("Z")
+    assert rendered_in and threading.get_ident() not in rendered_in
 
 
 class Unprintable:

@@ -11,15 +11,44 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TextIO
 
 import structlog
+from structlog.typing import EventDict
 
 from .journal import JOURNAL_SOCKET, JournalSocket, stream_is_journal
 from .logsink import BATCH_DELAY, MAX_BYTES, MAX_LINES, LogSink
 
 LEVELS = ("debug", "info", "warning", "error")
+
+
+def stamp_time(logger: object, method_name: str, event_dict: EventDict) -> EventDict:
+    """Note when the event happened (:func:`iso_time` formats it later)."""
+    event_dict["timestamp"] = time.time()
+    return event_dict
+
+
+def iso_time(logger: object, method_name: str, event_dict: EventDict) -> EventDict:
+    """The time :func:`stamp_time` noted, as structlog's ISO UTC ``TimeStamper`` writes it."""
+    stamp = event_dict.get("timestamp")
+    if type(stamp) is float:
+        when = datetime.fromtimestamp(stamp, UTC)
+        event_dict["timestamp"] = when.isoformat().replace("+00:00", "Z")
+    return event_dict
+
+
+#: What the caller adds to each event (see :class:`~.logsink.LogSink`).
+CAPTURE: tuple[structlog.typing.Processor, ...] = (
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    stamp_time,
+    structlog.processors.format_exc_info,
+)
+#: What the writer does to each event before rendering it.
+PROCESSORS: tuple[structlog.typing.Processor, ...] = (iso_time,)
 
 
 def make_sink(
@@ -34,7 +63,8 @@ def make_sink(
     """The daemon's sink: events rendered as ``fmt`` lines for ``fd`` (or sent to ``journal``).
 
     Each event gets its ``level``, an ISO ``timestamp`` (UTC), the context
-    bound in its task, and its exception's traceback as ``exception``.
+    bound in its task, and its exception's traceback as ``exception``.  The
+    caller takes the time; the writer thread formats it with the rest.
     """
     renderer: structlog.typing.Processor
     if fmt == "console":
@@ -43,12 +73,8 @@ def make_sink(
         renderer = structlog.processors.JSONRenderer()
     return LogSink(
         fd,
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-        ],
+        capture=CAPTURE,
+        processors=PROCESSORS,
         renderer=renderer,
         journal=journal,
         max_lines=max_lines,

@@ -2,11 +2,20 @@
 
 The daemon holds every container's terminal, so its logging must neither
 kill it nor stall it.  Every structlog event ends in :class:`LogSink`, the
-last processor: the caller (the event loop) renders the event and appends
-it to a bounded queue, and that is all it does; it never waits for I/O and
-never sees an exception.  A dedicated thread takes the events off the queue
-and writes them to stderr, or sends them to journald when stderr is the
-journal (see :mod:`.journal`).
+last processor: the caller (the event loop) captures what only it knows
+(the task's context, the time, the exception being handled), appends the
+event to a bounded queue, and that is all it does; it never waits for I/O
+and never sees an exception.  A dedicated thread takes the events off the
+queue, renders them (JSON, the console format, journal entries) and writes
+them to stderr, or sends them to journald when stderr is the journal (see
+:mod:`.journal`).  Rendering on the event loop cost an attach about a
+tenth of its time (docs/performance.md).
+
+Values other than strings, numbers, bytes and plain lists, tuples and dicts
+are turned into their ``repr`` when captured, as the renderers would turn
+them later: an object's ``repr`` is never taken in the writer's thread,
+which could see it half-changed.  Lists and dicts are rendered as they
+are when the writer gets to them: log a copy of one you change afterwards.
 
 - A stderr that blocks (a pipe nobody reads, a terminal stopped with
   ctrl-s, a stalled disk) stalls only the thread: the queue fills, and
@@ -56,8 +65,11 @@ from .journal import JournalSocket
 
 #: Events queued at most while the writer is busy or blocked.
 MAX_LINES = 4096
-#: Bytes queued at most; an event rendered bigger than this is dropped.
+#: Bytes queued at most, about (an event counts its strings' lengths and
+#: :data:`EVENT_BYTES`); an event bigger than this is dropped.
 MAX_BYTES = 1024 * 1024
+#: What an event counts against :data:`MAX_BYTES` besides its strings.
+EVENT_BYTES = 256
 #: Seconds :meth:`LogSink.close` waits for the queue to be written.
 FLUSH_TIMEOUT = 1.0
 #: Seconds the woken writer waits for the rest of a burst before writing it.
@@ -77,10 +89,28 @@ class Record(NamedTuple):
     entry: bytes | None
 
 
+class _Event(NamedTuple):
+    """One event as it was logged, to be rendered by the writer."""
+
+    logger: WrappedLogger
+    method_name: str
+    event_dict: EventDict
+    #: What it counts against the queue's bytes (see :data:`MAX_BYTES`).
+    size: int
+
+
 class _Queued(NamedTuple):
-    record: Record
+    item: _Event | Record
     #: Events lost just before this one, to be reported before it is written.
     missing: int
+    #: What it counts against the queue's bytes.
+    size: int
+
+
+#: Values kept as they are when an event is captured (see the module's docstring).
+_KEPT = (str, bytes, int, float, type(None), list, tuple, dict)
+#: The same, as exact types: the quick test (subclasses, enums say, take the slow one).
+_KEPT_TYPES = frozenset(_KEPT) | {bool}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +137,7 @@ class SinkStats:
 
 class _Outcome(enum.Enum):
     SENT = "sent"
+    SKIPPED = "skipped"  # it could not be rendered: counted, nothing written
     LOST = "lost"  # this one event is lost (journald's queue is full)
     BROKEN = "broken"  # stderr failed: drop what is queued, pause
 
@@ -116,9 +147,10 @@ class LogSink:
 
     Args:
         fd: where events are written (stderr); left blocking, never closed.
-        processors: run on each event before it is rendered (levels,
-            timestamps, context, exceptions).
-        renderer: turns an event into its line (JSON, console).
+        capture: run on each event by the caller, as it is logged: what
+            only the caller knows (context, level, time, exceptions).
+        processors: run on each event by the writer, before it is rendered.
+        renderer: turns an event into its line (JSON, console), in the writer.
         journal: send events to journald through this socket instead, and
             write to ``fd`` only those journald cannot take.
         max_lines: events queued at most.
@@ -131,6 +163,7 @@ class LogSink:
         self,
         fd: int,
         *,
+        capture: Sequence[Processor] = (),
         processors: Sequence[Processor] = (),
         renderer: Processor,
         journal: JournalSocket | None = None,
@@ -140,6 +173,7 @@ class LogSink:
     ) -> None:
         self._fd = fd
         self._batch_delay = batch_delay
+        self._capture = tuple(capture)
         self._processors = tuple(processors)
         self._renderer = renderer
         self._journal = journal
@@ -178,19 +212,30 @@ class LogSink:
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> NoReturn:
         """Queue the event; structlog then drops it (nothing else is done with it)."""
+        item: _Event | Record | None
         try:
-            record: Record | None = self._render(logger, method_name, event_dict)
+            item = self._captured(logger, method_name, event_dict)
         except Exception as exc:
-            record = self._render_failed(logger, event_dict, exc)
-        self._put(record)
+            item = self._render_failed(logger, event_dict, exc)
+        self._put(item)
         raise structlog.DropEvent
 
-    def _render(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Record:
-        for processor in self._processors:
-            result = processor(logger, method_name, event_dict)
-            if type(result) is not dict and not isinstance(result, MutableMapping):
-                raise TypeError(f"processor {processor!r} returned {type(result).__name__}")
-            event_dict = result
+    def _captured(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> _Event:
+        """The event with what only its caller knows, and its values made safe to keep."""
+        event_dict = _processed(self._capture, logger, method_name, event_dict)
+        size = EVENT_BYTES
+        for key, value in event_dict.items():
+            kind = type(value)
+            if kind is str:
+                size += len(value)
+            elif kind not in _KEPT_TYPES and not isinstance(value, _KEPT):
+                shown = event_dict[key] = repr(value)  # a new value, not a new key: safe
+                size += len(shown)
+        return _Event(logger, method_name, event_dict, size)
+
+    def _render(self, event: _Event) -> Record:
+        logger, method_name, event_dict, _ = event
+        event_dict = _processed(self._processors, logger, method_name, event_dict)
         line = self._renderer(logger, method_name, event_dict)
         if not isinstance(line, str):
             raise TypeError(f"renderer returned {type(line).__name__}")
@@ -210,24 +255,31 @@ class LogSink:
                 "failed_event": name if isinstance(name, str) else None,
                 "error": type(exc).__name__,  # not str(exc): it may quote any value
             }
-            return self._render(logger, "error", stand_in)
+            return self._render(self._captured(logger, "error", stand_in))
         except Exception:
             return None
 
-    def _put(self, record: Record | None) -> None:
-        size = 0 if record is None else len(record.line) + len(record.entry or b"")
+    def _rendered(self, event: _Event) -> Record | None:
+        """In the writer: the event's record, a stand-in, or None if not even that renders."""
+        try:
+            return self._render(event)
+        except Exception as exc:
+            return self._render_failed(event.logger, event.event_dict, exc)
+
+    def _put(self, item: _Event | Record | None) -> None:
+        size = 0 if item is None else item.size if isinstance(item, _Event) else _size(item)
         with self._cond:
             if (
-                record is None
+                item is None
                 or self._closing
                 or len(self._queue) >= self._max_lines
                 or self._queued_bytes + size > self._max_bytes
             ):
-                if record is not None:
+                if item is not None:
                     self._dropped += 1
                 self._missing += 1
                 return
-            self._queue.append(_Queued(record, self._missing))
+            self._queue.append(_Queued(item, self._missing, size))
             self._missing = 0
             self._queued_bytes += size
             if self._sleeping:
@@ -325,12 +377,16 @@ class LogSink:
                     self._cond.wait(self._batch_delay)
             item = self._queue.popleft()
             self._busy = True
-            self._queued_bytes -= len(item.record.line) + len(item.record.entry or b"")
+            self._queued_bytes -= item.size
             return item
 
     def _deliver(self, item: _Queued) -> _Outcome:
-        """Write one event, after a report of what is missing before it."""
+        """Render and write one event, after a report of what is missing before it."""
         self._unreported += item.missing
+        record = item.item if isinstance(item.item, Record) else self._rendered(item.item)
+        if record is None:
+            self._unreported += 1  # reported before the next line written
+            return _Outcome.SKIPPED
         if self._unreported:
             outcome = self._emit(self._report(self._unreported))
             if outcome is not _Outcome.SENT:
@@ -339,7 +395,7 @@ class LogSink:
                 return outcome
             self._unreported = 0
             self._gap_error = None
-        outcome = self._emit(item.record)
+        outcome = self._emit(record)
         if outcome is _Outcome.SENT:
             self._written += 1
             self._pause = 0.0
@@ -370,7 +426,7 @@ class LogSink:
         if self._gap_error is not None:
             report["error"] = self._gap_error
         try:
-            return self._render(None, "warning", report)
+            return self._render(self._captured(None, "warning", report))
         except Exception:  # pragma: no cover - our own event always renders
             line = f'{{"event": "log.dropped", "count": {count}, "level": "warning"}}'
             entry = None if self._journal is None else journal.entry(report, line)
@@ -420,3 +476,22 @@ class LogSink:
         with self._cond:
             self._errors += 1
             self._last_error = name
+
+
+def _processed(
+    processors: tuple[Processor, ...],
+    logger: WrappedLogger,
+    method_name: str,
+    event_dict: EventDict,
+) -> EventDict:
+    for processor in processors:
+        result = processor(logger, method_name, event_dict)
+        if type(result) is not dict and not isinstance(result, MutableMapping):
+            raise TypeError(f"processor {processor!r} returned {type(result).__name__}")
+        event_dict = result
+    return event_dict
+
+
+def _size(record: Record) -> int:
+    """What ``record`` counts against the queue's bytes."""
+    return len(record.line) + len(record.entry or b"")
