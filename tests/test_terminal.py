@@ -239,6 +239,7 @@ def test_dump_conversion() -> None:
     assert convert_dump("\x1b[0;38:5:100;48:2:1:2:3mx:y") == "\x1b[0;38;5;100;48;2;1;2;3mx:y"
     assert convert_dump("\x9b?1047h") == "\x1b[?1047h\x1b[2J"
     assert convert_dump("x\x9d") == "x\x1b]"
+    assert convert_dump("\x9b5W\x9b3`\x1b[W\x9b1;1H") == "\x1b[3g\x1b[3`\x1bH\x1b[1;1H"
 
 
 def test_render_sets_the_modes_avt_does_not_follow() -> None:
@@ -734,6 +735,27 @@ def test_a_frozen_screen_thaws_as_it_was() -> None:
         record.close()
 
 
+@pytest.mark.parametrize(
+    ("setup", "after"),
+    [
+        (b"\x1b[3g\x1b[1;7H\x1bH\x1b[1;13H\x1bH\x1b[1;1H", b"\r\tA\tB\tC"),
+        (b"\x1b[3;4H\x1b[1;31m\x1b7\x1b[0m\x1b[1;1Hab", b"\x1b8XY"),
+        (b"\x1b[2;5H\x1b[?1049hfoo\x1b[3;3H\x1b7\x1b[1;1H", b"\x1b8Z\x1b[?1049lW"),
+        (b"\x1b)0\x0e", b"qqq\x0fqq"),
+        (b"\x1b[2;4r\x1b[?6h\x1b7\x1b[1;1H", b"A\x1b8B"),
+    ],
+    ids=["tab stops", "saved cursor and pen", "saved cursor on both screens", "shift", "origin"],
+)
+def test_a_thawed_screen_goes_on_as_the_first_would(setup: bytes, after: bytes) -> None:
+    # Freezing and handing over keep only a render: what it does not carry
+    # would show in the next output, not in the render itself.
+    screen = fed(5, 20, [setup])
+    thawed = Screen.from_render(5, 20, screen.render(), approximate=False)
+    screen.feed(after)
+    thawed.feed(after)
+    assert_same_screen(screen, thawed)
+
+
 def test_a_flood_of_queries_costs_no_more_than_the_budget() -> None:
     now = [0.0]
     budget = EmulationBudget(share=0.1, burst=0.001, clock=lambda: now[0])
@@ -987,6 +1009,19 @@ def test_tmux_shows_the_render_as_it_showed_the_output(tmux: Tmux, name: str) ->
     original = tmux.show(data, rows, cols)
     rendered = tmux.show(fed(rows, cols, [data]).render(), rows, cols)
     assert rendered == original
+
+
+def test_tmux_keeps_the_tab_stops_the_program_set(tmux: Tmux) -> None:
+    # `tabs 5,9` or a TUI's own table: output written after the render (the
+    # attached client's terminal) must land where it did on the first terminal.
+    rows, cols = 5, 40
+    data = b"\x1b[3g\x1b[1;5H\x1bH\x1b[1;12H\x1bH\x1b[1;1Hset"
+    after = b"\r\n\tA\tB\tC"
+    original = tmux.show(data + after, rows, cols)
+    rendered = tmux.show(fed(rows, cols, [data]).render() + after, rows, cols)
+    assert rendered == original
+    # Stops at columns 5 and 12 only: the third tab goes to the last column.
+    assert "".join(c for c, _ in original.cells[1]) == "    A      B" + " " * 27 + "C"
 
 
 # --- what avt does differently from tmux (pinned: an upgrade that changes one shows) -------

@@ -105,8 +105,8 @@ class SessionScreen:
 
     A live screen costs about 100 KiB (avt's cells); an idle one is *frozen*
     (:meth:`freeze`) to its render, a few KiB, and thawed from it when next
-    used: cells, cursor and modes survive (tab stops and a saved cursor do
-    not). History is not kept: ``attach --history`` emulates the ring anew
+    used: cells, cursor, modes, tab stops, saved cursors and character sets
+    survive. History is not kept: ``attach --history`` emulates the ring anew
     (:meth:`render`), so a screen's size does not grow with its output.
 
     Args:

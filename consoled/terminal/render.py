@@ -5,7 +5,8 @@ scroll region, charsets, tab stops, a cursor waiting to wrap at the right margin
 but is written for avt itself: it uses the 8-bit CSI (0x9b), which a UTF-8
 terminal reads as part of a character, REP (``ESC [ n b``) to repeat characters,
 colon sub-parameters in SGR (``38:5:n``), C1 forms for the unfinished
-sequence it appends, and ``ESC [ ? 1047 h`` to enter an
+sequence it appends, cursor tabulation control (``ESC [ 5 W``, ``ESC [ W``)
+for the tab stops, and ``ESC [ ? 1047 h`` to enter an
 alternate screen it assumes is blank. :func:`convert_dump` rewrites those into the
 forms every terminal takes. The rest (history lines, the modes avt does not
 follow) is written here from cells and :class:`~.modes.TerminalModes`.
@@ -25,6 +26,9 @@ _SEVEN_BIT: Final = {c: "\x1b" + chr(c - 0x40) for c in range(0x80, 0xA0)}
 _REP: Final = re.compile(r"(.)\x1b\[(\d+)b", re.DOTALL)
 _SGR_COLON: Final = re.compile(r"\x1b\[[0-9;]*:[0-9;:]*m")
 _ENTER_ALTERNATE: Final = "\x1b[?1047h"
+#: Cursor tabulation control as the dump writes it: clear all tab stops, set one here.
+_CLEAR_TABS: Final = "\x1b[5W"
+_SET_TAB: Final = "\x1b[W"
 #: Modes that ``Vt.dump()`` already writes (or that the render must not set).
 _DUMPED: Final = frozenset({1, 6, 7, 25, 66})
 
@@ -43,6 +47,9 @@ def convert_dump(dump: str) -> str:
         text = _REP.sub(lambda m: m.group(1) * (int(m.group(2)) + 1), text)
     if ":" in text:
         text = _SGR_COLON.sub(lambda m: m.group(0).replace(":", ";"), text)
+    if _SET_TAB in text or _CLEAR_TABS in text:
+        # Tab stops as TBC 3 and HTS: tmux and the Linux console ignore CTC.
+        text = text.replace(_CLEAR_TABS, "\x1b[3g").replace(_SET_TAB, "\x1bH")
     # 1047 does not clear the alternate screen on entry, and a real terminal's
     # alternate screen may hold something from before; avt assumes it is blank.
     return text.replace(_ENTER_ALTERNATE, _ENTER_ALTERNATE + "\x1b[2J")

@@ -209,9 +209,9 @@ class Screen:
     def from_render(cls, rows: int, cols: int, render: bytes, *, approximate: bool) -> Screen:
         """A screen drawn by one of :meth:`render`'s results (no history).
 
-        What a render does not carry (tab stops, a saved cursor, a pending
-        character set shift) starts afresh; the cells, the cursor and the
-        modes are the same.
+        The cells, the cursor and the modes are the same, and so are the
+        tab stops, the saved cursors and the character sets, which decide
+        how later output is drawn.
         """
         screen = cls(rows, cols, history=0)
         screen.feed(render)
