@@ -399,7 +399,8 @@ async def test_the_screen_goes_to_the_successor_as_it_was(
                 await wait_output(daemon.control_socket, "scr", f"counter-{n:03d}".encode())
                 text, approximate = await drawn()
                 assert text[0] == "pinned-top-line" and not approximate
-        await reexec(daemon)
+        message = await reexec(daemon)
+        assert message.endswith("took over 1 session\n"), message
         text, approximate = await drawn()
         assert not approximate
         assert text[0] == "pinned-top-line"

@@ -111,7 +111,7 @@ class Consoled:
 
     def errors(self) -> list[dict[str, Any]]:
         # ExecReload's `consoled reexec` reports on the same stream: not an error.
-        reexec = re.compile(r"consoled \S+ \(pid \d+\) took over \d+ sessions")
+        reexec = re.compile(r"consoled \S+ \(pid \d+\) took over \d+ sessions?")
         return [
             e
             for e in self.events()

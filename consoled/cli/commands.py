@@ -55,7 +55,8 @@ def cmd_reexec(args: argparse.Namespace) -> int:
     with Client(os.path.join(state_dir_of(args), "control.sock"), timeout=args.timeout) as client:
         reply = client.call(ev.Reexec(), ev.Reexeced)
     print(
-        f"consoled {reply.version} (pid {reply.pid}) took over {reply.sessions} sessions",
+        f"consoled {reply.version} (pid {reply.pid}) took over {reply.sessions} "
+        + ("session" if reply.sessions == 1 else "sessions"),
         file=sys.stderr,
     )
     return EXIT_OK
