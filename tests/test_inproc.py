@@ -30,7 +30,7 @@ from consoled.server.config import Limits
 from consoled.server.inventory import restore
 from consoled.server.session import LEADER_SEARCH, Session
 from consoled.server.streams import LAGGED_GRACE
-from tests.support.client import AsyncClient
+from tests.support.client import AsyncClient, wait_output
 from tests.support.inproc import InProcDaemon, hand_master, inproc_daemon
 
 
@@ -347,6 +347,36 @@ async def test_a_leader_gone_before_the_successor_adopts_still_gives_its_status(
             status = await adopted.leader.wait_status(5)
             assert status is not None and os.WIFSIGNALED(status)
             assert os.WTERMSIG(status) == signal.SIGKILL
+
+
+async def test_a_query_cut_in_two_by_a_restart_is_answered_by_the_successor(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    # Was: the successor's query scanner started empty, so the end of a query
+    # whose start its predecessor had read was plain output, and the program
+    # waited for its answer for ever (busybox's shell asks at every prompt).
+    async with inproc_daemon(short_tmp / "a") as old:
+        slave = await running(old, "q", slaves)
+        tty.setraw(slave)
+        session = old.table.get("q")
+        os.write(slave, b"prompt\x1b[6")
+        await wait_output(old.control_socket, "q", b"prompt\x1b[6", timeout=10)
+        old.table.freeze()  # as a handover does: its reader reads no more
+        named = [(name, owner.dup()) for name, owner in session.fds()]
+        async with inproc_daemon(short_tmp / "b") as new, trio.open_nursery() as pumps:
+            restore(named, new.table, None).close()
+            adopted = new.table.get("q")
+            pumps.start_soon(adopted.pump)  # what serving a handover's sessions starts
+            os.write(slave, b"n")
+            answer = b""
+            with trio.fail_after(10):
+                while not answer.endswith(b"R"):
+                    await trio.lowlevel.wait_readable(slave)
+                    answer += os.read(slave, 100)
+            assert answer == b"\x1b[1;7R"  # the cursor after "prompt"
+            assert adopted.record.end == 10
+            pumps.cancel_scope.cancel()
+        old.table.thaw()
 
 
 async def test_a_request_pipelined_with_hello_is_answered_after_the_welcome(

@@ -371,6 +371,20 @@ def test_scanner_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> No
 
 
 @PROPERTY
+@given(STREAM, st.data())
+def test_a_primed_scanner_finds_the_queries_that_end_after_the_cut(
+    data: bytes, draw: st.DataObject
+) -> None:
+    # A successor daemon goes on from the ring its predecessor filled: it
+    # answers a query cut in two by the handover, and none answered before.
+    cut = draw.draw(st.integers(0, len(data)))
+    scanner = QueryScanner()
+    scanner.prime(b"x" * 1000 + data[:cut])  # more than it needs: it keeps the end
+    found = [(cut + q.end - len(q.raw), cut + q.end, q.kind) for q in scanner.feed(data[cut:])]
+    assert found == [q for q in find_queries(data) if q[1] > cut]
+
+
+@PROPERTY
 @given(STREAM)
 def test_the_fast_scan_finds_what_the_full_pattern_finds(data: bytes) -> None:
     # The scanners look for candidates without groups, then parse them.

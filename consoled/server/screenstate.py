@@ -325,3 +325,8 @@ class QueryWatch:
     def ends(self, data: bytes) -> list[int]:
         """Where in ``data`` each query it completes ends."""
         return [q.end for q in self._scanner.feed(data)]
+
+    def resume(self, record: Record) -> None:
+        """Go on from the output ``record`` holds (another daemon read it): a query
+        it leaves unfinished is answered when the rest of it comes."""
+        self._scanner.prime(b"".join(record.tail(QueryScanner.HOLD)))

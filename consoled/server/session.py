@@ -319,6 +319,7 @@ class Session:
         self.state = SessionState.RUNNING
         self.rows, self.cols = self.master.get_size()
         self.hub.hold(self.rows, self.cols)  # until a client is active again
+        self._queries.resume(self.record)  # a query the predecessor read half of
         self.leader = leader if leader is not None else Leader.find(owner.fd)
         self.running.set()
 

@@ -180,6 +180,9 @@ class QueryScanner:
     bytes) until the next.
     """
 
+    #: The longest unfinished query held: what :meth:`prime` needs of the output.
+    HOLD: Final = _MAX_PARTIAL
+
     def __init__(self) -> None:
         self._tail = b""
 
@@ -204,6 +207,16 @@ class QueryScanner:
     def reset(self) -> None:
         """Forget an unfinished query (the output that followed it was lost)."""
         self._tail = b""
+
+    def prime(self, data: bytes) -> None:
+        """Go on from output another scanner saw: hold the unfinished query at its end.
+
+        The queries ``data`` completes are not reported (they were answered
+        before); a query it leaves unfinished is, with the output that ends it.
+        Only the last :attr:`HOLD` bytes of ``data`` matter.
+        """
+        self._tail = b""
+        self.feed(data[-self.HOLD :])
 
 
 def find_queries(buf: bytes) -> list[tuple[int, int, QueryKind]]:
