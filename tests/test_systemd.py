@@ -253,6 +253,30 @@ async def test_kill_9_under_systemd_loses_no_console(
         await holder.aclose()
 
 
+async def test_a_crash_loop_keeps_every_console(user_consoled: Consoled) -> None:
+    """A daemon that crashes again and again is restarted for as long as it does.
+
+    systemd's default start limit (5 starts in 10 s) would make the unit
+    fail, and a failed unit's fd store is emptied: every container's terminal
+    would hang up, and the socket unit would stop listening.
+    """
+    sd = user_consoled
+    um = sd.um
+    holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
+    try:
+        await hand_sessions(sd, holder, ["loop1", "loop2"])
+        for _ in range(8):  # each as soon as the last restart is up
+            await kill_and_wait_restart(sd)
+        assert await um.show(SERVICE, "ActiveState") == "active"
+        assert await holder.hangups() == 0
+        sessions = await sd.sessions()
+        assert sessions["loop1"]["state"] == sessions["loop2"]["state"] == "running"
+        await holder.say(1, "after-eight-crashes")
+        await sd.wait_logs("loop2", b"after-eight-crashes")
+    finally:
+        await holder.aclose()
+
+
 async def test_systemctl_reload_runs_the_reexec(user_consoled: Consoled) -> None:
     sd = user_consoled
     um = sd.um
