@@ -261,6 +261,53 @@ def _cri_tail(owner: OwnedFd, start: int, end: int) -> tuple[int, int] | None:
     return carried, whole
 
 
+def _file_id(owner: OwnedFd) -> list[int] | None:
+    try:
+        st = os.fstat(owner.fd)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+def _same_file(a: OwnedFd, b: OwnedFd) -> bool:
+    first = _file_id(a)
+    return first is not None and first == _file_id(b)
+
+
+def _since_record(
+    logdir: LogDir, stem: str, meta: Mapping[str, Any], current: OwnedFd, max_files: int
+) -> list[tuple[OwnedFd, int, int]] | None:
+    """What was written after the record, if the file it describes has been rotated since.
+
+    Returns:
+        ``(file, start, end)`` for the rest of the file the record describes
+        and for every file after it, oldest first, the current file last
+        (the others are opened for reading: the caller closes them); None if
+        the record describes the current file (or no file: an older daemon's
+        record), or if its file is gone.
+    """
+    recorded = meta.get("file")
+    if not isinstance(recorded, list) or recorded == _file_id(current):
+        return None
+    found: list[tuple[OwnedFd, int, int]] = []
+    try:
+        for n in range(1, max(max_files, 2)):
+            reader = logdir.open_existing(f"{stem}.log.{n}", os.O_RDONLY)
+            if reader is None:
+                break
+            size = os.fstat(reader.fd).st_size
+            if _file_id(reader) == recorded:
+                found.append((reader, min(int(meta.get("size", 0)), size), size))
+                found.reverse()  # oldest first
+                return [*found, (current, 0, os.fstat(current.fd).st_size)]
+            found.append((reader, 0, size))
+    except (OSError, LogFileError):
+        pass
+    for reader, _, _ in found:
+        reader.close()
+    return None
+
+
 class LogFile:
     """The log file of one session.
 
@@ -356,14 +403,45 @@ class LogFile:
             LogFileError: it is gone and cannot be reopened.
         """
         stem = str(meta["stem"])
-        if owner is None and writing:
-            owner = logdir.open_existing(stem + ".log", os.O_WRONLY | os.O_APPEND)
+        if writing:
+            # The file by its name is the one being written.  The fd handed back
+            # may be from before a rotation: the daemon rotated and died before
+            # the service manager took the new file's fd (or before the record
+            # said so: see _since_record).
+            current = logdir.open_existing(stem + ".log", os.O_WRONLY | os.O_APPEND)
+            if current is not None and owner is not None and _same_file(owner, current):
+                current.close()
+            else:
+                if owner is not None:
+                    owner.close()
+                owner = current
             if owner is None:
                 raise LogFileError(f"log file {stem}.log is gone")
         size = 0 if owner is None else os.fstat(owner.fd).st_size
         fmt = LogFormat(meta.get("format", "raw"))
+        max_files = int(meta.get("max_files", 2))
         written_to = int(meta.get("written_to", 0))
-        if fmt is LogFormat.RAW and owner is not None:
+        rotations = int(meta.get("rotations", 0))
+        parts = None if owner is None else _since_record(logdir, stem, meta, owner, max_files)
+        if parts is not None:
+            # A crash came between a rotation and the record's next write: the
+            # rest of the file the record describes, and every file since, are
+            # what was written after it.
+            rotations += len(parts) - 1
+            if fmt is LogFormat.RAW:
+                written_to = int(meta.get("base", 0)) + sum(end for _, _, end in parts)
+            else:
+                for reader, start, end in parts:
+                    found = _cri_tail(reader, start, end)
+                    if found is None:
+                        break
+                    written_to += found[0]
+                    if reader is owner and found[1] < size:
+                        os.ftruncate(owner.fd, found[1])  # a record cut short: see below
+                        size = found[1]
+            for reader, _, _ in parts[:-1]:
+                reader.close()
+        elif fmt is LogFormat.RAW and owner is not None:
             # Exact for raw files: every byte in the current file is one of the stream's.
             written_to = int(meta.get("base", 0)) + size
         elif fmt is LogFormat.CRI and owner is not None and size > int(meta.get("size", size)):
@@ -382,11 +460,11 @@ class LogFile:
             stem,
             fmt,
             max_size=int(meta.get("max_size", 0)),
-            max_files=int(meta.get("max_files", 2)),
+            max_files=max_files,
             owner=owner,
             size=size,
             written_to=written_to,
-            rotations=int(meta.get("rotations", 0)),
+            rotations=rotations,
         )
         if fmt is LogFormat.RAW and writing and owner is not None:
             # Reopened with the first write, not now: a successor adopting a
@@ -439,6 +517,9 @@ class LogFile:
             # The file's size that goes with written_to (a CRI file's records are
             # longer than the output they carry; see adopt).
             "size": self.size,
+            # Which file that is (see adopt: a crash may come before the record
+            # is written again after a rotation).
+            "file": None if self.closed else _file_id(self.owner),
         }
 
     @property
