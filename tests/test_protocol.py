@@ -553,6 +553,15 @@ def test_stream_data_in_another_layout_is_still_understood(kind: type[ev.Event])
     assert drain(receiver) == ([kind(b"hi"), kind(b"hi")], NEED_DATA)  # type: ignore[call-arg]
 
 
+def test_a_logs_followers_output_says_its_offset() -> None:
+    """``output.offset`` (a following ``logs`` stream's) goes the generic way, both ends."""
+    pair = pair_in("streaming")
+    sent = [ev.Output(b"line\n", offset=1 << 40), ev.Output(b"", offset=0), ev.Output(b"x")]
+    pair.client.receive_data(b"".join(pair.server.send(e) for e in sent))
+    assert drain(pair.client) == (sent, NEED_DATA)
+    assert wire(ev.Output(b"x")).endswith(OUTPUT_PREFIX + b"\xc4\x01x"), "no offset: as ever"
+
+
 def test_stream_data_out_of_place_is_still_refused() -> None:
     """The quick path decodes; the state machine still rules (no output before streaming)."""
     pair = pair_in("idle")

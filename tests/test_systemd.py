@@ -336,6 +336,67 @@ async def test_crashes_and_reloads_at_random_lose_and_repeat_no_line(
     assert sd.errors() == []
 
 
+async def test_logs_follow_rides_out_crashes(user_consoled: Consoled) -> None:
+    """`consoled logs -f` (a log shipper's) goes on after each crash, at the
+    byte it had reached, filtered or not: nothing lost, nothing twice."""
+    # Was: it stopped at the first crash ("consoled closed the connection
+    # before the log ended"): a crash sends no `ended` with a resume offset,
+    # and a filtered stream's client cannot count one (output.offset now says it).
+    sd = user_consoled
+    um = sd.um
+    holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
+    followers: list[tuple[trio.Process, bytearray]] = []
+    changed = trio.Event()
+
+    async def read(proc: trio.Process, seen: bytearray) -> None:
+        nonlocal changed
+        assert proc.stdout is not None
+        async for chunk in proc.stdout:
+            seen.extend(chunk)
+            changed.set()
+            changed = trio.Event()
+
+    try:
+        await hand_sessions(sd, holder, ["ship"])
+        async with trio.open_nursery() as readers:
+            for extra in ([], ["-t"], ["--since", "1h"]):
+                proc = await trio.lowlevel.open_process(
+                    um.as_user([str(sd.consoled), "logs", "-f", *extra, "ship"]),
+                    env=um.user_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+                followers.append((proc, bytearray()))
+                readers.start_soon(read, *followers[-1])
+            await holder.stream(0, 6.0, 300)
+            for _ in range(4):
+                await trio.sleep(1.0)
+                await kill_and_wait_restart(sd)
+            written = (await holder.wait_streams(20))[0]
+            last = b"0000 %09d " % written
+            with trio.fail_after(RESTART_TIMEOUT):
+                while not all(last in seen for _, seen in followers):
+                    await changed.wait()
+            readers.cancel_scope.cancel()
+        for proc, seen in followers:
+            assert proc.returncode is None, "a follower stopped"
+            numbers = [int(n) for _, n in STREAMED.findall(bytes(seen))]
+            assert numbers == list(range(1, written + 1))
+        # With -t each line has its time, once, at its start.
+        stamped = bytes(followers[1][1]).splitlines()
+        assert all(re.fullmatch(rb"\S+Z 0000 \d{9} -+", line) for line in stamped)
+    finally:
+        for proc, _ in followers:
+            with trio.CancelScope(shield=True):
+                proc.kill()
+                await proc.wait()
+                for pipe in (proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        await pipe.aclose()
+        await holder.aclose()
+
+
 async def test_systemctl_reload_runs_the_reexec(user_consoled: Consoled) -> None:
     sd = user_consoled
     um = sd.um

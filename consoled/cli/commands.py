@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..client.conn import Client, ClientError, DaemonUnavailable
+from ..client.conn import RESTART_WAIT, Client, ClientError, DaemonUnavailable
 from ..client.detachkeys import DetachKeysError, parse_detach_keys
 from ..names import InvalidName, SessionName
 from ..protocol import events as ev
@@ -194,16 +194,33 @@ def cmd_logs(args: argparse.Namespace) -> int:
     window = functools.partial(
         ev.Logs, args.session, since=args.since, until=args.until, timestamps=args.timestamps
     )
+    #: Where following goes on if the daemon dies (see ev.Output.offset).
+    position: int | None = None
     try:
         request = window(follow=args.follow, tail=args.tail)
         attached = client.call(request, ev.Attached)
         try:
             while True:
-                event = client.receive()
+                try:
+                    event = client.receive()
+                except DaemonUnavailable:
+                    if position is None:
+                        raise
+                    event = None  # the connection broke: as closed
                 if event is None:
-                    raise DaemonUnavailable("consoled closed the connection before the log ended")
+                    if position is None:
+                        raise DaemonUnavailable(
+                            "consoled closed the connection before the log ended"
+                        )
+                    # The daemon died (a crash: no `ended`): follow on from the
+                    # restarted one, where this stream stood.
+                    client.close()
+                    client, attached = _follow_again(path, window, position, attached.uid)
+                    continue
                 if isinstance(event, ev.Output):
                     output.write(event.data)
+                    if event.offset is not None and args.follow:
+                        position = event.offset
                 elif isinstance(event, ev.Ended):
                     if event.reason is ev.EndReason.RESTARTING and event.resume is not None:
                         # The daemon handed over to its successor: follow on from there.
@@ -228,6 +245,32 @@ def cmd_logs(args: argparse.Namespace) -> int:
     finally:
         output.close()
         client.close()
+
+
+def _follow_again(
+    path: str, window: Callable[..., ev.Logs], position: int, uid: str
+) -> tuple[Client, ev.Attached]:
+    """After a crash: follow on at ``position`` from the restarted daemon (waited
+    for up to RESTART_WAIT seconds).
+
+    Raises:
+        DaemonUnavailable: no daemon came back in time.
+        ClientError: it cannot follow the session any more (it was removed,
+            or its name reused).
+    """
+    client = Client(path, timeout=None, wait=RESTART_WAIT)
+    try:
+        attached = client.call(window(follow=True, resume=position, uid=uid), ev.Attached)
+    except BaseException:
+        client.close()
+        raise
+    if attached.offset > position:
+        print(
+            f"consoled: the daemon restarted; {attached.offset - position} bytes of output "
+            "were lost before this client could follow on",
+            file=sys.stderr,
+        )
+    return client, attached
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

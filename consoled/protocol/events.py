@@ -323,6 +323,10 @@ class Attached(Event):
 class Output(Event):
     TYPE: ClassVar[str] = "output"
     data: bytes
+    #: In a following ``logs`` stream: the stream offset just past the session
+    #: output this message was made from (before filtering).  A client that
+    #: loses the connection with no ``ended`` (a crash) resumes there.
+    offset: int | None = None
 
 
 @frozen

@@ -118,6 +118,7 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
                 finder=finder,
                 deadline=deadline,
                 resumed=request.resume is not None,
+                follow=follow,
             )
     finally:
         if snapshot is not None:
@@ -146,6 +147,7 @@ async def _logs_stream(
     finder: TailFinder | None,
     deadline: float,
     resumed: bool,
+    follow: bool,
 ) -> None:
     if resumed:
         log.info("client.following", session=str(session.name), resumed=True, offset=sub.offset)
@@ -157,6 +159,11 @@ async def _logs_stream(
         )
         if snapshot is not None:
             await _send_files(channel, snapshot, lines, finder)
+        if follow:
+            # From here on each output says where it stands in the session's
+            # output (see ev.Output.offset): a follower that loses us in a
+            # crash resumes there.  The files were everything before it.
+            await channel.send(ev.Output(b"", offset=sub.offset))
         async with trio.open_nursery() as nursery:
 
             async def watch_client() -> None:
@@ -168,19 +175,28 @@ async def _logs_stream(
                         return
 
             nursery.start_soon(watch_client)
-            await _pump_logs(channel, session, sub, lines, deadline)
+            await _pump_logs(channel, session, sub, lines, deadline, follow=follow)
             nursery.cancel_scope.cancel()
     finally:
         session.detach(sub)
 
 
-async def _send(channel: Channel, data: bytes) -> None:
-    for start in range(0, len(data), MAX_DATA_CHUNK):
-        await channel.send(ev.Output(data[start : start + MAX_DATA_CHUNK]))
+async def _send(channel: Channel, data: bytes, offset: int | None = None) -> None:
+    """Send ``data``; the last message says ``offset`` (the others cannot: see ev.Output)."""
+    last = max(len(data) - 1, 0) // MAX_DATA_CHUNK * MAX_DATA_CHUNK
+    for start in range(0, max(len(data), 1), MAX_DATA_CHUNK):
+        piece = data[start : start + MAX_DATA_CHUNK]
+        await channel.send(ev.Output(piece, offset=offset if start == last else None))
 
 
 async def _pump_logs(
-    channel: Channel, session: Session, sub: Subscriber, lines: LineFilter, deadline: float
+    channel: Channel,
+    session: Session,
+    sub: Subscriber,
+    lines: LineFilter,
+    deadline: float,
+    *,
+    follow: bool,
 ) -> None:
     """Send the ring's and the live output through the filter, then the ``ended`` notice."""
     record = session.record
@@ -199,7 +215,9 @@ async def _pump_logs(
                 base = offset
                 out.append(lines.feed(chunk, lambda i: record.time_at(base + i)))  # noqa: B023
                 offset += len(chunk)
-            await _send(channel, b"".join(out))
+            data = b"".join(out)
+            if data or follow:
+                await _send(channel, data, offset if follow else None)
             if not lines.done:
                 continue
         notice = sub.end_notice
