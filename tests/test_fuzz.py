@@ -23,15 +23,31 @@ from __future__ import annotations
 import collections
 import os
 import random
+import select
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgpack
+import pytest
+import structlog
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from consoled.io.fds import OwnedFd
+from consoled.io.manager import ServiceManager
+from consoled.io.record import RecordError
+from consoled.names import SessionName
 from consoled.protocol import DEFAULT_MAX_FRAME_SIZE, ErrorCode, RemoteProtocolError
 from consoled.protocol import events as ev
 from consoled.protocol.codec import MAX_ELEMENTS_FROM_SERVER, decode_body, encode_body
+from consoled.server.config import DaemonConfig
+from consoled.server.inventory import Inventory, _salvage, restore
+from consoled.server.logfile import LogDir, LogFile, LogFormat
+from consoled.server.registry import SessionTable
+from consoled.server.session import Session
+from consoled.server.sizepolicy import SizePolicy
 from tests.conftest import DaemonFactory
 from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
@@ -553,3 +569,133 @@ async def test_fuzzed_clients_never_take_the_daemon_down(
     assert not loud, loud
     assert not daemon.internal_errors()
     assert daemon.find("client.protocol_error")  # the cases did reach the daemon
+
+
+# --- session records a successor adopts --------------------------------------------------
+
+#: Values a session record's metadata may hold after a bug, or from a daemon
+#: that wrote it differently.
+#: What msgpack holds.
+META_INTS = st.integers(-(2**63), 2**64 - 1)
+META_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    META_INTS,
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.binary(max_size=12),
+    st.sampled_from(["running", "exited", "waiting", "raw", "cri", "web", "exited"]),
+    st.lists(META_INTS, max_size=3),
+    st.dictionaries(st.text(max_size=4), META_INTS, max_size=2),
+)
+META_KEYS = ["name", "uid", "created", "state", "exited_at", "end_reason", "end_message",
+             "intake_deadline", "rows", "cols", "exit_status", "ephemeral", "log",
+             "later"]  # fmt: skip
+LOG_KEYS = ["stem", "format", "max_size", "max_files", "rotations", "base", "written_to",
+            "size", "file", "later"]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    fmt=st.sampled_from([LogFormat.RAW, LogFormat.CRI]),
+    lines=st.integers(0, 30),
+    running=st.booleans(),
+    changes=st.lists(st.tuples(st.sampled_from(META_KEYS), META_VALUES), max_size=3),
+    log_changes=st.lists(st.tuples(st.sampled_from(LOG_KEYS), META_VALUES), max_size=3),
+)
+def test_no_session_record_takes_a_restart_down(
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    fmt: LogFormat,
+    lines: int,
+    running: bool,
+    changes: list[tuple[str, object]],
+    log_changes: list[tuple[str, object]],
+) -> None:
+    """Whatever a record's metadata says, adopting it raises nothing and never
+    hangs up its terminal: the session comes back, or its master is kept as
+    ``unnamed-N``."""
+    # Was: a log position that was not a number (TypeError) or an end message
+    # that was not a string failed the whole restore: a restarted daemon died
+    # on it again and again (without a start limit, for ever).
+    base = tmp_path_factory.mktemp("adopt")
+    (base / "logs").mkdir(mode=0o700)
+    logdir = LogDir.open(str(base / "logs"))
+    master, slave = os.openpty()
+    session = Session.new(
+        1, SessionName.parse("web"), scrollback=4096, size_policy=SizePolicy.LATEST
+    )
+    table = SessionTable(
+        DaemonConfig(state_dir=base / "state", fd_store=False),
+        logdir,
+        ServiceManager({}, fd_store=False),
+    )
+    try:
+        session.log_file = LogFile.create(logdir, "web", fmt, max_size=300, max_files=3)
+        for i in range(lines):
+            data = b"line %d\n" % i
+            session.record.append(data)
+            session.log_file.write(data, session.record.end)
+        meta = session.meta()
+        meta["state"] = "running" if running else meta["state"]
+        meta.update(changes)
+        if isinstance(meta.get("log"), dict):
+            meta["log"].update(log_changes)
+        try:
+            session.record.write_meta(meta)
+        except RecordError:
+            return  # too big for the record's slot: no daemon writes it
+        assert session.record.owner is not None
+        named = [
+            ("s1.rec", session.record.owner.dup()),
+            ("s1.log", session.log_file.owner.dup()),
+            ("s1.pty", OwnedFd(os.dup(master), "master")),
+        ]
+        with structlog.testing.capture_logs() as logged:
+            inventory = restore(named, table, logdir)
+        try:
+            assert not [e for e in logged if e["event"] == "inventory.session_failed"], logged
+            poller = select.poll()
+            poller.register(slave, select.POLLHUP)
+            assert not poller.poll(0), "the terminal hung up"
+        finally:
+            inventory.close()
+    finally:
+        table.close()
+        session.close()
+        logdir.close()
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_session_that_fails_to_restore_keeps_its_terminal(tmp_path: Path) -> None:
+    """The backstop for a bug the test above does not find: the session is
+    lost, its master is kept as an orphan (``unnamed-N``), its other fds are
+    closed, and what another session took is left alone."""
+    table = SessionTable(
+        DaemonConfig(state_dir=tmp_path / "state", fd_store=False),
+        None,
+        ServiceManager({}, fd_store=False),
+    )
+    master, slave = os.openpty()
+    other_master, other_slave = os.openpty()
+    kept = Session.new(2, SessionName.parse("kept"), scrollback=4096, size_policy=SizePolicy.LATEST)
+    try:
+        kept.resume_master(OwnedFd(other_master, "master"), 1)
+        table.restored(kept)
+        assert kept.master is not None
+        fds = {
+            "pty": OwnedFd(master, "master"),
+            "rec": OwnedFd(os.memfd_create("rec"), "record"),
+            "log": kept.master.owner,  # the same fd twice: another session's now
+        }
+        inventory = Inventory()
+        _salvage(fds, table, inventory)
+        assert [owner for owner, _ in inventory.orphans] == [fds["pty"]]
+        assert fds["rec"].closed and not fds["pty"].closed
+        assert not kept.master.closed
+        inventory.close()
+    finally:
+        table.close()
+        os.close(slave)
+        os.close(other_slave)

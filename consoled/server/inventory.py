@@ -141,8 +141,30 @@ def restore(
             log.warning("inventory.rejected", fd=name, error="unknown fd name")
             owner.close()
     for serial in sorted(parts):
-        _restore_session(serial, parts[serial], table, log_dir, inventory)
+        try:
+            _restore_session(serial, parts[serial], table, log_dir, inventory)
+        except Exception as exc:
+            # A bug, or a record no daemon of ours wrote: it costs this session,
+            # never the daemon.  Raised here, it would fail every restart the
+            # same way, for ever, with every terminal held and none drained.
+            log.error("inventory.session_failed", serial=serial, error=repr(exc), exc_info=exc)
+            _salvage(parts[serial], table, inventory)
     return inventory
+
+
+def _salvage(fds: dict[str, OwnedFd], table: SessionTable, inventory: Inventory) -> None:
+    """After a session failed to restore: keep its terminal (as ``unnamed-N``),
+    close its other fds, and leave alone whatever a session already took."""
+    taken = {id(owner) for session in table for _, owner in session.fds()}
+    taken.update(id(owner) for owner, _ in inventory.orphans)
+    for kind, owner in fds.items():
+        if owner.closed or id(owner) in taken:
+            continue
+        number = _master_number(owner, "salvaged") if kind == "pty" else None
+        if number is not None:
+            inventory.orphans.append((owner, number))
+        elif not owner.closed:
+            owner.close()
 
 
 def _master_number(owner: OwnedFd, what: str) -> int | None:
@@ -198,7 +220,7 @@ def _restore_session(
                 log_dir, meta_log, log_fd, writing=session.state is SessionState.RUNNING
             )
             log_fd = None
-        except (LogFileError, OSError, KeyError, ValueError) as exc:
+        except (LogFileError, OSError, KeyError, ValueError, TypeError) as exc:
             log.warning("inventory.log_lost", session=str(session.name), error=str(exc))
     if log_fd is not None:
         log_fd.close()
