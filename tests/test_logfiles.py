@@ -356,6 +356,31 @@ def test_a_crash_just_after_a_rotation_loses_and_repeats_nothing(
     assert logged(logs, fmt) == stream
 
 
+@pytest.mark.parametrize("fmt", [LogFormat.RAW, LogFormat.CRI])
+def test_a_crash_in_the_middle_of_a_rename_keeps_writing_the_file(
+    tmp_path: Path, fmt: LogFormat
+) -> None:
+    """The files were renamed, the record not yet: the name it gives is gone,
+    and the fd handed back is the file to go on with."""
+    logs = tmp_path / "logs"
+    with contextlib.closing(LogDir.open(logs)) as logdir:
+        log = LogFile.create(logdir, "web", fmt, max_size=0, max_files=2)
+        try:
+            log.write(b"one\n", 4)
+            recorded = log.meta()
+            log.rename("web2")  # and the daemon dies before writing the record
+            adopted = LogFile.adopt(logdir, recorded, log.owner.dup(), writing=True)
+        finally:
+            log.close()
+        try:
+            assert adopted.written_to == 4
+            adopted.write(b"two\n", 8)
+        finally:
+            adopted.close()
+    data = (logs / "web2.log").read_bytes()
+    assert (parse_cri(data) if fmt is LogFormat.CRI else data) == b"one\ntwo\n"
+
+
 def test_a_cri_file_with_foreign_bytes_past_its_record_keeps_the_recorded_position(
     tmp_path: Path,
 ) -> None:

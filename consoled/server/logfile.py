@@ -411,10 +411,12 @@ class LogFile:
             current = logdir.open_existing(stem + ".log", os.O_WRONLY | os.O_APPEND)
             if current is not None and owner is not None and _same_file(owner, current):
                 current.close()
-            else:
+            elif current is not None:
                 if owner is not None:
                     owner.close()
                 owner = current
+            # else the name is gone (a crash in the middle of a rename): the fd
+            # handed back is all there is.
             if owner is None:
                 raise LogFileError(f"log file {stem}.log is gone")
         size = 0 if owner is None else os.fstat(owner.fd).st_size
