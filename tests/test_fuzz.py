@@ -42,6 +42,7 @@ from consoled.names import SessionName
 from consoled.protocol import DEFAULT_MAX_FRAME_SIZE, ErrorCode, RemoteProtocolError
 from consoled.protocol import events as ev
 from consoled.protocol.codec import MAX_ELEMENTS_FROM_SERVER, decode_body, encode_body
+from consoled.protocol.events import EndReason
 from consoled.server.config import DaemonConfig
 from consoled.server.inventory import Inventory, _salvage, restore
 from consoled.server.logfile import LogDir, LogFile, LogFormat
@@ -690,8 +691,8 @@ def test_a_session_that_fails_to_restore_keeps_its_terminal(tmp_path: Path) -> N
             "log": kept.master.owner,  # the same fd twice: another session's now
         }
         inventory = Inventory()
-        _salvage(fds, table, inventory)
-        assert [owner for owner, _ in inventory.orphans] == [fds["pty"]]
+        _salvage(9, fds, table, inventory)
+        assert [orphan.owner for orphan in inventory.orphans] == [fds["pty"]]
         assert fds["rec"].closed and not fds["pty"].closed
         assert not kept.master.closed
         inventory.close()
@@ -699,3 +700,41 @@ def test_a_session_that_fails_to_restore_keeps_its_terminal(tmp_path: Path) -> N
         table.close()
         os.close(slave)
         os.close(other_slave)
+
+
+def test_a_session_removed_just_before_a_crash_is_let_go(tmp_path: Path) -> None:
+    """`rm --force`, then a crash before the service manager dropped the
+    session's fds: the successor finishes the removal (the terminal hangs up,
+    no `unnamed-N` holds it, the session does not come back)."""
+    # Was: the session came back as exited and its master as unnamed-1, the
+    # terminal kept open by a session nobody asked for.
+    table = SessionTable(
+        DaemonConfig(state_dir=tmp_path / "state", fd_store=False),
+        None,
+        ServiceManager({}, fd_store=False),
+    )
+    master, slave = os.openpty()
+    session = Session.new(
+        1, SessionName.parse("gone"), scrollback=4096, size_policy=SizePolicy.LATEST
+    )
+    try:
+        session.resume_master(OwnedFd(os.dup(master), "master"), 1)
+        assert session.record.owner is not None
+        stored = [
+            ("s1.rec", session.record.owner.dup()),
+            ("s1.pty", OwnedFd(os.dup(master), "master")),
+        ]
+        session.exit(EndReason.REMOVED)  # closes the daemon's own master; the store keeps its copy
+        os.close(master)
+        inventory = restore(stored, table, None)
+        try:
+            assert list(table) == [] and inventory.orphans == []
+            poller = select.poll()
+            poller.register(slave, select.POLLHUP)
+            assert poller.poll(0), "the terminal is still open"
+        finally:
+            inventory.close()
+    finally:
+        table.close()
+        session.close()
+        os.close(slave)

@@ -397,6 +397,45 @@ async def test_logs_follow_rides_out_crashes(user_consoled: Consoled) -> None:
         await holder.aclose()
 
 
+async def test_a_crash_leaves_nothing_in_the_fd_store_that_no_session_holds(
+    user_consoled: Consoled,
+) -> None:
+    """A master whose record the restarted daemon cannot read comes back as
+    ``unnamed-N``, stored under that session's names; the store forgets the
+    old ones, so ``rm --force unnamed-N`` hangs its terminal up."""
+    # Was: the old names stayed in the store with their fds for ever: the
+    # terminal could never hang up, and every crash left more behind.
+    sd = user_consoled
+    um = sd.um
+    holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
+    try:
+        await hand_sessions(sd, holder, ["spoilt"])
+        stored = int(await um.show(SERVICE, "NFileDescriptorStore"))
+        assert stored == 2  # its record and its master
+        # A bug spoils the session record (through the daemon's own fd: the
+        # store holds the same memfd).
+        pid = await um.main_pid(SERVICE)
+        records = [
+            fd
+            for fd in os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:consoled:s")
+        ]
+        assert len(records) == 1
+        spoil = os.open(f"/proc/{pid}/fd/{records[0]}", os.O_WRONLY)
+        os.pwrite(spoil, b"\0" * 64, 0)
+        os.close(spoil)
+        await kill_and_wait_restart(sd)
+        sessions = await sd.sessions()
+        assert list(sessions) == ["unnamed-1"], sessions
+        await um.wait_property(SERVICE, "NFileDescriptorStore", "2")  # its new record and master
+        await sd.cli("rm", "--force", "unnamed-1")
+        assert await holder.wait_hangups(1, within=RESTART_TIMEOUT) == 1
+        await um.wait_property(SERVICE, "NFileDescriptorStore", "0")
+    finally:
+        await holder.aclose()
+    assert any(e.get("event") == "inventory.rejected" for e in sd.events())
+
+
 async def test_systemctl_reload_runs_the_reexec(user_consoled: Consoled) -> None:
     sd = user_consoled
     um = sd.um

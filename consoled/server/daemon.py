@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import re
 import resource
 import signal
 import time
@@ -64,6 +65,8 @@ log = structlog.get_logger("consoled.daemon")
 QUIESCE_TIMEOUT: Final = 1.0
 #: Seconds between STATUS= updates to the service manager.
 STATUS_INTERVAL: Final = 5.0
+#: The names this daemon stores fds under (a socket unit's are its own).
+STORED_NAME: Final = re.compile(r"s\d+\.[a-z]+|listen\.[a-z]+")
 
 
 def raise_nofile_limit() -> int:
@@ -159,8 +162,15 @@ class Daemon:
     def _restore(self, named: list[tuple[str, OwnedFd]]) -> Inventory:
         assert self.table is not None
         inventory = restore(named, self.table, self.log_dir)
-        for owner, number in inventory.orphans:
-            session = self.table.adopt(self.table.unnamed_name(), owner, number)
+        taken = {session.serial for session in self.table}
+        for orphan in inventory.orphans:
+            # Under its own serial if it is free: the fd store holds the master
+            # by that name already (it keeps one entry per open file).
+            serial = None if orphan.serial in taken else orphan.serial
+            taken.add(orphan.serial)
+            session = self.table.adopt(
+                self.table.unnamed_name(), orphan.owner, orphan.number, serial=serial
+            )
             log.warning(
                 "inventory.unnamed",
                 session=str(session.name),
@@ -168,6 +178,24 @@ class Daemon:
             )
         inventory.orphans.clear()
         return inventory
+
+    def _forget_stale(self, received: set[str]) -> None:
+        """Have the fd store drop what it holds that we did not take back by its name.
+
+        A master whose record could not be read comes back as ``unnamed-N``,
+        stored under its new session's names; a session removed just before a
+        crash comes back to be let go.  Left in the store under their old
+        names, their masters would stay open for ever: those terminals could
+        never hang up, not even by ``rm --force``.
+        """
+        if not self.manager.fd_store:
+            return
+        kept = {name for name, _ in self.fd_sources()}
+        stale = sorted(n for n in received - kept if STORED_NAME.fullmatch(n))
+        for name in stale:
+            self.manager.unstore(name)
+        if stale:
+            log.info("fd_store.forgotten", names=stale[:20], count=len(stale))
 
     def _take_listeners(self, inventory: Inventory) -> None:
         config = self.config
@@ -211,9 +239,12 @@ class Daemon:
         prepare_dir(config.intake_dir)
         self._open_log_dir()
         self.table = SessionTable(config, self.log_dir, self.manager, self.gate)
-        inventory = self._restore(take_listen_fds(self.env))
+        named = take_listen_fds(self.env)
+        received = {name for name, _ in named}
+        inventory = self._restore(named)
         self._take_listeners(inventory)
         inventory.close()  # what is left: a lock or stderr, not used on a fresh start
+        self._forget_stale(received)
         self._clean_intake_dir()
         return len(self.table)
 
@@ -225,6 +256,7 @@ class Daemon:
         """
         await link.ready(__version__)
         state, named = await link.receive_state()
+        received = {name for name, _ in named}
         log.debug("reexec.received", fds=len(named))
         try:
             self._open_log_dir()
@@ -255,6 +287,7 @@ class Daemon:
         made, skipped = self.manager.replay_fd_store(state.get("fd_store"), dict(self.fd_sources()))
         if made or skipped:
             log.info("reexec.fd_store_caught_up", changes=made, skipped=skipped[:10])
+        self._forget_stale(received)
         if self.lock is None:
             self.lock = acquire_lock(self.config.state_dir)
         write_pid(self.lock)

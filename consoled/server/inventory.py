@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 import structlog
 
@@ -55,6 +55,17 @@ LISTENERS: Final = {
 }
 
 
+class Orphan(NamedTuple):
+    """A master that came back without a session that can take it."""
+
+    owner: OwnedFd
+    #: The pty's number.
+    number: int
+    #: The serial it was stored under: a session made for it keeps the names
+    #: (see :meth:`.SessionTable.adopt`), unless a restored session has them.
+    serial: int
+
+
 @dataclass(slots=True)
 class Inventory:
     """What a set of named fds turned out to hold."""
@@ -63,7 +74,7 @@ class Inventory:
     lock: OwnedFd | None = None
     stderr: OwnedFd | None = None
     sessions: int = 0
-    orphans: list[tuple[OwnedFd, int]] = field(default_factory=list)
+    orphans: list[Orphan] = field(default_factory=list)
     #: A predecessor's emulated screens, by session serial (a handover only).
     screens: dict[int, ScreenHandover] = field(default_factory=dict)
 
@@ -73,8 +84,8 @@ class Inventory:
         for owner in (self.lock, self.stderr):
             if owner is not None:
                 owner.close()
-        for owner, _ in self.orphans:
-            owner.close()
+        for orphan in self.orphans:
+            orphan.owner.close()
 
 
 def _take_listener(inventory: Inventory, name: str, owner: OwnedFd) -> None:
@@ -141,6 +152,7 @@ def restore(
             log.warning("inventory.rejected", fd=name, error="unknown fd name")
             owner.close()
     for serial in sorted(parts):
+        table.reserve(serial)
         try:
             _restore_session(serial, parts[serial], table, log_dir, inventory)
         except Exception as exc:
@@ -148,21 +160,23 @@ def restore(
             # never the daemon.  Raised here, it would fail every restart the
             # same way, for ever, with every terminal held and none drained.
             log.error("inventory.session_failed", serial=serial, error=repr(exc), exc_info=exc)
-            _salvage(parts[serial], table, inventory)
+            _salvage(serial, parts[serial], table, inventory)
     return inventory
 
 
-def _salvage(fds: dict[str, OwnedFd], table: SessionTable, inventory: Inventory) -> None:
+def _salvage(
+    serial: int, fds: dict[str, OwnedFd], table: SessionTable, inventory: Inventory
+) -> None:
     """After a session failed to restore: keep its terminal (as ``unnamed-N``),
     close its other fds, and leave alone whatever a session already took."""
     taken = {id(owner) for session in table for _, owner in session.fds()}
-    taken.update(id(owner) for owner, _ in inventory.orphans)
+    taken.update(id(orphan.owner) for orphan in inventory.orphans)
     for kind, owner in fds.items():
         if owner.closed or id(owner) in taken:
             continue
         number = _master_number(owner, "salvaged") if kind == "pty" else None
         if number is not None:
-            inventory.orphans.append((owner, number))
+            inventory.orphans.append(Orphan(owner, number, serial))
         elif not owner.closed:
             owner.close()
 
@@ -211,7 +225,18 @@ def _restore_session(
             if owner is not None:
                 owner.close()
         if pty is not None and number is not None:
-            inventory.orphans.append((pty, number))  # held all the same, as unnamed-N
+            inventory.orphans.append(Orphan(pty, number, serial))  # kept, as unnamed-N
+        return
+    if session.end_reason is EndReason.REMOVED:
+        # Removed (`rm`), and the daemon died before the service manager let
+        # go of its fds: finish it.  Its terminal hangs up, as `rm --force` said.
+        log.info("inventory.removed_again", session=str(session.name))
+        for owner in (pty, sock, log_fd):
+            if owner is not None:
+                owner.close()
+        if leader is not None:
+            leader.close()
+        session.record.close()
         return
     meta_log = session.record.meta.get("log")
     if log_dir is not None and isinstance(meta_log, dict):
@@ -233,7 +258,7 @@ def _restore_session(
         except ValueError as exc:
             log.warning("inventory.rejected", fd=f"s{serial}.sock", error=str(exc))
             if pty is not None and number is not None:
-                inventory.orphans.append((pty, number))
+                inventory.orphans.append(Orphan(pty, number, serial))
             if leader is not None:
                 leader.close()
             session.close()
@@ -246,7 +271,7 @@ def _restore_session(
             leader = None
         else:
             log.warning("inventory.rejected", fd=f"s{serial}.pty", error="session not running")
-            inventory.orphans.append((pty, number))
+            inventory.orphans.append(Orphan(pty, number, serial))
     elif session.state is SessionState.RUNNING:
         # The terminal hung up while no daemon held it (the manager drops a
         # stored master that reports a hangup): it ended.

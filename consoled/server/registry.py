@@ -386,7 +386,7 @@ class SessionTable:
                 return name
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _new_session(self, name: SessionName) -> Session:
+    def _new_session(self, name: SessionName, serial: int | None = None) -> Session:
         if self.shutting_down:
             raise RequestError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down")
         self._check_free(name)
@@ -397,7 +397,8 @@ class SessionTable:
                 f"the daemon already holds {limit} sessions (--max-sessions); "
                 "remove exited ones with consoled rm",
             )
-        serial = next(self._serials)
+        if serial is None:
+            serial = next(self._serials)
         try:
             session = Session.new(
                 serial,
@@ -480,17 +481,35 @@ class SessionTable:
         self._spawn(session)
         return session
 
-    def adopt(self, name: SessionName, owner: OwnedFd, number: int) -> Session:
-        """A new running session for a master that already arrived (well-known socket)."""
+    def adopt(
+        self, name: SessionName, owner: OwnedFd, number: int, *, serial: int | None = None
+    ) -> Session:
+        """A new running session for a master that already arrived (well-known socket).
+
+        Args:
+            serial: the serial to use, for a master that came back from the fd
+                store without a session record it could use: whatever else
+                is stored under that serial's names is dropped first, and the
+                master stays stored by its name.
+        """
         with close_on_error(owner):
-            session = self._new_session(name)
+            if serial is not None:
+                for kind in ("rec", "log", "sock", "pid"):
+                    self.manager.unstore(f"s{serial}.{kind}")
+            session = self._new_session(name, serial)
         self._arrived(session, owner, number)
         return session
 
     def restored(self, session: Session) -> None:
         """Take in a session rebuilt from a predecessor's or the fd store's fds."""
         self._register(session)
-        self._serials = itertools.count(max(session.serial + 1, next(self._serials)))
+        self.reserve(session.serial)
+
+    def reserve(self, serial: int) -> None:
+        """New sessions get serials above ``serial``: a predecessor's session that
+        could not be restored keeps its names in the fd store until they are
+        forgotten, and a new session must not take them."""
+        self._serials = itertools.count(max(serial + 1, next(self._serials)))
 
     def _of_id(self, container: str) -> list[Session]:
         """The sessions of container ``container`` (its init and its execs)."""
