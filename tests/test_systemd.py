@@ -436,6 +436,44 @@ async def test_a_crash_leaves_nothing_in_the_fd_store_that_no_session_holds(
     assert any(e.get("event") == "inventory.rejected" for e in sd.events())
 
 
+async def test_a_crash_during_a_reload_is_restarted_at_once(
+    user_manager: UserManager, service_python: Path, nursery: trio.Nursery
+) -> None:
+    """The daemon dies while `systemctl reload` waits for its answer: the
+    reload gives up at once and systemd starts the daemon again, rather than
+    after the reload's own timeout with no terminal drained meanwhile."""
+    # Was: 30 s in state 'reloading', every container blocked once its pty
+    # buffer was full (found by killing the daemon at random during reloads).
+    sd = await install(user_manager, service_python)
+    um = sd.um
+    holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
+    try:
+        await hand_sessions(sd, holder, ["rl"])
+        old = await um.main_pid(SERVICE)
+        os.kill(old, signal.SIGSTOP)  # it cannot answer the reload: it is waited for
+        reloaded = trio.Event()
+
+        async def reload() -> None:
+            await um.systemctl("reload", SERVICE, check=False, timeout=120)
+            reloaded.set()
+
+        nursery.start_soon(reload)
+        await um.wait_property(SERVICE, "ActiveState", "reloading")
+        os.kill(old, signal.SIGKILL)
+        with trio.fail_after(10):
+            await reloaded.wait()
+        await um.wait_active(SERVICE, timeout=10)
+        assert await um.main_pid(SERVICE) not in (0, old)
+        await holder.say(0, "drained-again")
+        await sd.wait_logs("rl", b"drained-again")
+        assert await holder.hangups() == 0
+    finally:
+        await holder.aclose()
+    # The reload says why it failed (ExecReload shares the daemon's log).
+    died = f"consoled: the daemon (pid {old}) died during the reexec; its service manager "
+    assert [e.get("text", "") for e in sd.errors()] == [died + "starts it again"]
+
+
 async def test_systemctl_reload_runs_the_reexec(user_consoled: Consoled) -> None:
     sd = user_consoled
     um = sd.um

@@ -7,9 +7,12 @@ import contextlib
 import dataclasses
 import functools
 import os
+import select
+import socket
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ..client.conn import RESTART_WAIT, Client, ClientError, DaemonUnavailable
@@ -51,9 +54,57 @@ def cmd_wait(args: argparse.Namespace) -> int:
         return _each_session(args.sessions, wait)
 
 
+#: Seconds an answer sent just before the daemon exited has to be read.
+MAIN_PID_GRACE = 1.0
+
+
+def _watch_main_pid(client: Client, env: Mapping[str, str]) -> Callable[[], bool]:
+    """Stop waiting if the daemon being replaced dies (``$MAINPID``, which
+    systemd sets for ``ExecReload``): a crash during the reexec.  Otherwise the
+    reload would wait for an answer that never comes, and systemd would not
+    restart the daemon meanwhile: no terminal would be drained.
+
+    Returns:
+        Whether it died.
+    """
+    text = env.get("MAINPID", "")
+    if not text.isdigit() or int(text) <= 0:
+        return lambda: False
+    try:
+        pidfd = os.pidfd_open(int(text))
+    except ProcessLookupError:
+        client.sock.shutdown(socket.SHUT_RDWR)
+        return lambda: True
+    except OSError:
+        return lambda: False
+    died = threading.Event()
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)  # readable once the process has exited
+        poller.poll()
+        os.close(pidfd)
+        died.set()
+        time.sleep(MAIN_PID_GRACE)  # an answer sent before it exited is read first
+        with contextlib.suppress(OSError):
+            client.sock.shutdown(socket.SHUT_RDWR)
+
+    threading.Thread(target=watch, name="consoled-mainpid", daemon=True).start()
+    return died.is_set
+
+
 def cmd_reexec(args: argparse.Namespace) -> int:
     with Client(os.path.join(state_dir_of(args), "control.sock"), timeout=args.timeout) as client:
-        reply = client.call(ev.Reexec(), ev.Reexeced)
+        died = _watch_main_pid(client, os.environ)
+        try:
+            reply = client.call(ev.Reexec(), ev.Reexeced)
+        except DaemonUnavailable:
+            if not died():
+                raise
+            raise DaemonUnavailable(
+                f"the daemon (pid {os.environ['MAINPID']}) died during the reexec; "
+                "its service manager starts it again"
+            ) from None
     print(
         f"consoled {reply.version} (pid {reply.pid}) took over {reply.sessions} "
         + ("session" if reply.sessions == 1 else "sessions"),
