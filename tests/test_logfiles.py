@@ -316,7 +316,7 @@ def test_a_crash_just_after_a_rotation_loses_and_repeats_nothing(
     """
     # Was: the successor wrote on in the old file (renamed .1 by then) and took
     # its size for the new one's: a gap of up to a file in every format (found
-    # by a soak of crashes under systemd: 302 lines missing at a rotation).
+    # by a throwaway soak of crashes under systemd: 302 lines missing at a rotation).
     logs = tmp_path / "logs"
     stream = b""
     with contextlib.closing(LogDir.open(logs)) as logdir:

@@ -167,6 +167,11 @@ class Daemon:
             # Under its own serial if it is free: the fd store holds the master
             # by that name already (it keeps one entry per open file).
             serial = None if orphan.serial in taken else orphan.serial
+            if serial is None:
+                # Its name is a restored session's: stored under a new one, the
+                # master would be taken for the same entry and kept by the old
+                # name, which is forgotten below.  Drop the old name first.
+                self.manager.unstore(f"s{orphan.serial}.pty")
             taken.add(orphan.serial)
             session = self.table.adopt(
                 self.table.unnamed_name(), orphan.owner, orphan.number, serial=serial
