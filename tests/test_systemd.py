@@ -171,6 +171,27 @@ async def kill_and_wait_restart(sd: Consoled, sig: int = signal.SIGKILL) -> tupl
     return old, new
 
 
+class Seen:
+    """What a process writes to its stdout, collected as it comes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self._changed = trio.Event()
+
+    async def read(self, proc: trio.Process) -> None:
+        assert proc.stdout is not None
+        async for chunk in proc.stdout:
+            self.data.extend(chunk)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, needle: bytes) -> None:
+        """Until ``needle`` came (the reader's progress is the event)."""
+        with trio.fail_after(RESTART_TIMEOUT):
+            while needle not in self.data:
+                await self._changed.wait()
+
+
 async def test_kill_9_under_systemd_loses_no_console(
     user_consoled: Consoled, nursery: trio.Nursery
 ) -> None:
@@ -197,22 +218,10 @@ async def test_kill_9_under_systemd_loses_no_console(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        seen = bytearray()
-        changed = trio.Event()
-
-        async def read_client() -> None:
-            nonlocal changed
-            assert client.stdout is not None
-            async for chunk in client.stdout:
-                seen.extend(chunk)
-                changed.set()
-                changed = trio.Event()
-
-        nursery.start_soon(read_client)
+        seen = Seen()
+        nursery.start_soon(seen.read, client)
         await holder.say(0, "attached-and-live")
-        with trio.fail_after(RESTART_TIMEOUT):
-            while b"attached-and-live" not in seen:
-                await changed.wait()
+        await seen.wait_for(b"attached-and-live")
 
         old, _ = await kill_and_wait_restart(sd)
         # Written while no daemon ran: it waits in the pty for the new one.
@@ -226,9 +235,7 @@ async def test_kill_9_under_systemd_loses_no_console(
         for n in (1, SESSIONS - 1):
             assert f"before-the-crash-{n}".encode() in await sd.logs(f"k{n}")
         # The attached client rode it out and missed nothing.
-        with trio.fail_after(RESTART_TIMEOUT):
-            while b"while-the-daemon-was-dead" not in seen:
-                await changed.wait()
+        await seen.wait_for(b"while-the-daemon-was-dead")
         assert client.returncode is None
         await holder.say(3, "after-the-restart")
         await sd.wait_logs("k3", b"after-the-restart")
@@ -290,17 +297,7 @@ async def test_logs_follow_rides_out_crashes(user_consoled: Consoled) -> None:
     sd = user_consoled
     um = sd.um
     holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
-    followers: list[tuple[trio.Process, bytearray]] = []
-    changed = trio.Event()
-
-    async def read(proc: trio.Process, seen: bytearray) -> None:
-        nonlocal changed
-        assert proc.stdout is not None
-        async for chunk in proc.stdout:
-            seen.extend(chunk)
-            changed.set()
-            changed = trio.Event()
-
+    followers: list[tuple[trio.Process, Seen]] = []
     try:
         await hand_sessions(sd, holder, ["ship"])
         async with trio.open_nursery() as readers:
@@ -312,24 +309,22 @@ async def test_logs_follow_rides_out_crashes(user_consoled: Consoled) -> None:
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                 )
-                followers.append((proc, bytearray()))
-                readers.start_soon(read, *followers[-1])
+                followers.append((proc, Seen()))
+                readers.start_soon(followers[-1][1].read, proc)
             await holder.stream(0, 6.0, 300)
             for _ in range(4):
                 await trio.sleep(1.0)
                 await kill_and_wait_restart(sd)
             written = (await holder.wait_streams(20))[0]
-            last = b"0000 %09d " % written
-            with trio.fail_after(RESTART_TIMEOUT):
-                while not all(last in seen for _, seen in followers):
-                    await changed.wait()
+            for _, seen in followers:
+                await seen.wait_for(b"0000 %09d " % written)
             readers.cancel_scope.cancel()
         for proc, seen in followers:
             assert proc.returncode is None, "a follower stopped"
-            numbers = [int(n) for _, n in STREAMED.findall(bytes(seen))]
+            numbers = [int(n) for _, n in STREAMED.findall(bytes(seen.data))]
             assert numbers == list(range(1, written + 1))
         # With -t each line has its time, once, at its start.
-        stamped = bytes(followers[1][1]).splitlines()
+        stamped = bytes(followers[1][1].data).splitlines()
         assert all(re.fullmatch(rb"\S+Z 0000 \d{9} -+", line) for line in stamped)
     finally:
         for proc, _ in followers:
