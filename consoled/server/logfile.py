@@ -275,37 +275,44 @@ def _same_file(a: OwnedFd, b: OwnedFd) -> bool:
 
 
 def _since_record(
-    logdir: LogDir, stem: str, meta: Mapping[str, Any], current: OwnedFd, max_files: int
-) -> list[tuple[OwnedFd, int, int]] | None:
-    """What was written after the record, if the file it describes has been rotated since.
+    logdir: LogDir,
+    stem: str,
+    meta: Mapping[str, Any],
+    current: OwnedFd,
+    *,
+    size: int,
+    max_files: int,
+) -> list[tuple[OwnedFd, int, int]]:
+    """Where what was written after the record is: ``(file, start, end)``, oldest first.
 
-    Returns:
-        ``(file, start, end)`` for the rest of the file the record describes
-        and for every file after it, oldest first, the current file last
-        (the others are opened for reading: the caller closes them); None if
-        the record describes the current file (or no file: an older daemon's
-        record), or if its file is gone.
+    Usually the current file (``size`` bytes) from the size the record gave
+    it.  If the file the record describes has been rotated since (a crash
+    came between a rotation and the record's next write), the rest of that
+    file and every file after it, the current file last; the others are
+    opened for reading, and the caller closes them.  A record of no file (an
+    older daemon's), or of one that is gone, is taken to be the current file's.
     """
+    mine = [(current, int(meta.get("size", size)), size)]
     recorded = meta.get("file")
     if not isinstance(recorded, list) or recorded == _file_id(current):
-        return None
+        return mine
     found: list[tuple[OwnedFd, int, int]] = []
     try:
         for n in range(1, max(max_files, 2)):
             reader = logdir.open_existing(f"{stem}.log.{n}", os.O_RDONLY)
             if reader is None:
                 break
-            size = os.fstat(reader.fd).st_size
+            length = os.fstat(reader.fd).st_size
             if _file_id(reader) == recorded:
-                found.append((reader, min(int(meta.get("size", 0)), size), size))
+                found.append((reader, min(int(meta.get("size", 0)), length), length))
                 found.reverse()  # oldest first
-                return [*found, (current, 0, os.fstat(current.fd).st_size)]
-            found.append((reader, 0, size))
+                return [*found, (current, 0, size)]
+            found.append((reader, 0, length))
     except (OSError, LogFileError):
         pass
     for reader, _, _ in found:
         reader.close()
-    return None
+    return mine
 
 
 class LogFile:
@@ -424,39 +431,28 @@ class LogFile:
         max_files = int(meta.get("max_files", 2))
         written_to = int(meta.get("written_to", 0))
         rotations = int(meta.get("rotations", 0))
-        parts = None if owner is None else _since_record(logdir, stem, meta, owner, max_files)
-        if parts is not None:
-            # A crash came between a rotation and the record's next write: the
-            # rest of the file the record describes, and every file since, are
-            # what was written after it.
+        if owner is not None:
+            parts = _since_record(logdir, stem, meta, owner, size=size, max_files=max_files)
             rotations += len(parts) - 1
             if fmt is LogFormat.RAW:
+                # Exact for raw files: every byte in them is one of the stream's.
                 written_to = int(meta.get("base", 0)) + sum(end for _, _, end in parts)
             else:
+                # Written past what the record says (a crash came before the
+                # session's record was written again): the records since say how far.
                 for reader, start, end in parts:
+                    if start >= end:
+                        continue
                     found = _cri_tail(reader, start, end)
                     if found is None:
                         break
                     written_to += found[0]
                     if reader is owner and found[1] < size:
-                        os.ftruncate(owner.fd, found[1])  # a record cut short: see below
+                        # A record cut short: the ring has its bytes, written again whole.
+                        os.ftruncate(owner.fd, found[1])
                         size = found[1]
             for reader, _, _ in parts[:-1]:
                 reader.close()
-        elif fmt is LogFormat.RAW and owner is not None:
-            # Exact for raw files: every byte in the current file is one of the stream's.
-            written_to = int(meta.get("base", 0)) + size
-        elif fmt is LogFormat.CRI and owner is not None and size > int(meta.get("size", size)):
-            # Written past what the record says (a crash came before the session's
-            # record was written again): the records since say how far.
-            found = _cri_tail(owner, int(meta["size"]), size)
-            if found is not None:
-                carried, whole = found
-                written_to += carried
-                if whole < size:
-                    # A record cut short: the ring has its bytes, written again whole.
-                    os.ftruncate(owner.fd, whole)
-                    size = whole
         log = cls(
             logdir,
             stem,
