@@ -276,9 +276,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     if event.reason is ev.EndReason.RESTARTING and event.resume is not None:
                         # The daemon handed over to its successor: follow on from there.
                         client.close()
-                        client = Client(path, timeout=timeout, wait=10.0)
-                        request = window(follow=True, resume=event.resume, uid=attached.uid)
-                        attached = client.call(request, ev.Attached)
+                        client, attached = _follow_again(path, window, event.resume, attached.uid)
                         continue
                     if event.reason is ev.EndReason.SHUTDOWN:
                         print("consoled: the consoled daemon stopped", file=sys.stderr)
@@ -301,8 +299,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def _follow_again(
     path: str, window: Callable[..., ev.Logs], position: int, uid: str
 ) -> tuple[Client, ev.Attached]:
-    """After a crash: follow on at ``position`` from the restarted daemon (waited
-    for up to RESTART_WAIT seconds).
+    """Follow on at ``position`` from the daemon that took over (after a reexec),
+    or was started again (after a crash), waited for up to RESTART_WAIT seconds.
 
     Raises:
         DaemonUnavailable: no daemon came back in time.
