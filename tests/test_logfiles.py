@@ -17,14 +17,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import trio
 
 from consoled.io import pty
+from consoled.protocol import ErrorCode
 from consoled.protocol import events as ev
 from consoled.server.logfile import LogDir, LogFile, LogFormat
 from tests.conftest import BundleFactory, DaemonFactory
 from tests.support.cli import cli
-from tests.support.client import AsyncClient
+from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
+from tests.support.holder import PtyHolder, running_session, streamed
 from tests.support.runtime import Runtime
 
 #: One CRI record: RFC 3339 with nanoseconds in UTC, the stream, full/partial, the content.
@@ -405,3 +408,79 @@ def test_a_cri_file_with_foreign_bytes_past_its_record_keeps_the_recorded_positi
             assert other.written_to == 4
             other.close()
     assert (logs / "web.log").read_bytes().endswith(b"not a record\n"), "nothing cut"
+
+
+async def logs_from(
+    daemon: DaemonProcess, request: ev.Logs
+) -> tuple[ev.Attached | ev.Error, list[ev.Output]]:
+    """Send ``request`` on a connection of its own and collect its stream to the end."""
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        attached = await client.request(request)
+        outputs: list[ev.Output] = []
+        while isinstance(attached, ev.Attached):
+            event = await client.receive()
+            if isinstance(event, ev.Ended):
+                assert event.reason is ev.EndReason.END_OF_LOG, event
+                break
+            assert isinstance(event, ev.Output), event
+            outputs.append(event)
+        assert isinstance(attached, ev.Attached | ev.Error), attached
+        return attached, outputs
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "cri"])
+async def test_logs_resume_at_a_cursor_in_the_files_and_say_when_it_rotated_away(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path, fmt: str
+) -> None:
+    """Each `output` from the files says where it ends (`cursor`); a stream
+    started there goes on with the next byte, through a rotation (the file
+    keeps its identity when renamed); once the file is gone, the oldest file
+    kept comes next and `attached.gap` says some output was lost."""
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory(
+        "--log-dir", str(log_dir), "--log-format-file", fmt, "--log-max-size", "300K",
+        "--log-max-files", "3",
+    )  # fmt: skip
+    holder = await PtyHolder.start(nursery)
+    try:
+        await running_session(daemon, holder, "cur")
+        await holder.stream(0, 0.5, 20000)
+        written = (await holder.wait_streams(30))[0]
+        everything = streamed(0, written)
+        await wait_output(daemon.control_socket, "cur", everything[-64:])
+        attached, outputs = await logs_from(daemon, ev.Logs("cur"))
+        assert isinstance(attached, ev.Attached)
+        data = b"".join(o.data for o in outputs)
+        assert everything.endswith(data) and len(data) > 400_000
+        # Every output from the files has a cursor; the files end at an offset.
+        files = [o for o in outputs if o.cursor is not None]
+        assert len(files) >= 3 and all(o.offset is None for o in files)
+        assert outputs[len(files)] == ev.Output(b"", offset=attached.offset)
+        # A stream from the second one's cursor: the same bytes from there on.
+        second = len(files[0].data)
+        resumed = ev.Logs("cur", cursor=files[0].cursor, uid=attached.uid)
+        again, rest = await logs_from(daemon, resumed)
+        assert isinstance(again, ev.Attached) and not again.gap
+        assert b"".join(o.data for o in rest) == data[second:]
+        # Rotated away: the log goes on until the file of the first cursor is gone.
+        await holder.stream(0, 1.0, 20000)
+        more = (await holder.wait_streams(30))[0]
+        total = everything + streamed(0, more)  # numbered from 1 again
+        await wait_output(daemon.control_socket, "cur", total[-64:])
+        again, rest = await logs_from(daemon, resumed)
+        assert isinstance(again, ev.Attached) and again.gap
+        rest_data = b"".join(o.data for o in rest)
+        assert total.endswith(rest_data) and len(rest_data) < len(total) - second
+        # Cursors this daemon did not make, or with an offset too.
+        for request, why in (
+            (ev.Logs("cur", cursor="x1.2.3.11"), "'x1.2.3.11' is not a log cursor"),
+            (ev.Logs("cur", cursor=files[0].cursor, resume=0), "cannot both be given"),
+        ):
+            reply, _ = await logs_from(daemon, request)
+            assert isinstance(reply, ev.Error) and why in reply.message, reply
+            assert reply.code is ErrorCode.INVALID_ARGUMENT
+    finally:
+        await holder.aclose()

@@ -553,10 +553,17 @@ def test_stream_data_in_another_layout_is_still_understood(kind: type[ev.Event])
     assert drain(receiver) == ([kind(b"hi"), kind(b"hi")], NEED_DATA)  # type: ignore[call-arg]
 
 
-def test_a_logs_followers_output_says_its_offset() -> None:
-    """``output.offset`` (a following ``logs`` stream's) goes the generic way, both ends."""
+def test_a_logs_streams_output_says_where_it_stands() -> None:
+    """``output.offset`` and ``output.cursor`` (a ``logs`` stream's) go the
+    generic way, both ends; an ``output`` with neither is the quick layout."""
     pair = pair_in("streaming")
-    sent = [ev.Output(b"line\n", offset=1 << 40), ev.Output(b"", offset=0), ev.Output(b"x")]
+    sent = [
+        ev.Output(b"line\n", offset=1 << 40),
+        ev.Output(b"", offset=0),
+        ev.Output(b"x"),
+        ev.Output(b"from a file\n", cursor="f1.2.3.11"),
+        ev.Output(b"x"),
+    ]
     pair.client.receive_data(b"".join(pair.server.send(e) for e in sent))
     assert drain(pair.client) == (sent, NEED_DATA)
     assert wire(ev.Output(b"x")).endswith(OUTPUT_PREFIX + b"\xc4\x01x"), "no offset: as ever"

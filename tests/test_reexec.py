@@ -15,6 +15,8 @@ import json
 import re
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,8 +31,8 @@ from tests.conftest import BundleFactory, DaemonFactory, Spawn
 from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient, screen_of, wait_output
 from tests.support.daemon import DaemonProcess
-from tests.support.holder import PtyHolder, running_session
-from tests.support.piped import piped_cli
+from tests.support.holder import PtyHolder, running_session, streamed
+from tests.support.piped import kill_and_reap, piped_cli
 from tests.support.runtime import Runtime
 from tests.test_logfiles import parse_cri
 
@@ -493,6 +495,76 @@ async def test_logs_follow_rides_out_reexecs_and_shows_each_line_once(
                 b"line-1",
                 b"line-2",
             ]
+    finally:
+        await holder.aclose()
+
+
+#: `consoled logs` options, and the daemon's, for the slow reader below.
+SLOW_READER = {
+    "ring": ([], ["--scrollback", "4M"]),
+    "raw-files": ([], ["--log-max-size", "256K"]),
+    "cri-files": ([], ["--log-format-file", "cri", "--log-max-size", "256K"]),
+    "raw-files-t": (["-t"], ["--log-max-size", "256K"]),
+    "cri-files-t": (["-t"], ["--log-format-file", "cri", "--log-max-size", "256K"]),
+    "cri-files-follow": (["-f"], ["--log-format-file", "cri", "--log-max-size", "256K"]),
+}
+STAMPED_LINE = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (0000 \d{9} -+\n)")
+
+
+@pytest.mark.parametrize("where", list(SLOW_READER))
+async def test_a_logs_reader_slower_than_a_reexec_gets_every_line_once(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path, where: str
+) -> None:
+    """`consoled logs x | less`: the reader takes longer than the reexec waits
+    (1 s), so the stream is cut, in the middle of a message; the CLI goes on
+    with the successor where it stood, in the log files or in the ring."""
+    # Was: "protocol error talking to the daemon: connection closed inside a
+    # frame", and the output ended with what the pipes held (4,096 lines).
+    options, serve = SLOW_READER[where]
+    if where != "ring":
+        serve = ["--log-dir", str(tmp_path / "logs"), "--log-max-files", "100", *serve]
+    daemon = await daemon_factory(*serve)
+    holder = await PtyHolder.start(nursery)
+    try:
+        await running_session(daemon, holder, "big")
+        await holder.stream(0, 1.5, 20000)
+        written = (await holder.wait_streams(30))[0]
+        # Far more than the pipes and the socket hold: the daemon is still
+        # sending when the reexec comes.
+        assert written * 64 > 1_000_000
+        await wait_output(daemon.control_socket, "big", f"0000 {written:09d} ".encode())
+        reader = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "consoled", "logs", *options, "big"],
+            env=daemon.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert reader.stdout is not None and reader.stderr is not None
+        try:
+            with trio.fail_after(CATCH_UP_TIMEOUT):
+                out = bytearray(await reader.stdout.receive_some())
+                await reexec(daemon)
+                if "-f" in options:
+                    while len(out) < written * 64:
+                        out += await reader.stdout.receive_some()
+                    # Following ends when the session does.
+                    result = await cli(daemon, "rm", "--force", "big")
+                    assert result.returncode == 0, result.stderr
+                async for chunk in reader.stdout:
+                    out += chunk
+                err = b"".join([chunk async for chunk in reader.stderr])
+                assert await reader.wait() == 0, err
+        finally:
+            await kill_and_reap(reader)
+        assert err == b"", err.decode()
+        if "-t" in options:
+            body = b"".join(STAMPED_LINE.fullmatch(line + b"\n").group(1)  # type: ignore[union-attr]
+                            for line in out.split(b"\n")[:-1])  # fmt: skip
+        else:
+            body = bytes(out)
+        assert body == streamed(0, written)
+        event = await daemon.wait_event("client.following", resumed=True)
+        assert event["session"] == "big"
     finally:
         await holder.aclose()
 

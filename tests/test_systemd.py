@@ -29,7 +29,8 @@ import trio
 from tests.conftest import DaemonFactory
 from tests.support.cli import cli
 from tests.support.client import wait_output
-from tests.support.holder import PtyHolder
+from tests.support.holder import PtyHolder, streamed
+from tests.support.piped import kill_and_reap
 from tests.support.usermanager import UserManager
 
 pytestmark = pytest.mark.systemd
@@ -42,10 +43,20 @@ RESTART_TIMEOUT = 30.0
 SESSIONS = 24
 
 
-def user_units(consoled: Path, log: Path, *, watchdog: str | None = None) -> dict[str, str]:
-    """The shipped units as a user manager runs them (see the module docstring)."""
+def user_units(
+    consoled: Path, log: Path, *, watchdog: str | None = None, serve: str = ""
+) -> dict[str, str]:
+    """The shipped units as a user manager runs them (see the module docstring).
+
+    Args:
+        watchdog: ``WatchdogSec`` instead of the unit's.
+        serve: more arguments for ``consoled serve``.
+    """
     service = (UNITS / SERVICE).read_text()
     service = service.replace("/usr/local/bin/consoled", str(consoled))
+    if serve:
+        service, n = re.subn(r"(ExecStart=\S+ serve .*)", rf"\1 {serve}", service)
+        assert n == 1
     service, hardening = re.subn(
         r"# --- hardening .*?# --- end of hardening ---\n", "", service, flags=re.S
     )
@@ -328,13 +339,53 @@ async def test_logs_follow_rides_out_crashes(user_consoled: Consoled) -> None:
         assert all(re.fullmatch(rb"\S+Z 0000 \d{9} -+", line) for line in stamped)
     finally:
         for proc, _ in followers:
-            with trio.CancelScope(shield=True):
-                proc.kill()
-                await proc.wait()
-                for pipe in (proc.stdout, proc.stderr):
-                    if pipe is not None:
-                        await pipe.aclose()
+            await kill_and_reap(proc)
         await holder.aclose()
+
+
+async def test_a_logs_reader_slower_than_a_crash_gets_every_line_once(
+    user_manager: UserManager, service_python: Path
+) -> None:
+    """`consoled logs x | less` while the daemon is killed: the reader is in the
+    log files (CRI, rotated), and goes on in them with the restarted daemon."""
+    # Was: "protocol error talking to the daemon: connection closed inside a
+    # frame", the output cut where the pipes ended.
+    um = user_manager
+    logs = um.home / "session-logs"
+    logs.mkdir()
+    os.chown(logs, um.uid, um.gid)
+    serve = f"--log-dir {logs} --log-format-file cri --log-max-size 256K --log-max-files 100"
+    sd = await install(um, service_python, serve=serve)
+    holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
+    reader: trio.Process | None = None
+    try:
+        await hand_sessions(sd, holder, ["slow"])
+        await holder.stream(0, 1.5, 20000)
+        written = (await holder.wait_streams(30))[0]
+        assert written * 64 > 1_000_000, "far more than the pipes and the socket hold"
+        await sd.wait_logs("slow", b"0000 %09d " % written)
+        reader = await trio.lowlevel.open_process(
+            um.as_user([str(sd.consoled), "logs", "slow"]),
+            env=um.user_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert reader.stdout is not None and reader.stderr is not None
+        with trio.fail_after(RESTART_TIMEOUT):
+            out = bytearray(await reader.stdout.receive_some())
+            await kill_and_wait_restart(sd)
+            async for chunk in reader.stdout:
+                out += chunk
+            err = b"".join([chunk async for chunk in reader.stderr])
+            assert await reader.wait() == 0, err
+        assert err == b"", err.decode()
+        assert bytes(out) == streamed(0, written)
+    finally:
+        if reader is not None:
+            await kill_and_reap(reader)
+        await holder.aclose()
+    assert sd.errors() == []
 
 
 async def test_a_crash_leaves_nothing_in_the_fd_store_that_no_session_holds(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..client.conn import RESTART_WAIT, Client, ClientError, DaemonUnavailable
 from ..client.detachkeys import DetachKeysError, parse_detach_keys
 from ..names import InvalidName, SessionName
+from ..protocol import ProtocolError
 from ..protocol import events as ev
 from .common import EXIT_ERROR, EXIT_OK, UsageError, connect, quiet_stdout, state_dir_of
 
@@ -241,42 +242,46 @@ def cmd_logs(args: argparse.Namespace) -> int:
     timeout = None if args.follow else 30.0
     client = Client(path, timeout=timeout)
     output = _LogsOutput(args.raw)
-    # The same window of time when following on after a restart; the tail was taken already.
+    # The same window of time when going on after a restart; the tail was taken already.
     window = functools.partial(
-        ev.Logs, args.session, since=args.since, until=args.until, timestamps=args.timestamps
+        ev.Logs,
+        args.session,
+        follow=args.follow,
+        since=args.since,
+        until=args.until,
+        timestamps=args.timestamps,
     )
-    #: Where following goes on if the daemon dies (see ev.Output.offset).
-    position: int | None = None
+    #: Where the stream goes on if the daemon dies (see ev.Output.offset and .cursor).
+    place = _LogPlace()
     try:
-        request = window(follow=args.follow, tail=args.tail)
-        attached = client.call(request, ev.Attached)
+        attached = client.call(window(tail=args.tail), ev.Attached)
         try:
             while True:
                 try:
                     event = client.receive()
-                except DaemonUnavailable:
-                    if position is None:
+                except (DaemonUnavailable, ProtocolError):
+                    if not place.known:
                         raise
-                    event = None  # the connection broke: as closed
+                    event = None  # the connection broke (inside a message, perhaps): as closed
                 if event is None:
-                    if position is None:
+                    if not place.known:
                         raise DaemonUnavailable(
                             "consoled closed the connection before the log ended"
                         )
-                    # The daemon died (a crash: no `ended`): follow on from the
-                    # restarted one, where this stream stood.
+                    # The daemon died (a crash: no `ended`), or a reexec could
+                    # not wait for us: go on with the one that took over.
                     client.close()
-                    client, attached = _follow_again(path, window, position, attached.uid)
+                    client, attached = _logs_again(path, window, place, attached.uid, timeout)
                     continue
                 if isinstance(event, ev.Output):
                     output.write(event.data)
-                    if event.offset is not None and args.follow:
-                        position = event.offset
+                    place.update(event)
                 elif isinstance(event, ev.Ended):
                     if event.reason is ev.EndReason.RESTARTING and event.resume is not None:
-                        # The daemon handed over to its successor: follow on from there.
+                        # The daemon handed over to its successor: go on from there.
                         client.close()
-                        client, attached = _follow_again(path, window, event.resume, attached.uid)
+                        place = _LogPlace(offset=event.resume)
+                        client, attached = _logs_again(path, window, place, attached.uid, timeout)
                         continue
                     if event.reason is ev.EndReason.SHUTDOWN:
                         print("consoled: the consoled daemon stopped", file=sys.stderr)
@@ -296,27 +301,56 @@ def cmd_logs(args: argparse.Namespace) -> int:
         client.close()
 
 
-def _follow_again(
-    path: str, window: Callable[..., ev.Logs], position: int, uid: str
+@dataclasses.dataclass
+class _LogPlace:
+    """Where a ``logs`` stream stands: a stream offset, or a cursor in the log files."""
+
+    offset: int | None = None
+    cursor: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.offset is not None or self.cursor is not None
+
+    def update(self, event: ev.Output) -> None:
+        if event.cursor is not None:
+            self.offset, self.cursor = None, event.cursor
+        elif event.offset is not None:
+            self.offset, self.cursor = event.offset, None
+
+
+def _logs_again(
+    path: str,
+    window: Callable[..., ev.Logs],
+    place: _LogPlace,
+    uid: str,
+    timeout: float | None,
 ) -> tuple[Client, ev.Attached]:
-    """Follow on at ``position`` from the daemon that took over (after a reexec),
-    or was started again (after a crash), waited for up to RESTART_WAIT seconds.
+    """Go on at ``place`` with the daemon that took over (after a reexec), or was
+    started again (after a crash), waited for up to RESTART_WAIT seconds.
 
     Raises:
         DaemonUnavailable: no daemon came back in time.
-        ClientError: it cannot follow the session any more (it was removed,
-            or its name reused).
+        ClientError: it cannot go on with the session any more (it was
+            removed, or its name reused).
     """
-    client = Client(path, timeout=None, wait=RESTART_WAIT)
+    client = Client(path, timeout=timeout, wait=RESTART_WAIT)
     try:
-        attached = client.call(window(follow=True, resume=position, uid=uid), ev.Attached)
+        request = window(resume=place.offset, cursor=place.cursor, uid=uid)
+        attached = client.call(request, ev.Attached)
     except BaseException:
         client.close()
         raise
-    if attached.offset > position:
+    if place.offset is not None and attached.offset > place.offset:
         print(
-            f"consoled: the daemon restarted; {attached.offset - position} bytes of output "
-            "were lost before this client could follow on",
+            f"consoled: the daemon restarted; {attached.offset - place.offset} bytes of output "
+            "were lost before this client could go on",
+            file=sys.stderr,
+        )
+    if attached.gap:
+        print(
+            "consoled: the daemon restarted, and the log file this client was reading "
+            "has rotated away since; what follows starts at the oldest file kept",
             file=sys.stderr,
         )
     return client, attached

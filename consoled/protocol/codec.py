@@ -227,7 +227,9 @@ def stream_data_at(
 def encode_body(event: ev.Event) -> bytes:
     """Encode one message as the msgpack body of a frame."""
     kind = type(event)
-    if kind is ev.Input or (kind is ev.Output and event.offset is None):  # type: ignore[attr-defined]
+    if kind is ev.Input or (
+        kind is ev.Output and event.offset is None and event.cursor is None  # type: ignore[attr-defined]
+    ):
         # The hot path: skip the generic walk.
         data: bytes = event.data  # type: ignore[attr-defined]
         prefix = OUTPUT_PREFIX if kind is ev.Output else INPUT_PREFIX

@@ -294,12 +294,13 @@ class Logs(Event):
     TYPE: ClassVar[str] = "logs"
     session: str
     follow: bool = False
-    resume: int | None = None  # continue following from this stream offset (no file)
+    resume: int | None = None  # continue from this stream offset, from the ring (no file)
     uid: str | None = None  # with ``resume``: the session incarnation followed
     tail: int | None = None  # only the last N lines retained (then what follows)
     since: int | None = None  # only lines read at or after this time (ns since the epoch)
     until: int | None = None  # only lines read at or before this time; following ends there
     timestamps: bool = False  # start each line with the time it was read (RFC 3339) and a space
+    cursor: str | None = None  # continue sending the log files from this output.cursor
 
 
 @frozen
@@ -314,6 +315,9 @@ class Attached(Event):
     replay: int  # bytes of retained output that come first
     offset: int = 0  # stream offset of the first byte that follows
     uid: str = ""  # the session incarnation, for resume
+    #: A ``logs`` resumed at a cursor whose file is gone (rotated away): the
+    #: output starts at the oldest file kept, and some between was lost.
+    gap: bool = False
 
 
 # --- the stream -----------------------------------------------------------------
@@ -327,6 +331,9 @@ class Output(Event):
     #: output this message was made from (before filtering).  A client that
     #: loses the connection with no ``ended`` (a crash) resumes there.
     offset: int | None = None
+    #: In a ``logs`` stream, while it sends the log files: where in them this
+    #: message ends (opaque).  A client that loses the connection resumes there.
+    cursor: str | None = None
 
 
 @frozen

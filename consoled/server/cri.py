@@ -93,6 +93,11 @@ class CriDecoder:
         self._pending = lines.pop()
         return lines
 
+    @property
+    def pending(self) -> int:
+        """Bytes fed that are not yet a whole record (the next feed goes on from them)."""
+        return len(self._pending)
+
     def feed(self, data: bytes) -> bytes:
         out = []
         for line in self._lines(data):

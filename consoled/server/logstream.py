@@ -10,13 +10,21 @@ file's records.  A log file wholly older than ``--since`` is not read.
 The files are snapshotted, and the follower registered, in one synchronous
 step, so the files, then the ring, then live output are one contiguous
 stream, exactly as the unfiltered stream is.
+
+Every ``output`` says where the stream stands, so that a client whose
+connection breaks (a crash, or a reexec that could not wait for a slow
+reader) goes on from there with a daemon that never saw it: a
+:class:`FileCursor` while the files are sent (a file's identity and a
+position in it, which a rotation does not change), the stream offset after.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import time
+from dataclasses import dataclass
 from typing import Final
 
 import structlog
@@ -45,6 +53,47 @@ def _no_time(index: int) -> None:
     return None
 
 
+_CURSOR: Final = re.compile(r"f([0-9]+)\.([0-9]+)\.([0-9]+)\.([01])([01])")
+
+
+@dataclass(frozen=True, slots=True)
+class FileCursor:
+    """A place in a session's log files: ``output.cursor`` and ``logs.cursor``.
+
+    The file is named by its device and inode, which a rotation (a rename)
+    keeps; ``position`` is a byte in it where a record (CRI) or any byte (raw)
+    starts.  The line filter's state goes along: whether that byte starts a
+    line, and whether the line it is in is being shown.
+    """
+
+    dev: int
+    ino: int
+    position: int
+    at_line_start: bool
+    keeping: bool
+
+    def encode(self) -> str:
+        flags = f"{int(self.at_line_start)}{int(self.keeping)}"
+        return f"f{self.dev}.{self.ino}.{self.position}.{flags}"
+
+    @classmethod
+    def parse(cls, text: str) -> FileCursor:
+        """Raises: RequestError: not a cursor this daemon makes."""
+        found = _CURSOR.fullmatch(text)
+        if found is None:
+            raise RequestError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"{text[:80]!r} is not a log cursor (from output.cursor)",
+            )
+        dev, ino, position, line_start, keeping = found.groups()
+        return cls(int(dev), int(ino), int(position), line_start == "1", keeping == "1")
+
+    @classmethod
+    def at(cls, part: LogPart, position: int, lines: LineFilter) -> FileCursor:
+        st = os.fstat(part.owner.fd)
+        return cls(st.st_dev, st.st_ino, position, lines.at_line_start, lines.keeping)
+
+
 async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs) -> None:
     """Send a session's log files (or scrollback), filtered, then follow it if asked."""
     session = context.session_for_stream(request.session)
@@ -58,6 +107,9 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
         raise RequestError(ErrorCode.INVALID_ARGUMENT, "resume must be an offset >= 0")
     if request.tail is not None and request.tail < 0:
         raise RequestError(ErrorCode.INVALID_ARGUMENT, "tail must be a number of lines >= 0")
+    cursor = None if request.cursor is None else FileCursor.parse(request.cursor)
+    if cursor is not None and request.resume is not None:
+        raise RequestError(ErrorCode.INVALID_ARGUMENT, "resume and cursor cannot both be given")
     lines = LineFilter(since=request.since, until=request.until, timestamps=request.timestamps)
     follow = request.follow and (
         session.state is not ev.SessionState.EXITED or request.resume is not None
@@ -82,8 +134,23 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
         except LogFileError as exc:
             # A file we cannot read (something planted in the directory): the ring will do.
             log.error("logfile.unreadable", session=str(session.name), error=str(exc))
+    if cursor is not None and snapshot is None:
+        raise RequestError(
+            ErrorCode.INVALID_ARGUMENT,
+            f"session {session.name} has no log files to resume a cursor in",
+        )
     try:
         finder: TailFinder | None = None
+        start: tuple[int, int] = (0, 0)  # the file, and the byte in it, the files start from
+        gap = False
+        if cursor is not None:
+            assert snapshot is not None
+            place = _find(snapshot, cursor)
+            if place is None:
+                gap = True  # rotated away (or cut short): the oldest file kept is next
+            else:
+                start = place
+                lines.at_line_start, lines.keeping = cursor.at_line_start, cursor.keeping
         if request.resume is not None:
             first = request.resume
             lines.at_line_start = record.ends_line_before(max(first, record.start))
@@ -91,7 +158,7 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
             first = snapshot.written_to  # the files, then whatever they lack from the ring
         else:
             first = record.start
-        if request.tail is not None and request.resume is None:
+        if request.tail is not None and request.resume is None and cursor is None:
             finder = TailFinder(request.tail)
             found = _tail_in_ring(finder, record, first)
             if found is not None:
@@ -116,13 +183,24 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
                 snapshot,
                 lines=lines,
                 finder=finder,
+                start=start,
+                gap=gap,
                 deadline=deadline,
-                resumed=request.resume is not None,
+                resumed=request.resume is not None or cursor is not None,
                 follow=follow,
             )
     finally:
         if snapshot is not None:
             snapshot.close()
+
+
+def _find(snapshot: LogSnapshot, cursor: FileCursor) -> tuple[int, int] | None:
+    """The file of ``snapshot`` a cursor is in, and its position; None if it is gone."""
+    for i, part in enumerate(snapshot.parts):
+        st = os.fstat(part.owner.fd)
+        if (st.st_dev, st.st_ino) == (cursor.dev, cursor.ino):
+            return (i, cursor.position) if cursor.position <= part.size else None
+    return None
 
 
 def _tail_in_ring(finder: TailFinder, record: Record, first: int) -> int | None:
@@ -145,6 +223,8 @@ async def _logs_stream(
     *,
     lines: LineFilter,
     finder: TailFinder | None,
+    start: tuple[int, int],
+    gap: bool,
     deadline: float,
     resumed: bool,
     follow: bool,
@@ -154,16 +234,23 @@ async def _logs_stream(
     try:
         await channel.send(
             ev.Attached(
-                str(session.name), session.state, 0, 0, 0, offset=sub.offset, uid=session.uid
+                str(session.name),
+                session.state,
+                0,
+                0,
+                0,
+                offset=sub.offset,
+                uid=session.uid,
+                gap=gap,
             )
         )
         if snapshot is not None:
-            await _send_files(channel, snapshot, lines, finder)
-        if follow:
-            # From here on each output says where it stands in the session's
-            # output (see ev.Output.offset): a follower that loses us in a
-            # crash resumes there.  The files were everything before it.
-            await channel.send(ev.Output(b"", offset=sub.offset))
+            await _send_files(channel, snapshot, lines, finder, start)
+        # From here on each output says where it stands in the session's
+        # output (see ev.Output.offset): a client that loses us (a crash, or
+        # a reexec that could not wait for it) goes on from there.  The files
+        # were everything before it.
+        await channel.send(ev.Output(b"", offset=sub.offset))
         async with trio.open_nursery() as nursery:
 
             async def watch_client() -> None:
@@ -181,12 +268,19 @@ async def _logs_stream(
         session.detach(sub)
 
 
-async def _send(channel: Channel, data: bytes, offset: int | None = None) -> None:
-    """Send ``data``; the last message says ``offset`` (the others cannot: see ev.Output)."""
+async def _send(
+    channel: Channel, data: bytes, offset: int | None = None, cursor: FileCursor | None = None
+) -> None:
+    """Send ``data``; the last message says ``offset`` or ``cursor`` (the others
+    cannot: see ev.Output)."""
     last = max(len(data) - 1, 0) // MAX_DATA_CHUNK * MAX_DATA_CHUNK
     for start in range(0, max(len(data), 1), MAX_DATA_CHUNK):
         piece = data[start : start + MAX_DATA_CHUNK]
-        await channel.send(ev.Output(piece, offset=offset if start == last else None))
+        if start == last:
+            where = None if cursor is None else cursor.encode()
+            await channel.send(ev.Output(piece, offset=offset, cursor=where))
+        else:
+            await channel.send(ev.Output(piece))
 
 
 async def _pump_logs(
@@ -209,15 +303,29 @@ async def _pump_logs(
         offset = sub.offset
         chunks = sub.take(MAX_DATA_CHUNK)
         if chunks:
-            out = []
+            # Each message says the offset it reaches, at most MAX_DATA_CHUNK of
+            # output on (the ring's replay comes in chunks of megabytes): a
+            # client cut off in the middle loses its place by no more than that.
+            out: list[bytes] = []
+            size = 0
             for chunk in chunks:
                 assert isinstance(chunk, bytes)  # a raw subscriber: never framed
-                base = offset
-                out.append(lines.feed(chunk, lambda i: record.time_at(base + i)))  # noqa: B023
-                offset += len(chunk)
-            data = b"".join(out)
-            if data or follow:
-                await _send(channel, data, offset if follow else None)
+                for start in range(0, len(chunk), MAX_DATA_CHUNK):
+                    piece = (
+                        chunk
+                        if len(chunk) <= MAX_DATA_CHUNK
+                        else chunk[start : start + MAX_DATA_CHUNK]
+                    )
+                    base = offset
+                    out.append(lines.feed(piece, lambda i: record.time_at(base + i)))  # noqa: B023
+                    offset += len(piece)
+                    size += len(piece)
+                    if size >= MAX_DATA_CHUNK:
+                        await _send(channel, b"".join(out), offset)
+                        out.clear()
+                        size = 0
+            if size:
+                await _send(channel, b"".join(out), offset)
             if not lines.done:
                 continue
         notice = sub.end_notice
@@ -239,11 +347,15 @@ async def _pump_logs(
 
 
 async def _send_files(
-    channel: Channel, snapshot: LogSnapshot, lines: LineFilter, finder: TailFinder | None
+    channel: Channel,
+    snapshot: LogSnapshot,
+    lines: LineFilter,
+    finder: TailFinder | None,
+    start_at: tuple[int, int],
 ) -> None:
     parts = snapshot.parts
     try:
-        first, offset = 0, 0
+        first, offset = start_at
         if finder is not None:
             first, offset = await _tail_in_files(snapshot, finder)
         for i in range(first, len(parts)):
@@ -347,7 +459,7 @@ async def _send_raw(channel: Channel, part: LogPart, start: int, lines: LineFilt
             out = lines.feed(data, lambda i: times.time_at(base + i))  # noqa: B023
         offset += len(data)
         if out:
-            await _send(channel, out)
+            await _send(channel, out, cursor=FileCursor.at(part, offset, lines))
         if lines.done:
             return
 
@@ -384,7 +496,7 @@ async def _send_cri(channel: Channel, part: LogPart, start: int, lines: LineFilt
                     break
             out = b"".join(pieces)
         if out:
-            await _send(channel, out)
+            await _send(channel, out, cursor=FileCursor.at(part, offset - decoder.pending, lines))
         if lines.done:
             return
         await trio.lowlevel.checkpoint()

@@ -22,6 +22,19 @@ from tests.support.daemon import DaemonProcess
 PIPED_TIMEOUT = 60.0
 
 
+async def kill_and_reap(proc: trio.Process) -> None:
+    """Kill a process the test started (if it still runs), reap it, close its pipes;
+    even while the test is being cancelled."""
+    with trio.CancelScope(shield=True):
+        if proc.returncode is None:
+            proc.kill()
+        with trio.move_on_after(PIPED_TIMEOUT):
+            await proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                await pipe.aclose()
+
+
 class PipedCli:
     """One ``python -m consoled ARGS`` process: its stdin, and what it wrote so far."""
 
