@@ -738,3 +738,40 @@ def test_a_session_removed_just_before_a_crash_is_let_go(tmp_path: Path) -> None
         table.close()
         session.close()
         os.close(slave)
+
+
+def test_the_master_of_a_session_that_ended_just_before_a_crash_is_let_go(
+    tmp_path: Path,
+) -> None:
+    """The terminal hung up and the session ended, then a crash before the
+    service manager dropped its master: the session comes back as it ended,
+    and the master is closed, not kept as a new `unnamed-N`."""
+    # Was: the master came back as unnamed-1, a session that ended at once
+    # in `consoled ls` next to the real one.
+    table = SessionTable(
+        DaemonConfig(state_dir=tmp_path / "state", fd_store=False),
+        None,
+        ServiceManager({}, fd_store=False),
+    )
+    master, slave = os.openpty()
+    session = Session.new(
+        1, SessionName.parse("ended"), scrollback=4096, size_policy=SizePolicy.LATEST
+    )
+    try:
+        session.resume_master(OwnedFd(os.dup(master), "master"), 1)
+        assert session.record.owner is not None
+        pty = OwnedFd(os.dup(master), "master")
+        stored = [("s1.rec", session.record.owner.dup()), ("s1.pty", pty)]
+        os.close(slave)  # the container is gone
+        session.exit(EndReason.EXITED)
+        os.close(master)
+        inventory = restore(stored, table, None)
+        try:
+            assert inventory.orphans == []
+            assert [(str(s.name), s.state) for s in table] == [("ended", ev.SessionState.EXITED)]
+            assert pty.closed
+        finally:
+            inventory.close()
+    finally:
+        table.close()
+        session.close()

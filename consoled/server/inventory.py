@@ -269,6 +269,12 @@ def _restore_session(
         if session.state is SessionState.RUNNING:
             session.resume_master(pty, number, leader)
             leader = None
+        elif session.state is SessionState.EXITED and session.end_reason is EndReason.EXITED:
+            # Its terminal hung up, and the daemon died before the service
+            # manager let go of the master: let go of it now (no `unnamed-N`
+            # for a terminal that ended).
+            log.info("inventory.exited_again", session=str(session.name))
+            pty.close()
         else:
             log.warning("inventory.rejected", fd=f"s{serial}.pty", error="session not running")
             inventory.orphans.append(Orphan(pty, number, serial))
