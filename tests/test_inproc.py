@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 import tty
 from collections import Counter
 from collections.abc import Iterator
@@ -521,3 +522,31 @@ async def test_a_terminal_nobody_makes_controlling_is_looked_at_a_dozen_times(
         assert 5 <= seen <= 15, seen
         await trio.sleep(60)
         assert looks["lonely"] == seen  # given up after LEADER_SEARCH
+
+
+async def test_a_filtered_logs_stream_resumed_inside_a_line_it_left_out_leaves_out_the_rest(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """`logs --since` cut in the middle of a line older than the bound goes
+    on, from that offset, without the rest of that line."""
+    # Was: the rest of the line was shown (a resume assumed the line was kept).
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "f", slaves)
+        tty.setraw(slave)
+        session = d.table.get("f")
+        os.write(slave, b"old line, first half")
+        await wait_output(d.control_socket, "f", b"first half")
+        await trio.sleep(0.05)  # the time index has 10 ms steps: a later time for what follows
+        since = time.time_ns()
+        await trio.sleep(0.05)
+        os.write(slave, b", second half\nnew line\n")
+        await wait_output(d.control_socket, "f", b"new line\n")
+        for resume, shown in ((10, b"new line\n"), (0, b"new line\n"), (38, b"line\n")):
+            c = await connect(d)
+            request = ev.Logs("f", since=since, resume=resume, uid=session.uid)
+            assert isinstance(await c.request(request), ev.Attached)
+            got = b""
+            while not isinstance(event := await c.receive(), ev.Ended):
+                assert isinstance(event, ev.Output)
+                got += event.data
+            assert got == shown, resume

@@ -154,6 +154,8 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
         if request.resume is not None:
             first = request.resume
             lines.at_line_start = record.ends_line_before(max(first, record.start))
+            if not lines.at_line_start and not lines.passthrough:
+                lines.keeping = _keeps_line_at(lines, record, first)
         elif snapshot is not None:
             first = snapshot.written_to  # the files, then whatever they lack from the ring
         else:
@@ -192,6 +194,17 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
     finally:
         if snapshot is not None:
             snapshot.close()
+
+
+def _keeps_line_at(lines: LineFilter, record: Record, offset: int) -> bool:
+    """Whether the line the byte at ``offset`` is in is one ``lines`` shows (by
+    the time of its first byte): a stream resumed in the middle of a line
+    goes on showing it, or leaving it out, as the stream it resumes did."""
+    start, chunks = record.read_from(record.start)
+    before = b"".join(chunks)[: max(offset - start, 0)]
+    newline = before.rfind(b"\n")
+    when = None if newline < 0 else record.time_at(start + newline + 1)
+    return lines.since is None or (when is not None and when >= lines.since)
 
 
 def _find(snapshot: LogSnapshot, cursor: FileCursor) -> tuple[int, int] | None:
