@@ -9,6 +9,7 @@ through untouched; in the default mode the line discipline turns each
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -20,9 +21,11 @@ import pytest
 import trio
 
 from consoled.io import pty
+from consoled.io.fds import OwnedFd
 from consoled.protocol import ErrorCode
 from consoled.protocol import events as ev
-from consoled.server.logfile import LogDir, LogFile, LogFormat
+from consoled.server.logfile import LogDir, LogFile, LogFormat, LogPart
+from consoled.server.logstream import FileIdentity
 from tests.conftest import BundleFactory, DaemonFactory
 from tests.support.cli import cli
 from tests.support.client import AsyncClient, wait_output
@@ -465,15 +468,26 @@ async def test_logs_resume_at_a_cursor_in_the_files_and_say_when_it_rotated_away
         again, rest = await logs_from(daemon, resumed)
         assert isinstance(again, ev.Attached) and not again.gap
         assert b"".join(o.data for o in rest) == data[second:]
-        # Rotated away: the log goes on until the file of the first cursor is gone.
-        await holder.stream(0, 1.0, 20000)
-        more = (await holder.wait_streams(30))[0]
-        total = everything + streamed(0, more)  # numbered from 1 again
-        await wait_output(daemon.control_socket, "cur", total[-64:])
-        again, rest = await logs_from(daemon, resumed)
-        assert isinstance(again, ev.Attached) and again.gap
-        rest_data = b"".join(o.data for o in rest)
-        assert total.endswith(rest_data) and len(rest_data) < len(total) - second
+        # Through rotations the cursor finds its file (renamed); once the
+        # file is gone (the inode number perhaps taken by a new one), the
+        # oldest file kept is next, and `gap` says so.
+        total = everything
+        skip = len(everything) - len(data) + second  # where the cursor is in all output
+        with trio.fail_after(60):
+            for mark in itertools.count():
+                again, rest = await logs_from(daemon, resumed)
+                assert isinstance(again, ev.Attached)
+                rest_data = b"".join(o.data for o in rest)
+                if again.gap:
+                    break
+                assert rest_data == total[skip:]
+                await holder.stream(0, 0.3, 20000)
+                total += streamed(0, (await holder.wait_streams(30))[0])  # numbered from 1 again
+                await holder.say(0, f"mark-{mark}")
+                total += f"mark-{mark}\n".encode()
+                await wait_output(daemon.control_socket, "cur", f"mark-{mark}\n".encode())
+        assert mark > 0, "rotated at least once with the file still there"
+        assert total.endswith(rest_data) and len(rest_data) < len(total) - skip
         # Cursors this daemon did not make, or with an offset too.
         for request, why in (
             (ev.Logs("cur", cursor="x1.2.3.11"), "'x1.2.3.11' is not a log cursor"),
@@ -484,3 +498,26 @@ async def test_logs_resume_at_a_cursor_in_the_files_and_say_when_it_rotated_away
             assert reply.code is ErrorCode.INVALID_ARGUMENT
     finally:
         await holder.aclose()
+
+
+def test_a_log_file_is_not_taken_for_the_one_whose_inode_number_it_got(tmp_path: Path) -> None:
+    """A rotation deletes the oldest file, and ext4 gives its inode number to
+    the next file made: a cursor into the deleted file must not find it."""
+    path = tmp_path / "c.log.3"
+    path.write_bytes(b"2026-11-30T09:00:00.000000001Z stdout F the old file\n")
+    part = LogPart(OwnedFd(os.open(path, os.O_RDONLY), "log"), path.stat().st_size)
+    old = FileIdentity.of(part)
+    part.close()
+    path.unlink()
+    for n, content in enumerate(
+        (b"2026-11-30T09:00:01.000000001Z stdout F new\n", path.name.encode())
+    ):
+        new = tmp_path / f"c.log.new{n}"
+        new.write_bytes(content)
+        part = LogPart(OwnedFd(os.open(new, os.O_RDONLY), "log"), new.stat().st_size)
+        try:
+            assert new.stat().st_ino == old.ino, "the file system reuses inode numbers (ext4 does)"
+            assert FileIdentity.of(part, old.head) != old
+        finally:
+            part.close()
+        new.unlink()

@@ -20,10 +20,13 @@ position in it, which a rotation does not change), the stream offset after.
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import re
+import struct
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -53,28 +56,70 @@ def _no_time(index: int) -> None:
     return None
 
 
-_CURSOR: Final = re.compile(r"f([0-9]+)\.([0-9]+)\.([0-9]+)\.([01])([01])")
+#: ``_IOR('v', 1, long)``: an inode's generation, which changes when its number is reused.
+FS_IOC_GETVERSION: Final = 0x80087601
+#: Bytes at the start of a log file that go into its identity (a CRI file's
+#: first record has its time in nanoseconds).
+HEAD_SIZE: Final = 64
+
+_CURSOR: Final = re.compile(
+    r"f([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([01])([01])"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """What tells a log file from every other, renamed or not.
+
+    The device and inode number, which a rotation (a rename) keeps; but a
+    rotation also deletes the oldest file, and a new one may get its inode
+    number, so the inode's generation goes along where the file system has
+    one (ext4, XFS, btrfs; 0 on tmpfs), and a checksum of the file's first
+    bytes (how many: ``head``, at most :data:`HEAD_SIZE`).
+    """
+
+    dev: int
+    ino: int
+    generation: int
+    head: int
+    checksum: int
+
+    @classmethod
+    def of(cls, part: LogPart, head: int | None = None) -> FileIdentity:
+        """The identity of ``part``, its checksum over ``head`` bytes (as many as
+        it has up to HEAD_SIZE if None)."""
+        fd = part.owner.fd
+        st = os.fstat(fd)
+        try:
+            packed = fcntl.ioctl(fd, FS_IOC_GETVERSION, b"\0" * 8)
+            generation = struct.unpack("l", packed)[0] & 0xFFFFFFFF
+        except OSError:
+            generation = 0
+        if head is None:
+            head = min(part.size, HEAD_SIZE)
+        data = os.pread(fd, head, 0) if head else b""
+        checksum = zlib.crc32(data) if len(data) == head else -1
+        return cls(st.st_dev, st.st_ino, generation, head, checksum)
 
 
 @dataclass(frozen=True, slots=True)
 class FileCursor:
     """A place in a session's log files: ``output.cursor`` and ``logs.cursor``.
 
-    The file is named by its device and inode, which a rotation (a rename)
-    keeps; ``position`` is a byte in it where a record (CRI) or any byte (raw)
-    starts.  The line filter's state goes along: whether that byte starts a
-    line, and whether the line it is in is being shown.
+    ``position`` is a byte of the file where a record (CRI) or any byte
+    (raw) starts.  The line filter's state goes along: whether that byte
+    starts a line, and whether the line it is in is being shown.
     """
 
-    dev: int
-    ino: int
+    file: FileIdentity
     position: int
     at_line_start: bool
     keeping: bool
 
     def encode(self) -> str:
+        f = self.file
         flags = f"{int(self.at_line_start)}{int(self.keeping)}"
-        return f"f{self.dev}.{self.ino}.{self.position}.{flags}"
+        return f"f{f.dev}.{f.ino}.{f.generation}.{f.head}.{f.checksum}.{self.position}.{flags}"
 
     @classmethod
     def parse(cls, text: str) -> FileCursor:
@@ -85,13 +130,11 @@ class FileCursor:
                 ErrorCode.INVALID_ARGUMENT,
                 f"{text[:80]!r} is not a log cursor (from output.cursor)",
             )
-        dev, ino, position, line_start, keeping = found.groups()
-        return cls(int(dev), int(ino), int(position), line_start == "1", keeping == "1")
-
-    @classmethod
-    def at(cls, part: LogPart, position: int, lines: LineFilter) -> FileCursor:
-        st = os.fstat(part.owner.fd)
-        return cls(st.st_dev, st.st_ino, position, lines.at_line_start, lines.keeping)
+        dev, ino, generation, head, checksum, position = map(int, found.groups()[:6])
+        if head > HEAD_SIZE:
+            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{text[:80]!r} is not a log cursor")
+        file = FileIdentity(dev, ino, generation, head, checksum)
+        return cls(file, position, found.group(7) == "1", found.group(8) == "1")
 
 
 async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs) -> None:
@@ -210,8 +253,7 @@ def _keeps_line_at(lines: LineFilter, record: Record, offset: int) -> bool:
 def _find(snapshot: LogSnapshot, cursor: FileCursor) -> tuple[int, int] | None:
     """The file of ``snapshot`` a cursor is in, and its position; None if it is gone."""
     for i, part in enumerate(snapshot.parts):
-        st = os.fstat(part.owner.fd)
-        if (st.st_dev, st.st_ino) == (cursor.dev, cursor.ino):
+        if FileIdentity.of(part, cursor.file.head) == cursor.file:
             return (i, cursor.position) if cursor.position <= part.size else None
     return None
 
@@ -459,6 +501,7 @@ async def _send_raw(channel: Channel, part: LogPart, start: int, lines: LineFilt
         if newest is not None and newest < lines.since:
             lines.skip(_ends_line(part))  # every line that starts in it is too old
             return
+    identity = FileIdentity.of(part)
     fd = part.owner.fd
     offset = start
     while offset < part.size:
@@ -472,13 +515,15 @@ async def _send_raw(channel: Channel, part: LogPart, start: int, lines: LineFilt
             out = lines.feed(data, lambda i: times.time_at(base + i))  # noqa: B023
         offset += len(data)
         if out:
-            await _send(channel, out, cursor=FileCursor.at(part, offset, lines))
+            place = FileCursor(identity, offset, lines.at_line_start, lines.keeping)
+            await _send(channel, out, cursor=place)
         if lines.done:
             return
 
 
 async def _send_cri(channel: Channel, part: LogPart, start: int, lines: LineFilter) -> None:
     decoder = CriDecoder()
+    identity = FileIdentity.of(part)
     fd = part.owner.fd
     offset = start
     if lines.since is not None:
@@ -509,7 +554,10 @@ async def _send_cri(channel: Channel, part: LogPart, start: int, lines: LineFilt
                     break
             out = b"".join(pieces)
         if out:
-            await _send(channel, out, cursor=FileCursor.at(part, offset - decoder.pending, lines))
+            end = offset - decoder.pending
+            await _send(
+                channel, out, cursor=FileCursor(identity, end, lines.at_line_start, lines.keeping)
+            )
         if lines.done:
             return
         await trio.lowlevel.checkpoint()
