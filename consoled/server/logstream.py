@@ -63,7 +63,7 @@ FS_IOC_GETVERSION: Final = 0x80087601
 HEAD_SIZE: Final = 64
 
 _CURSOR: Final = re.compile(
-    r"f([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([01])([01])"
+    r"f([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([01])([01])([01])"
 )
 
 
@@ -108,17 +108,23 @@ class FileCursor:
 
     ``position`` is a byte of the file where a record (CRI) or any byte
     (raw) starts.  The line filter's state goes along: whether that byte
-    starts a line, and whether the line it is in is being shown.
+    starts a line, whether the line it is in is being shown, and whether a
+    line past ``until`` was seen (nothing more is shown).
     """
 
     file: FileIdentity
     position: int
     at_line_start: bool
     keeping: bool
+    done: bool
+
+    @classmethod
+    def at(cls, file: FileIdentity, position: int, lines: LineFilter) -> FileCursor:
+        return cls(file, position, lines.at_line_start, lines.keeping, lines.done)
 
     def encode(self) -> str:
         f = self.file
-        flags = f"{int(self.at_line_start)}{int(self.keeping)}"
+        flags = f"{int(self.at_line_start)}{int(self.keeping)}{int(self.done)}"
         return f"f{f.dev}.{f.ino}.{f.generation}.{f.head}.{f.checksum}.{self.position}.{flags}"
 
     @classmethod
@@ -134,7 +140,8 @@ class FileCursor:
         if head > HEAD_SIZE:
             raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{text[:80]!r} is not a log cursor")
         file = FileIdentity(dev, ino, generation, head, checksum)
-        return cls(file, position, found.group(7) == "1", found.group(8) == "1")
+        line_start, keeping, done = (flag == "1" for flag in found.groups()[6:])
+        return cls(file, position, line_start, keeping, done)
 
 
 async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs) -> None:
@@ -194,11 +201,12 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
             else:
                 start = place
                 lines.at_line_start, lines.keeping = cursor.at_line_start, cursor.keeping
+                lines.done = cursor.done
         if request.resume is not None:
             first = request.resume
             lines.at_line_start = record.ends_line_before(max(first, record.start))
             if not lines.at_line_start and not lines.passthrough:
-                lines.keeping = _keeps_line_at(lines, record, first)
+                _resume_in_line(lines, record, first)
         elif snapshot is not None:
             first = snapshot.written_to  # the files, then whatever they lack from the ring
         else:
@@ -239,15 +247,17 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
             snapshot.close()
 
 
-def _keeps_line_at(lines: LineFilter, record: Record, offset: int) -> bool:
-    """Whether the line the byte at ``offset`` is in is one ``lines`` shows (by
-    the time of its first byte): a stream resumed in the middle of a line
-    goes on showing it, or leaving it out, as the stream it resumes did."""
+def _resume_in_line(lines: LineFilter, record: Record, offset: int) -> None:
+    """Set ``lines`` for a stream resumed at ``offset``, in the middle of a line:
+    it goes on showing the line, or leaving it out, or it has ended (the line
+    is past ``until``), as the stream it resumes did, by the time of the
+    line's first byte."""
     start, chunks = record.read_from(record.start)
     before = b"".join(chunks)[: max(offset - start, 0)]
     newline = before.rfind(b"\n")
     when = None if newline < 0 else record.time_at(start + newline + 1)
-    return lines.since is None or (when is not None and when >= lines.since)
+    lines.keeping = lines.since is None or (when is not None and when >= lines.since)
+    lines.done = lines.until is not None and when is not None and when > lines.until
 
 
 def _find(snapshot: LogSnapshot, cursor: FileCursor) -> tuple[int, int] | None:
@@ -515,7 +525,7 @@ async def _send_raw(channel: Channel, part: LogPart, start: int, lines: LineFilt
             out = lines.feed(data, lambda i: times.time_at(base + i))  # noqa: B023
         offset += len(data)
         if out:
-            place = FileCursor(identity, offset, lines.at_line_start, lines.keeping)
+            place = FileCursor.at(identity, offset, lines)
             await _send(channel, out, cursor=place)
         if lines.done:
             return
@@ -555,9 +565,7 @@ async def _send_cri(channel: Channel, part: LogPart, start: int, lines: LineFilt
             out = b"".join(pieces)
         if out:
             end = offset - decoder.pending
-            await _send(
-                channel, out, cursor=FileCursor(identity, end, lines.at_line_start, lines.keeping)
-            )
+            await _send(channel, out, cursor=FileCursor.at(identity, end, lines))
         if lines.done:
             return
         await trio.lowlevel.checkpoint()
