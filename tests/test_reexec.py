@@ -569,6 +569,56 @@ async def test_a_logs_reader_slower_than_a_reexec_gets_every_line_once(
         await holder.aclose()
 
 
+async def test_a_logs_reader_whose_file_rotated_away_during_a_reexec_is_told(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The reader stalls, the log rotates the file it was reading away, a
+    reexec cuts it off: it goes on from the oldest file kept and says that
+    output was lost between (the old daemon's open file is gone with it)."""
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory(
+        "--log-dir", str(log_dir), "--log-max-size", "256K", "--log-max-files", "2"
+    )
+    holder = await PtyHolder.start(nursery)
+    try:
+        await running_session(daemon, holder, "rot")
+        await holder.stream(0, 1.0, 12000)
+        first = (await holder.wait_streams(30))[0]
+        await wait_output(daemon.control_socket, "rot", f"0000 {first:09d} ".encode())
+        reader = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "consoled", "logs", "rot"],
+            env=daemon.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert reader.stdout is not None and reader.stderr is not None
+        try:
+            with trio.fail_after(CATCH_UP_TIMEOUT):
+                out = bytearray(await reader.stdout.receive_some())
+                # Three files' worth more: every file the reader's stream had is gone.
+                await holder.say(0, "second-part")
+                await holder.stream(0, 1.0, 12000)
+                second = (await holder.wait_streams(30))[0]
+                await wait_output(daemon.control_socket, "rot", f"0000 {second:09d} ".encode())
+                await reexec(daemon)
+                async for chunk in reader.stdout:
+                    out += chunk
+                err = b"".join([chunk async for chunk in reader.stderr])
+                assert await reader.wait() == 0, err
+        finally:
+            await kill_and_reap(reader)
+        assert b"the log file this client was reading has rotated away" in err, err
+        lines = [int(n) for n in re.findall(rb"0000 (\d{9}) ", bytes(out))]
+        # What the first part's files held, then a gap, then the end of the second.
+        assert b"second-part\n" not in out, "the files holding the seam were rotated away"
+        restart = next(i for i in range(1, len(lines)) if lines[i] != lines[i - 1] + 1)
+        assert lines[:restart] == list(range(lines[0], lines[0] + restart))
+        assert lines[restart:] == list(range(lines[restart], second + 1))
+        assert lines[restart] > 1
+    finally:
+        await holder.aclose()
+
+
 async def test_keys_waiting_for_a_full_terminal_go_to_the_successor_once(
     daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
