@@ -159,9 +159,9 @@ class Daemon:
             except LogFileError as exc:
                 raise StartupError(str(exc)) from None
 
-    def _restore(self, named: list[tuple[str, OwnedFd]]) -> Inventory:
+    def _restore(self, named: list[tuple[str, OwnedFd]], *, handed_over: bool) -> Inventory:
         assert self.table is not None
-        inventory = restore(named, self.table, self.log_dir)
+        inventory = restore(named, self.table, self.log_dir, handed_over=handed_over)
         taken = {session.serial for session in self.table}
         for orphan in inventory.orphans:
             # Under its own serial if it is free: the fd store holds the master
@@ -246,7 +246,7 @@ class Daemon:
         self.table = SessionTable(config, self.log_dir, self.manager, self.gate)
         named = take_listen_fds(self.env)
         received = {name for name, _ in named}
-        inventory = self._restore(named)
+        inventory = self._restore(named, handed_over=False)
         self._take_listeners(inventory)
         inventory.close()  # what is left: a lock or stderr, not used on a fresh start
         self._forget_stale(received)
@@ -266,7 +266,7 @@ class Daemon:
         try:
             self._open_log_dir()
             self.table = SessionTable(self.config, self.log_dir, self.manager, self.gate)
-            inventory = self._restore(named)
+            inventory = self._restore(named, handed_over=True)
             screens = self.table.take_screens(inventory.screens)
         except BaseException as exc:
             await link.failed(f"{type(exc).__name__}: {exc}")

@@ -123,11 +123,20 @@ def _by_path(inventory: Inventory, name: str, owner: OwnedFd, table: SessionTabl
 
 
 def restore(
-    named: list[tuple[str, OwnedFd]], table: SessionTable, log_dir: LogDir | None
+    named: list[tuple[str, OwnedFd]],
+    table: SessionTable,
+    log_dir: LogDir | None,
+    *,
+    handed_over: bool = False,
 ) -> Inventory:
     """Rebuild listeners and sessions from ``named`` (all of which this takes over).
 
     Sessions go into ``table``; the rest is returned.
+
+    Args:
+        handed_over: a predecessor that quiesced sent them (a reexec): each
+            log fd is the file being written, as the records say.  Else (the
+            fd store, after a crash) they may be from just before a change.
     """
     inventory = Inventory()
     parts: dict[int, dict[str, OwnedFd]] = defaultdict(dict)
@@ -154,7 +163,9 @@ def restore(
     for serial in sorted(parts):
         table.reserve(serial)
         try:
-            _restore_session(serial, parts[serial], table, log_dir, inventory)
+            _restore_session(
+                serial, parts[serial], table, log_dir, inventory, handed_over=handed_over
+            )
         except Exception as exc:
             # A bug, or a record no daemon of ours wrote: it costs this session,
             # never the daemon.  Raised here, it would fail every restart the
@@ -196,6 +207,8 @@ def _restore_session(
     table: SessionTable,
     log_dir: LogDir | None,
     inventory: Inventory,
+    *,
+    handed_over: bool,
 ) -> None:
     rec, pty, sock, log_fd = (fds.get(k) for k in ("rec", "pty", "sock", "log"))
     # The leader's pidfd: the only way to its exit status once it is gone (a
@@ -242,7 +255,11 @@ def _restore_session(
     if log_dir is not None and isinstance(meta_log, dict):
         try:
             session.log_file = LogFile.adopt(
-                log_dir, meta_log, log_fd, writing=session.state is SessionState.RUNNING
+                log_dir,
+                meta_log,
+                log_fd,
+                writing=session.state is SessionState.RUNNING,
+                handed_over=handed_over,
             )
             log_fd = None
         except (LogFileError, OSError, KeyError, ValueError, TypeError) as exc:

@@ -396,7 +396,13 @@ class LogFile:
 
     @classmethod
     def adopt(
-        cls, logdir: LogDir, meta: Mapping[str, Any], owner: OwnedFd | None, *, writing: bool
+        cls,
+        logdir: LogDir,
+        meta: Mapping[str, Any],
+        owner: OwnedFd | None,
+        *,
+        writing: bool,
+        handed_over: bool = False,
     ) -> LogFile:
         """The log file described by ``meta``, with the fd handed back (or reopened by name).
 
@@ -405,12 +411,15 @@ class LogFile:
             meta: what :meth:`meta` said.
             owner: the file's fd, if it was handed over.
             writing: the session still runs; without ``owner``, reopen the file.
+            handed_over: ``owner`` is the file being written (a reexec's
+                predecessor quiesced before it sent it); not looked up by name
+                (a thousand lookups were a tenth of a reexec's pause).
 
         Raises:
             LogFileError: it is gone and cannot be reopened.
         """
         stem = str(meta["stem"])
-        if writing:
+        if writing and not (handed_over and owner is not None):
             # The file by its name is the one being written.  The fd handed back
             # may be from before a rotation: the daemon rotated and died before
             # the service manager took the new file's fd (or before the record

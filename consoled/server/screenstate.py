@@ -321,12 +321,27 @@ class QueryWatch:
 
     def __init__(self) -> None:
         self._scanner = QueryScanner()
+        #: The record to take the scanner's start from, with the first output.
+        self._resumed: Record | None = None
 
     def ends(self, data: bytes) -> list[int]:
-        """Where in ``data`` each query it completes ends."""
+        """Where in ``data`` (just added to the record) each query it completes ends."""
+        if self._resumed is not None:
+            self._prime(self._resumed, len(data))
         return [q.end for q in self._scanner.feed(data)]
 
     def resume(self, record: Record) -> None:
         """Go on from the output ``record`` holds (another daemon read it): a query
-        it leaves unfinished is answered when the rest of it comes."""
-        self._scanner.prime(b"".join(record.tail(QueryScanner.HOLD)))
+        it leaves unfinished is answered when the rest of it comes.
+
+        The record is read with the first output that comes (a thousand
+        sessions each reading their ring's tail as they are taken over were a
+        sixth of a reexec's pause).
+        """
+        self._resumed = record
+
+    def _prime(self, record: Record, new: int) -> None:
+        self._resumed = None
+        held = b"".join(record.tail(QueryScanner.HOLD + new))
+        if len(held) > new:
+            self._scanner.prime(held[: len(held) - new])
