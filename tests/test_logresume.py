@@ -6,7 +6,7 @@ stream after any message; the client goes on from the last
 Here random output (lines of random lengths, some unfinished when a burst
 ends, some longer than a CRI record) goes, in bursts at distinct times,
 into log files that rotate every few KiB, or into the ring alone; for each
-set of options (``-t``, ``--since``, ``--until``) a stream resumed after
+set of options (``-t``, ``--since``, ``--until``, ``--tail``) a stream resumed after
 each message of the whole stream must give exactly the rest of it.
 Cutting without a restart is enough: a successor reads the same files and
 the same ring.
@@ -140,6 +140,8 @@ async def test_a_logs_stream_resumed_after_any_message_gives_exactly_the_rest(
             {"since": between[0]},
             {"until": between[2], "timestamps": True},
             {"since": between[1], "until": between[2]},
+            {"tail": 7},
+            {"tail": 40, "timestamps": True, "until": between[3]},
         ]
         for window in windows:
             whole = await stream(d, ev.Logs("r", **window))
