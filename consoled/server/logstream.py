@@ -97,8 +97,8 @@ class FileIdentity:
             generation = 0
         if head is None:
             head = min(part.size, HEAD_SIZE)
-        data = os.pread(fd, head, 0) if head else b""
-        checksum = zlib.crc32(data) if len(data) == head else -1
+        # A file shorter than ``head`` is another file: its checksum differs.
+        checksum = zlib.crc32(os.pread(fd, head, 0) if head else b"")
         return cls(st.st_dev, st.st_ino, generation, head, checksum)
 
 
