@@ -644,6 +644,38 @@ async def test_keys_waiting_for_a_full_terminal_go_to_the_successor_once(
         await holder.aclose()
 
 
+async def test_an_answer_waiting_for_a_full_terminal_goes_to_the_successor_once(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A program asks the terminal (DA1) while its input is full: the answer
+    waits in the daemon.  A reexec hands it over, and the program reads it,
+    once, when its input has room again."""
+    # Was: lost with the old daemon; a program waiting for it (most give up
+    # after a while) never got it.
+    daemon = await daemon_factory()
+    holder = await PtyHolder.start(nursery)
+    try:
+        await running_session(daemon, holder, "ask")
+        await holder.leave_unread(0)
+        async with piped_cli(daemon, nursery, "attach", "--no-tty", "--no-replay", "ask") as client:
+            typed = b"".join(b"%05d," % i for i in range(8000))  # more than the pty takes
+            await client.send(typed)
+            await daemon.wait_event("audit", action="input")
+            await holder.say(0, "\x1b[c")  # the query, with the terminal full
+            await daemon.wait_event("client.attached", session="ask")
+            await reexec(daemon)
+            got = await holder.drain(0, len(typed), tmp_path / "typed")
+            # Some output, and the successor tries the terminal again.
+            await holder.say(0, "more")
+            got += await holder.drain(0, 7, tmp_path / "answer", within=10)
+            got += await holder.drain(0, 1, tmp_path / "more", within=0.5)
+            answers = re.findall(rb"\x1b\[\?1;2c", got)
+            assert len(answers) == 1, got[-100:]
+            assert got.replace(answers[0], b"") == typed
+    finally:
+        await holder.aclose()
+
+
 async def test_keys_typed_before_the_master_arrives_reach_it_after_a_reexec(
     daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
 ) -> None:

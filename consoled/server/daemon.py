@@ -65,6 +65,9 @@ log = structlog.get_logger("consoled.daemon")
 QUIESCE_TIMEOUT: Final = 1.0
 #: Seconds between STATUS= updates to the service manager.
 STATUS_INTERVAL: Final = 5.0
+#: Bytes of answers to terminal queries, for all sessions together, that a
+#: reexec hands over (they go in one message of at most 256 KiB).
+HANDED_ANSWERS: Final = 64 * 1024
 #: The names this daemon stores fds under (a socket unit's are its own).
 STORED_NAME: Final = re.compile(r"s\d+\.[a-z]+|listen\.[a-z]+")
 
@@ -293,10 +296,23 @@ class Daemon:
         if made or skipped:
             log.info("reexec.fd_store_caught_up", changes=made, skipped=skipped[:10])
         self._forget_stale(received)
+        self._take_answers(state.get("answers"))
         if self.lock is None:
             self.lock = acquire_lock(self.config.state_dir)
         write_pid(self.lock)
         return len(self.table)
+
+    def _take_answers(self, answers: object) -> None:
+        """Write the answers the predecessor still held (only once it has committed:
+        until then it may serve on, and write them itself)."""
+        if not isinstance(answers, dict):
+            return
+        assert self.table is not None
+        sessions = {str(session.serial): session for session in self.table}
+        for serial, data in answers.items():
+            session = sessions.get(serial)
+            if session is not None and isinstance(data, bytes):
+                session.take_answers(data)
 
     # --- serving -----------------------------------------------------------------
 
@@ -461,8 +477,20 @@ class Daemon:
             screens = self._screens_fd()
             if screens is not None:
                 named.append(("screens", screens.fd))
-            # What the fd store has not been told yet, the successor tells it.
-            state = {"version": __version__, "fd_store": self.manager.pending_fd_store()}
+            # What the fd store has not been told yet, the successor tells it;
+            # answers to queries that wait for a terminal to read, it writes.
+            answers: dict[str, bytes] = {}
+            room = HANDED_ANSWERS
+            for session in self.table:
+                pending = session.pending_answers
+                if pending and len(pending) <= room:
+                    answers[str(session.serial)] = pending
+                    room -= len(pending)
+            state = {
+                "version": __version__,
+                "fd_store": self.manager.pending_fd_store(),
+                "answers": answers,
+            }
             try:
                 sessions = await predecessor.send(named, state)
             finally:

@@ -402,6 +402,16 @@ class Session:
             )
         return self.screen
 
+    @property
+    def pending_answers(self) -> bytes:
+        """Answers to queries still waiting for the terminal to read its input."""
+        return self._answers
+
+    def take_answers(self, answers: bytes) -> None:
+        """Answers a predecessor could not write yet (a reexec): written now if
+        the terminal takes them, else with the next output, as its own."""
+        self._answer(answers[-MAX_PENDING_ANSWERS:])
+
     def _answer(self, answers: bytes) -> None:
         """Write answers to queries to the terminal, after any still waiting (never blocks)."""
         pending = self._answers + answers
