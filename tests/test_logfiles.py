@@ -462,6 +462,11 @@ async def test_logs_resume_at_a_cursor_in_the_files_and_say_when_it_rotated_away
         files = [o for o in outputs if o.cursor is not None]
         assert len(files) >= 3 and all(o.offset is None for o in files)
         assert outputs[len(files)] == ev.Output(b"", offset=attached.offset)
+        # Opaque, and no inode numbers in it (nor generations: NFS handles are made of them).
+        assert files[0].cursor is not None
+        assert re.fullmatch(r"f[0-9a-f]{16}\.\d+\.\d+\.[01]{3}", files[0].cursor)
+        inodes = {str(path.stat().st_ino) for path in log_dir.iterdir()}
+        assert not any(ino in files[0].cursor.split(".") for ino in inodes)
         # A stream from the second one's cursor: the same bytes from there on.
         second = len(files[0].data)
         resumed = ev.Logs("cur", cursor=files[0].cursor, uid=attached.uid)

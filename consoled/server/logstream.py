@@ -21,6 +21,7 @@ position in it, which a rotation does not change), the stream offset after.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import math
 import os
 import re
@@ -62,9 +63,7 @@ FS_IOC_GETVERSION: Final = 0x80087601
 #: first record has its time in nanoseconds).
 HEAD_SIZE: Final = 64
 
-_CURSOR: Final = re.compile(
-    r"f([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\.([01])([01])([01])"
-)
+_CURSOR: Final = re.compile(r"f([0-9a-f]{16})\.([0-9]+)\.([0-9]+)\.([01])([01])([01])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,18 +100,26 @@ class FileIdentity:
         checksum = zlib.crc32(os.pread(fd, head, 0) if head else b"")
         return cls(st.st_dev, st.st_ino, generation, head, checksum)
 
+    def digest(self) -> str:
+        """The identity as a cursor carries it: hashed, so that no client learns
+        inode numbers and generations (NFS builds file handles from them)."""
+        text = f"{self.dev}.{self.ino}.{self.generation}.{self.head}.{self.checksum}"
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
 
 @dataclass(frozen=True, slots=True)
 class FileCursor:
     """A place in a session's log files: ``output.cursor`` and ``logs.cursor``.
 
-    ``position`` is a byte of the file where a record (CRI) or any byte
-    (raw) starts.  The line filter's state goes along: whether that byte
-    starts a line, whether the line it is in is being shown, and whether a
-    line past ``until`` was seen (nothing more is shown).
+    The file is named by its identity's digest and the length of the head
+    it was taken over; ``position`` is a byte of the file where a record
+    (CRI) or any byte (raw) starts.  The line filter's state goes along:
+    whether that byte starts a line, whether the line it is in is being
+    shown, and whether a line past ``until`` was seen (nothing more is shown).
     """
 
-    file: FileIdentity
+    digest: str
+    head: int
     position: int
     at_line_start: bool
     keeping: bool
@@ -120,28 +127,30 @@ class FileCursor:
 
     @classmethod
     def at(cls, file: FileIdentity, position: int, lines: LineFilter) -> FileCursor:
-        return cls(file, position, lines.at_line_start, lines.keeping, lines.done)
+        return cls(
+            file.digest(), file.head, position, lines.at_line_start, lines.keeping, lines.done
+        )
 
     def encode(self) -> str:
-        f = self.file
         flags = f"{int(self.at_line_start)}{int(self.keeping)}{int(self.done)}"
-        return f"f{f.dev}.{f.ino}.{f.generation}.{f.head}.{f.checksum}.{self.position}.{flags}"
+        return f"f{self.digest}.{self.head}.{self.position}.{flags}"
+
+    def names(self, part: LogPart) -> bool:
+        """Whether the cursor is in ``part``."""
+        return FileIdentity.of(part, self.head).digest() == self.digest
 
     @classmethod
     def parse(cls, text: str) -> FileCursor:
         """Raises: RequestError: not a cursor this daemon makes."""
         found = _CURSOR.fullmatch(text)
-        if found is None:
+        if found is None or int(found.group(2)) > HEAD_SIZE:
             raise RequestError(
                 ErrorCode.INVALID_ARGUMENT,
                 f"{text[:80]!r} is not a log cursor (from output.cursor)",
             )
-        dev, ino, generation, head, checksum, position = map(int, found.groups()[:6])
-        if head > HEAD_SIZE:
-            raise RequestError(ErrorCode.INVALID_ARGUMENT, f"{text[:80]!r} is not a log cursor")
-        file = FileIdentity(dev, ino, generation, head, checksum)
-        line_start, keeping, done = (flag == "1" for flag in found.groups()[6:])
-        return cls(file, position, line_start, keeping, done)
+        digest, head, position = found.group(1), int(found.group(2)), int(found.group(3))
+        line_start, keeping, done = (flag == "1" for flag in found.groups()[3:])
+        return cls(digest, head, position, line_start, keeping, done)
 
 
 async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs) -> None:
@@ -263,7 +272,7 @@ def _resume_in_line(lines: LineFilter, record: Record, offset: int) -> None:
 def _find(snapshot: LogSnapshot, cursor: FileCursor) -> tuple[int, int] | None:
     """The file of ``snapshot`` a cursor is in, and its position; None if it is gone."""
     for i, part in enumerate(snapshot.parts):
-        if FileIdentity.of(part, cursor.file.head) == cursor.file:
+        if cursor.names(part):
             return (i, cursor.position) if cursor.position <= part.size else None
     return None
 
