@@ -32,6 +32,15 @@ from tests.support.usermanager import UserManager
 RUNTIMES = ("runc", "crun")
 
 
+@pytest.fixture
+def slaves() -> Iterator[list[int]]:
+    """Pty slave fds a test opened: closed at the end (their terminals hang up)."""
+    opened: list[int] = []
+    yield opened
+    for fd in opened:
+        os.close(fd)
+
+
 @pytest.fixture(scope="session")
 def rootfs_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared busybox rootfs (and config template): $CONSOLED_TEST_ROOTFS or built once."""

@@ -702,52 +702,17 @@ def test_a_session_that_fails_to_restore_keeps_its_terminal(tmp_path: Path) -> N
         os.close(other_slave)
 
 
-def test_a_session_removed_just_before_a_crash_is_let_go(tmp_path: Path) -> None:
-    """`rm --force`, then a crash before the service manager dropped the
-    session's fds: the successor finishes the removal (the terminal hangs up,
-    no `unnamed-N` holds it, the session does not come back)."""
-    # Was: the session came back as exited and its master as unnamed-1, the
-    # terminal kept open by a session nobody asked for.
-    table = SessionTable(
-        DaemonConfig(state_dir=tmp_path / "state", fd_store=False),
-        None,
-        ServiceManager({}, fd_store=False),
-    )
-    master, slave = os.openpty()
-    session = Session.new(
-        1, SessionName.parse("gone"), scrollback=4096, size_policy=SizePolicy.LATEST
-    )
-    try:
-        session.resume_master(OwnedFd(os.dup(master), "master"), 1)
-        assert session.record.owner is not None
-        stored = [
-            ("s1.rec", session.record.owner.dup()),
-            ("s1.pty", OwnedFd(os.dup(master), "master")),
-        ]
-        session.exit(EndReason.REMOVED)  # closes the daemon's own master; the store keeps its copy
-        os.close(master)
-        inventory = restore(stored, table, None)
-        try:
-            assert list(table) == [] and inventory.orphans == []
-            poller = select.poll()
-            poller.register(slave, select.POLLHUP)
-            assert poller.poll(0), "the terminal is still open"
-        finally:
-            inventory.close()
-    finally:
-        table.close()
-        session.close()
-        os.close(slave)
-
-
-def test_the_master_of_a_session_that_ended_just_before_a_crash_is_let_go(
-    tmp_path: Path,
+@pytest.mark.parametrize("reason", [EndReason.REMOVED, EndReason.EXITED])
+def test_a_session_that_ended_just_before_a_crash_lets_its_master_go(
+    tmp_path: Path, reason: EndReason
 ) -> None:
-    """The terminal hung up and the session ended, then a crash before the
-    service manager dropped its master: the session comes back as it ended,
-    and the master is closed, not kept as a new `unnamed-N`."""
-    # Was: the master came back as unnamed-1, a session that ended at once
-    # in `consoled ls` next to the real one.
+    """The session ended (`rm --force`, or its terminal hung up), then a crash
+    before the service manager dropped its master.  The successor lets the
+    master go, kept by no `unnamed-N`: a removed session does not come back
+    and its terminal hangs up, an exited one comes back as it ended."""
+    # Was: the master came back as unnamed-1: the removed session's terminal
+    # kept open by a session nobody asked for, or a second, already-ended
+    # session in `consoled ls` beside the real one.
     table = SessionTable(
         DaemonConfig(state_dir=tmp_path / "state", fd_store=False),
         None,
@@ -762,16 +727,27 @@ def test_the_master_of_a_session_that_ended_just_before_a_crash_is_let_go(
         assert session.record.owner is not None
         pty = OwnedFd(os.dup(master), "master")
         stored = [("s1.rec", session.record.owner.dup()), ("s1.pty", pty)]
-        os.close(slave)  # the container is gone
-        session.exit(EndReason.EXITED)
+        if reason is EndReason.EXITED:
+            os.close(slave)  # the container is gone
+            slave = -1
+        session.exit(reason)  # closes the daemon's own master; the store keeps its copy
         os.close(master)
         inventory = restore(stored, table, None)
         try:
-            assert inventory.orphans == []
-            assert [(str(s.name), s.state) for s in table] == [("ended", ev.SessionState.EXITED)]
-            assert pty.closed
+            assert inventory.orphans == [] and pty.closed
+            if reason is EndReason.REMOVED:
+                assert list(table) == []
+                poller = select.poll()
+                poller.register(slave, select.POLLHUP)
+                assert poller.poll(0), "the terminal is still open"
+            else:
+                assert [(str(s.name), s.state) for s in table] == [
+                    ("ended", ev.SessionState.EXITED)
+                ]
         finally:
             inventory.close()
     finally:
         table.close()
         session.close()
+        if slave >= 0:
+            os.close(slave)

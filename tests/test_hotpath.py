@@ -16,7 +16,7 @@ import socket
 import struct
 import termios
 import tty
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -246,14 +246,6 @@ async def test_a_lagging_client_is_lagged_before_anything_is_sent() -> None:
 
 
 # --- the daemon, with real ptys ---------------------------------------------------------------
-
-
-@pytest.fixture
-def slaves() -> Iterator[list[int]]:
-    opened: list[int] = []
-    yield opened
-    for fd in opened:
-        os.close(fd)
 
 
 async def running(d: InProcDaemon, name: str, slaves: list[int]) -> int:

@@ -14,7 +14,6 @@ import socket
 import time
 import tty
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,15 +32,6 @@ from consoled.server.session import LEADER_SEARCH, Session
 from consoled.server.streams import LAGGED_GRACE
 from tests.support.client import AsyncClient, wait_output
 from tests.support.inproc import InProcDaemon, hand_master, inproc_daemon
-
-
-@pytest.fixture
-def slaves() -> Iterator[list[int]]:
-    """Slave fds a test opened: closed at the end (their terminals hang up)."""
-    opened: list[int] = []
-    yield opened
-    for fd in opened:
-        os.close(fd)
 
 
 async def connect(d: InProcDaemon) -> AsyncClient:

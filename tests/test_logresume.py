@@ -19,7 +19,6 @@ import os
 import random
 import time
 import tty
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,6 @@ from tests.support.inproc import InProcDaemon, hand_master, inproc_daemon
 #: Bursts of output, each at its own time (the ring's times have 10 ms steps).
 BURSTS = 4
 SEEDS = range(4)
-
-
-@pytest.fixture
-def slaves() -> Iterator[list[int]]:
-    opened: list[int] = []
-    yield opened
-    for fd in opened:
-        os.close(fd)
 
 
 def burst(rng: random.Random) -> bytes:

@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient, screen_of, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.holder import PtyHolder, running_session, streamed
-from tests.support.piped import kill_and_reap, piped_cli
+from tests.support.piped import piped_cli, stalled_reader
 from tests.support.runtime import Runtime
 from tests.test_logfiles import parse_cri
 
@@ -533,29 +532,18 @@ async def test_a_logs_reader_slower_than_a_reexec_gets_every_line_once(
         # sending when the reexec comes.
         assert written * 64 > 1_000_000
         await wait_output(daemon.control_socket, "big", f"0000 {written:09d} ".encode())
-        reader = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "consoled", "logs", *options, "big"],
-            env=daemon.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert reader.stdout is not None and reader.stderr is not None
-        try:
+        argv = [sys.executable, "-m", "consoled", "logs", *options, "big"]
+        async with stalled_reader(argv, daemon.env()) as reader:
             with trio.fail_after(CATCH_UP_TIMEOUT):
-                out = bytearray(await reader.stdout.receive_some())
                 await reexec(daemon)
                 if "-f" in options:
-                    while len(out) < written * 64:
-                        out += await reader.stdout.receive_some()
+                    while len(reader.out) < written * 64:
+                        await reader.read_some()
                     # Following ends when the session does.
                     result = await cli(daemon, "rm", "--force", "big")
                     assert result.returncode == 0, result.stderr
-                async for chunk in reader.stdout:
-                    out += chunk
-                err = b"".join([chunk async for chunk in reader.stderr])
-                assert await reader.wait() == 0, err
-        finally:
-            await kill_and_reap(reader)
+                err = await reader.read_to_end()
+        out = reader.out
         assert err == b"", err.decode()
         if "-t" in options:
             body = b"".join(STAMPED_LINE.fullmatch(line + b"\n").group(1)  # type: ignore[union-attr]
@@ -585,28 +573,17 @@ async def test_a_logs_reader_whose_file_rotated_away_during_a_reexec_is_told(
         await holder.stream(0, 1.0, 12000)
         first = (await holder.wait_streams(30))[0]
         await wait_output(daemon.control_socket, "rot", f"0000 {first:09d} ".encode())
-        reader = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "consoled", "logs", "rot"],
-            env=daemon.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert reader.stdout is not None and reader.stderr is not None
-        try:
+        argv = [sys.executable, "-m", "consoled", "logs", "rot"]
+        async with stalled_reader(argv, daemon.env()) as reader:
             with trio.fail_after(CATCH_UP_TIMEOUT):
-                out = bytearray(await reader.stdout.receive_some())
                 # Three files' worth more: every file the reader's stream had is gone.
                 await holder.say(0, "second-part")
                 await holder.stream(0, 1.0, 12000)
                 second = (await holder.wait_streams(30))[0]
                 await wait_output(daemon.control_socket, "rot", f"0000 {second:09d} ".encode())
                 await reexec(daemon)
-                async for chunk in reader.stdout:
-                    out += chunk
-                err = b"".join([chunk async for chunk in reader.stderr])
-                assert await reader.wait() == 0, err
-        finally:
-            await kill_and_reap(reader)
+                err = await reader.read_to_end()
+        out = reader.out
         assert b"the log file this client was reading has rotated away" in err, err
         lines = [int(n) for n in re.findall(rb"0000 (\d{9}) ", bytes(out))]
         # What the first part's files held, then a gap, then the end of the second.

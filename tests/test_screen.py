@@ -19,7 +19,7 @@ import re
 import sys
 import termios
 import tty
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -46,14 +46,6 @@ WAIT = 15.0
 
 
 # --- in process -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def slaves() -> Iterator[list[int]]:
-    opened: list[int] = []
-    yield opened
-    for fd in opened:
-        os.close(fd)
 
 
 async def running(

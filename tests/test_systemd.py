@@ -30,7 +30,7 @@ from tests.conftest import DaemonFactory
 from tests.support.cli import cli
 from tests.support.client import wait_output
 from tests.support.holder import PtyHolder, streamed
-from tests.support.piped import kill_and_reap
+from tests.support.piped import kill_and_reap, stalled_reader
 from tests.support.usermanager import UserManager
 
 pytestmark = pytest.mark.systemd
@@ -357,33 +357,20 @@ async def test_a_logs_reader_slower_than_a_crash_gets_every_line_once(
     serve = f"--log-dir {logs} --log-format-file cri --log-max-size 256K --log-max-files 100"
     sd = await install(um, service_python, serve=serve)
     holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
-    reader: trio.Process | None = None
     try:
         await hand_sessions(sd, holder, ["slow"])
         await holder.stream(0, 1.5, 20000)
         written = (await holder.wait_streams(30))[0]
         assert written * 64 > 1_000_000, "far more than the pipes and the socket hold"
         await sd.wait_logs("slow", b"0000 %09d " % written)
-        reader = await trio.lowlevel.open_process(
-            um.as_user([str(sd.consoled), "logs", "slow"]),
-            env=um.user_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert reader.stdout is not None and reader.stderr is not None
-        with trio.fail_after(RESTART_TIMEOUT):
-            out = bytearray(await reader.stdout.receive_some())
-            await kill_and_wait_restart(sd)
-            async for chunk in reader.stdout:
-                out += chunk
-            err = b"".join([chunk async for chunk in reader.stderr])
-            assert await reader.wait() == 0, err
+        argv = um.as_user([str(sd.consoled), "logs", "slow"])
+        async with stalled_reader(argv, um.user_env()) as reader:
+            with trio.fail_after(RESTART_TIMEOUT):
+                await kill_and_wait_restart(sd)
+                err = await reader.read_to_end()
         assert err == b"", err.decode()
-        assert bytes(out) == streamed(0, written)
+        assert bytes(reader.out) == streamed(0, written)
     finally:
-        if reader is not None:
-            await kill_and_reap(reader)
         await holder.aclose()
     assert sd.errors() == []
 

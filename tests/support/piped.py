@@ -12,7 +12,7 @@ import contextlib
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import trio
 
@@ -33,6 +33,46 @@ async def kill_and_reap(proc: trio.Process) -> None:
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None:
                 await pipe.aclose()
+
+
+class StalledReader:
+    """A command whose output the test reads only when it says so, as ``| less``
+    on its first page: the pipe and the socket behind it fill, and it waits."""
+
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self.out = bytearray()
+
+    async def read_some(self) -> None:
+        assert self.proc.stdout is not None
+        self.out += await self.proc.stdout.receive_some()
+
+    async def read_to_end(self) -> bytes:
+        """Read the rest of its output; returns its stderr, once it exited 0."""
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        async for chunk in self.proc.stdout:
+            self.out += chunk
+        err = b"".join([chunk async for chunk in self.proc.stderr])
+        assert await self.proc.wait() == 0, err
+        return err
+
+
+@contextlib.asynccontextmanager
+async def stalled_reader(
+    argv: Sequence[str], env: Mapping[str, str]
+) -> AsyncIterator[StalledReader]:
+    """Start ``argv``, read its first output (it runs), and leave the rest unread
+    until the test reads it; killed and reaped however the block ends."""
+    proc = await trio.lowlevel.open_process(
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        reader = StalledReader(proc)
+        with trio.fail_after(PIPED_TIMEOUT):
+            await reader.read_some()
+        yield reader
+    finally:
+        await kill_and_reap(proc)
 
 
 class PipedCli:
