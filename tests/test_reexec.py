@@ -653,6 +653,38 @@ async def test_an_answer_waiting_for_a_full_terminal_goes_to_the_successor_once(
         await holder.aclose()
 
 
+async def test_keys_of_a_client_whose_socket_is_full_reach_the_terminal_once_after_a_reexec(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The terminal is not reading, and neither is the client: its `ended`
+    (with how much of its input was consumed) cannot reach it, so the reexec
+    cuts it off and it goes on as after a crash, sending none of its keys
+    again.  The keys the old daemon still held are handed to the new one,
+    which writes them, each once, in order."""
+    # Was: they were lost with the old daemon.
+    daemon = await daemon_factory()
+    holder = await PtyHolder.start(nursery)
+    client = await AsyncClient.connect(daemon.control_socket)
+    try:
+        await running_session(daemon, holder, "full")
+        await holder.leave_unread(0)
+        assert isinstance(await client.request(ev.Attach("full", replay=0)), ev.Attached)
+        # About 1 MB of output the client never reads: its socket fills (and
+        # the daemon queues the rest, well within the client's queue).
+        await holder.stream(0, 0.5, 30000)
+        await holder.wait_streams(30)
+        typed = b"".join(b"%05d," % i for i in range(8000))  # 48 KB: the pty takes about 20
+        await client.send(ev.Input(typed))
+        await daemon.wait_event("audit", action="input")
+        await reexec(daemon)
+        got = await holder.drain(0, len(typed), tmp_path / "typed")
+        assert got == typed
+        assert await holder.drain(0, 1, tmp_path / "more", within=0.5) == b"", "only once"
+    finally:
+        await client.aclose()
+        await holder.aclose()
+
+
 async def test_keys_typed_before_the_master_arrives_reach_it_after_a_reexec(
     daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
 ) -> None:

@@ -68,6 +68,9 @@ STATUS_INTERVAL: Final = 5.0
 #: Bytes of answers to terminal queries, for all sessions together, that a
 #: reexec hands over (they go in one message of at most 256 KiB).
 HANDED_ANSWERS: Final = 64 * 1024
+#: Bytes of input that clients cut off by a reexec did not get to the terminal,
+#: for all sessions together, that it hands over (see Session.hand_on_input).
+HANDED_INPUT: Final = 128 * 1024
 #: The names this daemon stores fds under (a socket unit's are its own).
 STORED_NAME: Final = re.compile(r"s\d+\.[a-z]+|listen\.[a-z]+")
 
@@ -296,23 +299,30 @@ class Daemon:
         if made or skipped:
             log.info("reexec.fd_store_caught_up", changes=made, skipped=skipped[:10])
         self._forget_stale(received)
-        self._take_answers(state.get("answers"))
+        self._take_answers(state.get("answers"), state.get("input"))
         if self.lock is None:
             self.lock = acquire_lock(self.config.state_dir)
         write_pid(self.lock)
         return len(self.table)
 
-    def _take_answers(self, answers: object) -> None:
-        """Write the answers the predecessor still held (only once it has committed:
-        until then it may serve on, and write them itself)."""
-        if not isinstance(answers, dict):
-            return
+    def _take_answers(self, answers: object, handed: object) -> None:
+        """Take the answers and input the predecessor still held for terminals
+        (only once it has committed: until then it may serve on, and write
+        them itself).  The answers are written now if the terminal takes them,
+        the input once serving starts, before any new input."""
         assert self.table is not None
         sessions = {str(session.serial): session for session in self.table}
-        for serial, data in answers.items():
-            session = sessions.get(serial)
-            if session is not None and isinstance(data, bytes):
-                session.take_answers(data)
+        for given, kind in ((answers, "answers"), (handed, "input")):
+            if not isinstance(given, dict):
+                continue
+            for serial, data in given.items():
+                session = sessions.get(serial)
+                if session is None or not isinstance(data, bytes):
+                    continue
+                if kind == "answers":
+                    session.take_answers(data)
+                else:
+                    session.hand_on_input(data)
 
     # --- serving -----------------------------------------------------------------
 
@@ -480,16 +490,21 @@ class Daemon:
             # What the fd store has not been told yet, the successor tells it;
             # answers to queries that wait for a terminal to read, it writes.
             answers: dict[str, bytes] = {}
-            room = HANDED_ANSWERS
+            handed: dict[str, bytes] = {}
+            room = {"answers": HANDED_ANSWERS, "input": HANDED_INPUT}
             for session in self.table:
-                pending = session.pending_answers
-                if pending and len(pending) <= room:
-                    answers[str(session.serial)] = pending
-                    room -= len(pending)
+                for kind, data, into in (
+                    ("answers", session.pending_answers, answers),
+                    ("input", session.handed_input, handed),
+                ):
+                    if data and len(data) <= room[kind]:
+                        into[str(session.serial)] = data
+                        room[kind] -= len(data)
             state = {
                 "version": __version__,
                 "fd_store": self.manager.pending_fd_store(),
                 "answers": answers,
+                "input": handed,
             }
             try:
                 sessions = await predecessor.send(named, state)

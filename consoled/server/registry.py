@@ -232,6 +232,10 @@ class SessionTable:
             if session not in self._pumping:
                 self._pumping.add(session)
                 self._pumps.start_soon(self._pump, session, name=f"pump {session.name}")
+            if session.handed_input:
+                # In this serving period's nursery: a reexec stops it before it
+                # hands the rest on.
+                self._nursery.start_soon(session.write_handed_input)
         elif session.state is SessionState.WAITING and session.intake is not None:
             self._nursery.start_soon(self._intake, session, name=f"intake {session.name}")
 

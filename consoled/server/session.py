@@ -47,6 +47,9 @@ LEADER_EXIT_WAIT: Final = 1.0
 #: Bytes of answers to terminal queries that may wait for a terminal that is
 #: not reading its input; more are dropped (the program stopped asking anyway).
 MAX_PENDING_ANSWERS: Final = 4096
+#: Bytes of input handed on by clients cut off by a restart (see
+#: :meth:`Session.hand_on_input`) that a session keeps; more are dropped.
+MAX_HANDED_INPUT: Final = 256 * 1024
 #: How long, and how often, a terminal's leader not yet found is looked for
 #: again: runc makes the terminal controlling only after it sent the master.
 #: The first look is soon; the interval doubles after each miss, up to the
@@ -120,6 +123,11 @@ class Session:
         self.emulation: EmulationBudget | None = None
         self._queries = QueryWatch()
         self._answers = b""
+        #: Input clients gave the daemon that has not reached the terminal, and
+        #: that they will not send again (see :meth:`hand_on_input`).
+        self.handed_input = b""
+        self._handed_written = trio.Event()
+        self._handed_written.set()
         self.rows = 0
         self.cols = 0
         self.running = trio.Event()
@@ -595,6 +603,33 @@ class Session:
         self.hub.release()
         self._apply_size(rows, cols)
 
+    def hand_on_input(self, data: bytes) -> None:
+        """Input a client sent that has not reached the terminal, and that the
+        client will not send again: its stream was cut by a restart before it
+        could be told how much of its input was consumed (its socket was full),
+        so it goes on as after a crash.  A reexec hands it to the successor,
+        which writes it before any new input."""
+        if data:
+            self.handed_input = (self.handed_input + data)[:MAX_HANDED_INPUT]
+            self._handed_written = trio.Event()
+
+    async def write_handed_input(self) -> None:
+        """Write the input handed on (by a predecessor, or by clients cut off by a
+        restart that did not happen), then let other input through."""
+        master = self.master
+        if master is None:
+            return
+
+        def wrote(n: int) -> None:
+            self.handed_input = self.handed_input[n:]
+
+        try:
+            await master.write(self.handed_input, wrote)
+        except (Hangup, trio.ClosedResourceError):
+            self.handed_input = b""  # the terminal is gone: nobody will read it
+        if not self.handed_input:
+            self._handed_written.set()
+
     async def write_input(self, data: bytes, wrote: Callable[[int], None]) -> bool:
         """Write input to the terminal, waiting for the master if it has not arrived yet.
 
@@ -606,6 +641,7 @@ class Session:
         """
         if self.state is SessionState.WAITING:
             await self.running.wait()
+        await self._handed_written.wait()  # input handed on from before goes first
         master = self.master
         if master is None or self.state is not SessionState.RUNNING:
             return False
@@ -622,7 +658,7 @@ class Session:
             The bytes written: 0 while the master has not arrived (the rest
             waits for it), all of ``data`` once the session can take no input.
         """
-        if self.state is SessionState.WAITING:
+        if self.state is SessionState.WAITING or self.handed_input:
             return 0
         master = self.master
         if master is None or self.state is not SessionState.RUNNING:

@@ -95,6 +95,10 @@ class PendingInput:
         self._queued.set()
         return True
 
+    def unconsumed(self) -> bytes:
+        """What is queued (a write cut short puts its rest back first)."""
+        return b"".join(self._chunks)
+
     async def take(self) -> bytes | None:
         """Wait for queued input and take all of it; call :meth:`written` after.
 
@@ -112,8 +116,13 @@ class PendingInput:
         self._writing = True
         return data
 
-    def written(self) -> None:
-        """The write of what :meth:`take` returned has ended (see ``consumed``)."""
+    def written(self, rest: bytes = b"") -> None:
+        """The write of what :meth:`take` returned has ended (see ``consumed``);
+        ``rest`` did not reach the terminal (the write was cancelled): it goes
+        back to the front of the queue."""
+        if rest:
+            self._chunks.appendleft(rest)
+            self._size += len(rest)
         self._writing = False
         self._written.set()
         self._written = trio.Event()
@@ -163,8 +172,9 @@ async def _write_input(session: Session, pending: PendingInput) -> None:
             if not await session.write_input(data, wrote):
                 log.debug("input.dropped", reason="session not running")
                 pending.consumed += left  # never sent again: the session is gone
+                left = 0
         finally:
-            pending.written()
+            pending.written(data[len(data) - left :] if left else b"")
 
 
 class InputSide:
@@ -178,6 +188,9 @@ class InputSide:
         self.writer_scope: trio.CancelScope | None = None
         #: Stopped for a restart: what is queued is the successor's to write.
         self.stopping = False
+        #: The client was told how much of its input was consumed (``ended``
+        #: with reason ``restarting``): it sends the rest again itself.
+        self.told = False
 
     async def stop(self) -> int:
         """Take no more input and stop writing it now: the daemon is restarting.
@@ -236,6 +249,8 @@ async def _pump_output(
         return
     consumed = None if inputs is None else await inputs.stop()
     await channel.send(ev.Ended(notice.reason, notice.message, resume=sub.offset, input=consumed))
+    if inputs is not None:
+        inputs.told = True
 
 
 async def _pump_queue(channel: Channel, sub: Subscriber) -> None:
@@ -343,6 +358,7 @@ async def _attached(
     delivered: Callable[[Session], None],
 ) -> None:
     replayed = session.record.end - first
+    inputs = InputSide()
     try:
         try:
             await channel.send(
@@ -379,7 +395,6 @@ async def _attached(
             audit("attach", session=str(session.name), read_only=sub.read_only, resumed=resumed)
         async with trio.open_nursery() as nursery:
             _bound_when_lagged(sub, nursery.cancel_scope)
-            inputs = InputSide()
 
             async def output_then_stop() -> None:
                 await _pump_output(channel, session, sub, inputs, delivered)
@@ -403,6 +418,12 @@ async def _attached(
             # The client closed its side, or asked to detach: the pump finishes.
     finally:
         session.detach(sub)
+        notice = sub.end_notice
+        if notice is not None and notice.reason is ev.EndReason.RESTARTING and not inputs.told:
+            # Cut off before it could be told what of its input was consumed
+            # (its socket was full): it goes on as after a crash, sending none
+            # of it again.  What did not reach the terminal is handed on.
+            session.hand_on_input(inputs.pending.unconsumed())
         reason = sub.end_notice.reason if sub.end_notice else "disconnected"
         log.info("client.detached", session=str(session.name), reason=str(reason))
         audit("detach", session=str(session.name), reason=str(reason))
