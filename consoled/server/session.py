@@ -503,6 +503,8 @@ class Session:
             self.leader.close()
             self.leader = None
         self.screen = None
+        self.handed_input = b""  # nobody will read it
+        self._handed_written.set()
         self.state = SessionState.EXITED
         self.exited_at = time.time()
         self.end_reason = reason
@@ -616,15 +618,14 @@ class Session:
     async def write_handed_input(self) -> None:
         """Write the input handed on (by a predecessor, or by clients cut off by a
         restart that did not happen), then let other input through."""
-        master = self.master
-        if master is None:
-            return
 
         def wrote(n: int) -> None:
             self.handed_input = self.handed_input[n:]
 
         try:
-            await master.write(self.handed_input, wrote)
+            if self.master is None:
+                raise Hangup
+            await self.master.write(self.handed_input, wrote)
         except (Hangup, trio.ClosedResourceError):
             self.handed_input = b""  # the terminal is gone: nobody will read it
         if not self.handed_input:
