@@ -540,3 +540,20 @@ async def test_a_filtered_logs_stream_resumed_inside_a_line_it_left_out_leaves_o
                 assert isinstance(event, ev.Output)
                 got += event.data
             assert got == shown, resume
+
+
+async def test_input_handed_on_to_a_session_that_then_ends_holds_up_nothing(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """Input handed on by a client a restart cut off waits for the terminal;
+    the session ends before it is written: new input is refused at once (the
+    session is gone), not held behind it for ever."""
+    async with inproc_daemon(short_tmp / "s") as d:
+        await running(d, "h", slaves)
+        session = d.table.get("h")
+        session.hand_on_input(b"keys nobody wrote")  # no writer: as between two serving periods
+        os.close(slaves.pop())  # the container is gone
+        with trio.fail_after(10):
+            await session.done.wait()
+            assert await session.write_input(b"new", lambda n: None) is False
+        assert session.handed_input == b""
