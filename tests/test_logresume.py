@@ -90,7 +90,7 @@ async def test_a_logs_stream_resumed_after_any_message_gives_exactly_the_rest(
     # Files read, and output sent, 1,000 bytes at a time (not 256 KiB): the
     # cuts fall inside files, inside lines, inside lines left out.
     monkeypatch.setattr(logstream, "FILE_CHUNK", 1000)
-    monkeypatch.setattr(logstream, "MAX_DATA_CHUNK", 1000)
+    monkeypatch.setattr(logstream, "MAX_DATA_CHUNK", 32 * 1000)  # what 1,000 can make, stamped
     rng = random.Random(f"{where}-{seed}")
     options: dict[str, Any] = {"scrollback": 64 * 1024}
     if where != "ring":
@@ -152,3 +152,37 @@ async def test_a_logs_stream_resumed_after_any_message_gives_exactly_the_rest(
                 )  # fmt: skip
                 rest = b"".join(o.data for o in await stream(d, request))
                 assert sent + rest == everything, (window, i, cut)
+
+
+@pytest.mark.parametrize("where", ["raw", "cri", "ring"])
+async def test_every_message_of_a_stamped_stream_says_where_it_stands(
+    short_tmp: Path, slaves: list[int], where: str
+) -> None:
+    """`logs -t` makes more of short lines than it reads (a stamp each): still
+    one message per piece read, each with its place, so that a client cut
+    off between two never gets the first again."""
+    # Was: a 256 KiB read of 64-byte lines made 384 KiB, sent as two
+    # messages, the first with no place: a client cut off after it resumed
+    # from the place before and wrote it twice.
+    options: dict[str, Any] = {"scrollback": 4 * 1024 * 1024}
+    if where != "ring":
+        options = {"log_dir": short_tmp / "logs", "log_file_format": where}
+        (short_tmp / "logs").mkdir()
+    async with inproc_daemon(short_tmp / "s", **options) as d:
+        client = await d.connect()
+        path = await client.create_socket("t")
+        _, slave = hand_master(path)
+        slaves.append(slave)
+        with trio.fail_after(10):
+            await d.table.get("t").running.wait()
+        tty.setraw(slave)
+        os.set_blocking(slave, False)
+        assert isinstance(await client.request(ev.Logs("t", follow=True)), ev.Attached)
+        lines = b"".join(b"%063d\n" % n for n in range(12000))  # 768 KB
+        await write_all(slave, lines)
+        await read_until(client, len(lines))
+        windows: list[dict[str, Any]] = [{"timestamps": True}, {}]
+        for window in windows:
+            whole = await stream(d, ev.Logs("t", **window))
+            assert [o for o in whole if o.cursor is None and o.offset is None] == []
+            assert len(b"".join(o.data for o in whole)) >= len(lines)

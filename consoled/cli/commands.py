@@ -253,6 +253,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     )
     #: Where the stream goes on if the daemon dies (see ev.Output.offset and .cursor).
     place = _LogPlace()
+    #: Output of a resumed stream that was written already (see _LogPlace.since).
+    skip = 0
     try:
         attached = client.call(window(tail=args.tail), ev.Attached)
         try:
@@ -264,24 +266,36 @@ def cmd_logs(args: argparse.Namespace) -> int:
                         raise
                     event = None  # the connection broke (inside a message, perhaps): as closed
                 if event is None:
-                    if not place.known:
-                        raise DaemonUnavailable(
-                            "consoled closed the connection before the log ended"
-                        )
                     # The daemon died (a crash: no `ended`), or a reexec could
                     # not wait for us: go on with the one that took over.
                     client.close()
-                    client, attached = _logs_again(path, window, place, attached.uid, timeout)
+                    if place.known:
+                        client, attached, skip = _logs_again(
+                            path, window, place, attached.uid, timeout
+                        )
+                    elif not place.since:
+                        # Cut off before any output: the request starts again.
+                        client = Client(path, timeout=timeout, wait=RESTART_WAIT)
+                        attached = client.call(window(tail=args.tail), ev.Attached)
+                    else:
+                        raise DaemonUnavailable(
+                            "consoled closed the connection before the log ended"
+                        )
                     continue
                 if isinstance(event, ev.Output):
-                    output.write(event.data)
+                    data = event.data
+                    if skip:
+                        data, skip = data[skip:], max(skip - len(data), 0)
+                    output.write(data)
                     place.update(event)
                 elif isinstance(event, ev.Ended):
                     if event.reason is ev.EndReason.RESTARTING and event.resume is not None:
                         # The daemon handed over to its successor: go on from there.
                         client.close()
                         place = _LogPlace(offset=event.resume)
-                        client, attached = _logs_again(path, window, place, attached.uid, timeout)
+                        client, attached, skip = _logs_again(
+                            path, window, place, attached.uid, timeout
+                        )
                         continue
                     if event.reason is ev.EndReason.SHUTDOWN:
                         print("consoled: the consoled daemon stopped", file=sys.stderr)
@@ -307,6 +321,10 @@ class _LogPlace:
 
     offset: int | None = None
     cursor: str | None = None
+    #: Bytes of output after that place, from messages that said none (a
+    #: message cut in several says it on its last): a stream resumed there
+    #: sends them again, and they are not written twice.
+    since: int = 0
 
     @property
     def known(self) -> bool:
@@ -314,9 +332,11 @@ class _LogPlace:
 
     def update(self, event: ev.Output) -> None:
         if event.cursor is not None:
-            self.offset, self.cursor = None, event.cursor
+            self.offset, self.cursor, self.since = None, event.cursor, 0
         elif event.offset is not None:
-            self.offset, self.cursor = event.offset, None
+            self.offset, self.cursor, self.since = event.offset, None, 0
+        else:
+            self.since += len(event.data)
 
 
 def _logs_again(
@@ -325,9 +345,14 @@ def _logs_again(
     place: _LogPlace,
     uid: str,
     timeout: float | None,
-) -> tuple[Client, ev.Attached]:
+) -> tuple[Client, ev.Attached, int]:
     """Go on at ``place`` with the daemon that took over (after a reexec), or was
     started again (after a crash), waited for up to RESTART_WAIT seconds.
+
+    Returns:
+        The connection, its ``attached``, and how many bytes of the output
+        that follows were written already (``place.since``; none if output
+        was lost between, as the stream then starts elsewhere).
 
     Raises:
         DaemonUnavailable: no daemon came back in time.
@@ -341,19 +366,22 @@ def _logs_again(
     except BaseException:
         client.close()
         raise
+    skip = place.since
     if place.offset is not None and attached.offset > place.offset:
         print(
             f"consoled: the daemon restarted; {attached.offset - place.offset} bytes of output "
             "were lost before this client could go on",
             file=sys.stderr,
         )
+        skip = 0
     if attached.gap:
         print(
             "consoled: the daemon restarted, and the log file this client was reading "
             "has rotated away since; what follows starts at the oldest file kept",
             file=sys.stderr,
         )
-    return client, attached
+        skip = 0
+    return client, attached, skip
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

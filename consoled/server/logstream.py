@@ -42,7 +42,7 @@ from .channel import Channel
 from .cri import CriDecoder, CriFormatError, decode_record, parse_timestamp
 from .errors import RequestError
 from .logfile import LogFileError, LogFormat, LogPart, LogSnapshot
-from .loglines import LineFilter, TailFinder
+from .loglines import UNKNOWN_TIME, LineFilter, TailFinder
 from .session import Session
 from .streams import StreamContext
 from .subscriber import Subscriber
@@ -51,10 +51,20 @@ log = structlog.get_logger("consoled.stream")
 
 #: Read size when streaming a log file.
 FILE_CHUNK: Final = 256 * 1024
+#: How much ``--timestamps`` can make of one byte of output: a line of a
+#: newline alone, stamped (``UNKNOWN_TIME`` is as long as any time).
+STAMPED_GROWTH: Final = len(UNKNOWN_TIME) + 2
 
 
 def _no_time(index: int) -> None:
     return None
+
+
+def _input_size(lines: LineFilter) -> int:
+    """How much output to read for one message: what it makes must fit one
+    ``output`` (MAX_DATA_CHUNK), so that every message says where the stream
+    stands (a client cut off after the first of several would get it again)."""
+    return min(FILE_CHUNK, MAX_DATA_CHUNK // STAMPED_GROWTH if lines.timestamps else MAX_DATA_CHUNK)
 
 
 #: ``_IOR('v', 1, long)``: an inode's generation, which changes when its number is reused.
@@ -346,7 +356,8 @@ async def _send(
     channel: Channel, data: bytes, offset: int | None = None, cursor: FileCursor | None = None
 ) -> None:
     """Send ``data``; the last message says ``offset`` or ``cursor`` (the others
-    cannot: see ev.Output)."""
+    cannot: see ev.Output).  Data comes in pieces small enough for one message
+    (see _input_size) but for a CRI record longer than that, stamped."""
     last = max(len(data) - 1, 0) // MAX_DATA_CHUNK * MAX_DATA_CHUNK
     for start in range(0, max(len(data), 1), MAX_DATA_CHUNK):
         piece = data[start : start + MAX_DATA_CHUNK]
@@ -377,27 +388,23 @@ async def _pump_logs(
         offset = sub.offset
         chunks = sub.take(MAX_DATA_CHUNK)
         if chunks:
-            # Each message says the offset it reaches, at most MAX_DATA_CHUNK of
-            # output on (the ring's replay comes in chunks of megabytes): a
-            # client cut off in the middle loses its place by no more than that.
+            # Each message says the offset it reaches, and is one message
+            # (see _input_size; the ring's replay comes in chunks of megabytes).
+            most = _input_size(lines)
             out: list[bytes] = []
             size = 0
             for chunk in chunks:
                 assert isinstance(chunk, bytes)  # a raw subscriber: never framed
-                for start in range(0, len(chunk), MAX_DATA_CHUNK):
-                    piece = (
-                        chunk
-                        if len(chunk) <= MAX_DATA_CHUNK
-                        else chunk[start : start + MAX_DATA_CHUNK]
-                    )
+                for start in range(0, len(chunk), most):
+                    piece = chunk if len(chunk) <= most else chunk[start : start + most]
+                    if size + len(piece) > most:
+                        await _send(channel, b"".join(out), offset)
+                        out.clear()
+                        size = 0
                     base = offset
                     out.append(lines.feed(piece, lambda i: record.time_at(base + i)))  # noqa: B023
                     offset += len(piece)
                     size += len(piece)
-                    if size >= MAX_DATA_CHUNK:
-                        await _send(channel, b"".join(out), offset)
-                        out.clear()
-                        size = 0
             if size:
                 await _send(channel, b"".join(out), offset)
             if not lines.done:
@@ -524,7 +531,7 @@ async def _send_raw(channel: Channel, part: LogPart, start: int, lines: LineFilt
     fd = part.owner.fd
     offset = start
     while offset < part.size:
-        data = os.pread(fd, min(FILE_CHUNK, part.size - offset), offset)
+        data = os.pread(fd, min(_input_size(lines), part.size - offset), offset)
         if not data:
             return
         if times is None:
@@ -551,7 +558,7 @@ async def _send_cri(channel: Channel, part: LogPart, start: int, lines: LineFilt
             lines.skip(last is None or last[2] == b"F")  # every line that starts in it is too old
             return
     while offset < part.size:
-        data = os.pread(fd, min(FILE_CHUNK, part.size - offset), offset)
+        data = os.pread(fd, min(_input_size(lines), part.size - offset), offset)
         if not data:
             return
         offset += len(data)
