@@ -27,6 +27,7 @@ import trio
 
 from consoled.protocol import events as ev
 from consoled.server import logstream
+from consoled.server.session import Session
 from tests.support.client import AsyncClient
 from tests.support.inproc import InProcDaemon, hand_master, inproc_daemon
 
@@ -53,6 +54,24 @@ async def write_all(slave: int, data: bytes) -> None:
         await trio.lowlevel.wait_writable(slave)
         with contextlib.suppress(BlockingIOError):
             view = view[os.write(slave, view) :]
+
+
+async def followed(
+    d: InProcDaemon, name: str, slaves: list[int]
+) -> tuple[AsyncClient, Session, int]:
+    """A running session on a raw, non-blocking pty of the test's, and a client
+    following it (``logs -f``); returns both and the slave."""
+    client = await d.connect()
+    path = await client.create_socket(name)
+    _, slave = hand_master(path)
+    slaves.append(slave)
+    session = d.table.get(name)
+    with trio.fail_after(10):
+        await session.running.wait()
+    tty.setraw(slave)
+    os.set_blocking(slave, False)
+    assert isinstance(await client.request(ev.Logs(name, follow=True)), ev.Attached)
+    return client, session, slave
 
 
 async def read_until(follower: AsyncClient, offset: int) -> None:
@@ -103,16 +122,7 @@ async def test_a_logs_stream_resumed_after_any_message_gives_exactly_the_rest(
         }
         (short_tmp / "logs").mkdir()
     async with inproc_daemon(short_tmp / "s", **options) as d:
-        client = await d.connect()
-        path = await client.create_socket("r")
-        _, slave = hand_master(path)
-        slaves.append(slave)
-        session = d.table.get("r")
-        with trio.fail_after(10):
-            await session.running.wait()
-        tty.setraw(slave)
-        os.set_blocking(slave, False)
-        assert isinstance(await client.request(ev.Logs("r", follow=True)), ev.Attached)
+        client, session, slave = await followed(d, "r", slaves)
         written = 0
         between = []
         for _ in range(BURSTS):
@@ -169,15 +179,7 @@ async def test_every_message_of_a_stamped_stream_says_where_it_stands(
         options = {"log_dir": short_tmp / "logs", "log_file_format": where}
         (short_tmp / "logs").mkdir()
     async with inproc_daemon(short_tmp / "s", **options) as d:
-        client = await d.connect()
-        path = await client.create_socket("t")
-        _, slave = hand_master(path)
-        slaves.append(slave)
-        with trio.fail_after(10):
-            await d.table.get("t").running.wait()
-        tty.setraw(slave)
-        os.set_blocking(slave, False)
-        assert isinstance(await client.request(ev.Logs("t", follow=True)), ev.Attached)
+        client, _, slave = await followed(d, "t", slaves)
         lines = b"".join(b"%063d\n" % n for n in range(12000))  # 768 KB
         await write_all(slave, lines)
         await read_until(client, len(lines))
