@@ -35,7 +35,7 @@ import re
 import resource
 import signal
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -56,6 +56,7 @@ from .inventory import Inventory, restore
 from .logfile import LogDir, LogFileError
 from .registry import SessionTable
 from .screenstate import ScreenHandover
+from .session import Session
 from .statedir import StartupError, acquire_lock, check_paths, prepare_dir, write_pid
 from .wellknown import WellKnownSocket
 
@@ -73,6 +74,24 @@ HANDED_ANSWERS: Final = 64 * 1024
 HANDED_INPUT: Final = 128 * 1024
 #: The names this daemon stores fds under (a socket unit's are its own).
 STORED_NAME: Final = re.compile(r"s\d+\.[a-z]+|listen\.[a-z]+")
+
+
+def _by_serial(room: int, held: Iterable[tuple[Session, bytes]]) -> dict[str, bytes]:
+    """What sessions hold, by serial, for the handover state: as many as fit ``room``."""
+    out = {}
+    for session, data in held:
+        if data and len(data) <= room:
+            out[str(session.serial)] = data
+            room -= len(data)
+    return out
+
+
+def _bytes_by_serial(given: object) -> Iterator[tuple[str, bytes]]:
+    """What :func:`_by_serial` made, read back from a predecessor (checked)."""
+    if isinstance(given, dict):
+        for serial, data in given.items():
+            if isinstance(serial, str) and isinstance(data, bytes):
+                yield serial, data
 
 
 def raise_nofile_limit() -> int:
@@ -299,30 +318,25 @@ class Daemon:
         if made or skipped:
             log.info("reexec.fd_store_caught_up", changes=made, skipped=skipped[:10])
         self._forget_stale(received)
-        self._take_answers(state.get("answers"), state.get("input"))
+        self._take_held(state.get("answers"), state.get("input"))
         if self.lock is None:
             self.lock = acquire_lock(self.config.state_dir)
         write_pid(self.lock)
         return len(self.table)
 
-    def _take_answers(self, answers: object, handed: object) -> None:
+    def _take_held(self, answers: object, handed: object) -> None:
         """Take the answers and input the predecessor still held for terminals
         (only once it has committed: until then it may serve on, and write
         them itself).  The answers are written now if the terminal takes them,
         the input once serving starts, before any new input."""
         assert self.table is not None
         sessions = {str(session.serial): session for session in self.table}
-        for given, kind in ((answers, "answers"), (handed, "input")):
-            if not isinstance(given, dict):
-                continue
-            for serial, data in given.items():
-                session = sessions.get(serial)
-                if session is None or not isinstance(data, bytes):
-                    continue
-                if kind == "answers":
-                    session.take_answers(data)
-                else:
-                    session.hand_on_input(data)
+        for serial, data in _bytes_by_serial(answers):
+            if serial in sessions:
+                sessions[serial].take_answers(data)
+        for serial, data in _bytes_by_serial(handed):
+            if serial in sessions:
+                sessions[serial].hand_on_input(data)
 
     # --- serving -----------------------------------------------------------------
 
@@ -489,22 +503,12 @@ class Daemon:
                 named.append(("screens", screens.fd))
             # What the fd store has not been told yet, the successor tells it;
             # answers to queries that wait for a terminal to read, it writes.
-            answers: dict[str, bytes] = {}
-            handed: dict[str, bytes] = {}
-            room = {"answers": HANDED_ANSWERS, "input": HANDED_INPUT}
-            for session in self.table:
-                for kind, data, into in (
-                    ("answers", session.pending_answers, answers),
-                    ("input", session.handed_input, handed),
-                ):
-                    if data and len(data) <= room[kind]:
-                        into[str(session.serial)] = data
-                        room[kind] -= len(data)
+            table = list(self.table)
             state = {
                 "version": __version__,
                 "fd_store": self.manager.pending_fd_store(),
-                "answers": answers,
-                "input": handed,
+                "answers": _by_serial(HANDED_ANSWERS, ((s, s.pending_answers) for s in table)),
+                "input": _by_serial(HANDED_INPUT, ((s, s.handed_input) for s in table)),
             }
             try:
                 sessions = await predecessor.send(named, state)

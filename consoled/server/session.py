@@ -642,7 +642,8 @@ class Session:
         """
         if self.state is SessionState.WAITING:
             await self.running.wait()
-        await self._handed_written.wait()  # input handed on from before goes first
+        if not self._handed_written.is_set():
+            await self._handed_written.wait()  # input handed on from before goes first
         master = self.master
         if master is None or self.state is not SessionState.RUNNING:
             return False

@@ -424,7 +424,7 @@ async def _attached(
             # (its socket was full): it goes on as after a crash, sending none
             # of it again.  What did not reach the terminal is handed on.
             session.hand_on_input(inputs.pending.unconsumed())
-        reason = sub.end_notice.reason if sub.end_notice else "disconnected"
+        reason = notice.reason if notice is not None else "disconnected"
         log.info("client.detached", session=str(session.name), reason=str(reason))
         audit("detach", session=str(session.name), reason=str(reason))
 
