@@ -28,6 +28,7 @@ from tests.support.cli import CLI_TIMEOUT, cli
 from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.holder import PtyHolder
+from tests.support.piped import piped_cli
 from tests.support.runtime import Runtime
 
 #: Commands naming one session, the session called ``nosuch``.
@@ -346,6 +347,29 @@ async def test_rm_and_wait_go_on_past_a_session_they_cannot_take(daemon: DaemonP
     assert (result.returncode, result.stdout) == (1, b""), result
     assert result.stderr.decode().count("consoled: ") == 2, result.stderr
     assert await daemon_sessions(daemon) == []
+
+
+async def test_wait_on_a_daemon_that_stops_says_so_at_once(
+    daemon: DaemonProcess, nursery: trio.Nursery
+) -> None:
+    """A stopping daemon tells a ``wait`` it will not see the end: the client
+    says so, and does not take the closed connection for a crash to wait out."""
+    # Was: "consoled closed the connection", the same words as a crash.
+    assert (await cli(daemon, "socket", "w1")).returncode == 0
+    idle = await AsyncClient.connect(daemon.control_socket)  # between requests
+    try:
+        async with piped_cli(daemon, nursery, "wait", "w1") as waiting:
+            await daemon.wait_event("client.waiting", session="w1")
+            assert await daemon.stop() == 0
+            told = await idle.receive()
+            assert isinstance(told, ev.Error) and told.code is ErrorCode.SHUTTING_DOWN, told
+            assert await waiting.wait(timeout=5) == 1
+            await waiting.wait_for(b"\n", stderr=True)
+            said = bytes(waiting.err).decode()
+            assert said == "consoled: the daemon is stopping; w1 has not ended\n", said
+            assert waiting.out == b""
+    finally:
+        await idle.aclose()
 
 
 async def test_rename_refuses_what_would_split_a_container(daemon: DaemonProcess) -> None:

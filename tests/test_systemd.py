@@ -120,6 +120,14 @@ class Consoled:
                 out.append({"event": "<unparsed>", "text": line})
         return out
 
+    async def wait_event(self, event: str, count: int = 1) -> None:
+        """Until the daemons' log holds ``event`` ``count`` times (it is the only sign)."""
+        with trio.fail_after(RESTART_TIMEOUT):
+            while True:
+                if sum(e.get("event") == event for e in self.events()) >= count:
+                    return
+                await trio.sleep(0.05)
+
     def errors(self) -> list[dict[str, Any]]:
         # ExecReload's `consoled reexec` reports on the same stream: not an error.
         reexec = re.compile(r"consoled \S+ \(pid \d+\) took over \d+ sessions?")
@@ -268,6 +276,40 @@ async def test_kill_9_under_systemd_loses_no_console(
                 for pipe in (client.stdin, client.stdout, client.stderr):
                     if pipe is not None:
                         await pipe.aclose()
+        await holder.aclose()
+
+
+async def test_consoled_wait_rides_out_a_crash(user_consoled: Consoled) -> None:
+    """A script's ``consoled wait`` goes on through a kill -9 (the session
+    survives it) and prints the status once the session ends."""
+    # Was: "consoled: consoled closed the connection", status 1, the session running on.
+    sd = user_consoled
+    um = sd.um
+    holder = PtyHolder(await um.spawn_root(PtyHolder.argv()))
+    waiting: trio.Process | None = None
+    try:
+        await hand_sessions(sd, holder, ["w1"])
+        waiting = await trio.lowlevel.open_process(
+            um.as_user([str(sd.consoled), "wait", "w1"]),
+            env=um.user_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        await sd.wait_event("client.waiting")
+        await kill_and_wait_restart(sd)
+        # The client is waiting on the new daemon before the session ends.
+        await sd.wait_event("client.waiting", 2)
+        assert waiting.returncode is None
+        await holder.aclose()  # the terminal closes: the session ends
+        with trio.fail_after(RESTART_TIMEOUT):
+            assert await waiting.wait() == 0
+        assert waiting.stdout is not None and waiting.stderr is not None
+        assert await waiting.stdout.receive_some() == b"unknown\n"
+        assert await waiting.stderr.receive_some() == b""
+    finally:
+        if waiting is not None:
+            await kill_and_reap(waiting)
         await holder.aclose()
 
 

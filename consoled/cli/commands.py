@@ -45,11 +45,16 @@ def _each_session(names: Sequence[str], one: Callable[[str], None]) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    """As ``docker wait``: block until each session has ended, print its exit status."""
+    """As ``docker wait``: block until each session has ended, print its exit status.
+
+    The wait goes on through a reexec, and through a crash the daemon's service
+    manager restarts it from (the sessions survive those); a daemon that stops
+    ends it with an error.
+    """
     with Client(os.path.join(state_dir_of(args), "control.sock"), timeout=None) as client:
 
         def wait(name: str) -> None:
-            reply = client.call(ev.Wait(name), ev.Waited)
+            reply = client.call(ev.Wait(name), ev.Waited, again_if_lost=True)
             print("unknown" if reply.exit_code is None else reply.exit_code, flush=True)
 
         return _each_session(args.sessions, wait)

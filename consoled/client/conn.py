@@ -62,6 +62,10 @@ class Restarting(DaemonUnavailable):
     """The daemon is handing over to its successor: the request was not started."""
 
 
+class ConnectionLost(DaemonUnavailable):
+    """The connection ended without a word from the daemon (it crashed, or was killed)."""
+
+
 class UntrustedServer(ClientError):
     """The server on the socket runs as a user the client does not trust to be the daemon."""
 
@@ -155,6 +159,8 @@ class Client:
         self.timeout = timeout
         #: The daemon's pid, from its ``welcome`` (0 until the first reply).
         self.daemon_pid = 0
+        #: ``welcome``s read, one per connection the daemon accepted.
+        self.welcomes = 0
         self._hello_due = False
         self._welcome_due = False
         self.reconnect(wait)
@@ -236,6 +242,7 @@ class Client:
             if not isinstance(welcome, ev.Welcome):
                 return welcome  # None, or the error that refused us
             self.daemon_pid = welcome.pid
+            self.welcomes += 1
         return self._next_event()
 
     def _next_event(self) -> ev.Event | None:
@@ -256,12 +263,19 @@ class Client:
         except TimeoutError:
             raise DaemonUnavailable("consoled did not answer in time") from None
         except OSError as exc:
-            raise DaemonUnavailable(f"lost the connection to consoled ({exc.strerror})") from None
+            raise ConnectionLost(f"lost the connection to consoled ({exc.strerror})") from None
         self.conn.receive_data(data)
         return len(data)
 
-    def request(self, event: ev.Event) -> ev.Event:
+    def request(self, event: ev.Event, *, again_if_lost: bool = False) -> ev.Event:
         """Send a request and return its reply (again to the successor of a restarting daemon).
+
+        Args:
+            again_if_lost: also send it again when the connection is lost
+                without a word (a daemon that crashed, which its service
+                manager starts again on the same socket), for as long as each
+                new daemon answers ``hello``; only for a request that may be
+                answered twice (``wait``).
 
         Raises:
             ClientError: the daemon answered with an error.
@@ -270,15 +284,26 @@ class Client:
         deadline = time.monotonic() + RESTART_WAIT
         delay = 0.01
         while True:
+            welcomes = self.welcomes
             try:
                 return self._request_once(event)
+            except ConnectionLost:
+                if not again_if_lost:
+                    raise
+                if self.welcomes > welcomes:
+                    # This daemon had taken the request: its successor gets
+                    # the whole wait again.
+                    deadline = time.monotonic() + RESTART_WAIT
+                    delay = 0.01
+                elif time.monotonic() >= deadline:
+                    raise
             except Restarting:
                 if time.monotonic() >= deadline:
                     raise
-                self.sock.close()
-                time.sleep(delay)  # the successor takes over within a few tens of ms
-                delay = min(delay * 2, 0.2)
-                self.reconnect()
+            self.sock.close()
+            time.sleep(delay)  # the successor takes over within a few tens of ms
+            delay = min(delay * 2, 0.2)
+            self.reconnect()
 
     def _request_once(self, event: ev.Event) -> ev.Event:
         try:
@@ -301,17 +326,17 @@ class Client:
     def expect_reply(self) -> ev.Event:
         reply = self.receive()
         if reply is None:
-            raise DaemonUnavailable("consoled closed the connection")
+            raise ConnectionLost("consoled closed the connection")
         if isinstance(reply, ev.Error):
             if reply.code is ErrorCode.RESTARTING:
                 raise Restarting(reply.message, reply.code)
-            if reply.code is ErrorCode.PERMISSION_DENIED:
+            if reply.code in (ErrorCode.PERMISSION_DENIED, ErrorCode.SHUTTING_DOWN):
                 raise DaemonUnavailable(reply.message, reply.code)
             raise ClientError(reply.message, reply.code)
         return reply
 
-    def call(self, event: ev.Event, reply_type: type[E]) -> E:
-        reply = self.request(event)
+    def call(self, event: ev.Event, reply_type: type[E], *, again_if_lost: bool = False) -> E:
+        reply = self.request(event, again_if_lost=again_if_lost)
         if not isinstance(reply, reply_type):  # pragma: no cover - the state machine checks
             raise ClientError(f"unexpected answer {reply.TYPE!r} to {event.TYPE!r}")
         return reply

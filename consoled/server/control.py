@@ -105,6 +105,10 @@ class ControlServer:
         self._budget = ByteBudget(config.limits.buffered)
         self._draining = False
         self._drained = trio.Event()
+        self._stopping = False
+        #: Connections told that the daemon stops, until each has closed.
+        self._told: set[ClientConnection] = set()
+        self._all_told = trio.Event()
         self._uid = os.geteuid()
         self.streams = StreamContext(table, config)
 
@@ -204,13 +208,17 @@ class ControlServer:
                     self._connections.discard(conn)
                     if self._draining and not self._busy():
                         self._drained.set()
+                    self._told.discard(conn)
+                    if self._stopping and not self._told:
+                        self._all_told.set()
                 if conn is None or not conn.handed_off:
                     await trio.aclose_forcefully(stream)
 
     async def _last_words(self, channel: Channel, exc: BaseException) -> None:
         """Log a client's protocol error and tell the client, before it is closed."""
         assert isinstance(exc, RemoteProtocolError)
-        level = log.info if exc.code is ErrorCode.RESTARTING else log.warning
+        said_to_all = exc.code in (ErrorCode.RESTARTING, ErrorCode.SHUTTING_DOWN)
+        level = log.info if said_to_all else log.warning
         level("client.protocol_error", code=str(exc.code), error=exc.message)
         with trio.move_on_after(LAST_WORDS_TIMEOUT) as timer:
             timer.shield = True  # also when the daemon is cancelling everything
@@ -218,7 +226,9 @@ class ControlServer:
                 await channel.send(ev.Error(exc.code, exc.message))
 
     async def _receive(self, conn: ClientConnection, limit: float, what: str) -> ev.Event | None:
-        """The next message, unless the daemon starts draining or the client idles too long."""
+        """The next message, unless the daemon stops or drains, or the client idles too long."""
+        if self._stopping:
+            raise RemoteProtocolError("the daemon is stopping", ErrorCode.SHUTTING_DOWN)
         if self._draining:
             raise RemoteProtocolError("the daemon is restarting", ErrorCode.RESTARTING)
         conn.idle = True
@@ -230,6 +240,8 @@ class ControlServer:
                 return await conn.channel.receive()
         finally:
             conn.idle = False
+        if self._stopping:
+            raise RemoteProtocolError("the daemon is stopping", ErrorCode.SHUTTING_DOWN)
         if self._draining:
             raise RemoteProtocolError(
                 "the daemon is restarting; send the request again", ErrorCode.RESTARTING
@@ -293,7 +305,8 @@ class ControlServer:
                     audit(record.action, **record.fields)
 
     async def _wait(self, conn: ClientConnection, request: ev.Wait) -> ev.Waited:
-        """Answer once the session has ended; a draining daemon says ``restarting`` instead."""
+        """Answer once the session has ended; a draining daemon says ``restarting``
+        instead, and a stopping one ``shutting_down``."""
         session = self.table.get(request.session)
         log.info("client.waiting", session=str(session.name))
         conn.idle = True  # as good as idle: a handover need not wait for it
@@ -304,6 +317,11 @@ class ControlServer:
         finally:
             conn.idle = False
         if not session.done.is_set():
+            if self._stopping:
+                raise RemoteProtocolError(
+                    f"the daemon is stopping; {session.name} has not ended",
+                    ErrorCode.SHUTTING_DOWN,
+                )
             raise RemoteProtocolError(
                 "the daemon is restarting; send the request again", ErrorCode.RESTARTING
             )
@@ -386,7 +404,7 @@ class ControlServer:
             started=rfc3339(self.started),
         )
 
-    # --- draining, for a handover ----------------------------------------------------
+    # --- draining, for a handover; stopping ------------------------------------------
 
     def _busy(self) -> bool:
         return any(not c.streaming and not c.handed_off for c in self._connections)
@@ -400,6 +418,19 @@ class ControlServer:
                 conn.waiting.cancel()
         if not self._busy():
             self._drained.set()
+
+    async def stop(self) -> None:
+        """Tell every connection waiting (for a session's end, or between
+        requests) that the daemon is stopping, rather than closing it without
+        a word, which a client takes for a crash and waits out; return once
+        each has been told and closed."""
+        self._stopping = True
+        self._told = {conn for conn in self._connections if conn.idle}
+        for conn in self._told:
+            conn.waiting.cancel()
+        if self._told:
+            # Not cancelled meanwhile: each must raise its error, not Cancelled.
+            await self._all_told.wait()
 
     async def wait_drained(self) -> None:
         """Wait until every connection that is not a stream has been answered and closed."""

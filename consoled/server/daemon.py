@@ -432,6 +432,7 @@ class Daemon:
                     self.manager.notify("STOPPING=1")
                     table.shutdown()
                     with trio.move_on_after(self.config.shutdown_grace):
+                        await control.stop()
                         await table.wait_streams_done()
                     work.cancel_scope.cancel()
                     return request, None
