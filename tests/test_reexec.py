@@ -767,3 +767,42 @@ async def test_a_reexec_keeps_the_window_size_the_clients_had(
         for client in clients:
             await client.aclose()
         await holder.aclose()
+
+
+async def test_clients_of_a_session_renamed_before_a_reexec_go_on_with_it(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """An attached client and a ``logs -f`` of a session renamed while they
+    ran resume on it after the reexec (found by its uid), even with its old
+    name taken by another session; the attach then names it by its new name."""
+    # Was: both stopped at the reexec, the attach saying "session old1 ended
+    # (exit status unknown)" of a session that ran on as new1.
+    daemon = await daemon_factory()
+    holder = await PtyHolder.start(nursery)
+    try:
+        await running_session(daemon, holder, "old1")
+        async with (
+            piped_cli(daemon, nursery, "attach", "--no-tty", "--no-replay", "old1") as attached,
+            piped_cli(daemon, nursery, "logs", "-f", "old1") as following,
+        ):
+            await daemon.wait_event("client.attached", session="old1")
+            await holder.say(0, "before-the-rename")
+            await attached.wait_for(b"before-the-rename")
+            await following.wait_for(b"before-the-rename")
+            assert (await cli(daemon, "rename", "old1", "new1")).returncode == 0
+            assert (await cli(daemon, "socket", "old1")).returncode == 0  # the old name, taken
+            await reexec(daemon)
+            await holder.say(0, "after-the-reexec")
+            await attached.wait_for(b"after-the-reexec", timeout=REEXEC_TIMEOUT)
+            await following.wait_for(b"after-the-reexec", timeout=REEXEC_TIMEOUT)
+            await holder.leave_unread(0)
+            await attached.send(b"typed-after")
+            assert await holder.drain(0, 11, tmp_path / "typed") == b"typed-after"
+            await holder.aclose()  # the session ends
+            assert await attached.wait() == 0
+            said = bytes(attached.err).decode()
+            assert said == "consoled: session new1 ended (exit status unknown)\n", said
+            assert await following.wait() == 0
+            assert following.err == b""
+    finally:
+        await holder.aclose()

@@ -215,6 +215,8 @@ class Attacher:
         self.ended: ev.Ended | None = None
         self.at_line_start = True
         self.uid = attached.uid
+        #: The session's name, as the daemon last said it (it may be renamed).
+        self.session = attached.session
         #: Stream offset of the next byte we expect.
         self.offset = attached.offset
         self.resumes = 0
@@ -317,6 +319,9 @@ class Attacher:
         client.sock.settimeout(None)
         self.client = client
         self.resumes += 1
+        if attached.session != self.session:  # renamed meanwhile: found by its uid
+            self.session = attached.session
+            self.options = dataclasses.replace(self.options, session=attached.session)
         self.sent, self.sent_before = bytearray(), 0
         unsent, self.unsent = self.unsent, b""
         self._send_input(unsent)
@@ -541,14 +546,14 @@ def attach(
             name = signal.Signals(exc.signum).name
             _say(
                 attacher,
-                f"consoled: interrupted by {name}; session {attached.session} keeps running",
+                f"consoled: interrupted by {name}; session {attacher.session} keeps running",
             )
             return 128 + exc.signum
         if ended is not None and ended.reason is ev.EndReason.EXITED and exit_status is not None:
             own = exit_status()
             if own is not None:
                 ended = dataclasses.replace(ended, exit_code=own)
-        return _report(attacher, attached.session, ended)
+        return _report(attacher, attacher.session, ended)
     finally:
         (attacher.client if attacher is not None else client).close()
 

@@ -165,13 +165,7 @@ class FileCursor:
 
 async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs) -> None:
     """Send a session's log files (or scrollback), filtered, then follow it if asked."""
-    session = context.session_for_stream(request.session)
-    if request.uid is not None and request.uid != session.uid:
-        raise RequestError(
-            ErrorCode.UNKNOWN_SESSION,
-            f"session {session.name} is not the one this client followed "
-            "(it ended and the name was reused)",
-        )
+    session = context.session_for_stream(request.session, request.uid)
     if request.resume is not None and request.resume < 0:
         raise RequestError(ErrorCode.INVALID_ARGUMENT, "resume must be an offset >= 0")
     if request.tail is not None and request.tail < 0:

@@ -299,6 +299,31 @@ class SessionTable:
             raise RequestError(ErrorCode.UNKNOWN_SESSION, f"no session named {text!r}")
         return session
 
+    def get_resumed(self, text: str, uid: str | None) -> Session:
+        """The session a stream resumes: named ``text``, or renamed since from it.
+
+        A client resuming after a restart asks by the name it attached with and
+        the ``uid`` its first ``attached`` gave: a session renamed meanwhile is
+        found by the uid (the names are looked through only then).
+
+        Raises:
+            RequestError: no such session (``unknown_session``; the name was
+                reused by another session, or the session is gone).
+        """
+        session = self._sessions.get(parse_name(text))
+        if uid is None or (session is not None and session.uid == uid):
+            return self.get(text)
+        renamed = next((s for s in self._sessions.values() if s.uid == uid), None)
+        if renamed is not None:
+            return renamed
+        if session is None:
+            raise RequestError(ErrorCode.UNKNOWN_SESSION, f"no session named {text!r}")
+        raise RequestError(
+            ErrorCode.UNKNOWN_SESSION,
+            f"session {session.name} is not the one this client was streaming "
+            "(it ended and the name was reused)",
+        )
+
     def lookup(self, name: SessionName) -> Session | None:
         return self._sessions.get(name)
 

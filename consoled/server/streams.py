@@ -51,9 +51,9 @@ class StreamContext:
         self.table = table
         self.config = config
 
-    def session_for_stream(self, name: str) -> Session:
-        """The session, if it may take one more client."""
-        session = self.table.get(name)
+    def session_for_stream(self, name: str, uid: str | None) -> Session:
+        """The session, if it may take one more client (see SessionTable.get_resumed)."""
+        session = self.table.get_resumed(name, uid)
         limit = self.config.limits.clients_per_session
         if len(session.hub) >= limit:
             raise RequestError(
@@ -299,13 +299,7 @@ def _bound_when_lagged(sub: Subscriber, scope: trio.CancelScope) -> None:
 
 
 async def stream_attach(channel: Channel, context: StreamContext, request: ev.Attach) -> None:
-    session = context.session_for_stream(request.session)
-    if request.uid is not None and request.uid != session.uid:
-        raise RequestError(
-            ErrorCode.UNKNOWN_SESSION,
-            f"session {session.name} is not the one this client was attached to "
-            "(it ended and the name was reused)",
-        )
+    session = context.session_for_stream(request.session, request.uid)
     if session.state is ev.SessionState.EXITED and request.resume is None:
         raise RequestError(
             ErrorCode.SESSION_NOT_RUNNING,
