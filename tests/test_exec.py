@@ -514,3 +514,32 @@ async def test_an_exec_rides_out_a_reexec_and_reports_its_exit(
         assert proc.out.count(b"started\r\n") == 1, bytes(proc.out)
     # Its status was delivered: the session is gone, as after any exec.
     assert [s["session"] for s in await ls_json(daemon)] == [cid]
+
+
+async def test_an_exec_whose_container_is_renamed_meanwhile_still_leaves_nothing(
+    *,
+    daemon: DaemonProcess,
+    runtime: Runtime,
+    bundle: BundleFactory,
+    out_dir: Path,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+    nursery: trio.Nursery,
+) -> None:
+    """``consoled rename`` of the container (its execs move with it) while a
+    ``consoled exec`` runs: the exec names the session as it is called now,
+    and removes it once its program has ended, as any exec's."""
+    # Was: "session ID/sh-1 ended" and the exited session kept, as ID2/sh-1,
+    # its removal asked for by the old name.
+    cid = container_id("xn")
+    await start_with_users(daemon, runtime, bundle, tmp_path, cid)
+    script = "echo started; while [ ! -e /out/go ]; do usleep 20000; done; exit 7"
+    options = runtime_options(runtime, tmp_path)
+    async with piped_cli(daemon, nursery, "exec", *options, cid, "sh", "-c", script) as proc:
+        await proc.wait_for(b"started")
+        assert (await cli(daemon, "rename", cid, f"{cid}-x")).returncode == 0
+        (out_dir / "go").touch()
+        assert await proc.wait() == 7
+        said = bytes(proc.err).decode()
+        assert said == f"consoled: session {cid}-x/sh-1 ended (exit status 7)\n", said
+    assert [s["session"] for s in await ls_json(daemon)] == [f"{cid}-x"]

@@ -475,7 +475,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
     options = _attach_options(args, args.session)
     assert isinstance(options, AttachOptions)
-    return attach(os.path.join(state_dir_of(args), "control.sock"), options)
+    return attach(os.path.join(state_dir_of(args), "control.sock"), options).status
 
 
 def _exec_env(given: Sequence[str]) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from ..protocol import CLOSED, NEED_DATA, ErrorCode, ProtocolError
 from ..protocol import events as ev
@@ -320,8 +320,7 @@ class Attacher:
         self.client = client
         self.resumes += 1
         if attached.session != self.session:  # renamed meanwhile: found by its uid
-            self.session = attached.session
-            self.options = dataclasses.replace(self.options, session=attached.session)
+            self._renamed(attached.session)
         self.sent, self.sent_before = bytearray(), 0
         unsent, self.unsent = self.unsent, b""
         self._send_input(unsent)
@@ -368,9 +367,16 @@ class Attacher:
                     )
             elif isinstance(event, ev.Ended):
                 self.ended = event
+                if event.session is not None and event.session != self.session:
+                    self._renamed(event.session)
                 return True
             elif isinstance(event, ev.Error) and event.code is not ErrorCode.READ_ONLY:
                 self._notice(f"consoled: {event.message}")
+
+    def _renamed(self, name: str) -> None:
+        """The session is called ``name`` now: say that, and resume it by that name."""
+        self.session = name
+        self.options = dataclasses.replace(self.options, session=name)
 
     def _write(self, data: bytes) -> None:
         if self.filter is not None:
@@ -498,13 +504,22 @@ class Attacher:
         self.at_line_start = True
 
 
+class Attachment(NamedTuple):
+    """How an attach ended."""
+
+    #: The exit status for the command (see :func:`attach`).
+    status: int
+    #: The session's name by then (it may have been renamed meanwhile).
+    session: str
+
+
 def attach(
     control_path: str,
     options: AttachOptions,
     before_loop: Callable[[], int | None] | None = None,
     exit_status: Callable[[], int | None] | None = None,
-) -> int:
-    """Attach the current terminal (or pipes) to a session; returns the exit status.
+) -> Attachment:
+    """Attach the current terminal (or pipes) to a session, until it ends or is left.
 
     Args:
         control_path: the daemon's control socket.
@@ -513,6 +528,10 @@ def attach(
             terminal goes raw; a non-None result aborts with that exit status.
         exit_status: once the session has ended, the process's exit status if the
             caller knows it better than the daemon (``consoled exec`` reaps it).
+
+    Returns:
+        The exit status (the program's if it ended while attached, as docker's:
+        see the README) and the session's name at the end.
     """
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     tty = options.tty and os.isatty(stdin)
@@ -530,7 +549,7 @@ def attach(
         if before_loop is not None:
             status = before_loop()
             if status is not None:
-                return status
+                return Attachment(status, attached.session)
         attacher = Attacher(client, attached, options, stdin, stdout)
         ended: ev.Ended | None = None
         try:
@@ -548,12 +567,12 @@ def attach(
                 attacher,
                 f"consoled: interrupted by {name}; session {attacher.session} keeps running",
             )
-            return 128 + exc.signum
+            return Attachment(128 + exc.signum, attacher.session)
         if ended is not None and ended.reason is ev.EndReason.EXITED and exit_status is not None:
             own = exit_status()
             if own is not None:
                 ended = dataclasses.replace(ended, exit_code=own)
-        return _report(attacher, attacher.session, ended)
+        return Attachment(_report(attacher, attacher.session, ended), attacher.session)
     finally:
         (attacher.client if attacher is not None else client).close()
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..protocol import events as ev
-from .attach import AttachOptions
+from .attach import Attachment, AttachOptions
 from .conn import Client, ClientError
 
 #: Seconds the runtime gets to start the process.
@@ -61,7 +61,7 @@ def runtime_failure_status(message: str) -> int:
     return EXIT_RUNTIME_FAILED
 
 
-AttachFn = Callable[..., int]
+AttachFn = Callable[..., Attachment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +246,7 @@ def run_exec(
         return status
 
     try:
-        status = attach(
+        status, session = attach(
             control_path,
             dataclasses.replace(options, session=created.session),
             start_process,
@@ -257,11 +257,12 @@ def run_exec(
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    # By the name the daemon gave last: the container may have been renamed.
     if ended and not keep:
         # The command ended and its status is ours: nothing more to keep.
-        _remove(control_path, created.session)
+        _remove(control_path, session)
     elif ended and ended[0] is not None:
         # Kept: let `ls` and `wait` show the status we reaped.
         with contextlib.suppress(ClientError), Client(control_path) as client:
-            client.call(ev.ReportExit(created.session, ended[0]), ev.ExitReported)
+            client.call(ev.ReportExit(session, ended[0]), ev.ExitReported)
     return status

@@ -371,6 +371,7 @@ class Ended(Event):
     resume: int | None = None  # with reason ``restarting``: the offset to resume from
     input: int | None = None  # with ``restarting``: bytes of this client's input consumed
     exit_code: int | None = None  # with ``exited``: how the process ended, if known
+    session: str | None = None  # the session's name now (it may have been renamed meanwhile)
 
 
 CLIENT_REQUESTS: tuple[type[Event], ...] = (

@@ -407,14 +407,18 @@ async def _pump_logs(
         if lines.done or (passed and notice is None):
             # --until: nothing later can be shown.
             session.detach(sub)
-            await channel.send(ev.Ended(ev.EndReason.END_OF_LOG, ""))
+            await channel.send(ev.Ended(ev.EndReason.END_OF_LOG, "", session=str(session.name)))
             return
         assert notice is not None  # woken with nothing queued: the stream ended
         session.detach(sub)
+        name = str(session.name)
         if notice.reason is ev.EndReason.RESTARTING:
-            await channel.send(ev.Ended(notice.reason, notice.message, resume=sub.offset))
+            ended = ev.Ended(notice.reason, notice.message, resume=sub.offset, session=name)
         else:
-            await channel.send(ev.Ended(notice.reason, notice.message, exit_code=notice.exit_code))
+            ended = ev.Ended(
+                notice.reason, notice.message, exit_code=notice.exit_code, session=name
+            )
+        await channel.send(ended)
         return
 
 

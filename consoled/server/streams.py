@@ -243,12 +243,27 @@ async def _pump_output(
     assert notice is not None
     session.detach(sub)
     if notice.reason is not ev.EndReason.RESTARTING:
-        await channel.send(ev.Ended(notice.reason, notice.message, exit_code=notice.exit_code))
+        await channel.send(
+            ev.Ended(
+                notice.reason,
+                notice.message,
+                exit_code=notice.exit_code,
+                session=str(session.name),
+            )
+        )
         if notice.reason is ev.EndReason.EXITED and not sub.follower and delivered is not None:
             delivered(session)
         return
     consumed = None if inputs is None else await inputs.stop()
-    await channel.send(ev.Ended(notice.reason, notice.message, resume=sub.offset, input=consumed))
+    await channel.send(
+        ev.Ended(
+            notice.reason,
+            notice.message,
+            resume=sub.offset,
+            input=consumed,
+            session=str(session.name),
+        )
+    )
     if inputs is not None:
         inputs.told = True
 
