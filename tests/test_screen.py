@@ -193,6 +193,52 @@ async def test_attach_draws_the_screen_then_continues_it_with_no_gap_and_no_repe
         assert len(render) < 2000  # the screen, not 12 lines of replay plus escapes
 
 
+async def test_a_wide_character_then_a_one_column_window_takes_nothing_down(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """A program prints a wide character; someone resizes the session to one
+    column (``consoled resize web1 24 1``): the session and the daemon go on."""
+    # Was: avt panicked reflowing the line, the PanicException (a
+    # BaseException) went through every handler, and the daemon died, hanging
+    # up every terminal; under systemd it did so again at the next such resize.
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "w1", slaves)
+        os.write(slave, "漢字\r\n\x1b[6n".encode())
+        assert await read_slave(slave, 6) == b"\x1b[2;1R"  # the screen exists
+        c = await d.connect()
+        assert isinstance(await c.request(ev.Resize("w1", 24, 1)), ev.Resized)
+        reply = await c.request(ev.Attach("w1", rows=24, cols=1, screen=True))
+        assert isinstance(reply, ev.Attached), reply
+        _, approximate = await screen_of(c)
+        assert approximate  # one column is emulated two wide
+        os.write(slave, "more 漢\r\n".encode())
+        out, ended = await c.read_output_until("漢\r\n".encode())
+        assert ended is None, out
+        await c.aclose()
+        assert d.table.get("w1").state is ev.SessionState.RUNNING
+
+
+def test_a_panic_in_the_emulator_costs_the_screen_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever avt panics on next: the screen starts again, approximate, and
+    says so; the caller never sees the panic."""
+    from consoled.terminal import screen as screen_impl
+
+    monkeypatch.setattr(screen_impl, "MIN_COLS", 1)  # let avt's known panic through
+    faults: list[str] = []
+    screen = Screen(5, 20, on_fault=faults.append)
+    screen.feed("漢\r\n".encode())
+    screen.resize(5, 1)  # a real panic, inside avt
+    assert screen.faults == 1 and len(faults) == 1 and "resize" in faults[0], faults
+    assert screen.approximate
+    screen.resize(5, 20)
+    screen.feed(b"after")
+    assert screen.text()[0] == "after"
+    assert b"after" in screen.render()
+    assert screen.approximate  # until the program redraws
+    screen.feed(b"\x1b[2J")
+    assert not screen.approximate
+
+
 WINCH_CHILD = """
 import os, signal, sys
 signal.signal(signal.SIGWINCH, lambda *_: os.write(1, b"W"))

@@ -194,6 +194,26 @@ def test_chunking_does_not_change_the_screen(
 
 
 @PROPERTY
+@given(STREAM, CUTS, st.lists(st.tuples(st.integers(1, 30), st.integers(1, 40)), max_size=8))
+@example(data="漢".encode(), cuts=[], sizes=[(24, 1)])  # avt 0.17 panicked reflowing it
+def test_output_and_resizes_in_any_order_never_fail_the_emulator(
+    data: bytes, cuts: list[int], sizes: list[tuple[int, int]]
+) -> None:
+    """Down to one row and one column: avt never panics (a panic would be
+    survived, see test_screen, but the screen would be lost)."""
+    screen = Screen(24, 80)
+    pieces = list(chunked(data, cuts))
+    for i, piece in enumerate(pieces):
+        screen.feed(piece)
+        if i < len(sizes):
+            screen.resize(*sizes[i])
+    for size in sizes[len(pieces) :]:
+        screen.resize(*size)
+    screen.render(history=10)
+    assert screen.faults == 0
+
+
+@PROPERTY
 @given(STREAM, CUTS, SIZES)
 @example(data=b"\x1b]2;\x80\x07", cuts=[], size=(2, 2))  # an invalid byte in a title
 def test_render_draws_the_same_screen(data: bytes, cuts: list[int], size: tuple[int, int]) -> None:

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
+import structlog
+
 from ..io.record import Record
 from ..terminal import QueryScanner, Responder, Screen
 
@@ -37,6 +39,13 @@ from ..terminal import QueryScanner, Responder, Screen
 MAX_HISTORY: Final = 2000
 #: A size to emulate before the session has one.
 DEFAULT_SIZE: Final = (24, 80)
+
+log = structlog.get_logger("consoled.screen")
+
+
+def _fault(message: str) -> None:
+    """The emulator panicked; the screen started again (see consoled.terminal.screen)."""
+    log.error("screen.emulator_failed", error=message)
 
 
 class EmulationBudget:
@@ -119,7 +128,7 @@ class SessionScreen:
         self, rows: int, cols: int, start: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         rows, cols = (rows, cols) if rows and cols else DEFAULT_SIZE
-        self._screen: Screen | None = Screen(rows, cols, history=0)
+        self._screen: Screen | None = Screen(rows, cols, history=0, on_fault=_fault)
         self._frozen: tuple[bytes, bool] | None = None
         self._size = (rows, cols)
         self.responder = Responder(self._screen)
@@ -137,7 +146,9 @@ class SessionScreen:
         if self._screen is None:
             assert self._frozen is not None
             render, approximate = self._frozen
-            self._screen = Screen.from_render(*self._size, render, approximate=approximate)
+            self._screen = Screen.from_render(
+                *self._size, render, approximate=approximate, on_fault=_fault
+            )
             self._frozen = None
             self.responder.screen = self._screen
         return self._screen
@@ -265,7 +276,7 @@ class SessionScreen:
     def _history(self, record: Record, lines: int) -> bytes:
         """The last ``lines`` lines scrolled off, from the ring emulated anew at this size."""
         rows, cols = self._size
-        again = Screen(rows, cols, history=lines)
+        again = Screen(rows, cols, history=lines, on_fault=_fault)
         first, chunks = record.read_from(record.start)
         if first:
             again.skip(first)

@@ -6,6 +6,14 @@ decoding across chunks, the modes avt does not follow (see
 :class:`~.modes.ModeTracker`), a bounded history of the lines scrolled off the
 top, a render for real terminals, and a note of when the screen is only
 approximate because some output was never fed.
+
+avt is a dependency written in Rust: a bug in it is a *panic*, which pyo3
+raises as ``PanicException``, a ``BaseException`` that no ``except
+Exception`` stops.  One would take the daemon down (every console with it),
+and come back with the same output after a restart.  So every call into avt
+is guarded: a panic costs the screen, not the daemon.  The screen starts
+again blank, approximate until the program's next redraw, and ``on_fault``
+is told.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -28,6 +37,10 @@ FEED_CHUNK: Final = 64 * 1024
 #: the screen is then approximate), so one session cannot take gigabytes.
 MAX_ROWS: Final = 1000
 MAX_COLS: Final = 1000
+#: Narrowest emulated width: avt 0.17 panics when a line holding a wide
+#: character is reflowed to one column.  A one-column window is emulated two
+#: wide (the screen is then approximate).
+MIN_COLS: Final = 2
 #: Lines of history kept by default.
 DEFAULT_HISTORY: Final = 1000
 #: Code points U+0080..U+009F: C1 controls when they arrive UTF-8 encoded. avt
@@ -60,10 +73,20 @@ class Screen:
         history: how many lines scrolled off the top are kept.
     """
 
-    def __init__(self, rows: int = 24, cols: int = 80, *, history: int = DEFAULT_HISTORY) -> None:
+    def __init__(
+        self,
+        rows: int = 24,
+        cols: int = 80,
+        *,
+        history: int = DEFAULT_HISTORY,
+        on_fault: Callable[[str], None] | None = None,
+    ) -> None:
         self._rows, self._cols = rows, cols
-        erows, ecols = min(max(rows, 1), MAX_ROWS), min(max(cols, 1), MAX_COLS)
+        erows, ecols = _emulated(rows, cols)
         self._vt = avt.Vt(ecols, erows, 0)
+        self._on_fault = on_fault
+        #: Panics of the emulator survived (see the module docstring).
+        self.faults = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._modes = ModeTracker(rows=erows, clamp_region=False)
         self._history: deque[avt.Line] = deque(maxlen=history)
@@ -154,9 +177,30 @@ class Screen:
             text = decode(data[start : start + FEED_CHUNK])
             if not text.isascii():
                 text = _C1.sub("", text)
-            _, gone = feed(text)
+            try:
+                _, gone = feed(text)
+            except BaseException as exc:
+                self._survive(exc, "feed")
+                feed, history = self._vt.feed_str, self._history
+                continue
             if gone:
                 history.extend(gone)
+
+    def _survive(self, exc: BaseException, what: str) -> None:
+        """avt panicked in ``what``: start a blank emulator, approximate from now on.
+
+        Raises:
+            exc: it is not a panic.
+        """
+        if type(exc).__name__ != "PanicException":
+            raise exc
+        self.faults += 1
+        erows, ecols = _emulated(self._rows, self._cols)
+        self._vt = avt.Vt(ecols, erows, 0)
+        self._history = deque(maxlen=self._history.maxlen)
+        self._skipped = True
+        if self._on_fault is not None:
+            self._on_fault(f"the terminal emulator failed in {what} ({exc}); it starts again")
 
     def skip(self, nbytes: int) -> None:
         """``nbytes`` of output were lost (not fed): the screen is now approximate."""
@@ -166,22 +210,33 @@ class Screen:
         self._skipped = True
         self._decoder.reset()
         self._modes.reset_tail()
-        self._vt.feed_str(_CANCEL)
+        self._feed_vt(_CANCEL.encode())
 
     def resize(self, rows: int, cols: int) -> None:
         """The window is now ``rows`` x ``cols``; the emulator reflows as avt does."""
         self._rows, self._cols = rows, cols
-        erows, ecols = min(max(rows, 1), MAX_ROWS), min(max(cols, 1), MAX_COLS)
+        erows, ecols = _emulated(rows, cols)
         if (ecols, erows) == self._vt.size:
             return
-        _, gone = self._vt.resize(ecols, erows)
+        self._modes.resize(erows)
+        try:
+            _, gone = self._vt.resize(ecols, erows)
+        except BaseException as exc:
+            self._survive(exc, "resize")  # the new emulator has the new size
+            return
         if gone:
             self._history.extend(gone)
-        self._modes.resize(erows)
 
     def text(self) -> list[str]:
         """The visible lines as plain text, trailing blanks dropped (for tests and logs)."""
-        return [line.text.rstrip(" ") for line in self._vt.view()]
+        return [line.text.rstrip(" ") for line in self._view()]
+
+    def _view(self) -> list[avt.Line]:
+        try:
+            return self._vt.view()
+        except BaseException as exc:
+            self._survive(exc, "view")
+            return self._vt.view()
 
     def cells(self) -> list[list[tuple[str, str]]]:
         """The visible cells as ``(character, SGR)`` pairs, a row at a time.
@@ -191,7 +246,7 @@ class Screen:
         """
         return [
             [(cell.char, sgr(cell.pen)) for cell in line.cells if cell.width]
-            for line in self._vt.view()
+            for line in self._view()
         ]
 
     def history(self, n: int) -> bytes:
@@ -206,16 +261,24 @@ class Screen:
         return "".join(render_line(line) + "\r\n" for line in lines).encode()
 
     @classmethod
-    def from_render(cls, rows: int, cols: int, render: bytes, *, approximate: bool) -> Screen:
+    def from_render(
+        cls,
+        rows: int,
+        cols: int,
+        render: bytes,
+        *,
+        approximate: bool,
+        on_fault: Callable[[str], None] | None = None,
+    ) -> Screen:
         """A screen drawn by one of :meth:`render`'s results (no history).
 
         The cells, the cursor and the modes are the same, and so are the
         tab stops, the saved cursors and the character sets, which decide
         how later output is drawn.
         """
-        screen = cls(rows, cols, history=0)
+        screen = cls(rows, cols, history=0, on_fault=on_fault)
         screen.feed(render)
-        screen._skipped = approximate
+        screen._skipped = approximate or screen.faults > 0
         return screen
 
     def render(self, *, history: int = 0, above: bytes = b"") -> bytes:
@@ -240,5 +303,15 @@ class Screen:
             # Scroll them all off the visible rows, which stay blank.
             out += b"\n" * (self._vt.size[1] - 1)
             out += b"\x1b[H"
-        out += convert_dump(self._vt.dump()).encode()
+        try:
+            dump = self._vt.dump()
+        except BaseException as exc:
+            self._survive(exc, "render")
+            dump = self._vt.dump()
+        out += convert_dump(dump).encode()
         return bytes(out)
+
+
+def _emulated(rows: int, cols: int) -> tuple[int, int]:
+    """The size emulated for a ``rows`` x ``cols`` window (see MAX_ROWS, MIN_COLS)."""
+    return min(max(rows, 1), MAX_ROWS), min(max(cols, MIN_COLS), MAX_COLS)
