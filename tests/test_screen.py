@@ -14,10 +14,13 @@ terminal back as it was.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
+import random
 import re
 import sys
 import termios
+import time
 import tty
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -31,7 +34,7 @@ from consoled.io.record import Record
 from consoled.protocol import events as ev
 from consoled.server import registry
 from consoled.server.handover import read_screens, write_screens
-from consoled.server.screenstate import SessionScreen
+from consoled.server.screenstate import SessionScreen, feed_within
 from consoled.terminal import Screen
 from tests.conftest import BundleFactory, DaemonFactory, Spawn
 from tests.support.client import AsyncClient, screen_of
@@ -216,6 +219,76 @@ async def test_a_wide_character_then_a_one_column_window_takes_nothing_down(
         assert ended is None, out
         await c.aclose()
         assert d.table.get("w1").state is ev.SessionState.RUNNING
+
+
+async def write_all(slave: int, data: bytes) -> None:
+    """Write ``data`` as the program would, as fast as the daemon drains it."""
+    view = memoryview(data)
+    with trio.fail_after(WAIT):
+        while view:
+            try:
+                view = view[os.write(slave, view[:65536]) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(slave)
+
+
+async def test_output_slow_to_emulate_holds_the_daemon_only_briefly(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """A program prints scroll after scroll of its whole (large) screen, each
+    of which costs the emulator every cell: the query after them is answered,
+    and an attach draws the screen, each in a fraction of a second, the
+    screen then approximate."""
+    # Was: the emulator was fed all of it, 256 KiB at about 50 us a byte, on
+    # the event loop: the daemon served nobody for about ten seconds, at the
+    # query and again at the attach.
+    hostile = b"\x1b[999S" * (256 * 1024 // 7)
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "slow", slaves, rows=100, cols=300)
+        await write_all(slave, hostile)
+        began = trio.current_time()
+        os.write(slave, b"\x1b[6n")
+        assert await read_slave(slave, 6) == b"\x1b[1;1R"
+        assert trio.current_time() - began < 2
+        await write_all(slave, hostile)
+        await written(d, "slow", 2 * len(hostile) + 4)
+        c = await d.connect()
+        began = trio.current_time()
+        reply = await c.request(ev.Attach("slow", rows=100, cols=300, screen=True))
+        assert isinstance(reply, ev.Attached), reply
+        _, approximate = await screen_of(c)
+        assert trio.current_time() - began < 2
+        assert approximate
+        await c.aclose()
+
+
+@pytest.mark.parametrize("sizes", [[2], [7, 300, 5], [70000, 3, 200000]])
+def test_pieces_fed_in_time_are_the_output_in_order(sizes: list[int]) -> None:
+    data = bytes(random.Random(len(sizes)).randrange(256) for _ in range(sum(sizes)))
+    chunks, pos = [], 0
+    for size in sizes:
+        chunks.append(data[pos : pos + size])
+        pos += size
+    first, end = 1000, 1000 + len(data) - 1  # the last byte is not asked for
+    pieces: list[tuple[bytes, int]] = []
+    skipped: list[int] = []
+    far = time.perf_counter() + 60
+    assert feed_within(
+        lambda p, at: pieces.append((p, at)), skipped.append, chunks, first, end, deadline=far
+    ) == (len(data) - 1, 0)
+    assert b"".join(p for p, _ in pieces) == data[:-1] and not skipped
+    assert [at for _, at in pieces] == list(
+        itertools.accumulate((len(p) for p, _ in pieces[:-1]), initial=first)
+    )
+    # Out of time from the start: only the tail, after one skip.
+    pieces.clear()
+    gone = time.perf_counter() - 1
+    fed, lost = feed_within(
+        lambda p, at: pieces.append((p, at)), skipped.append, chunks, first, end,
+        deadline=gone, tail=min(5, len(data) - 1),
+    )  # fmt: skip
+    assert fed == min(5, len(data) - 1) and lost == len(data) - 1 - fed == sum(skipped)
+    assert b"".join(p for p, _ in pieces) == data[-1 - fed : -1]
 
 
 def test_a_panic_in_the_emulator_costs_the_screen_only(monkeypatch: pytest.MonkeyPatch) -> None:

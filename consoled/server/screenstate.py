@@ -16,7 +16,12 @@ it is needed:
 
 If more output went by than the ring holds since the screen was last fed,
 the screen skips it and is *approximate* until the program redraws (clear
-screen, alternate screen switch); an attach says so.
+screen, alternate screen switch); an attach says so.  So it does with output
+that takes too long to emulate: every catch-up is bounded in time (the
+budget on the draining path, :data:`RENDER_TIME` for an attach), not only in
+bytes, because a program can print output that costs the emulator every
+cell of the screen per byte (whole-screen scrolls, DECALN), thousands of
+times what text costs.
 
 The state is created the first time it is needed, and frozen to its render
 after a while unused (:meth:`SessionScreen.freeze`), so a host of quiet
@@ -41,6 +46,22 @@ MAX_HISTORY: Final = 2000
 DEFAULT_SIZE: Final = (24, 80)
 
 log = structlog.get_logger("consoled.screen")
+
+#: Seconds an attach (or a resize) may spend catching a screen up: output
+#: that costs more to emulate is skipped, and the screen is approximate.
+#: About 20 MB of ordinary output, more than the largest rings hold.
+RENDER_TIME: Final = 0.2
+#: Seconds each piece fed to the emulator should take; pieces are sized by
+#: what the last one cost, from :data:`FIRST_PIECE` bytes up to
+#: :data:`MAX_PIECE`.  Output costs 10 ns a byte to emulate, or 5 us (24x80)
+#: to 50 us (100x300) a byte when it is all full-screen operations (scrolls,
+#: DECALN), which a program can print on purpose: a piece must not be a
+#: megabyte of those.
+PIECE_TIME: Final = 0.001
+FIRST_PIECE: Final = 64
+MAX_PIECE: Final = 64 * 1024
+#: Bytes always fed, however long it takes: the newest (a query being answered).
+MIN_TAIL: Final = 64
 
 
 def _fault(message: str) -> None:
@@ -68,7 +89,7 @@ class EmulationBudget:
     """
 
     #: Bytes always affordable: the query itself, and a little before it.
-    MIN_BYTES: Final = 64
+    MIN_BYTES: Final = MIN_TAIL
 
     def __init__(
         self,
@@ -86,11 +107,15 @@ class EmulationBudget:
         self.skipped = 0
 
     def affordable(self) -> int:
-        """Bytes that may be fed now."""
+        """Bytes that may be fed now (as output usually costs)."""
+        return max(self.MIN_BYTES, int(self.seconds() / self._per_byte))
+
+    def seconds(self) -> float:
+        """Seconds of emulation that may be spent now."""
         now = self._clock()
         self._left = min(self.burst, self._left + (now - self._at) * self.share)
         self._at = now
-        return max(self.MIN_BYTES, int(self._left / self._per_byte))
+        return max(self._left, 0.0)
 
     def spent(self, nbytes: int, seconds: float) -> None:
         self._left -= seconds
@@ -233,9 +258,13 @@ class SessionScreen:
         responder = self.responder
         responder.screen = self.screen
         start = self.fed
+        began = time.perf_counter()
         if budget is not None:
             start = max(start, end - budget.affordable())
             budget.skipped += max(0, start - max(self.fed, record.start))
+            deadline = began + budget.seconds()
+        else:
+            deadline = began + RENDER_TIME
         first, chunks = record.read_from(start)
         if first > self.fed:
             # Gone from the ring, or more than the budget allows: approximate.
@@ -243,20 +272,24 @@ class SessionScreen:
             self.fed = first
         answer_from = end if answer_from is None else answer_from
         answers = bytearray()
-        began = time.perf_counter()
-        for chunk in chunks:
-            if self.fed >= end:
-                break
-            piece = chunk[: end - self.fed]
+
+        def feed(piece: bytes, at: int) -> None:
             # Split at answer_from: before it, the answers are dropped.
-            cut = max(0, min(len(piece), answer_from - self.fed))
+            cut = max(0, min(len(piece), answer_from - at))
             if cut:
                 responder.feed(piece[:cut])
             if cut < len(piece):
-                answers += responder.feed(piece[cut:])
-            self.fed += len(piece)
+                answers.extend(responder.feed(piece[cut:]))
+
+        fed, skipped = feed_within(
+            feed, responder.skip, chunks, first, end, deadline=deadline, tail=MIN_TAIL
+        )
+        self.fed = end  # the chunks reach the ring's end, at or past ``end``
+        if skipped:
+            log.debug("screen.skipped", bytes=skipped, why="it took too long to emulate")
         if budget is not None:
-            budget.spent(self.fed - first, time.perf_counter() - began)
+            budget.skipped += skipped
+            budget.spent(fed, time.perf_counter() - began)
         return bytes(answers)
 
     def resize(self, record: Record, rows: int, cols: int) -> bytes:
@@ -280,13 +313,59 @@ class SessionScreen:
         first, chunks = record.read_from(record.start)
         if first:
             again.skip(first)
-        todo = self.fed - first
-        for chunk in chunks:
-            if todo <= 0:
-                break
-            again.feed(chunk[:todo])
-            todo -= len(chunk)
+        deadline = time.perf_counter() + RENDER_TIME
+        feed_within(
+            lambda piece, _at: again.feed(piece), again.skip, chunks, first, self.fed,
+            deadline=deadline,
+        )  # fmt: skip
         return again.history(lines)
+
+
+def feed_within(
+    feed: Callable[[bytes, int], object],
+    skip: Callable[[int], object],
+    chunks: list[bytes],
+    first: int,
+    end: int,
+    *,
+    deadline: float,
+    tail: int = 0,
+) -> tuple[int, int]:
+    """Feed an emulator the output in ``chunks`` (from stream offset ``first``) up to
+    ``end``, in pieces of about :data:`PIECE_TIME` each; once ``deadline``
+    (``time.perf_counter``) has passed, skip to the last ``tail`` bytes.
+
+    Args:
+        feed: takes a piece and its stream offset.
+        skip: takes a count of bytes skipped.
+
+    Returns:
+        The bytes fed and the bytes skipped.
+    """
+    at, size, fed, skipped = first, FIRST_PIECE, 0, 0
+    offset = first  # of the chunk's first byte
+    for chunk in chunks:
+        view = memoryview(chunk)
+        stop = min(offset + len(chunk), end)
+        while at < stop:
+            if at < end - tail and time.perf_counter() > deadline:
+                jump = min(end - tail, stop) - at
+                skip(jump)
+                skipped += jump
+                at += jump
+                continue
+            piece = bytes(view[at - offset : min(at + size, stop) - offset])
+            began = time.perf_counter()
+            feed(piece, at)
+            took = time.perf_counter() - began
+            at += len(piece)
+            fed += len(piece)
+            per_byte = max(took, 1e-7) / len(piece)
+            size = min(MAX_PIECE, max(FIRST_PIECE, int(PIECE_TIME / per_byte)))
+        offset += len(chunk)
+        if at >= end:
+            break
+    return fed, skipped
 
 
 #: Bytes looked back at for an escape sequence still open (see :func:`ends_clean`).
