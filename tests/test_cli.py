@@ -452,3 +452,60 @@ async def test_a_daemon_gone_mid_call_is_one_line(
                 proc.kill()
                 await proc.wait()
         await holder.aclose()
+
+
+async def _sh(env: dict[str, str], script: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(CLI_TIMEOUT):
+        return await trio.run_process(
+            ["sh", "-c", script], env=env, capture_stdout=True, capture_stderr=True, check=False
+        )
+
+
+async def test_a_closed_stdin_stdout_or_stderr_is_said_never_a_traceback(
+    daemon: DaemonProcess,
+) -> None:
+    """As coreutils do: no output can be given on a closed stdout, so that is the
+    error; a closed stdin or stderr is /dev/null."""
+    # Was: AttributeError tracebacks ('NoneType' object has no attribute ...).
+    consoled = shlex.join([sys.executable, "-m", "consoled"])
+    env = daemon.env()
+    for command in ("ls", "logs nosuch", "attach --no-tty nosuch", "socket c1"):
+        result = await _sh(env, f"exec {consoled} {command} >&-")
+        assert result.returncode == 1, (command, result)
+        assert result.stderr == b"consoled: standard output is closed\n", (command, result)
+    result = await _sh(env, f"exec {consoled} socket c2 <&- 2>&-")
+    assert result.returncode == 0, result
+    assert result.stdout.decode().strip().endswith(".sock"), result
+    result = await _sh(env, f"exec {consoled} ls nosuch-container 2>&-")
+    assert (result.returncode, result.stderr) == (0, b""), result
+
+
+async def test_a_daemon_started_with_its_standard_fds_closed_keeps_them_for_dev_null(
+    short_tmp: Path,
+) -> None:
+    """Nothing the daemon opens lands on fd 0, 1 or 2, where its log lines go."""
+    # Was: its event loop's epoll on fd 1 and a socket of trio's on fd 2, into
+    # which it wrote its log; a pty master could as well have landed there.
+    state = short_tmp / "closed"
+    consoled = shlex.join([sys.executable, "-m", "consoled"])
+    proc = await trio.lowlevel.open_process(
+        ["sh", "-c", f"exec {consoled} serve --state-dir {state} <&- >&- 2>&-"]
+    )
+    try:
+        env = dict(os.environ, CONSOLED_STATE_DIR=str(state))
+        with trio.fail_after(CLI_TIMEOUT):
+            while True:  # the socket appearing is the only sign (no stderr to read)
+                result = await _sh(env, f"exec {consoled} ls")
+                if result.returncode == 0:
+                    break
+                await trio.sleep(0.05)
+        for fd in (0, 1, 2):
+            assert os.readlink(f"/proc/{proc.pid}/fd/{fd}") == os.devnull, fd
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(CLI_TIMEOUT):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0

@@ -7,6 +7,7 @@ error (with a one-line message on stderr, never a traceback), 2 usage.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,11 +19,43 @@ from .parser import build_parser
 __all__ = ["build_parser", "main"]
 
 
+def _open_standard_fds() -> set[int]:
+    """Open /dev/null on whichever of fds 0, 1 and 2 is closed; return those.
+
+    A closed standard fd is the lowest free one: whatever the program opens
+    next takes it (the daemon's event loop, a socket, a pty master), and what
+    is meant for stderr is written there.  Python leaves ``sys.stdin`` and the
+    like None for a closed one; they are made again on /dev/null.
+    """
+    closed = set()
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(fd)
+    for fd in sorted(closed):
+        got = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if got != fd:
+            os.dup2(got, fd)
+            os.close(got)
+    if 0 in closed:
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 - for the whole run
+    if 1 in closed:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+    if 2 in closed:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    return closed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    closed = _open_standard_fds()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "state_dir"):
         args.state_dir = None
+    if 1 in closed and args.command != "serve":
+        print("consoled: standard output is closed", file=sys.stderr)
+        return EXIT_ERROR
     try:
         status = int(args.func(args))
         sys.stdout.flush()  # here, where a reader that has gone is handled
