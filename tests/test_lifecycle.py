@@ -23,6 +23,7 @@ from tests.conftest import BundleFactory, DaemonFactory
 from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
+from tests.support.holder import PtyHolder, running_session
 from tests.support.runtime import Runtime
 
 #: Seconds a poll for a condition nothing announces may take.
@@ -389,6 +390,25 @@ async def test_sighup_is_ignored_and_the_console_lives_on(
     assert daemon.proc.returncode is None
     assert not (out_dir / "hup").exists()
     assert not daemon.find("daemon.stopping")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2], ids=["SIGUSR1", "SIGUSR2"])
+async def test_sigusr_is_logged_and_the_consoles_live_on(
+    sig: signal.Signals, daemon: DaemonProcess, nursery: trio.Nursery
+) -> None:
+    """``kill -USR1``, which many daemons take for "reopen your logs", is not a stop."""
+    # Was: the default action, the daemon killed and every terminal hung up.
+    holder = await PtyHolder.start(nursery)
+    try:
+        await running_session(daemon, holder, "u1")
+        daemon.send_signal(sig)
+        await daemon.wait_event("daemon.signal_ignored", signal=sig.name)
+        await holder.say(0, "after-the-signal")
+        await wait_output(daemon.control_socket, "u1", b"after-the-signal")
+        assert daemon.proc is not None and daemon.proc.returncode is None
+        assert await holder.hangups() == 0
+    finally:
+        await holder.aclose()
 
 
 async def test_nofile_soft_limit_raised_to_hard(short_tmp: Path, nursery: trio.Nursery) -> None:

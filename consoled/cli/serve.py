@@ -30,17 +30,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..server import logconfig
     from ..server.config import DaemonConfig, Limits
-    from ..server.daemon import serve
+    from ..server.daemon import IGNORED_SIGNALS, serve
     from ..server.handover import HandoverError
     from ..server.sizepolicy import SizePolicy
     from ..server.statedir import StartupError
 
-    # A closed terminal or a log rotation must not stop every console.  A write
-    # past RLIMIT_FSIZE must fail with EFBIG, not kill the daemon and hang up
-    # every terminal it holds (CPython ignores SIGXFSZ at start-up already; an
+    # A closed terminal, a log rotation or a "reopen your logs" must not stop
+    # every console (the daemon logs them while it serves).  A write past
+    # RLIMIT_FSIZE must fail with EFBIG, not kill the daemon and hang up every
+    # terminal it holds (CPython ignores SIGXFSZ at start-up already; an
     # embedding interpreter might not).
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    for signum in (*IGNORED_SIGNALS, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_IGN)
     sink = logconfig.configure(args.log_format, args.log_level, journal_socket=args.journal_socket)
     config = DaemonConfig(
         state_dir=Path(state_dir_of(args)),

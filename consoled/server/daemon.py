@@ -64,6 +64,11 @@ log = structlog.get_logger("consoled.daemon")
 
 #: Seconds a quiescing daemon lets intake, requests and streams in flight finish.
 QUIESCE_TIMEOUT: Final = 1.0
+#: Signals whose default action would end the daemon, and every console with
+#: it, and that reach daemons by habit: a closed terminal or a logrotate
+#: postrotate (SIGHUP), "reopen your logs" or "dump your state" (SIGUSR1,
+#: SIGUSR2).  Logged and ignored: only SIGTERM and SIGINT stop consoled.
+IGNORED_SIGNALS: Final = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 #: Seconds between STATUS= updates to the service manager.
 STATUS_INTERVAL: Final = 5.0
 #: Bytes of answers to terminal queries, for all sessions together, that a
@@ -352,11 +357,18 @@ class Daemon:
         return True
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, *IGNORED_SIGNALS) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
                     log.info("daemon.sighup_ignored", why="SIGHUP does not stop consoled")
+                    continue
+                if signum in IGNORED_SIGNALS:
+                    log.warning(
+                        "daemon.signal_ignored",
+                        signal=name,
+                        why="only SIGTERM and SIGINT stop consoled",
+                    )
                     continue
                 log.info("daemon.stopping", signal=name)
                 self._busy = True
