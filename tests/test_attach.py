@@ -317,7 +317,9 @@ async def test_bad_detach_keys_are_a_usage_error(daemon: DaemonProcess) -> None:
 # --- ways out ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("way", ["detach", "exit", "daemon-stop", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize(
+    "way", ["detach", "exit", "daemon-stop", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1"]
+)
 async def test_terminal_modes_restored_on_every_way_out(
     daemon: DaemonProcess, containers: Containers, attach: Spawn, way: str
 ) -> None:
@@ -350,7 +352,7 @@ async def test_terminal_modes_restored_on_every_way_out(
     tail = await proc.expect(line)
     assert tail.count(b"consoled:") == 1, tail
     assert proc.termios() == before
-    if way in ("detach", "SIGTERM", "SIGHUP"):
+    if way.startswith("SIG") or way == "detach":
         await daemon.wait_event("client.detached", session=cid)
         assert (await session_info(daemon, cid)).state is ev.SessionState.RUNNING
 

@@ -130,9 +130,23 @@ def raw_terminal(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+#: Signals that end an attach, with the terminal put back (their default
+#: action would leave it raw; SIGQUIT would also dump core).
+UNWINDING: Final = (
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+)
+
+
 @contextlib.contextmanager
 def signal_pipe() -> Iterator[int]:
-    """Route SIGWINCH to a pipe (woken in the poll loop); make SIGTERM/SIGHUP/SIGINT unwind."""
+    """Route SIGWINCH to a pipe (woken in the poll loop); make the signals whose
+    default action ends the process unwind (the terminal is put back on the way)."""
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def unwind(signum: int, frame: FrameType | None) -> None:
@@ -141,12 +155,11 @@ def signal_pipe() -> Iterator[int]:
     def note(signum: int, frame: FrameType | None) -> None:
         pass  # the wakeup fd carries it
 
-    handled = (signal.SIGWINCH, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-    previous = {sig: signal.getsignal(sig) for sig in handled}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGWINCH, *UNWINDING)}
     old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
     try:
         signal.signal(signal.SIGWINCH, note)
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        for sig in UNWINDING:
             signal.signal(sig, unwind)
         yield r
     finally:
