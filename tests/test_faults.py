@@ -23,7 +23,7 @@ import trio
 from consoled.protocol import ErrorCode
 from consoled.protocol import events as ev
 from tests.conftest import BundleFactory, DaemonFactory
-from tests.support.cli import cli
+from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.runtime import Runtime
@@ -313,3 +313,37 @@ async def test_a_full_log_directory_costs_the_file_and_the_file_catches_up(
     finally:
         await client.aclose()
         await runc.kill(cid)
+
+
+async def test_a_full_state_directory_costs_only_the_new_console_socket(
+    daemon_factory: DaemonFactory, short_tmp: Path
+) -> None:
+    """Out of inodes where the per-session console sockets go: ``consoled socket``
+    says so, plainly; the daemon serves on, and a socket removed makes room."""
+    # Was: "...: [Errno 28] No space left on device".
+    state = short_tmp / "st"
+    intake = state / "intake"
+    mount = (
+        f"mkdir -p -m 0700 {state} {intake} && "
+        f'mount -t tmpfs -o nr_inodes=4,mode=0700 tmpfs {intake} && exec "$@"'
+    )
+    daemon = await daemon_factory(
+        state_dir=state,
+        wrapper=["unshare", "-m", "--propagation", "private", "sh", "-c", mount, "sh"],
+    )
+    made = []
+    for n in range(8):
+        result = await cli(daemon, "socket", f"full{n}")
+        if result.returncode:
+            break
+        made.append(f"full{n}")
+    assert made, "no socket could be made at all"
+    assert result.returncode == 1, result
+    said = result.stderr.decode()
+    assert said == (
+        f"consoled: cannot create a console socket at {intake}/{len(made) + 1}.sock: "
+        "No space left on device\n"
+    ), said
+    assert [s["session"] for s in await ls_json(daemon)] == made
+    assert (await cli(daemon, "rm", made[0])).returncode == 0
+    assert (await cli(daemon, "socket", "after")).returncode == 0

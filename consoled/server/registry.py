@@ -436,7 +436,8 @@ class SessionTable:
                 size_policy=self.config.size_policy,
             )
         except (OSError, RecordError) as exc:
-            raise RequestError(ErrorCode.INTERNAL, f"cannot create session {name}: {exc}") from None
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise RequestError(ErrorCode.INTERNAL, f"cannot create session {name}: {why}") from None
         if not session.record.durable:
             log.warning(
                 "session.not_durable",
@@ -501,7 +502,8 @@ class SessionTable:
         except OSError as exc:
             self._forget(session)
             raise RequestError(
-                ErrorCode.INTERNAL, f"cannot create a console socket at {path}: {exc}"
+                ErrorCode.INTERNAL,
+                f"cannot create a console socket at {path}: {exc.strerror or exc}",
             ) from None
         if self.config.intake_timeout:
             session.intake_deadline = session.created + self.config.intake_timeout
