@@ -291,6 +291,27 @@ def test_pieces_fed_in_time_are_the_output_in_order(sizes: list[int]) -> None:
     assert b"".join(p for p, _ in pieces) == data[-1 - fed : -1]
 
 
+def test_history_that_took_too_long_to_emulate_is_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """attach --history emulates the ring anew: out of time, it draws no history
+    rather than lines that do not lead up to the screen."""
+    record = Record(None, 1 << 20, 0, {"name": "h"}, 0)
+    record.append(b"".join(b"line %d\r\n" % i for i in range(500)))
+    screen = SessionScreen(10, 30, 0)
+    render, _ = screen.render(record, history=20)
+    assert b"line 480" in render  # in time: the history is there
+    # A clock on which every look takes 1 ms: out of time after about 4 KB.
+    ticks = itertools.count()
+    monkeypatch.setattr(time, "perf_counter", lambda: next(ticks) / 1000)
+    render, approximate = SessionScreen(10, 30, 0).render(record, history=20)
+    assert approximate
+    shown = sorted(int(n) for n in re.findall(rb"line (\d+)", render))
+    # The screen (approximate: what was fed in time, then the last bytes), and
+    # no history: lines that would not lead up to it.
+    assert len(shown) <= 10, shown
+
+
 def test_a_panic_in_the_emulator_costs_the_screen_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever avt panics on next: the screen starts again, approximate, and
     says so; the caller never sees the panic."""

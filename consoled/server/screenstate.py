@@ -314,11 +314,13 @@ class SessionScreen:
         if first:
             again.skip(first)
         deadline = time.perf_counter() + RENDER_TIME
-        feed_within(
+        _, skipped = feed_within(
             lambda piece, _at: again.feed(piece), again.skip, chunks, first, self.fed,
             deadline=deadline,
         )  # fmt: skip
-        return again.history(lines)
+        # Output skipped for time would leave a gap between the history and the
+        # screen: none rather than the wrong lines.
+        return b"" if skipped else again.history(lines)
 
 
 def feed_within(
