@@ -526,3 +526,31 @@ def test_a_log_file_is_not_taken_for_the_one_whose_inode_number_it_got(tmp_path:
         finally:
             part.close()
         new.unlink()
+
+
+async def test_logs_kept_by_rm_are_moved_aside_not_deleted_by_the_next_session_of_the_name(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``rm --keep-logs`` keeps the files; a new session of the name (a new
+    container with the id, or the same after a daemon that lost its sessions)
+    moves them aside to ``NAME~1.log``, as a previous generation's."""
+    # Was: the new session's log file replaced them, and its rotated files
+    # were deleted.
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory("--log-dir", str(log_dir), "--log-max-size", "4K")
+    holder = await PtyHolder.start(nursery)
+    try:
+        await running_session(daemon, holder, "kept")
+        for n in range(100):  # 1.6 KB a line: the file rotates
+            await holder.say(0, f"first-{n:03d}-" + "x" * 1600)
+        await wait_output(daemon.control_socket, "kept", b"first-099-")
+        before = {p.name: p.read_bytes() for p in log_dir.iterdir()}
+        assert {"kept.log", "kept.log.1"} <= set(before), sorted(before)
+        assert (await cli(daemon, "rm", "--force", "--keep-logs", "kept")).returncode == 0
+        assert (await cli(daemon, "socket", "kept")).returncode == 0
+        after = {p.name: p.read_bytes() for p in log_dir.iterdir()}
+        assert after["kept.log"] == b""
+        for name, data in before.items():
+            assert after[name.replace("kept.", "kept~1.", 1)] == data, name
+    finally:
+        await holder.aclose()

@@ -172,6 +172,13 @@ class LogDir:
             raise LogFileError(f"{name!r} in {self.path} is not a regular file")
         return owner
 
+    def is_file(self, name: str) -> bool:
+        """Whether a regular file has the name (a link to one does not count)."""
+        try:
+            return stat.S_ISREG(os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             os.unlink(name, dir_fd=self.fd)
@@ -367,16 +374,29 @@ class LogFile:
         max_files: int,
         written_to: int = 0,
     ) -> LogFile:
-        """A fresh, empty log file; older files of the same name are removed.
+        """A fresh, empty log file.  Files a previous session of the name left
+        (kept by ``rm --keep-logs``, or by a session the daemon forgot) are
+        moved aside to ``STEM~1.log...``, as a previous generation's.
 
         Raises:
             LogFileError: it cannot be created; the message says why.
         """
         stem = file_stem(stem)
+        previous = cls(
+            logdir,
+            stem,
+            LogFormat.RAW,  # every name, sidecars too
+            max_size=max_size,
+            max_files=max(max_files, 2),
+            owner=None,
+            size=0,
+            written_to=0,
+        )
+        if any(logdir.is_file(name) for name in previous._all_files()):
+            previous.move_aside()
+        else:
+            previous.remove_files()  # links or other things planted at the names
         owner = logdir.open_fresh(stem + ".log")
-        for n in range(1, max(max_files, 2) + 1):
-            logdir.remove(f"{stem}.log.{n}")  # a previous session's
-            logdir.remove(f"{stem}.log.{n}{INDEX_SUFFIX}")
         log = cls(
             logdir,
             stem,
@@ -387,7 +407,6 @@ class LogFile:
             size=0,
             written_to=written_to,
         )
-        logdir.remove(log.name + INDEX_SUFFIX)  # a previous session's
         # A raw file's sidecar is created with the first output (see _adopt_index):
         # on some disks creating a file costs most of a millisecond, and a
         # runtime waits for the session's console socket meanwhile.
