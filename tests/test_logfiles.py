@@ -554,3 +554,31 @@ async def test_logs_kept_by_rm_are_moved_aside_not_deleted_by_the_next_session_o
             assert after[name.replace("kept.", "kept~1.", 1)] == data, name
     finally:
         await holder.aclose()
+
+
+async def test_a_rename_onto_kept_logs_moves_them_aside_and_mixes_nothing(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # Was: the renamed session's files replaced them, and their rotated files
+    # beyond its own were read by `logs` as older parts of its log.
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory("--log-dir", str(log_dir), "--log-max-size", "4K")
+    holder = await PtyHolder.start(nursery)
+    try:
+        await running_session(daemon, holder, "name")
+        for n in range(100):  # the file rotates: name.log.1 to name.log.4
+            await holder.say(0, f"kept-{n:03d}-" + "x" * 1600)
+        await wait_output(daemon.control_socket, "name", b"kept-099-")
+        assert (await cli(daemon, "rm", "--force", "--keep-logs", "name")).returncode == 0
+        kept = {p.name: p.read_bytes() for p in log_dir.iterdir()}
+        assert "name.log.4" in kept, sorted(kept)
+        await running_session(daemon, holder, "other")
+        await holder.say(1, "the-renamed-one")
+        await wait_output(daemon.control_socket, "other", b"the-renamed-one")
+        assert (await cli(daemon, "rename", "other", "name")).returncode == 0
+        logs = await cli(daemon, "logs", "name")
+        assert logs.stdout == b"the-renamed-one\r\n", logs.stdout[:200]
+        for name, data in kept.items():
+            assert (log_dir / name.replace("name.", "name~1.", 1)).read_bytes() == data, name
+    finally:
+        await holder.aclose()

@@ -382,20 +382,7 @@ class LogFile:
             LogFileError: it cannot be created; the message says why.
         """
         stem = file_stem(stem)
-        previous = cls(
-            logdir,
-            stem,
-            LogFormat.RAW,  # every name, sidecars too
-            max_size=max_size,
-            max_files=max(max_files, 2),
-            owner=None,
-            size=0,
-            written_to=0,
-        )
-        if any(logdir.is_file(name) for name in previous._all_files()):
-            previous.move_aside()
-        else:
-            previous.remove_files()  # links or other things planted at the names
+        cls._make_room(logdir, stem, max_files)
         owner = logdir.open_fresh(stem + ".log")
         log = cls(
             logdir,
@@ -691,9 +678,36 @@ class LogFile:
             with contextlib.suppress(LogFileError):
                 self._index = self._dir.open_fresh(self.name + INDEX_SUFFIX)
 
+    @classmethod
+    def _make_room(cls, logdir: LogDir, stem: str, max_files: int) -> None:
+        """Clear the names of log ``stem``: files a previous session left there
+        are moved aside, as a previous generation's; links or other things
+        planted there are removed (never followed)."""
+        previous = cls(
+            logdir,
+            stem,
+            LogFormat.RAW,  # every name, sidecars too
+            max_size=0,
+            max_files=max(max_files, 2),
+            owner=None,
+            size=0,
+            written_to=0,
+        )
+        if any(logdir.is_file(name) for name in previous._all_files()):
+            previous.move_aside()
+        else:
+            previous.remove_files()
+
     def rename(self, stem: str) -> None:
-        """Follow a session rename; the open fds keep writing to the moved files."""
+        """Follow a session rename; the open fds keep writing to the moved files.
+
+        Files a forgotten session left at the new names are moved aside first:
+        they would otherwise be replaced, or read as older parts of this log.
+        """
         stem = file_stem(stem)
+        if stem == self.stem:
+            return
+        self._make_room(self._dir, stem, self.max_files)
         old = self._all_files()
         self.stem = stem
         for before, after in zip(old, self._all_files(), strict=True):
