@@ -220,7 +220,7 @@ class Client:
         try:
             self.sock.sendall(data)
         except OSError as exc:
-            raise DaemonUnavailable(f"lost the connection to consoled ({exc})") from None
+            raise ConnectionLost(f"lost the connection to consoled ({exc})") from None
 
     def _hello_and(self, event: ev.Event) -> bytes:
         """The ``hello`` and ``event`` pipelined, as one write."""
