@@ -12,6 +12,7 @@ tests/test_daemon_logs.py and tests/test_lifecycle.py.)
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from tests.conftest import BundleFactory, DaemonFactory
 from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
+from tests.support.holder import PtyHolder, running_session
 from tests.support.runtime import Runtime
 
 #: A shell that echoes computed answers: the echo of the command line never matches.
@@ -347,3 +349,28 @@ async def test_a_full_state_directory_costs_only_the_new_console_socket(
     assert [s["session"] for s in await ls_json(daemon)] == made
     assert (await cli(daemon, "rm", made[0])).returncode == 0
     assert (await cli(daemon, "socket", "after")).returncode == 0
+
+
+async def test_a_removed_state_directory_is_made_again_and_served(
+    daemon: DaemonProcess, nursery: trio.Nursery
+) -> None:
+    """``rm -rf /run/consoled`` by mistake: the daemon binds its sockets again
+    (else nothing could reach it, and it holds every console), makes the
+    intake directory and its lock again, and keeps every session."""
+    # Was: every command said the daemon was not running; only killing it
+    # (every terminal hung up) got it back, and a second daemon could start.
+    holder = await PtyHolder.start(nursery)
+    try:
+        await running_session(daemon, holder, "kept")
+        shutil.rmtree(daemon.state_dir)
+        for role in ("control", "console"):
+            await daemon.wait_event("listener.rebound", listener=role)
+        assert [s["session"] for s in await ls_json(daemon)] == ["kept"]
+        await holder.say(0, "still-here")
+        await wait_output(daemon.control_socket, "kept", b"still-here")
+        assert (await cli(daemon, "socket", "new1")).returncode == 0
+        second = await cli(daemon, "serve", "--state-dir", str(daemon.state_dir))
+        assert second.returncode == 1 and b"already serving" in second.stderr, second
+        assert await holder.hangups() == 0
+    finally:
+        await holder.aclose()

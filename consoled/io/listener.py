@@ -211,6 +211,29 @@ class Listener:
         except OSError:
             return False
 
+    def gone(self) -> bool:
+        """True when nothing at all is at our path any more (someone removed the file)."""
+        if self.path is None:
+            return False
+        try:
+            os.lstat(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return False
+
+    def take_over(self, other: Listener) -> None:
+        """Listen on ``other``'s socket from now on (a socket bound again at a path
+        whose file was removed); the old one is closed, and the accept loop goes
+        on with the new one."""
+        old = self.sock
+        self.sock, self.path, self._ino = other.sock, other.path, other._ino
+        other.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # it owns nothing now
+        other.sock.close()
+        trio.lowlevel.notify_closing(old)
+        old.close()
+
     def accept_now(self) -> socket.socket | None:
         """The next queued connection (close-on-exec, blocking mode off), or None.
 
@@ -276,7 +299,9 @@ async def serve_listener(
         try:
             await trio.lowlevel.wait_readable(listener.sock)
         except trio.ClosedResourceError:
-            return  # closed under us: its session ended
+            if listener.closed:
+                return  # closed under us: its session ended
+            continue  # a new socket took the old one's place (Listener.take_over)
         if gate is not None and not gate.is_open:
             await gate.wait_open()
             continue

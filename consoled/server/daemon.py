@@ -37,6 +37,7 @@ import signal
 import time
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -49,7 +50,7 @@ from ..io.manager import FdSource, ServiceManager, take_listen_fds
 from ..protocol import ErrorCode
 from ..protocol import events as ev
 from .channel import Channel
-from .config import DaemonConfig
+from .config import LOCK_FILE, DaemonConfig
 from .control import ControlServer
 from .handover import HandoverError, HandoverLink, Predecessor, successor_argv, write_screens
 from .inventory import Inventory, restore
@@ -69,6 +70,8 @@ QUIESCE_TIMEOUT: Final = 1.0
 #: postrotate (SIGHUP), "reopen your logs" or "dump your state" (SIGUSR1,
 #: SIGUSR2).  Logged and ignored: only SIGTERM and SIGINT stop consoled.
 IGNORED_SIGNALS: Final = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+#: Seconds between looks at whether the listening sockets' files are still there.
+SOCKET_CHECK_INTERVAL: Final = 2.0
 #: Seconds between STATUS= updates to the service manager.
 STATUS_INTERVAL: Final = 5.0
 #: Bytes of answers to terminal queries, for all sessions together, that a
@@ -232,16 +235,19 @@ class Daemon:
         if stale:
             log.info("fd_store.forgotten", names=stale[:20], count=len(stale))
 
-    def _take_listeners(self, inventory: Inventory) -> None:
+    def _wanted_listeners(self) -> dict[str, tuple[Path, int, int]]:
+        """Each listening socket's path, backlog and mode, by role."""
         config = self.config
-        self.listeners.update(inventory.listeners)
-        inventory.listeners.clear()
         shared = config.group is not None or config.watch_group is not None
-        wanted = {
+        return {
             "control": (config.control_socket, 128, 0o666 if shared else 0o600),
             "console": (config.console_socket, 512, 0o600),
         }
-        for role, (path, backlog, mode) in wanted.items():
+
+    def _take_listeners(self, inventory: Inventory) -> None:
+        self.listeners.update(inventory.listeners)
+        inventory.listeners.clear()
+        for role, (path, backlog, mode) in self._wanted_listeners().items():
             if role in self.listeners:
                 continue
             try:
@@ -252,6 +258,72 @@ class Daemon:
                 raise StartupError(f"cannot listen on {path}: {exc.strerror}") from None
             if self.manager.fd_store:
                 self.manager.store(f"listen.{role}", self.listeners[role])
+
+    async def _watch_socket_files(self) -> None:
+        """Bind a listening socket again if its file was removed (``rm -rf
+        /run/consoled`` by mistake, a cleaner): else no client, no runtime and
+        no ``reexec`` could reach the daemon, and it holds every console."""
+        told: set[str] = set()
+        while True:
+            await trio.sleep(SOCKET_CHECK_INTERVAL)
+            if self.owns_paths and not self._state_dir_again(told):
+                continue
+            for role, (path, backlog, mode) in self._wanted_listeners().items():
+                listener = self.listeners.get(role)
+                if listener is None or listener.closed or not listener.gone():
+                    told.discard(role)
+                    continue
+                if listener.origin is Origin.MANAGER:
+                    if role not in told:  # the socket unit's file: not ours to make
+                        log.error(
+                            "listener.removed",
+                            listener=role,
+                            path=str(path),
+                            why="its socket unit made it; restart consoled.socket",
+                        )
+                        told.add(role)
+                    continue
+                try:
+                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    fresh = Listener.bind(path, f"listen.{role}", backlog=backlog, mode=mode)
+                except OSError as exc:
+                    if role not in told:
+                        log.error("listener.rebind_failed", listener=role, error=exc.strerror)
+                        told.add(role)
+                    continue
+                listener.take_over(fresh)
+                told.discard(role)
+                log.warning("listener.rebound", listener=role, path=str(path))
+                if self.manager.fd_store:
+                    self.manager.unstore(f"listen.{role}")
+                    self.manager.store(f"listen.{role}", listener)
+
+    def _state_dir_again(self, told: set[str]) -> bool:
+        """Make the state directory, its intake directory and its lock again if
+        they were removed; False if that cannot be done (said once)."""
+        config = self.config
+        lock = config.state_dir / LOCK_FILE
+        if os.path.lexists(lock) and config.intake_dir.is_dir():
+            told.discard("state")
+            return True
+        shared = config.group is not None or config.watch_group is not None
+        try:
+            prepare_dir(config.state_dir, 0o711 if shared else 0o700)
+            prepare_dir(config.intake_dir)
+            if not os.path.lexists(lock):
+                fresh = acquire_lock(config.state_dir)  # another daemon's by now: refused
+                write_pid(fresh)
+                old, self.lock = self.lock, fresh
+                if old is not None:
+                    old.close()
+        except (StartupError, OSError) as exc:
+            if "state" not in told:
+                log.error("statedir.remake_failed", path=str(config.state_dir), error=str(exc))
+                told.add("state")
+            return False
+        log.warning("statedir.remade", path=str(config.state_dir))
+        told.discard("state")
+        return True
 
     def _clean_intake_dir(self) -> None:
         """Remove console sockets no session of ours serves (left by a daemon that died)."""
@@ -401,6 +473,7 @@ class Daemon:
             root.start_soon(self._watch_signals)
             root.start_soon(self.manager.run)
             root.start_soon(self._report_status)
+            root.start_soon(self._watch_socket_files)
             first = True
             while True:
                 request, predecessor = await self._serve_once(
