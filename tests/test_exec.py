@@ -489,7 +489,8 @@ async def test_exec_ends_when_its_stdin_does(
     assert result.stdout.count(b"hello\r\n") == 2  # the terminal's echo, and cat's copy
 
 
-async def test_an_exec_rides_out_a_reexec_and_reports_its_exit(
+@pytest.mark.parametrize("meanwhile", ["reexec", "rename"])
+async def test_an_exec_rides_out_a_reexec_or_a_rename_and_leaves_nothing(
     *,
     daemon: DaemonProcess,
     runtime: Runtime,
@@ -498,48 +499,30 @@ async def test_an_exec_rides_out_a_reexec_and_reports_its_exit(
     tmp_path: Path,
     container_id: Callable[[str], str],
     nursery: trio.Nursery,
+    meanwhile: str,
 ) -> None:
-    # `systemctl reload` while someone runs `consoled exec`: the exec goes on
-    # through the new daemon and ends with its program's exit code.
+    """While someone runs ``consoled exec``: ``systemctl reload`` (the exec goes
+    on through the new daemon), or ``consoled rename`` of the container (its
+    execs move with it).  The exec ends with its program's exit code, names
+    the session as it is called then, and removes it, as after any exec."""
+    # Was, for the rename: "session ID/sh-1 ended", and the exited session
+    # kept as ID-x/sh-1, its removal asked for by the old name.
     cid = container_id("xr")
     await start_with_users(daemon, runtime, bundle, tmp_path, cid)
     script = "echo started; while [ ! -e /out/go ]; do usleep 20000; done; echo done-42; exit 7"
     options = runtime_options(runtime, tmp_path)
+    name = cid
     async with piped_cli(daemon, nursery, "exec", *options, cid, "sh", "-c", script) as proc:
         await proc.wait_for(b"started")
-        await reexec(daemon)
+        if meanwhile == "reexec":
+            await reexec(daemon)
+        else:
+            name = f"{cid}-x"
+            assert (await cli(daemon, "rename", cid, name)).returncode == 0
         (out_dir / "go").touch()
         assert await proc.wait() == 7
         assert proc.out.count(b"done-42\r\n") == 1, bytes(proc.out)
         assert proc.out.count(b"started\r\n") == 1, bytes(proc.out)
-    # Its status was delivered: the session is gone, as after any exec.
-    assert [s["session"] for s in await ls_json(daemon)] == [cid]
-
-
-async def test_an_exec_whose_container_is_renamed_meanwhile_still_leaves_nothing(
-    *,
-    daemon: DaemonProcess,
-    runtime: Runtime,
-    bundle: BundleFactory,
-    out_dir: Path,
-    tmp_path: Path,
-    container_id: Callable[[str], str],
-    nursery: trio.Nursery,
-) -> None:
-    """``consoled rename`` of the container (its execs move with it) while a
-    ``consoled exec`` runs: the exec names the session as it is called now,
-    and removes it once its program has ended, as any exec's."""
-    # Was: "session ID/sh-1 ended" and the exited session kept, as ID2/sh-1,
-    # its removal asked for by the old name.
-    cid = container_id("xn")
-    await start_with_users(daemon, runtime, bundle, tmp_path, cid)
-    script = "echo started; while [ ! -e /out/go ]; do usleep 20000; done; exit 7"
-    options = runtime_options(runtime, tmp_path)
-    async with piped_cli(daemon, nursery, "exec", *options, cid, "sh", "-c", script) as proc:
-        await proc.wait_for(b"started")
-        assert (await cli(daemon, "rename", cid, f"{cid}-x")).returncode == 0
-        (out_dir / "go").touch()
-        assert await proc.wait() == 7
         said = bytes(proc.err).decode()
-        assert said == f"consoled: session {cid}-x/sh-1 ended (exit status 7)\n", said
-    assert [s["session"] for s in await ls_json(daemon)] == [f"{cid}-x"]
+        assert said == f"consoled: session {name}/sh-1 ended (exit status 7)\n", said
+    assert [s["session"] for s in await ls_json(daemon)] == [name]
