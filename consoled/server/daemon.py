@@ -235,12 +235,20 @@ class Daemon:
         if stale:
             log.info("fd_store.forgotten", names=stale[:20], count=len(stale))
 
+    @property
+    def _shared(self) -> bool:
+        """A group may use the daemon: it must reach the control socket."""
+        return self.config.group is not None or self.config.watch_group is not None
+
+    @property
+    def _state_dir_mode(self) -> int:
+        return 0o711 if self._shared else 0o700
+
     def _wanted_listeners(self) -> dict[str, tuple[Path, int, int]]:
         """Each listening socket's path, backlog and mode, by role."""
         config = self.config
-        shared = config.group is not None or config.watch_group is not None
         return {
-            "control": (config.control_socket, 128, 0o666 if shared else 0o600),
+            "control": (config.control_socket, 128, 0o666 if self._shared else 0o600),
             "console": (config.console_socket, 512, 0o600),
         }
 
@@ -260,9 +268,10 @@ class Daemon:
                 self.manager.store(f"listen.{role}", self.listeners[role])
 
     async def _watch_socket_files(self) -> None:
-        """Bind a listening socket again if its file was removed (``rm -rf
-        /run/consoled`` by mistake, a cleaner): else no client, no runtime and
-        no ``reexec`` could reach the daemon, and it holds every console."""
+        """Make the state directory again and bind a listening socket again if
+        its file was removed (``rm -rf /run/consoled`` by mistake, a cleaner):
+        else no client, no runtime and no ``reexec`` could reach the daemon,
+        and it holds every console."""
         told: set[str] = set()
         while True:
             await trio.sleep(SOCKET_CHECK_INTERVAL)
@@ -284,7 +293,6 @@ class Daemon:
                         told.add(role)
                     continue
                 try:
-                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                     fresh = Listener.bind(path, f"listen.{role}", backlog=backlog, mode=mode)
                 except OSError as exc:
                     if role not in told:
@@ -306,9 +314,8 @@ class Daemon:
         if os.path.lexists(lock) and config.intake_dir.is_dir():
             told.discard("state")
             return True
-        shared = config.group is not None or config.watch_group is not None
         try:
-            prepare_dir(config.state_dir, 0o711 if shared else 0o700)
+            prepare_dir(config.state_dir, self._state_dir_mode)
             prepare_dir(config.intake_dir)
             if not os.path.lexists(lock):
                 fresh = acquire_lock(config.state_dir)  # another daemon's by now: refused
@@ -338,8 +345,7 @@ class Daemon:
         """Take the state directory and whatever the service manager handed back."""
         config = self.config
         check_paths(config)
-        shared = config.group is not None or config.watch_group is not None
-        prepare_dir(config.state_dir, 0o711 if shared else 0o700)
+        prepare_dir(config.state_dir, self._state_dir_mode)
         self.lock = acquire_lock(config.state_dir)
         self.owns_paths = True
         write_pid(self.lock)
