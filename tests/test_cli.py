@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 import trio
 
 from consoled.cli import build_parser
-from consoled.protocol import ErrorCode
+from consoled.protocol import NEED_DATA, PROTOCOL_VERSION, Connection, ErrorCode, Role
 from consoled.protocol import events as ev
 from tests.conftest import BundleFactory
 from tests.support.cli import CLI_TIMEOUT, cli
@@ -509,3 +510,65 @@ async def test_a_daemon_started_with_its_standard_fds_closed_keeps_them_for_dev_
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0
+
+
+def _fake_daemon(path: Path, answer: Callable[[ev.Event], list[ev.Event]]) -> threading.Thread:
+    """A daemon that dies on its first client's request without a word (a crash),
+    then, started again on the same socket, answers the next with ``answer``."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def serve() -> None:
+        with server:
+            for survives in (False, True):
+                conn, _ = server.accept()
+                with conn:
+                    proto = Connection(Role.SERVER)
+                    requests: list[ev.Event] = []
+                    while len(requests) < 2:  # hello, then the request pipelined with it
+                        event = proto.next_event()
+                        if event is NEED_DATA:
+                            proto.receive_data(conn.recv(65536))
+                        elif isinstance(event, ev.Event):
+                            requests.append(event)
+                    if survives:
+                        replies = [ev.Welcome(PROTOCOL_VERSION, "fake", os.getpid())]
+                        conn.sendall(b"".join(proto.send(e) for e in replies + answer(requests[1])))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("command", ["logs", "attach", "wait"])
+async def test_a_request_the_daemon_died_on_goes_to_the_one_that_comes_back(
+    short_tmp: Path, command: str
+) -> None:
+    """A crash between a request and its reply (a service manager starts the
+    daemon again on the same socket): ``logs``, ``attach`` and ``wait`` send
+    it again."""
+
+    # Was, for logs and attach: "consoled closed the connection", status 1
+    # (found by a soak of readers through random kills).
+    def answer(request: ev.Event) -> list[ev.Event]:
+        if isinstance(request, ev.Wait):
+            return [ev.Waited("x", 3)]
+        end = ev.EndReason.END_OF_LOG if isinstance(request, ev.Logs) else ev.EndReason.EXITED
+        return [
+            ev.Attached("x", ev.SessionState.RUNNING, 24, 80, 0, uid="u"),
+            ev.Output(b"from-the-second-daemon\n", offset=23),
+            ev.Ended(end, "", exit_code=3 if end is ev.EndReason.EXITED else None),
+        ]
+
+    thread = _fake_daemon(short_tmp / "control.sock", answer)
+    env = dict(os.environ, CONSOLED_STATE_DIR=str(short_tmp))
+    options = ["--no-tty"] if command == "attach" else []
+    with trio.fail_after(CLI_TIMEOUT):
+        result = await trio.run_process(
+            [sys.executable, "-m", "consoled", command, *options, "x"],
+            env=env, capture_stdout=True, capture_stderr=True, check=False,
+        )  # fmt: skip
+    thread.join(timeout=CLI_TIMEOUT)
+    assert result.returncode == (3 if command == "attach" else 0), result.stderr
+    assert result.stdout == (b"3\n" if command == "wait" else b"from-the-second-daemon\n")

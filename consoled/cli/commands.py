@@ -261,7 +261,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     #: Output of a resumed stream that was written already (see _LogPlace.since).
     skip = 0
     try:
-        attached = client.call(window(tail=args.tail), ev.Attached)
+        attached = client.call(window(tail=args.tail), ev.Attached, again_if_lost=True)
         try:
             while True:
                 try:
@@ -281,7 +281,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     elif not place.since:
                         # Cut off before any output: the request starts again.
                         client = Client(path, timeout=timeout, wait=RESTART_WAIT)
-                        attached = client.call(window(tail=args.tail), ev.Attached)
+                        attached = client.call(
+                            window(tail=args.tail), ev.Attached, again_if_lost=True
+                        )
                     else:
                         raise DaemonUnavailable(
                             "consoled closed the connection before the log ended"
@@ -367,7 +369,7 @@ def _logs_again(
     client = Client(path, timeout=timeout, wait=RESTART_WAIT)
     try:
         request = window(resume=place.offset, cursor=place.cursor, uid=uid)
-        attached = client.call(request, ev.Attached)
+        attached = client.call(request, ev.Attached, again_if_lost=True)
     except BaseException:
         client.close()
         raise

@@ -557,7 +557,9 @@ def attach(
     client = Client(control_path, timeout=ATTACH_TIMEOUT)
     attacher: Attacher | None = None
     try:
-        attached = client.call(_attach_request(options, size), ev.Attached)
+        # Sent again if the daemon dies before it answers (it comes back under
+        # a service manager): an attach that never started can start again.
+        attached = client.call(_attach_request(options, size), ev.Attached, again_if_lost=True)
         client.sock.settimeout(None)
         if before_loop is not None:
             status = before_loop()

@@ -275,7 +275,8 @@ class Client:
                 without a word (a daemon that crashed, which its service
                 manager starts again on the same socket), for as long as each
                 new daemon answers ``hello``; only for a request that may be
-                answered twice (``wait``).
+                answered twice (``wait``, a stream's ``attach`` or ``logs``
+                that got no ``attached``).
 
         Raises:
             ClientError: the daemon answered with an error.
