@@ -541,19 +541,25 @@ def _fake_daemon(path: Path, answer: Callable[[ev.Event], list[ev.Event]]) -> th
     return thread
 
 
-@pytest.mark.parametrize("command", ["logs", "attach", "wait"])
+@pytest.mark.parametrize("command", ["logs", "attach", "wait", "ls", "info", "resize"])
 async def test_a_request_the_daemon_died_on_goes_to_the_one_that_comes_back(
     short_tmp: Path, command: str
 ) -> None:
     """A crash between a request and its reply (a service manager starts the
-    daemon again on the same socket): ``logs``, ``attach`` and ``wait`` send
-    it again."""
+    daemon again on the same socket): every command whose request may be
+    answered twice sends it again."""
 
     # Was, for logs and attach: "consoled closed the connection", status 1
     # (found by a soak of readers through random kills).
     def answer(request: ev.Event) -> list[ev.Event]:
         if isinstance(request, ev.Wait):
             return [ev.Waited("x", 3)]
+        if isinstance(request, ev.ListSessions):
+            return [ev.SessionList(())]
+        if isinstance(request, ev.GetInfo):
+            return [ev.DaemonInfo("9", 1, "/s", "/s/c", "/s/k", None, 0, "latest", 1)]
+        if isinstance(request, ev.Resize):
+            return [ev.Resized("x", 30, 90)]
         end = ev.EndReason.END_OF_LOG if isinstance(request, ev.Logs) else ev.EndReason.EXITED
         return [
             ev.Attached("x", ev.SessionState.RUNNING, 24, 80, 0, uid="u"),
@@ -563,12 +569,21 @@ async def test_a_request_the_daemon_died_on_goes_to_the_one_that_comes_back(
 
     thread = _fake_daemon(short_tmp / "control.sock", answer)
     env = dict(os.environ, CONSOLED_STATE_DIR=str(short_tmp))
-    options = ["--no-tty"] if command == "attach" else []
+    argv = {
+        "attach": ["attach", "--no-tty", "x"],
+        "ls": ["ls", "--json"],
+        "info": ["info", "--json"],
+        "resize": ["resize", "x", "30", "90"],
+    }.get(command, [command, "x"])
     with trio.fail_after(CLI_TIMEOUT):
         result = await trio.run_process(
-            [sys.executable, "-m", "consoled", command, *options, "x"],
+            [sys.executable, "-m", "consoled", *argv],
             env=env, capture_stdout=True, capture_stderr=True, check=False,
         )  # fmt: skip
     thread.join(timeout=CLI_TIMEOUT)
     assert result.returncode == (3 if command == "attach" else 0), result.stderr
-    assert result.stdout == (b"3\n" if command == "wait" else b"from-the-second-daemon\n")
+    said = {"wait": b"3\n", "ls": b"[]\n", "resize": b"30x90\n"}
+    if command == "info":
+        assert json.loads(result.stdout)["version"] == "9"
+    else:
+        assert result.stdout == said.get(command, b"from-the-second-daemon\n")

@@ -406,7 +406,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 def cmd_resize(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        reply = client.call(ev.Resize(args.session, args.rows, args.cols), ev.Resized)
+        resize = ev.Resize(args.session, args.rows, args.cols)
+        reply = client.call(resize, ev.Resized, again_if_lost=True)  # the same size twice is once
     print(f"{reply.rows}x{reply.cols}")  # as ls shows sizes
     return EXIT_OK
 
@@ -421,7 +422,7 @@ def cmd_rename(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     state_dir = state_dir_of(args)
     with connect(args) as client:
-        info = client.call(ev.GetInfo(), ev.DaemonInfo)
+        info = client.call(ev.GetInfo(), ev.DaemonInfo, again_if_lost=True)
     if args.json:
         fields = (
             "version",

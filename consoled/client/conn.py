@@ -276,7 +276,8 @@ class Client:
                 manager starts again on the same socket), for as long as each
                 new daemon answers ``hello``; only for a request that may be
                 answered twice (``wait``, a stream's ``attach`` or ``logs``
-                that got no ``attached``).
+                that got no ``attached``, ``list_sessions``, ``get_info``,
+                ``resize``).
 
         Raises:
             ClientError: the daemon answered with an error.
@@ -343,7 +344,7 @@ class Client:
         return reply
 
     def list_sessions(self, container: str | None = None) -> list[ev.SessionInfo]:
-        page = self.call(ev.ListSessions(container), ev.SessionList)
+        page = self.call(ev.ListSessions(container), ev.SessionList, again_if_lost=True)
         sessions = list(page.sessions)
         while page.more:
             page = self.expect_typed(ev.SessionList)
