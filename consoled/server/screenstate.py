@@ -351,7 +351,8 @@ def feed_within(
         stop = min(offset + len(chunk), end)
         while at < stop:
             if at < end - tail and time.perf_counter() > deadline:
-                jump = min(end - tail, stop) - at
+                # One skip to the tail, however many chunks it passes over.
+                jump = end - tail - at
                 skip(jump)
                 skipped += jump
                 at += jump
