@@ -27,7 +27,9 @@ from tests.conftest import BundleFactory, DaemonFactory
 from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
+from tests.support.frozen import freezable_dir
 from tests.support.holder import PtyHolder, running_session
+from tests.support.logfiles import wait_file
 from tests.support.runtime import Runtime
 
 #: A shell that echoes computed answers: the echo of the command line never matches.
@@ -42,9 +44,14 @@ async def echoes(attach: AsyncClient, n: int) -> None:
 
 
 async def start_echoer(
-    daemon: DaemonProcess, runc: Runtime, bundle: BundleFactory, cid: str
+    daemon: DaemonProcess,
+    runc: Runtime,
+    bundle: BundleFactory,
+    cid: str,
+    script: str = ECHOER[2],
 ) -> AsyncClient:
-    """A container running ECHOER on a session of ``daemon``, and a client attached to it."""
+    """A container running ECHOER (or ``script``) on a session of ``daemon``, and a
+    client attached to it."""
     client = await AsyncClient.connect(daemon.control_socket)
     try:
         path = await client.create_socket(cid)
@@ -53,7 +60,7 @@ async def start_echoer(
     attach = await AsyncClient.connect(daemon.control_socket)
     reply = await attach.request(ev.Attach(cid))
     assert isinstance(reply, ev.Attached), reply
-    await runc.run(cid, bundle(ECHOER), path)
+    await runc.run(cid, bundle(["sh", "-c", script]), path)
     out, ended = await attach.read_output_until(b"up\r\n")
     assert ended is None, out
     return attach
@@ -315,6 +322,80 @@ async def test_a_full_log_directory_costs_the_file_and_the_file_catches_up(
     finally:
         await client.aclose()
         await runc.kill(cid)
+
+
+async def test_a_stalled_log_disk_holds_only_its_files(
+    *,
+    daemon_factory: DaemonFactory,
+    runc: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    # Was: log files were written on the event loop, and a write to a disk
+    # that stalls (an NFS server gone, a dying disk; here a file system frozen
+    # with fsfreeze) waits in the kernel: the first output after the freeze
+    # held every console, every client and every request until the thaw.
+    with freezable_dir(tmp_path) as disk:
+        log_dir = disk.path / "logs"
+        log_dir.mkdir(mode=0o700)
+        daemon = await daemon_factory("--log-dir", str(log_dir))
+        first, second, third = container_id("stall"), container_id("calm"), container_id("new")
+        # An echoer that floods when told to (about 330 KB, more than may
+        # queue for a file: its reader waits for the writer, then goes on).
+        script = (
+            "echo up; while read x; do case $x in "
+            'flood) seq 1 40000 | sed "s/^/n-/"; echo flooded;; '
+            '*) echo "got-$((x*2))";; esac; done'
+        )
+        a = b = None
+        try:
+            a = await start_echoer(daemon, runc, bundle, first, script)
+            b = await start_echoer(daemon, runc, bundle, second)
+            await echoes(a, 1)
+            disk.freeze()
+            # Typing echoes, on both; the flood goes by; the daemon answers.
+            await echoes(a, 2)
+            await echoes(b, 3)
+            await a.send(ev.Input(b"flood\r"))
+            out, ended = await a.read_output_until(b"flooded\r\n")
+            assert ended is None and out.count(b"n-") == 40000
+            await daemon.wait_event("logfile.stalled", session=first)
+            listed = await cli(daemon, "ls")
+            assert listed.returncode == 0 and first.encode() in listed.stdout
+            shown = await cli(daemon, "logs", second)  # its file does not answer: the ring
+            assert shown.returncode == 0 and b"got-6" in shown.stdout
+            made = await cli(daemon, "socket", third)  # its file is made after the thaw
+            assert made.returncode == 0, made.stderr
+            # A reexec would leave the files to two daemons: refused, saying why.
+            refused = await cli(daemon, "reexec")
+            assert refused.returncode != 0
+            assert b"stalled disk" in refused.stderr, refused.stderr
+            await echoes(a, 4)
+            disk.thaw()
+            # The files catch up from the rings: everything, in order, once.
+            await daemon.wait_event("logfile.writing_again", session=first, timeout=30)
+            await echoes(a, 5)
+            await echoes(b, 6)
+            logged = await wait_file(log_dir / f"{first}.log", b"got-10")
+            lines = [x for x in logged.split(b"\r\n") if x.startswith(b"n-")]
+            assert lines == [b"n-%d" % n for n in range(1, 40001)]
+            for n in (2, 4, 8, 10):
+                assert logged.count(b"got-%d\r\n" % n) == 1
+            logged = await wait_file(log_dir / f"{second}.log", b"got-12")
+            assert b"got-6\r\n" in logged
+            assert (log_dir / f"{third}.log").exists()
+            assert not daemon.find("logfile.gap")
+            # And now a reexec is done.
+            again = await cli(daemon, "reexec")
+            assert again.returncode == 0, again.stderr
+        finally:
+            disk.thaw()
+            for client in (a, b):
+                if client is not None:
+                    await client.aclose()
+            await runc.kill(first)
+            await runc.kill(second)
 
 
 async def test_a_full_state_directory_costs_only_the_new_console_socket(

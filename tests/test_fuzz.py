@@ -632,11 +632,13 @@ def test_no_session_record_takes_a_restart_down(
         ServiceManager({}, fd_store=False),
     )
     try:
-        session.log_file = LogFile.create(logdir, "web", fmt, max_size=300, max_files=3)
+        file = LogFile.create(logdir, "web", fmt, max_size=300, max_files=3)
+        session.give_log(table.log_writers, file, create=False)
+        assert session.log_file is not None
         for i in range(lines):
             data = b"line %d\n" % i
             session.record.append(data)
-            session.log_file.write(data, session.record.end)
+            session.log_file.write(data, session.record.end)  # written here: no trio run
         meta = session.meta()
         meta["state"] = "running" if running else meta["state"]
         meta.update(changes)
@@ -649,7 +651,7 @@ def test_no_session_record_takes_a_restart_down(
         assert session.record.owner is not None
         named = [
             ("s1.rec", session.record.owner.dup()),
-            ("s1.log", session.log_file.owner.dup()),
+            ("s1.log", file.owner.dup()),
             ("s1.pty", OwnedFd(os.dup(master), "master")),
         ]
         with structlog.testing.capture_logs() as logged:

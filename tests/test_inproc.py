@@ -470,6 +470,8 @@ async def test_the_longest_names_get_log_files_and_rename_them(
         out, ended = await follower.read_output_until(b"long-name\r\n")
         assert ended is None, out
         await follower.aclose()
+        assert session.log_file is not None
+        await session.log_file.wait_idle()
         path, sidecar = sorted(log_dir.iterdir())  # the raw file, and its times
         assert sidecar.name == path.name + ".idx"
         assert len(sidecar.name) <= 255 and "~" in path.name

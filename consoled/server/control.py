@@ -383,6 +383,7 @@ class ControlServer:
             return [ev.ExitReported(str(session.name), session.exit_code)], None
         if isinstance(request, ev.Rename):
             new = table.rename(request.session, request.new)
+            await table.wait_files_moved(table.listing(new.id))
             record = AuditRecord("rename", {"session": request.session, "new": str(new)})
             return [ev.Renamed(request.session, str(new))], record
         raise RemoteProtocolError(  # pragma: no cover - the state machine prevents it

@@ -102,6 +102,13 @@ def _bytes_by_serial(given: object) -> Iterator[tuple[str, bytes]]:
                 yield serial, data
 
 
+def _stuck_logs(paths: list[str]) -> str:
+    """Why a reexec is refused: a log file's writer is stuck (the successor
+    would write the file while it does)."""
+    more = f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""
+    return f"log file {paths[0]}{more} is not being written (a stalled disk?); try again once it is"
+
+
 def raise_nofile_limit() -> int:
     """Raise the open-file soft limit to the hard limit: we hold fds per session."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -528,6 +535,11 @@ class Daemon:
                     work.cancel_scope.cancel()
                     return request, None
                 assert request.channel is not None
+                stuck = table.logs_stuck()
+                if stuck:  # refused before anything stops: no client is cut off
+                    await self._reexec_failed(request.channel, _stuck_logs(stuck))
+                    self._busy = False
+                    continue
                 self.manager.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
                 log.info("reexec.starting", argv=successor_argv())
                 predecessor = Predecessor(successor_argv(), root)
@@ -579,6 +591,13 @@ class Daemon:
         """Send everything; commit if the successor adopted it, else take it all back."""
         assert self.table is not None
         try:
+            # The files have what the readers read before they stopped: a stuck
+            # writer would write it after the successor (or not at all).
+            with trio.move_on_after(QUIESCE_TIMEOUT):
+                await self.table.wait_logs_written()
+            late = self.table.logs_unwritten()
+            if late:
+                raise HandoverError(_stuck_logs(late))
             # The records are up to date (every change is written as it happens;
             # the window size is read back from the terminal), but for a CRI log
             # file's position: only those, and a record kept in memory (it

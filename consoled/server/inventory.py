@@ -254,7 +254,7 @@ def _restore_session(
     meta_log = session.record.meta.get("log")
     if log_dir is not None and isinstance(meta_log, dict):
         try:
-            session.log_file = LogFile.adopt(
+            file = LogFile.adopt(
                 log_dir,
                 meta_log,
                 log_fd,
@@ -262,6 +262,7 @@ def _restore_session(
                 handed_over=handed_over,
             )
             log_fd = None
+            session.give_log(table.log_writers, file, create=False)
         except (LogFileError, OSError, KeyError, ValueError, TypeError) as exc:
             log.warning("inventory.log_lost", session=str(session.name), error=str(exc))
     if log_fd is not None:

@@ -20,11 +20,9 @@ when the file starts, then one for each batch in which a line starts, at
 most one per 10 ms.  The sidecar counts towards ``max_size``, so the files
 of a log never take more than ``max_size * max_files`` together.
 
-Writes are synchronous on purpose: the reader writes each batch before it
-reads the next, so the file is complete however loaded the daemon is.  A
-write that fails (a full disk) does not cost the session: the session keeps
-draining into its ring, and the file catches up from the ring when writing
-works again (see :class:`~.session.Session`).
+A :class:`LogFile` does its I/O where it is called; the daemon calls it only
+from a log writer thread (see :mod:`.logwriter`), never from the event loop,
+so a disk that stalls holds only its own files.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ import os
 import stat
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -362,6 +360,11 @@ class LogFile:
         self._at_line_start = True
         #: An adopted file's sidecar is reopened when first needed (see adopt).
         self._index_pending = False
+        #: Which file is being written (device and inode), for the record.
+        self.file_id: list[int] | None = None if owner is None else _file_id(owner)
+        #: What becomes of the file a rotation leaves (closed by default; a
+        #: log writer hands it to the event loop, which may still store it).
+        self.retire: Callable[[OwnedFd], None] = OwnedFd.close
 
     @classmethod
     def create(
@@ -381,24 +384,48 @@ class LogFile:
         Raises:
             LogFileError: it cannot be created; the message says why.
         """
-        stem = file_stem(stem)
-        cls._make_room(logdir, stem, max_files)
-        owner = logdir.open_fresh(stem + ".log")
+        log = cls.unopened(
+            logdir, stem, fmt, max_size=max_size, max_files=max_files, written_to=written_to
+        )
+        log.open_new()
+        return log
+
+    @classmethod
+    def unopened(
+        cls,
+        logdir: LogDir,
+        stem: str,
+        fmt: LogFormat,
+        *,
+        max_size: int,
+        max_files: int,
+        written_to: int = 0,
+    ) -> LogFile:
+        """A fresh log file not created yet (no I/O): :meth:`open_new` creates it."""
         log = cls(
             logdir,
-            stem,
+            file_stem(stem),
             fmt,
             max_size=max_size,
             max_files=max_files,
-            owner=owner,
+            owner=None,
             size=0,
             written_to=written_to,
         )
         # A raw file's sidecar is created with the first output (see _adopt_index):
-        # on some disks creating a file costs most of a millisecond, and a
-        # runtime waits for the session's console socket meanwhile.
+        # on some disks creating a file costs most of a millisecond.
         log._index_pending = fmt is LogFormat.RAW
         return log
+
+    def open_new(self) -> None:
+        """Create the file of :meth:`unopened`, moving a previous session's files aside.
+
+        Raises:
+            LogFileError: it cannot be created; the message says why.
+        """
+        self._make_room(self._dir, self.stem, self.max_files)
+        self._owner = self._dir.open_fresh(self.name)
+        self.file_id = _file_id(self._owner)
 
     @classmethod
     def adopt(
@@ -532,7 +559,7 @@ class LogFile:
             "size": self.size,
             # Which file that is (see adopt: a crash may come before the record
             # is written again after a rotation).
-            "file": None if self.closed else _file_id(self.owner),
+            "file": None if self.closed else self.file_id,
         }
 
     @property
@@ -540,6 +567,15 @@ class LogFile:
         """The open file's owner (only while it is open for writing)."""
         assert self._owner is not None
         return self._owner
+
+    @property
+    def open_owner(self) -> OwnedFd | None:
+        """The file being written, None if it is not open."""
+        return None if self._owner is None or self._owner.closed else self._owner
+
+    @property
+    def directory(self) -> LogDir:
+        return self._dir
 
     @property
     def closed(self) -> bool:
@@ -554,8 +590,9 @@ class LogFile:
     def path(self) -> str:
         return os.path.join(self._dir.path, self.name)
 
-    def write(self, data: bytes, end: int) -> bool:
-        """Append one batch of output that ends at stream offset ``end``.
+    def write(self, data: bytes, end: int, ns: int | None = None) -> bool:
+        """Append one batch of output that ends at stream offset ``end``, read at
+        ``ns`` (nanoseconds since the epoch; now if None).
 
         Returns:
             True if the file rotated (its metadata changed).
@@ -564,7 +601,7 @@ class LogFile:
             OSError: the write failed; ``written_to`` says how far it got.
         """
         if self.format is LogFormat.CRI:
-            rotated = self._write_records(cri.encode(data))
+            rotated = self._write_records(cri.encode(data, ns))
             self.written_to = end
             return rotated
         self._settle_index()
@@ -584,7 +621,7 @@ class LogFile:
                 n = os.write(fd, view[:room])
             except InterruptedError:
                 continue
-            self._date(data[done : done + n])  # the whole of data, not a copy, as a rule
+            self._date(data[done : done + n], ns)  # the whole of data, not a copy, as a rule
             # Counted as it goes: after a failure, written_to is exactly how far it got.
             self.size += n
             self.written_to += n
@@ -592,13 +629,14 @@ class LogFile:
             view = view[n:]
         return rotated
 
-    def _date(self, written: bytes) -> None:
+    def _date(self, written: bytes, ns: int | None) -> None:
         """Add a sidecar entry for bytes just written at ``self.size``, if one is due."""
         if self._index is None or not written:
             return
         # A file's first bytes are always dated: its older lines may be gone with older files.
+        stamp = time.time_ns() if ns is None else ns
         when = entry_time(
-            written, self._at_line_start, self._last_time, time.time_ns, first=self.size == 0
+            written, self._at_line_start, self._last_time, lambda: stamp, first=self.size == 0
         )
         self._at_line_start = written.endswith(b"\n")
         if when is None:
@@ -667,8 +705,9 @@ class LogFile:
                     with contextlib.suppress(FileNotFoundError):
                         self._dir.rename(newer + suffix, older + suffix)
         fresh = self._dir.open_fresh(self.name)
-        self.owner.close()
+        self.retire(self.owner)
         self._owner = fresh
+        self.file_id = _file_id(fresh)
         self.size = 0
         self.rotations += 1
         if self._index is not None:

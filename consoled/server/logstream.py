@@ -163,6 +163,23 @@ class FileCursor:
         return cls(digest, head, position, line_start, keeping, done)
 
 
+async def _open_files(session: Session, request: ev.Logs) -> LogSnapshot | None:
+    """The session's log files, open for reading; None to read its ring alone."""
+    log_file = session.log_file
+    if log_file is None or log_file.lost or request.resume is not None:
+        return None
+    try:
+        snapshot = await log_file.snapshot()
+    except LogFileError as exc:
+        # A file we cannot read (something planted in the directory): the ring will do.
+        log.error("logfile.unreadable", session=str(session.name), error=str(exc))
+        return None
+    if snapshot is None:
+        why = "its writer is stuck (a stalled disk?): the ring alone is sent"
+        log.warning("logfile.not_answering", session=str(session.name), path=log_file.path, why=why)
+    return snapshot
+
+
 async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs) -> None:
     """Send a session's log files (or scrollback), filtered, then follow it if asked."""
     session = context.session_for_stream(request.session, request.uid)
@@ -174,6 +191,12 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
     if cursor is not None and request.resume is not None:
         raise RequestError(ErrorCode.INVALID_ARGUMENT, "resume and cursor cannot both be given")
     lines = LineFilter(since=request.since, until=request.until, timestamps=request.timestamps)
+    # The files are opened by their writer thread, after what is queued for them.
+    snapshot = await _open_files(session, request)
+    if context.table.lookup(session.name) is not session:  # removed meanwhile
+        if snapshot is not None:
+            snapshot.close()
+        raise RequestError(ErrorCode.UNKNOWN_SESSION, f"session {session.name} was removed")
     follow = request.follow and (
         session.state is not ev.SessionState.EXITED or request.resume is not None
     )
@@ -187,16 +210,8 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
     sub = Subscriber(
         context.config.client_queue, read_only=True, label="logs", follower=True, raw=True
     )
-    snapshot: LogSnapshot | None = None
-    # Synchronous from here to the follower's registration: the file (and the
-    # ring after it) hold exactly the output up to that moment.
-    log_file = session.log_file
-    if log_file is not None and request.resume is None:
-        try:
-            snapshot = log_file.snapshot()
-        except LogFileError as exc:
-            # A file we cannot read (something planted in the directory): the ring will do.
-            log.error("logfile.unreadable", session=str(session.name), error=str(exc))
+    # Synchronous from here to the follower's registration: the files (and the
+    # ring from where they end) hold exactly the output up to that moment.
     if cursor is not None and snapshot is None:
         raise RequestError(
             ErrorCode.INVALID_ARGUMENT,

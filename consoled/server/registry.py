@@ -14,7 +14,8 @@ import itertools
 import os
 import re
 import resource
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Final
 
 import structlog
 import trio
@@ -30,7 +31,8 @@ from ..protocol.events import EndReason, SessionState
 from .config import DaemonConfig
 from .errors import RequestError
 from .intake import InFlight, IntakeGone, wait_master
-from .logfile import LogDir, LogFile, LogFileError, LogFormat
+from .logfile import LogDir, LogFile, LogFormat
+from .logwriter import STALL_TIMEOUT, LogWriters
 from .screenstate import DEFAULT_SIZE, EmulationBudget, ScreenHandover, SessionScreen
 from .session import LEADER_SEARCH, LEADER_SEARCH_INTERVAL, LEADER_SEARCH_INTERVAL_MAX, Session
 
@@ -66,6 +68,10 @@ def exec_base(command: str) -> str:
     return base or "exec"
 
 
+#: Seconds the daemon, stopping, waits for the log files to be written.
+LOG_CLOSE_TIMEOUT: Final = 2.0
+
+
 class SessionTable:
     """All sessions of one daemon.
 
@@ -87,6 +93,8 @@ class SessionTable:
         self.gate = gate or Gate()
         self.log_dir = log_dir
         self.manager = manager
+        #: The threads that write the sessions' log files.
+        self.log_writers = LogWriters()
         self._sessions: dict[SessionName, Session] = {}
         #: The same sessions by container id (a container's init and its execs).
         self._by_id: dict[str, dict[SessionName, Session]] = {}
@@ -344,11 +352,8 @@ class SessionTable:
         retired = [s for s in self._of_id(container) if s.state is SessionState.EXITED]
         for session in retired:
             moved = None
-            if session.log_file is not None:
-                try:
-                    moved = session.log_file.move_aside()
-                except OSError as exc:
-                    log.error("logfile.move_failed", session=str(session.name), error=exc.strerror)
+            if session.log_file is not None and not session.log_file.lost:
+                moved = session.log_file.move_aside()
             log.info(
                 "session.replaced",
                 session=str(session.name),
@@ -456,19 +461,18 @@ class SessionTable:
         if self.log_dir is None:
             return
         config = self.config
-        try:
-            session.log_file = LogFile.create(
-                self.log_dir,
-                session.name.file_stem,
-                LogFormat(config.log_file_format),
-                max_size=config.log_max_size,
-                max_files=config.log_max_files,
-                written_to=session.record.end,
-            )
-        except LogFileError as exc:
-            # The log is the optional part: the session is held and served anyway.
-            log.error("logfile.create_failed", session=str(session.name), error=str(exc))
-            return
+        # Created by its writer thread, as everything done to it: a disk that
+        # stalls holds no request.  If it cannot be created, the session is
+        # served without it (logfile.create_failed).
+        file = LogFile.unopened(
+            self.log_dir,
+            session.name.file_stem,
+            LogFormat(config.log_file_format),
+            max_size=config.log_max_size,
+            max_files=config.log_max_files,
+            written_to=session.record.end,
+        )
+        session.give_log(self.log_writers, file, create=True)
         session.persist()
 
     def create_waiting(self, name: SessionName, *, ephemeral: bool = False) -> Session:
@@ -620,6 +624,7 @@ class SessionTable:
         if session.log_file is not None and not keep_logs:
             session.log_file.remove_files()
         self._forget(session)
+        await self.wait_files_moved([session])
         return state
 
     def delivered(self, session: Session) -> None:
@@ -698,10 +703,7 @@ class SessionTable:
         session.name = new
         self._add(session)
         if session.log_file is not None:
-            try:
-                session.log_file.rename(new.file_stem)
-            except OSError as exc:
-                log.error("logfile.rename_failed", session=str(new), error=exc.strerror)
+            session.log_file.rename(new.file_stem)
         session.persist()
         log.info("session.renamed", old=str(old), new=str(new))
 
@@ -742,6 +744,42 @@ class SessionTable:
         self._sessions.clear()
         self._by_id.clear()
         self._kept_exited.clear()
+        # What was read is in the files before the daemon goes, unless a disk stalls.
+        if not self.log_writers.close(LOG_CLOSE_TIMEOUT):
+            log.warning("logfile.not_flushed", waited=LOG_CLOSE_TIMEOUT,
+                        why="a log file's writer did not return (a stalled disk?)")  # fmt: skip
+
+    async def wait_files_moved(self, sessions: Iterable[Session]) -> None:
+        """Wait until the log files of ``sessions`` are renamed or removed as asked
+        (a disk that stalls: at most :data:`.logwriter.STALL_TIMEOUT`).  A
+        script may look at the directory once its command returns."""
+        with trio.move_on_after(STALL_TIMEOUT):
+            for session in sessions:
+                if session.log_file is not None:
+                    await session.log_file.wait_idle()
+
+    async def wait_logs_written(self) -> None:
+        """Wait until every log file has what was queued for it (a handover)."""
+        for session in self._sessions.values():
+            if session.log_file is not None:
+                await session.log_file.wait_idle()
+
+    def logs_stuck(self) -> list[str]:
+        """The paths of the log files whose writer is stuck, or stalled (see :mod:`.logwriter`)."""
+        stuck = set(self.log_writers.stuck())
+        return [
+            s.log_file.path
+            for s in self._sessions.values()
+            if s.log_file is not None and (s.log_file in stuck or s.log_file.stalled)
+        ]
+
+    def logs_unwritten(self) -> list[str]:
+        """The paths of the log files that do not have all that was queued for them yet."""
+        return [
+            s.log_file.path
+            for s in self._sessions.values()
+            if s.log_file is not None and not s.log_file.idle
+        ]
 
     def screens_to_hand_over(self) -> dict[int, ScreenHandover]:
         """The running sessions' emulated screens, by serial, frozen for a successor.

@@ -9,9 +9,11 @@ session next.  Only :meth:`Session.exit` (the terminal hung up, or
 ``rm --force``) and :meth:`Session.close` end it.
 
 Every batch read goes to the record's ring first, then to the clients, then
-the log file, all before the next await: a client is never sent a byte the
-ring does not hold, so a client that resumes after a restart finds its
-place, and the file has the batch before the daemon does anything else.
+to the log file's writer, all before the next await: a client is never sent
+a byte the ring does not hold, so a client that resumes after a restart
+finds its place.  The file is written by a writer thread (see
+:mod:`.logwriter`); a reader whose file is far behind waits for it, so the
+file is complete however loaded the daemon is, unless its disk stalls.
 """
 
 from __future__ import annotations
@@ -33,15 +35,14 @@ from ..io.record import Record, RecordError
 from ..names import SessionName
 from ..protocol.events import EndReason, SessionInfo, SessionState
 from .hub import ClientHub
-from .logfile import LogFile, LogFileError, LogFormat
+from .logfile import LogFile, LogFormat
+from .logwriter import STALL_TIMEOUT, LogWriter, LogWriters
 from .screenstate import EmulationBudget, QueryWatch, SessionScreen
 from .sizepolicy import SizePolicy
 from .subscriber import Subscriber
 
 log = structlog.get_logger("consoled.session")
 
-#: Seconds between attempts to write a log file again after a write failed.
-LOG_RETRY_INTERVAL: Final = 5.0
 #: Seconds a terminal that hung up waits for its leader's exit status.
 LEADER_EXIT_WAIT: Final = 1.0
 #: Bytes of answers to terminal queries that may wait for a terminal that is
@@ -108,7 +109,8 @@ class Session:
         self.intake: Listener | None = None
         #: Wall-clock time after which a waiting session gives up (None: never).
         self.intake_deadline: float | None = None
-        self.log_file: LogFile | None = None
+        #: The log file's writer (its file is the writer thread's), if it has one.
+        self.log_file: LogWriter | None = None
         #: The process leading the terminal's session (whose status is the session's).
         self.leader: Leader | None = None
         #: How that process exited (a wait status), None while unknown.
@@ -132,7 +134,6 @@ class Session:
         self.cols = 0
         self.running = trio.Event()
         self.done = trio.Event()
-        self._log_failed_at: float | None = None
         #: The log file's position as the record last stored it.
         self._log_recorded_to: int | None = None
         #: Told when one of the session's fds is replaced (a log file rotated):
@@ -210,7 +211,7 @@ class Session:
             "intake_deadline": self.intake_deadline,
             "rows": self.rows,
             "cols": self.cols,
-            "log": None if self.log_file is None else self.log_file.meta(),
+            "log": None if self.log_file is None or self.log_file.lost else self.log_file.meta(),
             "exit_status": self.exit_status,
             "ephemeral": self.ephemeral,
         }
@@ -246,8 +247,9 @@ class Session:
             yield f"s{self.serial}.rec", self.record.owner
         if self.master is not None and not self.master.closed:
             yield f"s{self.serial}.pty", self.master.owner
-        if self.log_file is not None and not self.log_file.closed:
-            yield f"s{self.serial}.log", self.log_file.owner
+        log_owner = None if self.log_file is None else self.log_file.owner
+        if log_owner is not None:
+            yield f"s{self.serial}.log", log_owner
         if self.leader is not None and not self.leader.owner.closed:
             yield f"s{self.serial}.pid", self.leader.owner
 
@@ -281,7 +283,7 @@ class Session:
             bytes_out=self.bytes_out,
             exited_at=None if self.exited_at is None else rfc3339(self.exited_at),
             socket=self.socket_path,
-            log_path=None if self.log_file is None else self.log_file.path,
+            log_path=None if self.log_file is None or self.log_file.lost else self.log_file.path,
             scrollback_bytes=len(self.record),
             uid=self.uid,
             exit_code=self.exit_code,
@@ -347,7 +349,9 @@ class Session:
                 except Hangup:
                     break
                 self.publish(data)
-                if not master.drained:
+                if self.log_file is not None and self.log_file.full:
+                    await self.log_file.wait_room()  # a slow disk paces the terminal
+                elif not master.drained:
                     # More is waiting and read_batch will not yield: let the rest run.
                     # (When the pty was emptied, read_batch's wait is the yield.)
                     await trio.lowlevel.checkpoint()
@@ -356,6 +360,10 @@ class Session:
         if self.leader is not None:
             # Everything the terminal wrote has been read; how did its process end?
             self.exit_status = await self.leader.wait_status(LEADER_EXIT_WAIT)
+        if self.log_file is not None:
+            # Ended means the file has it all (a script may read it next), unless it stalls.
+            with trio.move_on_after(STALL_TIMEOUT):
+                await self.log_file.wait_idle()
         # A handover under way: the successor ends the session (or we do, if it failed).
         await master.wait_thawed()
         self.exit(EndReason.EXITED)
@@ -389,7 +397,7 @@ class Session:
         if self.hub.publish(data):
             self._resize_to_policy()  # a client that counted is gone
         if self.log_file is not None:
-            self._write_log(data)
+            self.log_file.write(data, record.end)
         if not self.terminal_state:
             return
         ends = self._queries.ends(data)
@@ -432,56 +440,22 @@ class Session:
             return
         self._answers = pending[written:][-MAX_PENDING_ANSWERS:]
 
-    def _write_log(self, data: bytes) -> None:
-        log_file = self.log_file
-        assert log_file is not None
-        end = self.record.end
-        try:
-            if log_file.written_to == end - len(data):
-                if log_file.write(data, end):
-                    self._rotated()
-                return
-            # Behind after a failed write: catch up from the ring, at most every few seconds.
-            now = time.monotonic()
-            if self._log_failed_at is not None and now - self._log_failed_at < LOG_RETRY_INTERVAL:
-                return
-            first, chunks = self.record.read_from(log_file.written_to)
-            if first > log_file.written_to:
-                log.warning(
-                    "logfile.gap",
-                    session=str(self.name),
-                    path=log_file.path,
-                    missing=first - log_file.written_to,
-                )
-                log_file.skip_to(first)
-            rotated = False
-            for chunk in chunks:
-                rotated |= log_file.write(chunk, log_file.written_to + len(chunk))
-            self._log_failed_at = None
-            log.info("logfile.writing_again", session=str(self.name), path=log_file.path)
-            if rotated:
-                self._rotated()
-            else:
-                self.persist()
-        except (OSError, LogFileError) as exc:
-            if self._log_failed_at is None:
-                message = exc.strerror if isinstance(exc, OSError) else str(exc)
-                log.error("logfile.write_failed", session=str(self.name), error=message,
-                          path=log_file.path)  # fmt: skip
-            self._log_failed_at = time.monotonic()
+    def give_log(self, pool: LogWriters, file: LogFile, *, create: bool) -> None:
+        """Write output to ``file`` from now on (``create``: it is not created yet)."""
+        make = LogWriter.create if create else LogWriter
+        self.log_file = make(
+            pool, file, self.record, session=lambda: str(self.name), replaced=self._log_replaced
+        )
+
+    def _log_replaced(self, owner: OwnedFd) -> None:
+        """The log file's writer opened a new file (the first, or a rotation's)."""
+        self.persist()
+        self.fd_replaced(f"s{self.serial}.log", owner)
 
     def catch_up_log(self) -> None:
         """Write to the log file what the ring holds beyond it (after a crash)."""
-        log_file = self.log_file
-        if log_file is None or log_file.closed or log_file.written_to >= self.record.end:
-            return
-        self._log_failed_at = None
-        self._write_log(b"")
-
-    def _rotated(self) -> None:
-        assert self.log_file is not None
-        self.persist()
-        self.fd_replaced(f"s{self.serial}.log", self.log_file.owner)
+        if self.log_file is not None:
+            self.log_file.catch_up()
 
     def exit(self, reason: EndReason, message: str | None = None) -> None:
         """End the session: close the master, tell every client why, keep the output.
