@@ -32,7 +32,7 @@ import msgpack
 import pytest
 import structlog
 import trio
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from consoled.io.fds import OwnedFd
@@ -604,6 +604,8 @@ LOG_KEYS = ["stem", "format", "max_size", "max_files", "rotations", "base", "wri
     changes=st.lists(st.tuples(st.sampled_from(META_KEYS), META_VALUES), max_size=3),
     log_changes=st.lists(st.tuples(st.sampled_from(LOG_KEYS), META_VALUES), max_size=3),
 )
+# Was: a negative recorded size was an OverflowError (pread's offset), and the session lost.
+@example(fmt=LogFormat.CRI, lines=0, running=False, changes=[], log_changes=[("size", -(2**63))])
 def test_no_session_record_takes_a_restart_down(
     tmp_path_factory: pytest.TempPathFactory,
     *,

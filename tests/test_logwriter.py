@@ -21,7 +21,8 @@ from consoled.io.fds import OwnedFd
 from consoled.io.record import Record
 from consoled.server import logwriter
 from consoled.server.logfile import LogDir, LogFile, LogFormat
-from consoled.server.logwriter import LogWriter, LogWriters
+from consoled.server.logpool import LogWriters
+from consoled.server.logwriter import LogWriter
 from tests.support.frozen import FreezableDir, freezable_dir
 
 #: Room for every wait: far more than any takes when it works.
@@ -65,12 +66,13 @@ class Log:
             file = LogFile.unopened(
                 self.dir, "web", LogFormat.RAW, max_size=self.max_size, max_files=self.max_files
             )
-            self._writer = LogWriter.create(
-                self.pool, file, self.record, session=lambda: "web", replaced=self.replaced
-            )
+            self._writer = LogWriter.create(self.pool, file, self.record, self)
         return self._writer
 
-    def replaced(self, owner: OwnedFd) -> None:
+    #: The session's name, as a LogOwner has it.
+    name = "web"
+
+    def log_replaced(self, owner: OwnedFd) -> None:
         # What the service manager is given is open (those it replaces are
         # closed only after).
         self.open_at_swap.append(not owner.closed)

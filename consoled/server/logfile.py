@@ -35,9 +35,9 @@ import os
 import stat
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from ..io.fds import OwnedFd
 from ..io.timeindex import ENTRY, entry_time
@@ -50,6 +50,17 @@ NAME_MAX: Final = 255
 INDEX_SUFFIX: Final = ".idx"
 #: Room kept in a stem for ``.log``, the rotation suffix and a sidecar's.
 _SUFFIX_ROOM: Final = len(".log.") + 4 + len(INDEX_SUFFIX)
+
+
+class Position(NamedTuple):
+    """Where a log file stands (see :meth:`LogFile.position`)."""
+
+    stem: str
+    written_to: int
+    size: int
+    rotations: int
+    #: Which file is being written (device and inode), None once closed.
+    file: list[int] | None
 
 
 class LogFormat(enum.StrEnum):
@@ -266,6 +277,12 @@ def _cri_tail(owner: OwnedFd, start: int, end: int) -> tuple[int, int] | None:
     return carried, whole
 
 
+def _within(recorded: object, size: int) -> int:
+    """A recorded file offset, made one of a file of ``size`` bytes."""
+    offset: int = int(recorded)  # type: ignore[call-overload]
+    return max(0, min(offset, size))
+
+
 def _file_id(owner: OwnedFd) -> list[int] | None:
     try:
         st = os.fstat(owner.fd)
@@ -297,7 +314,9 @@ def _since_record(
     opened for reading, and the caller closes them.  A record of no file (an
     older daemon's), or of one that is gone, is taken to be the current file's.
     """
-    mine = [(current, int(meta.get("size", size)), size)]
+    # The recorded size is bounded by the file's: a record no daemon of ours
+    # wrote had a negative one, an OverflowError from pread (the session lost).
+    mine = [(current, _within(meta.get("size", size), size), size)]
     recorded = meta.get("file")
     if not isinstance(recorded, list) or recorded == _file_id(current):
         return mine
@@ -309,7 +328,7 @@ def _since_record(
                 break
             length = os.fstat(reader.fd).st_size
             if _file_id(reader) == recorded:
-                found.append((reader, min(int(meta.get("size", 0)), length), length))
+                found.append((reader, _within(meta.get("size", 0), length), length))
                 found.reverse()  # oldest first
                 return [*found, (current, 0, size)]
             found.append((reader, 0, length))
@@ -362,9 +381,11 @@ class LogFile:
         self._index_pending = False
         #: Which file is being written (device and inode), for the record.
         self.file_id: list[int] | None = None if owner is None else _file_id(owner)
-        #: What becomes of the file a rotation leaves (closed by default; a
-        #: log writer hands it to the event loop, which may still store it).
-        self.retire: Callable[[OwnedFd], None] = OwnedFd.close
+        #: Keep the files a rotation leaves in :attr:`retired` instead of
+        #: closing them (a log writer hands them to the event loop, which may
+        #: still have them in the fd store).
+        self.keep_retired = False
+        self.retired: list[OwnedFd] | None = None
 
     @classmethod
     def create(
@@ -544,22 +565,34 @@ class LogFile:
         except (OSError, LogFileError, struct.error):
             pass  # times are extra: the file is written all the same
 
-    def meta(self) -> dict[str, Any]:
-        """What :meth:`adopt` needs to carry on with this file."""
+    def position(self) -> Position:
+        """Where the file stands: what :meth:`meta` says, taken in one go (a
+        writer thread takes it after each operation, for the event loop)."""
+        return Position(
+            self.stem,
+            self.written_to,
+            self.size,
+            self.rotations,
+            None if self.closed else self.file_id,
+        )
+
+    def meta(self, at: Position | None = None) -> dict[str, Any]:
+        """What :meth:`adopt` needs to carry on with this file (as it stands ``at``)."""
+        at = self.position() if at is None else at
         return {
-            "stem": self.stem,
+            "stem": at.stem,
             "format": str(self.format),
             "max_size": self.max_size,
             "max_files": self.max_files,
-            "rotations": self.rotations,
-            "base": self.written_to - self.size if self.format is LogFormat.RAW else 0,
-            "written_to": self.written_to,
+            "rotations": at.rotations,
+            "base": at.written_to - at.size if self.format is LogFormat.RAW else 0,
+            "written_to": at.written_to,
             # The file's size that goes with written_to (a CRI file's records are
             # longer than the output they carry; see adopt).
-            "size": self.size,
+            "size": at.size,
             # Which file that is (see adopt: a crash may come before the record
             # is written again after a rotation).
-            "file": None if self.closed else self.file_id,
+            "file": at.file,
         }
 
     @property
@@ -705,7 +738,10 @@ class LogFile:
                     with contextlib.suppress(FileNotFoundError):
                         self._dir.rename(newer + suffix, older + suffix)
         fresh = self._dir.open_fresh(self.name)
-        self.retire(self.owner)
+        if self.keep_retired:
+            self.retired = [*(self.retired or ()), self.owner]
+        else:
+            self.owner.close()
         self._owner = fresh
         self.file_id = _file_id(fresh)
         self.size = 0

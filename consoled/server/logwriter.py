@@ -21,9 +21,9 @@ removing, closing, opening it for ``logs``) is an operation queued on its
   output queued for it is dropped, and the session drains into its ring as if
   it had no file.  When the stuck operation returns, the file catches up from
   the ring (a gap, ``logfile.gap``, if the ring no longer holds it all).
-  Threads stuck in a system call do not hold the others up: a job running
-  longer than :data:`STUCK_AFTER` makes the pool start another thread, up to
-  :data:`MAX_THREADS`.
+  Threads stuck in a system call do not hold the others up (see
+  :mod:`.logpool`, which also orders the operations of different files on
+  the same names).
 - **A failing disk** (ENOSPC, EIO): the write's error is logged once
   (``logfile.write_failed``), output is not queued for the file, and every
   :data:`RETRY_INTERVAL` the file catches up from the ring
@@ -39,14 +39,10 @@ they are queued.
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import functools
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 import trio
@@ -54,6 +50,7 @@ import trio
 from ..io.fds import OwnedFd
 from ..io.record import Record
 from .logfile import LogFile, LogFileError, LogSnapshot, file_stem
+from .logpool import LogWriters, News, OpQueue
 
 log = structlog.get_logger("consoled.logwriter")
 
@@ -63,10 +60,12 @@ MAX_QUEUED: Final = 256 * 1024
 STALL_TIMEOUT: Final = 1.0
 #: Seconds between attempts to write a file again after a write failed.
 RETRY_INTERVAL: Final = 5.0
-#: Seconds after which a running operation counts as stuck (another thread starts).
-STUCK_AFTER: Final = 0.25
-#: Writer threads at most.
-MAX_THREADS: Final = 8
+#: Bytes of output queued that wake a writer thread at once (less waits for
+#: one to look: see :mod:`.logpool`).
+URGENT_BYTES: Final = 128 * 1024
+#: Output queued after a write operation not started yet joins it (one thread
+#: wake-up for a burst of echoes), up to this many bytes.
+MERGE_BYTES: Final = 64 * 1024
 
 
 class _State(enum.Enum):
@@ -79,14 +78,14 @@ class _State(enum.Enum):
 
 
 class _Write:
-    """An operation: one batch of output for the file."""
+    """An operation: output for the file, one or more batches as they were read."""
 
-    __slots__ = ("data", "dropped", "end", "ns")
+    __slots__ = ("dropped", "pieces", "size")
 
     def __init__(self, data: bytes, end: int, ns: int | None) -> None:
-        self.data = data
-        self.end = end
-        self.ns = ns
+        #: Each batch, the stream offset it ends at, and when it was read.
+        self.pieces = [(data, end, ns)]
+        self.size = len(data)
         #: Not to be written after all (it stays queued: see LogWriter._drop_writes).
         self.dropped = False
 
@@ -95,226 +94,69 @@ class _Write:
 _Op = _Write | Callable[[LogFile], object]
 
 
-class _Sched(enum.Enum):
-    """Where a writer is in the pool (see LogWriters)."""
+class LogOwner(Protocol):
+    """The session a log file is written for."""
 
-    IDLE = "idle"  # nothing queued
-    READY = "ready"  # in the ready queue
-    RUNNING = "running"  # a thread runs one of its operations
-    BLOCKED = "blocked"  # its next operation waits for another writer's
+    @property
+    def name(self) -> object:
+        """Its name (for log events)."""
 
-
-class LogWriters:
-    """The writer threads of one daemon, shared by every session's :class:`LogWriter`.
-
-    A writer's operations run one at a time, in order.  Operations on the
-    names of a log (creating it, renaming, moving aside, removing) also wait
-    for every operation that another writer queued earlier on the same
-    names: a session removed and made again, or a container id reused, has
-    its old files removed or moved aside before the new file is made, never
-    after it.  An operation waits only for operations queued before it, so
-    no two writers ever wait for each other.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        #: Writers whose next operation may run, in turn.
-        self._ready: deque[LogWriter] = deque()
-        self._threads = 0
-        self._waiting = 0
-        #: What each busy thread runs, and since when (to see stuck ones).
-        self._running: dict[int, tuple[LogWriter, float]] = {}
-        #: The writer that last queued an operation on each log's names (by
-        #: directory and stem).
-        self._names: dict[tuple[str, str], LogWriter] = {}
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._closed = False
-
-    def _bind(self) -> bool:
-        """Threads are used only inside a trio run (their results go back to it)."""
-        if self._token is None:
-            try:
-                self._token = trio.lowlevel.current_trio_token()
-            except RuntimeError:
-                return False
-        return True
-
-    def _claim(self, writer: LogWriter, stems: tuple[str, ...]) -> list[tuple[LogWriter, int]]:
-        """``writer`` queues an operation on the names of ``stems``: what it must wait
-        for (call with the lock held)."""
-        after = []
-        for stem in stems:
-            name = (writer._dir_path, stem)
-            before = self._names.get(name)
-            if before is not None and before is not writer and before._done < before._count:
-                after.append((before, before._count))
-            self._names[name] = writer
-            writer._names.add(name)
-        return after
-
-    def _schedule(self, writer: LogWriter) -> None:
-        """``writer`` is idle or blocked and may have something to run (lock held)."""
-        if not writer._ops:
-            writer._sched = _Sched.IDLE
-            return
-        following = writer._done + 1
-        waits = [(w, n) for k, w, n in writer._barriers if k <= following and w._done < n]
-        writer._barriers = [(k, w, n) for k, w, n in writer._barriers if w._done < n]
-        if waits:
-            writer._sched = _Sched.BLOCKED
-            for before, _ in waits:
-                if writer not in before._dependents:
-                    before._dependents.append(writer)
-            return
-        writer._sched = _Sched.READY
-        self._ready.append(writer)
-        if self._waiting:
-            self._wake.notify()
-        elif self._threads < MAX_THREADS and (self._threads == 0 or self._all_stuck()):
-            self._start_thread()
-
-    def _all_stuck(self) -> bool:
-        now = time.monotonic()
-        return len(self._running) >= self._threads and all(
-            now - since > STUCK_AFTER for _, since in self._running.values()
-        )
-
-    def _start_thread(self) -> None:
-        thread = threading.Thread(target=self._work, name="consoled-logs", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError as exc:  # out of threads: the ones running will get to it
-            log.error("logwriter.thread_failed", error=str(exc))
-            return
-        self._threads += 1
-
-    def _work(self) -> None:
-        me = threading.get_ident()
-        while True:
-            with self._lock:
-                while not self._ready:
-                    if self._closed:
-                        self._threads -= 1
-                        return
-                    self._waiting += 1
-                    self._wake.wait()
-                    self._waiting -= 1
-                writer = self._ready.popleft()
-                op = writer._ops.popleft()
-                writer._sched = _Sched.RUNNING
-                self._running[me] = (writer, time.monotonic())
-                more = self._ready and not self._waiting and self._threads < MAX_THREADS
-                if more and self._all_stuck():
-                    self._start_thread()
-            try:
-                writer._run(op)
-            except Exception:  # a bug: it costs this operation, never the thread
-                log.exception("logwriter.failed", session=writer.session)
-            with self._lock:
-                del self._running[me]
-                news = self._finished(writer)
-            if news:
-                self.post(functools.partial(writer._news, news))
-
-    def _finished(self, writer: LogWriter) -> list[Callable[[], object]]:
-        """``writer``'s operation is done: what runs next, and what to tell the
-        event loop (lock held)."""
-        writer._done += 1
-        self._schedule(writer)
-        dependents, writer._dependents = writer._dependents, []
-        for waiting in dependents:
-            if waiting._sched is _Sched.BLOCKED:
-                self._schedule(waiting)
-        if writer._sched is _Sched.IDLE and writer._closing:
-            for name in writer._names:  # done with its names: nothing will wait for it
-                if self._names.get(name) is writer:
-                    del self._names[name]
-        news = writer._after()
-        if news:
-            writer._news_pending += 1
-        return news
-
-    def post(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` on the event loop (from a writer thread)."""
-        assert self._token is not None
-        with contextlib.suppress(trio.RunFinishedError):  # done: nothing waits for it
-            self._token.run_sync_soon(fn)
-
-    def stuck(self) -> list[LogWriter]:
-        """The writers whose operation has run longer than :data:`STUCK_AFTER`."""
-        now = time.monotonic()
-        with self._lock:
-            return [w for w, since in self._running.values() if now - since > STUCK_AFTER]
-
-    def close(self, timeout: float) -> bool:
-        """Let the threads finish what is queued, for at most ``timeout`` seconds.
-
-        Returns:
-            True if everything queued was done.
-        """
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            self._closed = True
-            self._wake.notify_all()
-            while self._ready or self._running:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._wake.wait(min(left, 0.05))
-        return True
+    def log_replaced(self, owner: OwnedFd) -> None:
+        """Its log writer opened a new file (the first, or a rotation's)."""
 
 
 class LogWriter:
     """The event loop's handle on one session's log file.
 
     The :class:`LogFile` belongs to the writer thread running its operations;
-    the event loop reads only what this class keeps for it.
+    the event loop reads only what this class keeps for it.  One per session:
+    kept small.
 
     Args:
         pool: the daemon's writer threads.
         file: the file (open, or to be created by :meth:`create`).
         record: the session's record: its ring is where the file catches up from.
-        session: gives the session's name, for log events.
-        replaced: called on the event loop with each file a rotation (or the
-            creation) opens, before the one it replaces is closed.
+        owner: the session; told of each file opened (see :meth:`LogOwner.log_replaced`)
+            before the one it replaces is closed.
     """
 
-    def __init__(
-        self,
-        pool: LogWriters,
-        file: LogFile,
-        record: Record,
-        *,
-        session: Callable[[], str],
-        replaced: Callable[[OwnedFd], None],
-    ) -> None:
+    __slots__ = (
+        "_at",
+        "_closing",
+        "_dir_path",
+        "_error",
+        "_failed_at",
+        "_file",
+        "_lost",
+        "_opened",
+        "_owner",
+        "_pool",
+        "_q",
+        "_queued",
+        "_record",
+        "_recovering",
+        "_reported",
+        "_room",
+        "_state",
+        "_stem",
+        "_writes",
+        "_wrote",
+        "format",
+    )
+
+    def __init__(self, pool: LogWriters, file: LogFile, record: Record, owner: LogOwner) -> None:
         self._pool = pool
         self._file = file
         self._record = record
-        self._session = session
-        self._replaced = replaced
+        self._owner = owner
         self.format = file.format
         self._dir_path = file.directory.path
         self._stem = file.stem
-        #: What the file's record says, as of the last operation finished.
-        self._meta = file.meta()
-        self._ops: deque[_Op] = deque()
-        #: The pool's part (see LogWriters): where the writer is, operations
-        #: queued and done so far, operations that wait for another writer's
-        #: (its operation number, the other writer, the number it must reach),
-        #: writers that wait for this one, the names it queued operations on.
-        self._sched = _Sched.IDLE
-        self._count = 0
-        self._done = 0
-        self._barriers: list[tuple[int, LogWriter, int]] = []
-        self._dependents: list[LogWriter] = []
-        self._names: set[tuple[str, str]] = set()
-        #: What the threads told the event loop that it has not run yet.
-        self._news_pending = 0
-        #: Bytes of output queued.
+        #: Where the file stood after the last operation done.
+        self._at = file.position()
+        self._q = OpQueue(pool, self._dir_path, self)
+        #: Bytes of output queued, and write operations queued or running.
         self._queued = 0
-        #: Write operations queued or running.
         self._writes = 0
         self._state = _State.WRITING
         self._failed_at = 0.0
@@ -322,32 +164,21 @@ class LogWriter:
         self._reported = False
         self._lost = False
         self._closing = False
-        #: Set by the thread: things to tell the event loop after the operation.
-        self._retired: list[OwnedFd] = []
+        #: Set by the thread: what to tell the event loop after the operation.
         self._opened: OwnedFd | None = None
         self._error: str | None = None
         self._wrote = False
-        #: Set by the event loop: what it waits for.
+        #: Set by the event loop: it waits for room, it catches up after a failure.
         self._room: trio.Event | None = None
-        self._idle: list[tuple[int, trio.Event]] = []
         self._recovering = False
-        file.retire = self._retired.append
-        with pool._lock:
-            pool._claim(self, (self._stem,))  # nothing queued: it waits for nobody
+        file.keep_retired = True
+        self._q.claim(self._stem)
 
     @classmethod
-    def create(
-        cls,
-        pool: LogWriters,
-        file: LogFile,
-        record: Record,
-        *,
-        session: Callable[[], str],
-        replaced: Callable[[OwnedFd], None],
-    ) -> LogWriter:
+    def create(cls, pool: LogWriters, file: LogFile, record: Record, owner: LogOwner) -> LogWriter:
         """A writer whose first operation creates ``file`` (see :meth:`.LogFile.unopened`)."""
-        writer = cls(pool, file, record, session=session, replaced=replaced)
-        writer._queue(writer._open, names=(file.stem, file_stem(file.stem + "~1")))
+        writer = cls(pool, file, record, owner)
+        writer._q.put(writer._open, (file.stem, file_stem(file.stem + "~1")))
         return writer
 
     # --- what the event loop reads ------------------------------------------------
@@ -355,7 +186,11 @@ class LogWriter:
     @property
     def session(self) -> str:
         """The session's name, for log events."""
-        return self._session()
+        return str(self._owner.name)
+
+    @property
+    def label(self) -> str:
+        return f"log of {self.session}"
 
     @property
     def path(self) -> str:
@@ -379,7 +214,7 @@ class LogWriter:
 
     @property
     def written_to(self) -> int:
-        return int(self._meta["written_to"])
+        return self._at.written_to
 
     @property
     def stalled(self) -> bool:
@@ -387,12 +222,20 @@ class LogWriter:
 
     @property
     def full(self) -> bool:
-        """So much is queued that the session's reader should wait (:meth:`wait_room`)."""
-        return self._queued > MAX_QUEUED
+        """So much is queued that the session's reader should wait (:meth:`wait_room`).
+
+        Never once the file stalled or failed: it no longer paces the session.
+        """
+        return self._queued > MAX_QUEUED and self._state is _State.WRITING
+
+    @property
+    def idle(self) -> bool:
+        """Every operation queued is done, and the event loop knows what came of it."""
+        return self._q.idle
 
     def meta(self) -> dict[str, Any]:
         """What the session's record says of the file (as of the last operation done)."""
-        return self._meta
+        return self._file.meta(self._at)
 
     # --- what the event loop asks for -------------------------------------------------
 
@@ -401,13 +244,15 @@ class LogWriter:
         if self._closing or self._lost:
             return
         if self._state is _State.WRITING:
-            self._queue(_Write(data, end, time.time_ns()), len(data))
+            self._queue_output(data, end, time.time_ns())
         elif self._state is _State.FAILED and time.monotonic() - self._failed_at >= RETRY_INTERVAL:
             self.catch_up()
 
     def catch_up(self) -> None:
         """Queue what the ring holds beyond the file (after a failure, a stall or a crash)."""
         if self._closing or self._lost or self._writes or self._state is _State.STALLED:
+            return
+        if self._file.closed:  # an ended session's, or one that is not made yet
             return
         record = self._record
         done = self._file.written_to  # nothing is writing: the thread leaves it alone
@@ -417,13 +262,13 @@ class LogWriter:
         first, chunks = record.read_from(done)
         if first > done:
             log.warning("logfile.gap", session=self.session, path=self.path, missing=first - done)
-            self._queue(lambda file: file.skip_to(first))
+            self._q.put(lambda file: file.skip_to(first))
         self._recovering = self._state is not _State.WRITING
         self._state = _State.WRITING
         end = first
         for chunk in chunks:
             end += len(chunk)
-            self._queue(_Write(chunk, end, None), len(chunk))
+            self._queue_output(chunk, end, None)
 
     async def wait_room(self) -> None:
         """Wait until the file's writer has room again (see :data:`MAX_QUEUED`).
@@ -431,32 +276,21 @@ class LogWriter:
         After :data:`STALL_TIMEOUT` the file is stalled and this returns: the
         session goes on draining without it.
         """
-        with self._pool._lock:
+        with self._q.lock:
             if not self.full:
                 return
             self._room = room = trio.Event()
+        self._q.hurry()
         with trio.move_on_after(STALL_TIMEOUT):
             await room.wait()
             return
         self._room = None
         self._stall()
 
-    @property
-    def idle(self) -> bool:
-        """Every operation queued is done, and the event loop knows what came of it."""
-        return self._done == self._count and not self._news_pending
-
     async def wait_idle(self) -> None:
         """Wait until every operation queued so far is done, and the event loop
         knows what came of it."""
-        target = self._count
-        while True:
-            with self._pool._lock:
-                if self._done >= target and not self._news_pending:
-                    return
-                event = trio.Event()
-                self._idle.append((target, event))
-            await event.wait()
+        await self._q.wait_idle()
 
     async def snapshot(self) -> LogSnapshot | None:
         """Open what has been written so far for reading (after what is queued).
@@ -478,17 +312,17 @@ class LogWriter:
             except OSError as exc:
                 found = LogFileError(f"cannot read {self.path}: {exc.strerror}")
             result.append(found)
-            self._post(done.set)
+            self._pool.post(done.set)
 
         def late(file: LogFile) -> None:
             if result:
                 _close_snapshot(result[0])
 
-        if not self._queue(take):
+        if not self._q.put(take):
             with trio.move_on_after(STALL_TIMEOUT):
                 await done.wait()
         if not result:
-            self._queue(late)  # whatever it opens when it gets there is closed
+            self._q.put(late)  # whatever it opens when it gets there is closed
             return None
         found = result[0]
         if isinstance(found, LogFileError):
@@ -498,70 +332,57 @@ class LogWriter:
     def rename(self, stem: str) -> None:
         """Follow a session rename (see :meth:`.LogFile.rename`)."""
         old, self._stem = self._stem, file_stem(stem)
-        names = (old, self._stem, file_stem(self._stem + "~1"))
-        self._queue(
-            lambda file: self._try(file.rename, stem, event="logfile.rename_failed"), names=names
+        self._q.put(
+            lambda file: self._try(file.rename, stem, event="logfile.rename_failed"),
+            (old, self._stem, file_stem(self._stem + "~1")),
         )
 
     def move_aside(self) -> str:
         """Move the files aside (see :meth:`.LogFile.move_aside`); returns their new path."""
         aside = file_stem(self._stem + "~1")
-        self._queue(
+        self._q.put(
             lambda file: self._try(file.move_aside, event="logfile.move_failed"),
-            names=(self._stem, aside),
+            (self._stem, aside),
         )
         return f"{self._dir_path}/{aside}.log"
 
     def remove_files(self) -> None:
         """Delete the files (``rm`` without ``--keep-logs``)."""
-        self._queue(
+        self._q.put(
             lambda file: self._try(file.remove_files, event="logfile.remove_failed"),
-            names=(self._stem,),
+            (self._stem,),
         )
 
     def close(self) -> None:
         """Stop writing once what is queued is written, and close the file."""
         if self._closing:
             return
-        self._closing = True
-        self._queue(LogFile.close)
+        self._closing = self._q.closing = True
+        self._q.put(LogFile.close)
 
     # --- the queue ----------------------------------------------------------------
 
-    def _queue(self, op: _Op, size: int = 0, names: tuple[str, ...] = ()) -> bool:
-        """Queue ``op`` (output of ``size`` bytes, or an operation on the log's
-        ``names``); returns True if it ran here and now (outside a trio run)."""
-        pool = self._pool
-        if not pool._bind():
-            self._count += 1
-            self._run(op)
-            self._done += 1
-            for fn in self._after():
-                fn()
-            return True
-        with pool._lock:
-            self._count += 1
-            if names:
-                for before, n in pool._claim(self, names):
-                    self._barriers.append((self._count, before, n))
-            self._ops.append(op)
-            if size:
-                self._queued += size
-                self._writes += 1
-            if self._sched is _Sched.IDLE:
-                pool._schedule(self)
-        return False
-
-    def _post(self, fn: Callable[[], object]) -> None:
-        if self._pool._token is None:
-            fn()
-        else:
-            self._pool.post(fn)
+    def _queue_output(self, data: bytes, end: int, ns: int | None) -> None:
+        """Queue a batch of output: with the output queued last if it has not
+        started (one write for a burst of keystrokes' echoes), else on its own."""
+        q = self._q
+        with q.lock:
+            self._queued += len(data)
+            urgent = self._queued >= URGENT_BYTES or self._room is not None
+            last = q.last_queued()
+            if isinstance(last, _Write) and not last.dropped and last.size < MERGE_BYTES:
+                last.pieces.append((data, end, ns))
+                last.size += len(data)
+                if urgent:
+                    q.hurry_locked()
+                return
+            self._writes += 1
+        q.put(_Write(data, end, ns), urgent=urgent)
 
     def _stall(self) -> None:
         """The writer did not answer in time: drop the output queued, go on without the file."""
-        with self._pool._lock:
-            if self._sched is not _Sched.RUNNING and not self._writes:
+        with self._q.lock:
+            if not self._q.running and not self._writes:
                 return  # it answered meanwhile
             self._drop_writes()
             self._state = _State.STALLED
@@ -577,19 +398,21 @@ class LogWriter:
 
     # --- in the writer thread -----------------------------------------------------------
 
-    def _run(self, op: _Op) -> None:
+    def run(self, op: object) -> None:
+        """Run one operation (in a writer thread)."""
         if isinstance(op, _Write):
             self._write(op)
         else:
+            assert callable(op)
             op(self._file)
-        self._meta = self._file.meta()
+        self._at = self._file.position()
 
     def _open(self, file: LogFile) -> None:
         try:
             file.open_new()
         except (LogFileError, OSError) as exc:
             self._error = str(exc) if isinstance(exc, LogFileError) else exc.strerror
-            with self._pool._lock:
+            with self._q.lock:
                 self._lost = True
                 self._drop_writes()
             return
@@ -600,44 +423,45 @@ class LogWriter:
             fn(*args)
         except (LogFileError, OSError) as exc:
             error = str(exc) if isinstance(exc, LogFileError) else exc.strerror
-            self._post(lambda: log.error(event, session=self.session, error=error))
+            self._pool.post(lambda: log.error(event, session=self.session, error=error))
 
     def _write(self, op: _Write) -> None:
-        """Run one write operation (called by it, in the thread)."""
+        """Write one write operation's output (in the thread)."""
         if op.dropped:
             return
         file = self._file
         try:
-            if self._lost or file.closed or file.written_to != op.end - len(op.data):
-                return  # not the file's next bytes: the catch-up after a failure has them
-            file.write(op.data, op.end, op.ns)
+            for data, end, ns in op.pieces:
+                if self._lost or file.closed or file.written_to != end - len(data):
+                    continue  # not the file's next bytes: the catch-up after a failure has them
+                file.write(data, end, ns)
+                self._wrote = True
         except (LogFileError, OSError) as exc:
             self._error = str(exc) if isinstance(exc, LogFileError) else exc.strerror
-            with self._pool._lock:
+            with self._q.lock:
                 self._drop_writes()
-            return
         finally:
-            with self._pool._lock:
-                self._queued -= len(op.data)
+            with self._q.lock:
+                self._queued -= op.size
                 self._writes -= 1
-        self._wrote = True
 
     def _drop_writes(self) -> None:
         """Drop the output queued (call with the lock held).  The operations stay
         queued, and are done at once: other writers count on their numbers."""
-        for op in self._ops:
+        for op in self._q.ops or ():
             if isinstance(op, _Write) and not op.dropped:
                 op.dropped = True
-                self._queued -= len(op.data)
+                self._queued -= op.size
                 self._writes -= 1
 
-    def _after(self) -> list[Callable[[], object]]:
-        """What to tell the event loop after an operation (called with the lock held)."""
-        posts: list[Callable[[], object]] = []
-        if self._opened is not None or self._retired:
+    def news(self) -> News:
+        """What to tell the event loop after an operation (the lock held)."""
+        posts: News = []
+        retired = self._file.retired
+        if self._opened is not None or retired:
             opened, self._opened = self._opened, None
-            retired, self._retired[:] = list(self._retired), []
-            posts.append(lambda: self._swap(opened, retired))
+            self._file.retired = None
+            posts.append(lambda: self._swap(opened, retired or []))
         if self._error is not None:
             error, self._error = self._error, None
             posts.append(lambda: self._failed(error))
@@ -646,39 +470,23 @@ class LogWriter:
             if self._recovering:
                 self._recovering = False
                 posts.append(self._writing_again)
-        if self._state is _State.STALLED and self._sched is not _Sched.RUNNING:
+        if self._state is _State.STALLED and not self._q.running:
             posts.append(self._back)
         if self._room is not None and self._queued <= MAX_QUEUED // 2:
             room, self._room = self._room, None
             posts.append(room.set)
-        if not posts and any(self._done >= target for target, _ in self._idle):
-            posts.append(_nothing)  # the news that it is idle: see _news
         return posts
 
     # --- back on the event loop -------------------------------------------------------
-
-    def _news(self, news: list[Callable[[], object]]) -> None:
-        """What came of an operation, on the event loop."""
-        for fn in news:
-            fn()
-        with self._pool._lock:
-            self._news_pending -= 1
-            if self._news_pending:
-                return
-            waiting = self._idle
-            self._idle = [(t, event) for t, event in waiting if self._done < t]
-            for target, event in waiting:
-                if self._done >= target:
-                    event.set()
 
     def _swap(self, opened: OwnedFd | None, retired: list[OwnedFd]) -> None:
         """A file was opened (created, or by a rotation): store it, then close those it
         replaced (in the thread: closing a file may flush it, to a disk that stalls)."""
         owner = self._file.open_owner
         if owner is not None and not self.closed:
-            self._replaced(owner)
+            self._owner.log_replaced(owner)
         if retired:
-            self._queue(lambda file: _close_all(retired))
+            self._q.put(lambda file: _close_all(retired))
 
     def _failed(self, error: str) -> None:
         if self._lost:
@@ -701,10 +509,6 @@ class LogWriter:
         if self._state is _State.STALLED:
             self._state = _State.FAILED
             self.catch_up()
-
-
-def _nothing() -> None:
-    pass
 
 
 def _close_all(owners: list[OwnedFd]) -> None:

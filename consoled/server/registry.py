@@ -32,7 +32,8 @@ from .config import DaemonConfig
 from .errors import RequestError
 from .intake import InFlight, IntakeGone, wait_master
 from .logfile import LogDir, LogFile, LogFormat
-from .logwriter import STALL_TIMEOUT, LogWriters
+from .logpool import LogWriters
+from .logwriter import STALL_TIMEOUT
 from .screenstate import DEFAULT_SIZE, EmulationBudget, ScreenHandover, SessionScreen
 from .session import LEADER_SEARCH, LEADER_SEARCH_INTERVAL, LEADER_SEARCH_INTERVAL_MAX, Session
 

@@ -36,7 +36,8 @@ from ..names import SessionName
 from ..protocol.events import EndReason, SessionInfo, SessionState
 from .hub import ClientHub
 from .logfile import LogFile, LogFormat
-from .logwriter import STALL_TIMEOUT, LogWriter, LogWriters
+from .logpool import LogWriters
+from .logwriter import STALL_TIMEOUT, LogWriter
 from .screenstate import EmulationBudget, QueryWatch, SessionScreen
 from .sizepolicy import SizePolicy
 from .subscriber import Subscriber
@@ -443,11 +444,9 @@ class Session:
     def give_log(self, pool: LogWriters, file: LogFile, *, create: bool) -> None:
         """Write output to ``file`` from now on (``create``: it is not created yet)."""
         make = LogWriter.create if create else LogWriter
-        self.log_file = make(
-            pool, file, self.record, session=lambda: str(self.name), replaced=self._log_replaced
-        )
+        self.log_file = make(pool, file, self.record, self)
 
-    def _log_replaced(self, owner: OwnedFd) -> None:
+    def log_replaced(self, owner: OwnedFd) -> None:
         """The log file's writer opened a new file (the first, or a rotation's)."""
         self.persist()
         self.fd_replaced(f"s{self.serial}.log", owner)
