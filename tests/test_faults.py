@@ -157,6 +157,8 @@ async def test_logs_streams_whose_clients_vanish_leak_no_fd(
     attach = await start_echoer(daemon, runc, bundle, cid)
     try:
         await echoes(attach, 1)
+        # Written (a writer thread opens the file's time index with its first output).
+        await wait_file(tmp_path / "logs" / f"{cid}.log", b"got-2")
         before = fds_of(daemon.pid)
         for _ in range(50):
             c = await AsyncClient.connect(daemon.control_socket)
@@ -314,7 +316,7 @@ async def test_a_full_log_directory_costs_the_file_and_the_file_catches_up(
         await daemon.wait_event("logfile.writing_again", session=cid, timeout=30)
         (out_dir / "stop").touch()
         await wait_output(daemon.control_socket, cid, b"stopped")
-        logged = (inside / f"{cid}.log").read_bytes()
+        logged = await wait_file(inside / f"{cid}.log", b"stopped\r\n")
         lines = [line for line in logged.split(b"\r\n") if line.startswith(b"line-")]
         assert lines == [b"line-%d-of-the-log" % n for n in range(1, 2001)]
         assert logged.endswith(b"stopped\r\n")

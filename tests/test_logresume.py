@@ -134,6 +134,8 @@ async def test_a_logs_stream_resumed_after_any_message_gives_exactly_the_rest(
             between.append(time.time_ns())
             await trio.sleep(0.02)
         if where != "ring":
+            assert session.log_file is not None
+            await session.log_file.wait_idle()  # written by a writer thread
             assert len(list((short_tmp / "logs").iterdir())) > 3, "the files rotated"
         windows: list[dict[str, Any]] = [
             {},

@@ -263,7 +263,7 @@ def _restore_session(
             )
             log_fd = None
             session.give_log(table.log_writers, file, create=False)
-        except (LogFileError, OSError, KeyError, ValueError, TypeError) as exc:
+        except (LogFileError, OSError, KeyError, ValueError, TypeError, OverflowError) as exc:
             log.warning("inventory.log_lost", session=str(session.name), error=str(exc))
     if log_fd is not None:
         log_fd.close()

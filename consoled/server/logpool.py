@@ -1,10 +1,11 @@
 """The log writer threads: queues of blocking file operations, run for the event loop.
 
 Each session's log file has one :class:`OpQueue` (its :class:`~.logwriter.
-LogWriter` fills it); the :class:`LogWriters` pool runs the queues'
-operations in a few threads.  What comes of an operation that the event
-loop must know (a file opened, a failure, room again) goes back to it with
-``TrioToken.run_sync_soon``, once per operation that has any.
+LogWriter`, a subclass, fills it and runs its operations); the
+:class:`LogWriters` pool runs the queues' operations in a few threads.
+What comes of an operation that the event loop must know (a file opened,
+a failure, room again) goes back to it with ``TrioToken.run_sync_soon``,
+once per operation that has any.
 
 - A queue's operations run one at a time, in the order queued.
 - Operations on a log's names (creating it, renaming, moving aside,
@@ -12,17 +13,20 @@ loop must know (a file opened, a failure, room again) goes back to it with
   on the same names: a session removed and made again, or a container id
   reused, has its old files removed or moved aside before the new file is
   made, never after it.  An operation waits only for operations queued
-  before it, so no two queues ever wait for each other.
+  before it, so no two queues ever wait for each other.  A queue holds its
+  names only while it has operations queued: an idle one costs nothing here.
 - A thread stuck in a system call (a disk that stalls) holds only its
   queue: an operation running longer than :data:`STUCK_AFTER` makes the
   pool start another thread for the others, up to :data:`MAX_THREADS`.
 - Output is not urgent.  A thread that ran something waits :data:`LINGER`
   for more before it sleeps, and output queued meanwhile does not wake it:
-  a burst of keystrokes' echoes is written every 10 ms in one go, not with
-  a thread woken for each (a woken thread took a CPU and the GIL from the
-  echo on its way: 13-23 us of a keystroke's round trip).  Anything else,
-  enough output to matter (:data:`URGENT_BYTES`, said by the caller), or a
-  waiter (:meth:`OpQueue.hurry`), wakes a thread at once.
+  typing's echoes are written a few times a second in one go, not by a
+  thread woken for each.  A woken thread takes the GIL, and a keystroke
+  that comes meanwhile waits for it: woken after every echo, the echo's
+  p99 went from about 170 to 370 us; every 10 ms, 215; every 50 ms still
+  215 (docs/performance.md).  Anything else, enough output to matter
+  (:data:`~.logwriter.URGENT_BYTES`), or a waiter (:meth:`OpQueue.hurry`)
+  wakes a thread at once.
 
 Without a trio run (a restore outside one, in tests) operations run where
 they are queued.
@@ -37,7 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final
 
 import structlog
 import trio
@@ -48,25 +52,12 @@ log = structlog.get_logger("consoled.logpool")
 STUCK_AFTER: Final = 0.25
 #: Writer threads at most.
 MAX_THREADS: Final = 8
-#: Seconds a thread that ran something waits for more before it sleeps.
-LINGER: Final = 0.01
+#: Seconds a thread that ran something waits for more before it sleeps (so
+#: also how late a file may be with a little output).
+LINGER: Final = 0.25
 
 #: What the event loop is told after an operation: calls to make there.
 News = list[Callable[[], object]]
-
-
-class Job(Protocol):
-    """What a queue's owner does with its operations."""
-
-    @property
-    def label(self) -> str:
-        """What it is, for log events."""
-
-    def run(self, op: object) -> None:
-        """Run one operation (in a writer thread)."""
-
-    def news(self) -> News:
-        """What to tell the event loop after an operation (the pool's lock held)."""
 
 
 class _Sched(enum.Enum):
@@ -82,12 +73,13 @@ class OpQueue:
     """One file's operations, run in order by the pool's threads.
 
     One per session: it is kept small (slots, and lists made only when needed).
+    A subclass says what the operations are: :meth:`run`, :meth:`news`,
+    :attr:`stem` and :attr:`label`.
 
     Args:
         pool: the threads.
         directory: where the file's names are (queues on the same names wait
             for each other's earlier operations).
-        job: what runs the operations.
     """
 
     __slots__ = (
@@ -101,15 +93,13 @@ class OpQueue:
         "_sched",
         "closing",
         "directory",
-        "job",
         "ops",
         "pool",
     )
 
-    def __init__(self, pool: LogWriters, directory: str, job: Job) -> None:
+    def __init__(self, pool: LogWriters, directory: str) -> None:
         self.pool = pool
         self.directory = directory
-        self.job = job
         #: The operations queued and not started (None when there are none).
         self.ops: deque[object] | None = None
         self._sched = _Sched.IDLE
@@ -121,7 +111,7 @@ class OpQueue:
         self._barriers: list[tuple[int, OpQueue, int]] | None = None
         #: Queues waiting for this one.
         self._dependents: list[OpQueue] | None = None
-        #: The names it queued operations on.
+        #: The names it holds (while it has operations queued).
         self._names: list[tuple[str, str]] | None = None
         #: No more operations will come but those that end it.
         self.closing = False
@@ -129,6 +119,28 @@ class OpQueue:
         self._news_pending = 0
         #: Waiters for operations to be done: the number, and the event.
         self._idle: list[tuple[int, trio.Event]] | None = None
+
+    # --- what a subclass says ----------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        """What it is, for log events."""
+        raise NotImplementedError
+
+    @property
+    def stem(self) -> str:
+        """The name of the file now (its operations hold it: see the module)."""
+        raise NotImplementedError
+
+    def run(self, op: object) -> None:
+        """Run one operation (in a writer thread)."""
+        raise NotImplementedError
+
+    def news(self) -> News:
+        """What to tell the event loop after an operation (the pool's lock held)."""
+        raise NotImplementedError
+
+    # --- the queue ------------------------------------------------------------------
 
     @property
     def lock(self) -> threading.Lock:
@@ -158,13 +170,15 @@ class OpQueue:
         pool = self.pool
         if not pool._bind():
             self._count += 1
-            self.job.run(op)
+            self.run(op)
             self._done += 1
-            for fn in self.job.news():
+            for fn in self.news():
                 fn()
             return True
         with pool._lock:
             self._count += 1
+            if self._sched is _Sched.IDLE:
+                self._claim(self.stem)
             for stem in names:
                 self._claim(stem)
             if self.ops is None:
@@ -190,11 +204,6 @@ class OpQueue:
         """:meth:`hurry`, the lock held."""
         if self._sched is _Sched.READY:
             self.pool._wake_one()
-
-    def claim(self, stem: str) -> None:
-        """The file has the names of ``stem`` (nothing queued: it waits for nobody)."""
-        with self.pool._lock:
-            self._claim(stem)
 
     def _claim(self, stem: str) -> None:
         """The operation queued last is on the names of ``stem``: it waits for the
@@ -230,7 +239,7 @@ class OpQueue:
 
     def _news(self) -> News:
         """After an operation: the job's news, and whether that makes a waiter idle (lock held)."""
-        news = self.job.news()
+        news = self.news()
         if not news and self._idle and any(self._done >= target for target, _ in self._idle):
             news.append(_nothing)  # the news that it is idle: see _deliver
         if news:
@@ -294,11 +303,11 @@ class LogWriters:
         with contextlib.suppress(trio.RunFinishedError):  # done: nothing waits for it
             self._token.run_sync_soon(fn)
 
-    def stuck(self) -> list[Job]:
-        """The jobs whose operation has run longer than :data:`STUCK_AFTER`."""
+    def stuck(self) -> list[OpQueue]:
+        """The queues whose operation has run longer than :data:`STUCK_AFTER`."""
         now = time.monotonic()
         with self._lock:
-            return [q.job for q, since in self._running.values() if now - since > STUCK_AFTER]
+            return [q for q, since in self._running.values() if now - since > STUCK_AFTER]
 
     def close(self, timeout: float) -> bool:
         """Let the threads finish what is queued, for at most ``timeout`` seconds.
@@ -374,10 +383,11 @@ class LogWriters:
         for waiting in dependents or ():
             if waiting._sched is _Sched.BLOCKED:
                 self._schedule(waiting)
-        if queue._sched is _Sched.IDLE and queue.closing:
-            for name in queue._names or ():  # done with its names: nobody will wait for it
+        if queue._sched is _Sched.IDLE and queue._names:
+            for name in queue._names:  # idle: nobody need wait for it
                 if self._names.get(name) is queue:
                     del self._names[name]
+            queue._names = None
         return queue._news()
 
     # --- in the threads -----------------------------------------------------------
@@ -409,9 +419,9 @@ class LogWriters:
                 if more and self._threads < MAX_THREADS and self._all_stuck():
                     self._start_thread()
             try:
-                queue.job.run(op)
+                queue.run(op)
             except Exception:  # a bug: it costs this operation, never the thread
-                log.exception("logwriter.failed", job=queue.job.label)
+                log.exception("logwriter.failed", queue=queue.label)
             linger = True
             with self._lock:
                 del self._running[me]

@@ -105,8 +105,8 @@ class LogOwner(Protocol):
         """Its log writer opened a new file (the first, or a rotation's)."""
 
 
-class LogWriter:
-    """The event loop's handle on one session's log file.
+class LogWriter(OpQueue):
+    """The event loop's handle on one session's log file, and its queue of operations.
 
     The :class:`LogFile` belongs to the writer thread running its operations;
     the event loop reads only what this class keeps for it.  One per session:
@@ -122,16 +122,12 @@ class LogWriter:
 
     __slots__ = (
         "_at",
-        "_closing",
-        "_dir_path",
         "_error",
         "_failed_at",
         "_file",
         "_lost",
         "_opened",
         "_owner",
-        "_pool",
-        "_q",
         "_queued",
         "_record",
         "_recovering",
@@ -145,16 +141,14 @@ class LogWriter:
     )
 
     def __init__(self, pool: LogWriters, file: LogFile, record: Record, owner: LogOwner) -> None:
-        self._pool = pool
+        super().__init__(pool, file.directory.path)
         self._file = file
         self._record = record
         self._owner = owner
         self.format = file.format
-        self._dir_path = file.directory.path
         self._stem = file.stem
         #: Where the file stood after the last operation done.
         self._at = file.position()
-        self._q = OpQueue(pool, self._dir_path, self)
         #: Bytes of output queued, and write operations queued or running.
         self._queued = 0
         self._writes = 0
@@ -163,7 +157,6 @@ class LogWriter:
         #: A failure or stall was logged, and no recovery since.
         self._reported = False
         self._lost = False
-        self._closing = False
         #: Set by the thread: what to tell the event loop after the operation.
         self._opened: OwnedFd | None = None
         self._error: str | None = None
@@ -172,13 +165,12 @@ class LogWriter:
         self._room: trio.Event | None = None
         self._recovering = False
         file.keep_retired = True
-        self._q.claim(self._stem)
 
     @classmethod
     def create(cls, pool: LogWriters, file: LogFile, record: Record, owner: LogOwner) -> LogWriter:
         """A writer whose first operation creates ``file`` (see :meth:`.LogFile.unopened`)."""
         writer = cls(pool, file, record, owner)
-        writer._q.put(writer._open, (file.stem, file_stem(file.stem + "~1")))
+        writer.put(writer._open, (file.stem, file_stem(file.stem + "~1")))
         return writer
 
     # --- what the event loop reads ------------------------------------------------
@@ -193,13 +185,17 @@ class LogWriter:
         return f"log of {self.session}"
 
     @property
+    def stem(self) -> str:
+        return self._stem
+
+    @property
     def path(self) -> str:
-        return f"{self._dir_path}/{self._stem}.log"
+        return f"{self.directory}/{self._stem}.log"
 
     @property
     def closed(self) -> bool:
         """No longer written (the session ended, or the file could not be made)."""
-        return self._closing or self._lost
+        return self.closing or self._lost
 
     @property
     def lost(self) -> bool:
@@ -228,11 +224,6 @@ class LogWriter:
         """
         return self._queued > MAX_QUEUED and self._state is _State.WRITING
 
-    @property
-    def idle(self) -> bool:
-        """Every operation queued is done, and the event loop knows what came of it."""
-        return self._q.idle
-
     def meta(self) -> dict[str, Any]:
         """What the session's record says of the file (as of the last operation done)."""
         return self._file.meta(self._at)
@@ -241,7 +232,7 @@ class LogWriter:
 
     def write(self, data: bytes, end: int) -> None:
         """Queue one batch of output, which ends at stream offset ``end``."""
-        if self._closing or self._lost:
+        if self.closing or self._lost:
             return
         if self._state is _State.WRITING:
             self._queue_output(data, end, time.time_ns())
@@ -250,7 +241,7 @@ class LogWriter:
 
     def catch_up(self) -> None:
         """Queue what the ring holds beyond the file (after a failure, a stall or a crash)."""
-        if self._closing or self._lost or self._writes or self._state is _State.STALLED:
+        if self.closing or self._lost or self._writes or self._state is _State.STALLED:
             return
         if self._file.closed:  # an ended session's, or one that is not made yet
             return
@@ -262,7 +253,7 @@ class LogWriter:
         first, chunks = record.read_from(done)
         if first > done:
             log.warning("logfile.gap", session=self.session, path=self.path, missing=first - done)
-            self._q.put(lambda file: file.skip_to(first))
+            self.put(lambda file: file.skip_to(first))
         self._recovering = self._state is not _State.WRITING
         self._state = _State.WRITING
         end = first
@@ -276,21 +267,16 @@ class LogWriter:
         After :data:`STALL_TIMEOUT` the file is stalled and this returns: the
         session goes on draining without it.
         """
-        with self._q.lock:
+        with self.lock:
             if not self.full:
                 return
             self._room = room = trio.Event()
-        self._q.hurry()
+        self.hurry()
         with trio.move_on_after(STALL_TIMEOUT):
             await room.wait()
             return
         self._room = None
         self._stall()
-
-    async def wait_idle(self) -> None:
-        """Wait until every operation queued so far is done, and the event loop
-        knows what came of it."""
-        await self._q.wait_idle()
 
     async def snapshot(self) -> LogSnapshot | None:
         """Open what has been written so far for reading (after what is queued).
@@ -312,18 +298,23 @@ class LogWriter:
             except OSError as exc:
                 found = LogFileError(f"cannot read {self.path}: {exc.strerror}")
             result.append(found)
-            self._pool.post(done.set)
+            self.pool.post(done.set)
 
         def late(file: LogFile) -> None:
             if result:
                 _close_snapshot(result[0])
 
-        if not self._q.put(take):
-            with trio.move_on_after(STALL_TIMEOUT):
-                await done.wait()
-        if not result:
-            self._q.put(late)  # whatever it opens when it gets there is closed
-            return None
+        taken = False
+        try:
+            if not self.put(take):
+                with trio.move_on_after(STALL_TIMEOUT):
+                    await done.wait()
+            if not result:
+                return None
+            taken = True
+        finally:
+            if not taken:  # late, or the request was cancelled: close what it opens
+                self.put(late)
         found = result[0]
         if isinstance(found, LogFileError):
             raise found
@@ -332,7 +323,7 @@ class LogWriter:
     def rename(self, stem: str) -> None:
         """Follow a session rename (see :meth:`.LogFile.rename`)."""
         old, self._stem = self._stem, file_stem(stem)
-        self._q.put(
+        self.put(
             lambda file: self._try(file.rename, stem, event="logfile.rename_failed"),
             (old, self._stem, file_stem(self._stem + "~1")),
         )
@@ -340,49 +331,48 @@ class LogWriter:
     def move_aside(self) -> str:
         """Move the files aside (see :meth:`.LogFile.move_aside`); returns their new path."""
         aside = file_stem(self._stem + "~1")
-        self._q.put(
+        self.put(
             lambda file: self._try(file.move_aside, event="logfile.move_failed"),
             (self._stem, aside),
         )
-        return f"{self._dir_path}/{aside}.log"
+        return f"{self.directory}/{aside}.log"
 
     def remove_files(self) -> None:
         """Delete the files (``rm`` without ``--keep-logs``)."""
-        self._q.put(
+        self.put(
             lambda file: self._try(file.remove_files, event="logfile.remove_failed"),
             (self._stem,),
         )
 
     def close(self) -> None:
         """Stop writing once what is queued is written, and close the file."""
-        if self._closing:
+        if self.closing:
             return
-        self._closing = self._q.closing = True
-        self._q.put(LogFile.close)
+        self.closing = True
+        self.put(LogFile.close)
 
     # --- the queue ----------------------------------------------------------------
 
     def _queue_output(self, data: bytes, end: int, ns: int | None) -> None:
         """Queue a batch of output: with the output queued last if it has not
         started (one write for a burst of keystrokes' echoes), else on its own."""
-        q = self._q
-        with q.lock:
+        with self.lock:
             self._queued += len(data)
             urgent = self._queued >= URGENT_BYTES or self._room is not None
-            last = q.last_queued()
+            last = self.last_queued()
             if isinstance(last, _Write) and not last.dropped and last.size < MERGE_BYTES:
                 last.pieces.append((data, end, ns))
                 last.size += len(data)
                 if urgent:
-                    q.hurry_locked()
+                    self.hurry_locked()
                 return
             self._writes += 1
-        q.put(_Write(data, end, ns), urgent=urgent)
+        self.put(_Write(data, end, ns), urgent=urgent)
 
     def _stall(self) -> None:
         """The writer did not answer in time: drop the output queued, go on without the file."""
-        with self._q.lock:
-            if not self._q.running and not self._writes:
+        with self.lock:
+            if not self.running and not self._writes:
                 return  # it answered meanwhile
             self._drop_writes()
             self._state = _State.STALLED
@@ -412,7 +402,7 @@ class LogWriter:
             file.open_new()
         except (LogFileError, OSError) as exc:
             self._error = str(exc) if isinstance(exc, LogFileError) else exc.strerror
-            with self._q.lock:
+            with self.lock:
                 self._lost = True
                 self._drop_writes()
             return
@@ -423,7 +413,7 @@ class LogWriter:
             fn(*args)
         except (LogFileError, OSError) as exc:
             error = str(exc) if isinstance(exc, LogFileError) else exc.strerror
-            self._pool.post(lambda: log.error(event, session=self.session, error=error))
+            self.pool.post(lambda: log.error(event, session=self.session, error=error))
 
     def _write(self, op: _Write) -> None:
         """Write one write operation's output (in the thread)."""
@@ -438,17 +428,17 @@ class LogWriter:
                 self._wrote = True
         except (LogFileError, OSError) as exc:
             self._error = str(exc) if isinstance(exc, LogFileError) else exc.strerror
-            with self._q.lock:
+            with self.lock:
                 self._drop_writes()
         finally:
-            with self._q.lock:
+            with self.lock:
                 self._queued -= op.size
                 self._writes -= 1
 
     def _drop_writes(self) -> None:
         """Drop the output queued (call with the lock held).  The operations stay
         queued, and are done at once: other writers count on their numbers."""
-        for op in self._q.ops or ():
+        for op in self.ops or ():
             if isinstance(op, _Write) and not op.dropped:
                 op.dropped = True
                 self._queued -= op.size
@@ -470,7 +460,7 @@ class LogWriter:
             if self._recovering:
                 self._recovering = False
                 posts.append(self._writing_again)
-        if self._state is _State.STALLED and not self._q.running:
+        if self._state is _State.STALLED and not self.running:
             posts.append(self._back)
         if self._room is not None and self._queued <= MAX_QUEUED // 2:
             room, self._room = self._room, None
@@ -486,7 +476,7 @@ class LogWriter:
         if owner is not None and not self.closed:
             self._owner.log_replaced(owner)
         if retired:
-            self._q.put(lambda file: _close_all(retired))
+            self.put(lambda file: _close_all(retired))
 
     def _failed(self, error: str) -> None:
         if self._lost:
