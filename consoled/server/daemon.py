@@ -499,6 +499,7 @@ class Daemon:
                 assert request.channel is not None
                 if await self._hand_over(predecessor, request.channel):
                     break
+                table.log_writers.hurry_all(eager=False)
                 table.thaw()
                 self._busy = False
             root.cancel_scope.cancel()
@@ -540,12 +541,16 @@ class Daemon:
                     await self._reexec_failed(request.channel, _stuck_logs(stuck))
                     self._busy = False
                     continue
+                # The files are written as output comes until the pause, which
+                # then waits for no output that lingered (see logpool).
+                table.log_writers.hurry_all()
                 self.manager.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
                 log.info("reexec.starting", argv=successor_argv())
                 predecessor = Predecessor(successor_argv(), root)
                 try:
                     await predecessor.start()
                 except HandoverError as exc:
+                    table.log_writers.hurry_all(eager=False)
                     await self._reexec_failed(request.channel, str(exc))
                     self._busy = False
                     continue
