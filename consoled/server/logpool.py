@@ -187,9 +187,9 @@ class OpQueue:
                 self.ops = deque()
             self.ops.append(op)
             if self._sched is _Sched.IDLE:
-                pool._schedule(self, urgent=urgent)
-            elif urgent and self._sched is _Sched.READY:
-                pool._wake_one()
+                pool._schedule(self)
+            if urgent or pool._eager or not (pool._lingering or pool._running):
+                self.hurry_locked()
         return False
 
     def last_queued(self) -> object:
@@ -235,8 +235,7 @@ class OpQueue:
                 if self._idle is None:
                     self._idle = []
                 self._idle.append((target, event))
-                if self._sched is _Sched.READY:
-                    self.pool._wake_one()
+                self.hurry_locked()
             await event.wait()
 
     def _news(self) -> News:
@@ -340,8 +339,12 @@ class LogWriters:
 
     # --- scheduling (the lock held) ---------------------------------------------------
 
-    def _schedule(self, queue: OpQueue, *, urgent: bool = True) -> None:
-        """``queue`` is idle or blocked: run its next operation if it may."""
+    def _schedule(self, queue: OpQueue) -> None:
+        """``queue`` is idle or blocked: make it ready if its next operation may run.
+
+        Wakes no thread: a thread that finished an operation looks next
+        itself, and :meth:`OpQueue.put` decides for a new one.
+        """
         if not queue.ops:
             queue.ops = None
             queue._sched = _Sched.IDLE
@@ -361,8 +364,6 @@ class LogWriters:
                 return
         queue._sched = _Sched.READY
         self._ready.append(queue)
-        if urgent or self._eager or not (self._lingering or self._running):
-            self._wake_one()
 
     def _wake_one(self) -> None:
         """A thread takes the ready queue now: one that waits, else a new one if
@@ -427,9 +428,6 @@ class LogWriters:
                 op = queue.ops.popleft()
                 queue._sched = _Sched.RUNNING
                 self._running[me] = (queue, time.monotonic())
-                more = self._ready and not (self._sleeping or self._lingering)
-                if more and self._threads < MAX_THREADS and self._all_stuck():
-                    self._start_thread()
             try:
                 queue.run(op)
             except Exception:  # a bug: it costs this operation, never the thread

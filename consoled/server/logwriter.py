@@ -158,7 +158,7 @@ class LogWriter(OpQueue):
         self._reported = False
         self._lost = False
         #: Set by the thread: what to tell the event loop after the operation.
-        self._opened: OwnedFd | None = None
+        self._opened = False
         self._error: str | None = None
         self._wrote = False
         #: Set by the event loop: it waits for room, it catches up after a failure.
@@ -401,18 +401,18 @@ class LogWriter(OpQueue):
         try:
             file.open_new()
         except (LogFileError, OSError) as exc:
-            self._error = str(exc) if isinstance(exc, LogFileError) else exc.strerror
+            self._error = _reason(exc)
             with self.lock:
                 self._lost = True
                 self._drop_writes()
             return
-        self._opened = file.open_owner
+        self._opened = True
 
     def _try(self, fn: Callable[..., object], *args: object, event: str) -> None:
         try:
             fn(*args)
         except (LogFileError, OSError) as exc:
-            error = str(exc) if isinstance(exc, LogFileError) else exc.strerror
+            error = _reason(exc)
             self.pool.post(lambda: log.error(event, session=self.session, error=error))
 
     def _write(self, op: _Write) -> None:
@@ -427,7 +427,7 @@ class LogWriter(OpQueue):
                 file.write(data, end, ns)
                 self._wrote = True
         except (LogFileError, OSError) as exc:
-            self._error = str(exc) if isinstance(exc, LogFileError) else exc.strerror
+            self._error = _reason(exc)
             with self.lock:
                 self._drop_writes()
         finally:
@@ -448,10 +448,10 @@ class LogWriter(OpQueue):
         """What to tell the event loop after an operation (the lock held)."""
         posts: News = []
         retired = self._file.retired
-        if self._opened is not None or retired:
-            opened, self._opened = self._opened, None
+        if self._opened or retired:
+            self._opened = False
             self._file.retired = None
-            posts.append(lambda: self._swap(opened, retired or []))
+            posts.append(lambda: self._swap(retired or []))
         if self._error is not None:
             error, self._error = self._error, None
             posts.append(lambda: self._failed(error))
@@ -469,7 +469,7 @@ class LogWriter(OpQueue):
 
     # --- back on the event loop -------------------------------------------------------
 
-    def _swap(self, opened: OwnedFd | None, retired: list[OwnedFd]) -> None:
+    def _swap(self, retired: list[OwnedFd]) -> None:
         """A file was opened (created, or by a rotation): store it, then close those it
         replaced (in the thread: closing a file may flush it, to a disk that stalls)."""
         owner = self._file.open_owner
@@ -499,6 +499,11 @@ class LogWriter(OpQueue):
         if self._state is _State.STALLED:
             self._state = _State.FAILED
             self.catch_up()
+
+
+def _reason(exc: LogFileError | OSError) -> str:
+    """What went wrong, in the words for a log event."""
+    return (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
 
 
 def _close_all(owners: list[OwnedFd]) -> None:

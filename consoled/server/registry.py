@@ -755,13 +755,12 @@ class SessionTable:
         (a disk that stalls: at most :data:`.logwriter.STALL_TIMEOUT`).  A
         script may look at the directory once its command returns."""
         with trio.move_on_after(STALL_TIMEOUT):
-            for session in sessions:
-                if session.log_file is not None:
-                    await session.log_file.wait_idle()
+            await self.wait_logs_written(sessions)
 
-    async def wait_logs_written(self) -> None:
-        """Wait until every log file has what was queued for it (a handover)."""
-        for session in self._sessions.values():
+    async def wait_logs_written(self, sessions: Iterable[Session] | None = None) -> None:
+        """Wait until the log files of ``sessions`` (all by default) have what was
+        queued for them (a handover: no bound here)."""
+        for session in list(self._sessions.values()) if sessions is None else sessions:
             if session.log_file is not None:
                 await session.log_file.wait_idle()
 
