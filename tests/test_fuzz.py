@@ -606,11 +606,12 @@ LOG_KEYS = ["stem", "format", "max_size", "max_files", "rotations", "base", "wri
     log_changes=st.lists(st.tuples(st.sampled_from(LOG_KEYS), META_VALUES), max_size=3),
 )
 # Was: a negative recorded size was an OverflowError (pread's offset), and so was an
-# infinite max_size (int(inf)): the session was lost.
+# infinite max_size or rows (int(inf)): the session was lost.
 @example(fmt=LogFormat.CRI, lines=0, running=False, changes=[], log_changes=[("size", -(2**63))])
 @example(
     fmt=LogFormat.RAW, lines=0, running=False, changes=[], log_changes=[("max_size", math.inf)]
 )
+@example(fmt=LogFormat.RAW, lines=0, running=False, changes=[("rows", math.inf)], log_changes=[])
 def test_no_session_record_takes_a_restart_down(
     tmp_path_factory: pytest.TempPathFactory,
     *,

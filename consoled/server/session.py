@@ -191,7 +191,7 @@ class Session:
             status = meta.get("exit_status")
             session.exit_status = None if status is None else int(status)
             session.ephemeral = bool(meta.get("ephemeral", False))
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, OverflowError) as exc:  # int(inf) overflows
             raise RecordError(f"session record metadata is invalid: {exc!r}") from None
         if session.state is SessionState.EXITED:
             session.done.set()
