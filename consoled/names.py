@@ -6,8 +6,9 @@ Pure logic shared by the daemon and the client; imports nothing heavy.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Final
+
+from .frozen import Frozen, frozen
 
 #: One part of a session name (a container id or an exec name).
 PART_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}"
@@ -60,8 +61,8 @@ def check_part(part: str, what: str = "name") -> str:
     return part
 
 
-@dataclass(frozen=True, slots=True)
-class SessionName:
+@frozen
+class SessionName(Frozen):
     """A parsed, valid session name."""
 
     id: str

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consoled.frozen import Frozen, replace
 from consoled.protocol import (
     CLOSED,
     DEFAULT_MAX_FRAME_SIZE,
@@ -51,7 +52,6 @@ from consoled.protocol.codec import (
 )
 from consoled.protocol.connection import Sentinel
 from consoled.protocol.elements import count_elements
-from consoled.protocol.message import Frozen
 
 OTHER = {Role.CLIENT: Role.SERVER, Role.SERVER: Role.CLIENT}
 FATAL_CODES = [code for code in ErrorCode if code.fatal]
@@ -1539,6 +1539,12 @@ def test_messages_behave_as_frozen_dataclasses() -> None:
     assert dataclasses.asdict(ev.Hello(1, "c")) == {"version": 1, "client": "c"}
     assert copy.deepcopy(INFO) == INFO
     assert pickle.loads(pickle.dumps(ended)) == ended
+    # consoled.frozen.replace, which does not import dataclasses.
+    assert replace(ended, exit_code=0) == dataclasses.replace(ended, exit_code=0)
+    assert replace(ended) == ended
+    assert replace(ended) is not ended
+    with pytest.raises(TypeError, match="Ended has no field nope, other"):
+        replace(ended, other=1, nope=2)
 
 
 @pytest.mark.parametrize("cls", [*ev.ALL_EVENTS, ev.SessionInfo])

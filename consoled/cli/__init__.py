@@ -49,7 +49,9 @@ def _open_standard_fds() -> set[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     closed = _open_standard_fds()
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not hasattr(args, "state_dir"):
         args.state_dir = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import os
 import select
@@ -322,16 +321,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
         client.close()
 
 
-@dataclasses.dataclass
 class _LogPlace:
     """Where a ``logs`` stream stands: a stream offset, or a cursor in the log files."""
 
-    offset: int | None = None
-    cursor: str | None = None
-    #: Bytes of output after that place, from messages that said none (a
-    #: message cut in several says it on its last): a stream resumed there
-    #: sends them again, and they are not written twice.
-    since: int = 0
+    __slots__ = ("cursor", "offset", "since")
+
+    def __init__(self, offset: int | None = None) -> None:
+        self.offset = offset
+        self.cursor: str | None = None
+        #: Bytes of output after that place, from messages that said none (a
+        #: message cut in several says it on its last): a stream resumed there
+        #: sends them again, and they are not written twice.
+        self.since = 0
 
     @property
     def known(self) -> bool:
@@ -496,6 +497,8 @@ def _exec_env(given: Sequence[str]) -> tuple[str, ...]:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from ..client.attach import AttachOptions, attach
     from ..client.container import ContainerError, container_env, container_user, merge_env
     from ..client.execute import EXIT_CANNOT_RUN, Runtime, run_exec

@@ -9,7 +9,6 @@ is restored on every way out: detach, session end, daemon gone, a signal
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import os
@@ -21,10 +20,10 @@ import sys
 import termios
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from ..frozen import Frozen, frozen, replace
 from ..protocol import CLOSED, NEED_DATA, ErrorCode, ProtocolError
 from ..protocol import events as ev
 from .conn import RESTART_WAIT, Client, ClientError, DaemonUnavailable
@@ -67,8 +66,8 @@ class SignalExit(BaseException):
         self.signum = signum
 
 
-@dataclass(frozen=True, slots=True)
-class AttachOptions:
+@frozen
+class AttachOptions(Frozen):
     session: str
     read_only: bool = False
     detach_keys: bytes = b"\x10\x11"
@@ -389,7 +388,7 @@ class Attacher:
     def _renamed(self, name: str) -> None:
         """The session is called ``name`` now: say that, and resume it by that name."""
         self.session = name
-        self.options = dataclasses.replace(self.options, session=name)
+        self.options = replace(self.options, session=name)
 
     def _write(self, data: bytes) -> None:
         if self.filter is not None:
@@ -549,10 +548,10 @@ def attach(
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     tty = options.tty and os.isatty(stdin)
     if tty != options.tty:
-        options = dataclasses.replace(options, tty=tty)
+        options = replace(options, tty=tty)
     if options.screen and not os.isatty(stdout):
         # A drawn screen is for a terminal; a file or a pipe gets the raw bytes.
-        options = dataclasses.replace(options, screen=False)
+        options = replace(options, screen=False)
     size = window_size(stdin) if tty else (0, 0)
     client = Client(control_path, timeout=ATTACH_TIMEOUT)
     attacher: Attacher | None = None
@@ -586,7 +585,7 @@ def attach(
         if ended is not None and ended.reason is ev.EndReason.EXITED and exit_status is not None:
             own = exit_status()
             if own is not None:
-                ended = dataclasses.replace(ended, exit_code=own)
+                ended = replace(ended, exit_code=own)
         return Attachment(_report(attacher, attacher.session, ended), attacher.session)
     finally:
         (attacher.client if attacher is not None else client).close()

@@ -14,10 +14,10 @@ from typing import Any, Final
 
 import msgpack
 
+from ..frozen import Frozen
 from . import events as ev
 from .elements import count_elements
 from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from .message import Frozen
 
 #: Longest string field accepted (session names are at most 257 characters).
 MAX_STR_LEN: Final = 4096

@@ -12,8 +12,8 @@ from __future__ import annotations
 import enum
 from typing import ClassVar
 
+from ..frozen import Frozen, frozen
 from .errors import ErrorCode
-from .message import Frozen, frozen
 
 #: The protocol version this implementation speaks.
 PROTOCOL_VERSION = 1
