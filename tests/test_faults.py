@@ -400,6 +400,51 @@ async def test_a_stalled_log_disk_holds_only_its_files(
             await runc.kill(second)
 
 
+async def test_a_daemon_starts_and_reexecs_while_its_log_disk_is_frozen(
+    *,
+    daemon_factory: DaemonFactory,
+    runc: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    # Was: a daemon's first step, mkdir -p of the log directory, waits for a
+    # frozen (or stalled) file system even where the directory exists.  A
+    # daemon started then, or a reexec's successor, hung before serving: the
+    # reexec failed when its handover timed out, and a restart after a crash
+    # would have held every console until the disk answered.
+    with freezable_dir(tmp_path) as disk:
+        log_dir = disk.path / "logs"
+        log_dir.mkdir(mode=0o700)
+        (disk.path / "other").mkdir(mode=0o700)
+        daemon = await daemon_factory("--log-dir", str(log_dir))
+        cid = container_id("frozen")
+        a = None
+        try:
+            a = await start_echoer(daemon, runc, bundle, cid)
+            await echoes(a, 1)
+            await wait_file(log_dir / f"{cid}.log", b"got-2\r\n")  # nothing left to write
+            disk.freeze()
+            with trio.fail_after(20):
+                other = await daemon_factory("--log-dir", str(disk.path / "other"))
+            assert (await cli(other, "ls")).returncode == 0
+            done = await cli(daemon, "reexec", "--timeout", "20")
+            assert done.returncode == 0, done.stderr
+            await a.aclose()  # (this client does not resume: attach again)
+            a = await AsyncClient.connect(daemon.control_socket)
+            assert isinstance(await a.request(ev.Attach(cid)), ev.Attached)
+            await echoes(a, 2)  # the successor serves; its file waits for the disk
+            disk.thaw()
+            logged = await wait_file(log_dir / f"{cid}.log", b"got-4\r\n")
+            assert logged.count(b"got-2\r\n") == 1
+            assert not daemon.find("logfile.gap")
+        finally:
+            disk.thaw()
+            if a is not None:
+                await a.aclose()
+            await runc.kill(cid)
+
+
 async def test_a_full_state_directory_costs_only_the_new_console_socket(
     daemon_factory: DaemonFactory, short_tmp: Path
 ) -> None:

@@ -103,9 +103,16 @@ class LogDir:
                 user, or others can write to it.
         """
         text = os.fspath(path)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            os.makedirs(text, mode=0o700, exist_ok=True)
-            fd = os.open(text, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fd = os.open(text, flags)
+            except FileNotFoundError:
+                # Only now: mkdir(2) waits for a frozen or stalled file system
+                # even where the directory exists, and a daemon started (or
+                # reexecuted) then would hold every console until it answered.
+                os.makedirs(text, mode=0o700, exist_ok=True)
+                fd = os.open(text, flags)
         except OSError as exc:
             if os.path.islink(text):
                 raise LogFileError(
