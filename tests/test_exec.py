@@ -339,7 +339,10 @@ async def test_exited_exec_name_is_held_until_removed(
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1234:2345:app:/tmp:/bin/sh\n"
 GROUP = "root:x:0:\ngrp:x:3456:app\n"
 #: Prints what each option changes, as the command inside sees it.
-SHOW = 'echo "id=$(id -u):$(id -g) foo=$FOO fromenv=$FROMENV unset=${UNSET-none} pwd=$(pwd)."'
+SHOW = (
+    'echo "id=$(id -u):$(id -g) groups=$(echo $(sed -n s/^Groups://p /proc/self/status)) '
+    'foo=$FOO fromenv=$FROMENV unset=${UNSET-none} pwd=$(pwd)."'
+)
 
 
 async def start_with_users(
@@ -366,11 +369,12 @@ async def start_with_users(
 @pytest.mark.parametrize(
     ("user", "ids"),
     [
-        (["-u", "app"], "1234:2345"),  # a name: its uid and primary group
-        (["--user", "app:grp"], "1234:3456"),
-        (["-u", "1234"], "1234:2345"),  # a number the container knows: its group too
-        (["-u", "4321:7"], "4321:7"),  # numbers the container does not know
-        ([], "0:0"),
+        # A name: its uid, primary group, and the groups /etc/group lists it in (as docker).
+        (["-u", "app"], "1234:2345 groups=2345 3456"),
+        (["--user", "app:grp"], "1234:3456 groups=3456"),  # a group given: that one only
+        (["-u", "1234"], "1234:2345 groups=2345 3456"),  # a number the container knows
+        (["-u", "4321:7"], "4321:7 groups=7"),  # numbers the container does not know
+        ([], "0:0 groups="),  # the container's own user
     ],
     ids=["name", "name-group", "uid", "numbers", "default"],
 )
@@ -395,6 +399,29 @@ async def test_exec_options_take_effect_in_the_container(
     assert f"id={ids} foo=bar fromenv=from-here unset=none pwd=/tmp.".encode() in result.stdout
 
 
+async def test_exec_as_a_user_keeps_the_containers_process(
+    daemon: DaemonProcess,
+    runtime: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    """``-u`` describes the command to the runtime as the container's own process (for
+    its groups): its capabilities stay those any exec gets."""
+    cid = container_id("caps")
+    await start_with_users(daemon, runtime, bundle, tmp_path, cid)
+    show = "echo caps=$(sed -n s/^CapEff:.//p /proc/self/status)."
+    runtime_args = runtime_options(runtime, tmp_path)
+    plain = await cli(daemon, "exec", "--no-tty", *runtime_args, cid, "sh", "-c", show)
+    as_root = await cli(
+        daemon, "exec", "--no-tty", "-u", "root", *runtime_args, cid, "sh", "-c", show
+    )
+    assert plain.returncode == as_root.returncode == 0, (plain.stderr, as_root.stderr)
+    caps = re.search(rb"caps=([0-9a-f]+)\.", plain.stdout)
+    assert caps is not None and int(caps.group(1), 16) != 0, plain.stdout
+    assert caps.group(0) in as_root.stdout, as_root.stdout
+
+
 async def test_exec_runtime_and_root_from_the_environment(
     daemon: DaemonProcess,
     runtime: Runtime,
@@ -410,7 +437,7 @@ async def test_exec_runtime_and_root_from_the_environment(
     }
     result = await cli(daemon, "exec", "-it", "-u", "app", cid, "sh", "-c", SHOW, env=defaults)
     assert result.returncode == 0, result.stderr
-    assert b"id=1234:2345 foo= fromenv= unset=none pwd=/." in result.stdout
+    assert b"id=1234:2345 groups=2345 3456 foo= fromenv= unset=none pwd=/." in result.stdout
     # Without them, runc on PATH with its default root, which knows no such container.
     result = await cli(daemon, "exec", cid, "true", env={"CONSOLED_RUNTIME_ROOT": None})
     assert result.returncode == 125, result

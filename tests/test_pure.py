@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consoled.client.container import ContainerError, ExecUser, resolve
 from consoled.client.detachkeys import (
     DEFAULT_DETACH_KEYS,
     DEFAULT_WAIT,
@@ -655,3 +656,35 @@ def test_cri_round_trip(chunks: list[bytes], ns: int, cuts: list[int]) -> None:
     out = b"".join(decoder.feed(stream[a:b]) for a, b in itertools.pairwise(points))
     assert decoder.close() == b""
     assert out == b"".join(chunks)
+
+
+# --- exec -u: users and groups as docker resolves them ----------------------------------------
+
+PASSWD = "root:x:0:0::/root:/bin/sh\napp:x:1234:2345::/tmp:/bin/sh\n# a comment\nbad:x:x:y\n"
+GROUP = "root:x:0:\nwheel:x:10:root,app\nstaff:x:50:app\nempty:x:60:\napp:x:2345:\n"
+
+
+@pytest.mark.parametrize(
+    ("spec", "user"),
+    [
+        ("app", ExecUser(1234, 2345, (2345, 10, 50))),  # primary, then each group it is in
+        ("1234", ExecUser(1234, 2345, (2345, 10, 50))),  # the same user, by number
+        ("app:staff", ExecUser(1234, 50, (50,))),  # a group given: that one only
+        ("app:7", ExecUser(1234, 7, (7,))),
+        ("root", ExecUser(0, 0, (0, 10))),
+        ("4321", ExecUser(4321, 0, (0,))),  # unknown number: group 0, as docker
+    ],
+)
+def test_exec_users_resolve_with_their_groups(spec: str, user: ExecUser) -> None:
+    assert resolve(spec, PASSWD, GROUP) == user
+
+
+def test_exec_users_without_files_or_names() -> None:
+    assert resolve("5:6", None, None) == ExecUser(5, 6, (6,))
+    assert resolve("app", PASSWD, None) == ExecUser(1234, 2345, (2345,))
+    with pytest.raises(ContainerError, match="unable to find user nosuch"):
+        resolve("nosuch", PASSWD, GROUP)
+    with pytest.raises(ContainerError, match="unable to find group nogroup"):
+        resolve("app:nogroup", PASSWD, GROUP)
+    with pytest.raises(ContainerError, match="invalid user 'app:'"):
+        resolve("app:", PASSWD, GROUP)

@@ -500,7 +500,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..client.attach import AttachOptions, attach
-    from ..client.container import ContainerError, container_env, container_user, merge_env
+    from ..client.container import ContainerError, container_process, container_user, merge_env
     from ..client.execute import EXIT_CANNOT_RUN, Runtime, run_exec
 
     command = list(args.command)
@@ -532,14 +532,22 @@ def cmd_exec(args: argparse.Namespace) -> int:
             return EXIT_CANNOT_RUN  # as docker exec -u with a user the container does not have
         runtime = dataclasses.replace(runtime, user=user)
     additions = _exec_env(args.env)
-    if additions:
-        # The container's environment and these, as docker gives them (see .client.container).
+    if additions or args.user is not None:
+        # The container's environment and these, as docker gives them, and the
+        # process the user's groups are given with (see .client.container).
         try:
-            env = merge_env(container_env(runtime.prefix, args.id), additions)
+            process = container_process(runtime.prefix, args.id)
         except ContainerError as exc:
-            print(f"consoled: {exc}; passing only the -e variables", file=sys.stderr)
-            env = list(additions)
-        runtime = dataclasses.replace(runtime, env=tuple(env))
+            lost = ["with the -e variables only"] if additions else []
+            if args.user is not None:
+                lost.append("without the user's groups")
+            print(f"consoled: {exc}; running {' and '.join(lost)}", file=sys.stderr)
+            process = {}
+        if additions:
+            env = merge_env(process.get("env", []), additions)
+            runtime = dataclasses.replace(runtime, env=tuple(env))
+        if args.user is not None and process:
+            runtime = dataclasses.replace(runtime, process=process)
     return run_exec(
         os.path.join(state_dir_of(args), "control.sock"),
         container=args.id,

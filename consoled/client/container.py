@@ -2,8 +2,12 @@
 
 ``-u USER[:GROUP]``: runc and crun take only numbers (``--user UID[:GID]``);
 docker also takes names, looked up in the container's own ``/etc/passwd``
-and ``/etc/group``, and gives a user without a group its primary group.
-This does the same.  The container's files are read through
+and ``/etc/group``, gives a user without a group its primary group, and
+gives the command the user's groups: the primary one and, unless a group
+was given, every group ``/etc/group`` lists the user in.  This does the
+same (crun 1.8 has no option for those groups: the command is described to
+both runtimes with ``--process``, see :mod:`.execute`).  The container's
+files are read through
 ``/proc/PID/root`` of its init process, so what is seen is what the
 container sees (its own mounts included), one path component at a time with
 ``O_NOFOLLOW``: a symbolic link the container planted (``/etc/passwd ->
@@ -23,7 +27,7 @@ import os
 import stat
 import subprocess
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 #: The most of /etc/passwd, /etc/group or config.json that is read.
 MAX_FILE: Final = 4 * 1024 * 1024
@@ -67,8 +71,8 @@ def container_state(runtime_prefix: Sequence[str], container: str) -> dict[str, 
     return state
 
 
-def container_env(runtime_prefix: Sequence[str], container: str) -> list[str]:
-    """The environment the container's processes start with (its bundle's ``process.env``).
+def container_process(runtime_prefix: Sequence[str], container: str) -> dict[str, Any]:
+    """The process the container was made with (its bundle's ``process``).
 
     Raises:
         ContainerError: the runtime or the bundle does not say.
@@ -76,12 +80,15 @@ def container_env(runtime_prefix: Sequence[str], container: str) -> list[str]:
     state = container_state(runtime_prefix, container)
     try:
         with open(os.path.join(str(state["bundle"]), "config.json"), "rb") as f:
-            env = json.loads(f.read(MAX_FILE))["process"].get("env", [])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ContainerError(f"cannot read container {container}'s environment: {exc}") from None
+            process = json.loads(f.read(MAX_FILE))["process"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ContainerError(f"cannot read container {container}'s process: {exc}") from None
+    if not isinstance(process, dict):
+        raise ContainerError(f"container {container}'s process is not an object")
+    env = process.get("env", [])
     if not isinstance(env, list) or not all(isinstance(item, str) for item in env):
         raise ContainerError(f"container {container}'s process.env is not a list of strings")
-    return env
+    return process
 
 
 def merge_env(base: Sequence[str], additions: Sequence[str]) -> list[str]:
@@ -128,11 +135,26 @@ def _entries(text: str | None) -> list[list[str]]:
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
 
 
-def resolve(spec: str, passwd: str | None, group: str | None) -> str:
-    """``USER[:GROUP]`` as ``UID:GID``, given the container's files (None: absent).
+class ExecUser(NamedTuple):
+    """Who an exec'd command runs as."""
+
+    uid: int
+    gid: int
+    #: Its groups (setgroups(2)), as docker gives them: ``gid`` first.
+    groups: tuple[int, ...]
+
+    @property
+    def spec(self) -> str:
+        """``UID:GID``, for the runtime's ``--user``."""
+        return f"{self.uid}:{self.gid}"
+
+
+def resolve(spec: str, passwd: str | None, group: str | None) -> ExecUser:
+    """``USER[:GROUP]`` as numbers, given the container's files (None: absent).
 
     As docker: a user or group given by number need not exist; a user
-    without a group gets its primary group from ``/etc/passwd``, or 0.
+    without a group gets its primary group from ``/etc/passwd``, or 0, and
+    the groups ``/etc/group`` lists its name in.
 
     Raises:
         ContainerError: a name that the files do not hold.
@@ -149,28 +171,33 @@ def resolve(spec: str, passwd: str | None, group: str | None) -> str:
         if entry is None or not entry[2].isdigit():
             raise ContainerError(f"unable to find user {user}: no matching entry in /etc/passwd")
         uid = int(entry[2])
+    groups = [e for e in _entries(group) if len(e) >= 3]
     if sep:
         if grp.isdigit():
             gid = int(grp)
         else:
-            found = next((e for e in _entries(group) if len(e) >= 3 and e[0] == grp), None)
+            found = next((e for e in groups if e[0] == grp), None)
             if found is None or not found[2].isdigit():
                 raise ContainerError(f"unable to find group {grp}: no matching entry in /etc/group")
             gid = int(found[2])
-    else:
-        gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
-    return f"{uid}:{gid}"
+        return ExecUser(uid, gid, (gid,))  # a group given: that one only
+    gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
+    member = [] if entry is None else [
+        int(e[2]) for e in groups
+        if len(e) >= 4 and e[2].isdigit() and entry[0] in e[3].split(",")
+    ]  # fmt: skip
+    return ExecUser(uid, gid, (gid, *member))
 
 
-def container_user(spec: str, runtime_prefix: Sequence[str], container: str) -> str:
-    """Resolve ``spec`` in the running container ``container``: ``UID:GID`` for the runtime.
+def container_user(spec: str, runtime_prefix: Sequence[str], container: str) -> ExecUser:
+    """Resolve ``spec`` in the running container ``container``.
 
     Raises:
         ContainerError: it cannot be resolved; the message says why.
     """
     user, sep, grp = spec.partition(":")
     if user.isdigit() and sep and grp.isdigit():
-        return spec  # numbers only: nothing to look up
+        return ExecUser(int(user), int(grp), (int(grp),))  # numbers only: nothing to look up
     try:
         state = container_state(runtime_prefix, container)
         try:
@@ -183,7 +210,7 @@ def container_user(spec: str, runtime_prefix: Sequence[str], container: str) -> 
             os.close(root)
     except ContainerError as exc:
         if user.isdigit() and not sep:
-            return user  # docker would look up its group; the runtime gives it group 0
+            return ExecUser(int(user), 0, (0,))  # as docker, where it finds no files
         raise ContainerError(
             f"cannot run as user {spec!r} in container {container}: {exc}"
         ) from None

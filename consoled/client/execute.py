@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
+import json
 import os
 import re
 import shutil
@@ -28,13 +28,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
+from ..frozen import replace
 from ..protocol import events as ev
 from .attach import Attachment, AttachOptions
 from .conn import Client, ClientError
+from .container import ExecUser
 
 #: Seconds the runtime gets to start the process.
 RUNTIME_TIMEOUT: Final = 60.0
@@ -72,17 +74,23 @@ class Runtime:
         path: runc or crun (or a wrapper that runs one).
         root: its global ``--root`` (its state directory), None for its default.
         global_args: more global options, before the subcommand.
-        user: ``UID[:GID]``, already resolved (see :mod:`.containeruser`).
+        user: who the command runs as, resolved (see :mod:`.container`).
         env: ``NAME=VALUE`` for the command's environment.
         workdir: the command's working directory in the container.
+        process: the container's own process (its bundle's), when ``user``
+            has groups to give: the command is described to the runtime as
+            that process with its own arguments, user, groups, environment
+            and working directory (``--process``), as runc does itself from
+            the same process, because crun has no option for the groups.
     """
 
     path: str
     root: str | None = None
     global_args: tuple[str, ...] = ()
-    user: str | None = None
+    user: ExecUser | None = None
     env: tuple[str, ...] = ()
     workdir: str | None = None
+    process: Mapping[str, Any] | None = None
 
     @property
     def prefix(self) -> list[str]:
@@ -96,18 +104,41 @@ class Runtime:
         command: Sequence[str],
         *,
         pid_file: str | None = None,
+        process_file: str | None = None,
     ) -> list[str]:
-        """``RUNTIME exec -d -t --console-socket SOCK [options] ID CMD...``, for runc and crun."""
+        """``RUNTIME exec -d -t --console-socket SOCK [options] ID CMD...``, for runc and crun.
+
+        With ``process_file`` (where :meth:`process_spec` was written), the
+        command and its options are in that file.
+        """
         options = ["--console-socket", socket_path]
         if pid_file:
             options += ["--pid-file", pid_file]
+        if process_file:
+            return [*self.prefix, "exec", "-d", *options, "--process", process_file, container]
         if self.user:
-            options += ["--user", self.user]
+            options += ["--user", self.user.spec]
         for variable in self.env:
             options += ["--env", variable]
         if self.workdir:
             options += ["--cwd", self.workdir]
         return [*self.prefix, "exec", "-d", "-t", *options, container, *command]
+
+    def process_spec(self, command: Sequence[str]) -> dict[str, Any] | None:
+        """The command as an OCI process, for ``--process`` (None: options will do)."""
+        if self.process is None or self.user is None:
+            return None
+        spec = dict(self.process)
+        spec["args"] = list(command)
+        spec["terminal"] = True
+        user = dict(spec.get("user") or {})
+        user.update(uid=self.user.uid, gid=self.user.gid, additionalGids=list(self.user.groups))
+        spec["user"] = user
+        if self.env:
+            spec["env"] = list(self.env)
+        if self.workdir:
+            spec["cwd"] = self.workdir
+        return spec
 
 
 def become_subreaper() -> bool:
@@ -192,7 +223,15 @@ def run_exec(
 
     def start_process() -> int | None:
         nonlocal command_pid
-        argv = runtime.exec_argv(created.path, container, command, pid_file=pid_file)
+        process_file = None
+        spec = runtime.process_spec(command)
+        if spec is not None:
+            process_file = os.path.join(workdir, "process.json")
+            with open(process_file, "w") as f:
+                json.dump(spec, f)
+        argv = runtime.exec_argv(
+            created.path, container, command, pid_file=pid_file, process_file=process_file
+        )
         try:
             proc = subprocess.run(
                 argv,
@@ -248,7 +287,7 @@ def run_exec(
     try:
         status, session = attach(
             control_path,
-            dataclasses.replace(options, session=created.session),
+            replace(options, session=created.session),
             start_process,
             own_status_once_ended,
         )
