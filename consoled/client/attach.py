@@ -621,7 +621,10 @@ def _report(attacher: Attacher, session: str, ended: ev.Ended | None) -> int:
         if ended.exit_code is None:
             _say(attacher, f"consoled: session {session} {verb} (exit status unknown)")
             return 0
-        _say(attacher, f"consoled: session {session} {verb} (exit status {ended.exit_code})")
+        if reason is ev.EndReason.REMOVED:
+            _say(attacher, f"consoled: session {session} {verb} (exit status {ended.exit_code})")
+        # Ended as programs end: nothing said, the status is ours (as docker
+        # attach and exec; a script's stderr is the program's alone).
         return ended.exit_code
     if reason is ev.EndReason.LAGGED:
         _say(

@@ -128,6 +128,17 @@ class PtyProcess:
         with trio.fail_after(timeout):
             return await self.proc.wait()
 
+    async def wait_eof(self, timeout: float = EXPECT_TIMEOUT) -> None:
+        """Once the process has exited: wait until :attr:`output` has all it wrote
+        (our end of the terminal is closed, so the reader sees it end)."""
+        assert self.proc.returncode is not None, "the process still runs"
+        if self.slave >= 0:
+            os.close(self.slave)
+            self.slave = -1
+        with trio.fail_after(timeout):
+            while not self.eof:
+                await self.wait_changed()
+
     def close(self) -> None:
         if self.proc.returncode is None:
             self.proc.kill()
