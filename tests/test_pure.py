@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consoled.client.container import ContainerError, ExecUser, resolve
+from consoled.client.container import ContainerError, ExecUser, resolve, runtime_message
 from consoled.client.detachkeys import (
     DEFAULT_DETACH_KEYS,
     DEFAULT_WAIT,
@@ -688,3 +688,18 @@ def test_exec_users_without_files_or_names() -> None:
         resolve("app:nogroup", PASSWD, GROUP)
     with pytest.raises(ContainerError, match="invalid user 'app:'"):
         resolve("app:", PASSWD, GROUP)
+
+
+def test_a_runtimes_message_without_its_log_format() -> None:
+    runc = (
+        'time="2026-11-30T17:00:16Z" level=error msg="exec failed: unable to start container '
+        'process: exec: \\"nosuchcmd\\": executable file not found in $PATH"\n'
+    )
+    assert runtime_message(runc) == (
+        'exec failed: unable to start container process: exec: "nosuchcmd": '
+        "executable file not found in $PATH"
+    )
+    crun = "2026-11-30T17:00:23.159704Z: executable file `x` not found in $PATH: No such file\n"
+    assert runtime_message(crun) == "executable file `x` not found in $PATH: No such file"
+    assert runtime_message("plain words\n\nand more\n") == "plain words; and more"
+    assert runtime_message("") == ""

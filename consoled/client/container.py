@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 from collections.abc import Sequence
@@ -37,6 +38,22 @@ STATE_TIMEOUT: Final = 30.0
 
 class ContainerError(Exception):
     """Something of the container cannot be read or resolved; the message says why."""
+
+
+#: runc's log lines (logrus): ``time="..." level=error msg="..."``.
+_LOGRUS: Final = re.compile(r'time="[^"]*" level=\w+ msg="((?:[^"\\]|\\.)*)"')
+#: crun's: ``2026-11-30T17:00:23.159704Z: ...``.
+_STAMPED: Final = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+Z: ")
+
+
+def runtime_message(text: str) -> str:
+    """What a runtime said on stderr, without its log format: the message only."""
+    lines = []
+    for line in text.strip().splitlines():
+        found = _LOGRUS.fullmatch(line.strip())
+        said = re.sub(r"\\(.)", r"\1", found.group(1)) if found else _STAMPED.sub("", line, 1)
+        lines.append(said.strip())
+    return "; ".join(line for line in lines if line)
 
 
 def container_state(runtime_prefix: Sequence[str], container: str) -> dict[str, Any]:
@@ -60,7 +77,8 @@ def container_state(runtime_prefix: Sequence[str], container: str) -> dict[str, 
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ContainerError(f"cannot run {runtime_prefix[0]} state: {exc}") from None
     if result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
+        message = runtime_message(result.stderr.decode(errors="replace"))
+        message = message or f"exit {result.returncode}"
         raise ContainerError(f"{os.path.basename(runtime_prefix[0])} state {container}: {message}")
     try:
         state = json.loads(result.stdout)

@@ -36,7 +36,7 @@ from ..frozen import replace
 from ..protocol import events as ev
 from .attach import Attachment, AttachOptions
 from .conn import Client, ClientError
-from .container import ExecUser
+from .container import ContainerError, ExecUser, container_state, runtime_message
 
 #: Seconds the runtime gets to start the process.
 RUNTIME_TIMEOUT: Final = 60.0
@@ -245,16 +245,23 @@ def run_exec(
             print(f"consoled: cannot run {runtime.path}: {exc}", file=sys.stderr)
             return EXIT_RUNTIME_FAILED
         if proc.returncode != 0:
-            message = (proc.stderr or proc.stdout).decode(errors="replace").strip()
+            message = runtime_message((proc.stderr or proc.stdout).decode(errors="replace"))
             if not message:
-                message = session_output(control_path, created.session)
+                message = runtime_message(session_output(control_path, created.session))
             _remove(control_path, created.session)
+            status = runtime_failure_status(message)
+            try:
+                # Whose fault: the command's (docker's 126 and 127), or no
+                # container to run it in (crun says "No such file" for that too).
+                container_state(runtime.prefix, container)
+            except ContainerError as exc:
+                message, status = f"no running container {container}: {exc}", EXIT_RUNTIME_FAILED
             print(
                 f"consoled: {os.path.basename(runtime.path)} exec failed "
                 f"(exit {proc.returncode}): {message or 'no message'}",
                 file=sys.stderr,
             )
-            return runtime_failure_status(message)
+            return status
         if pid_file is not None:
             with contextlib.suppress(OSError, ValueError), open(pid_file) as f:
                 command_pid = int(f.read().strip())
