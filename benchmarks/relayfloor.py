@@ -12,8 +12,10 @@ times back to back (as scenario 4 does), through:
 - ``c-thread``: the same relay as a C thread in a Python process the size of
   the daemon (consoled's server imported, a trio loop waking every 50 ms),
   holding no GIL: what a native pump would be;
+- ``threads``: two Python threads in that interpreter, each a blocking
+  ``os.read`` and ``os.write`` (the GIL released in the calls);
 - ``trio``: a relay of two trio tasks in that interpreter (the floor of a
-  pure-Python pump, with nothing of consoled's work in it).
+  pure-Python pump on the event loop, with nothing of consoled's work in it).
 
 The variants alternate, five rounds; medians of each round's p50 and p99.
 """
@@ -87,9 +89,13 @@ int main(int argc, char **argv) {
 
 #: The Python hosts: the C relay as a thread, or two trio tasks; each says "ready".
 HOST = r"""
-import ctypes, os, sys, trio
+import ctypes, os, sys, threading, trio
 import consoled.server.daemon, consoled.server.session, consoled.terminal.screen
 kind, lib, sock, master = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+def blocking(a, b):
+    while data := os.read(a, 65536):
+        os.write(b, data)
 
 async def relay(a, b):
     while True:
@@ -106,6 +112,9 @@ async def main():
     async with trio.open_nursery() as nursery:
         if kind == "c-thread":
             assert ctypes.CDLL(lib).relay_start(sock, master) == 0
+        elif kind == "threads":
+            for a, b in ((sock, master), (master, sock)):
+                threading.Thread(target=blocking, args=(a, b), daemon=True).start()
         else:
             os.set_blocking(sock, False)
             os.set_blocking(master, False)
@@ -118,7 +127,7 @@ async def main():
 trio.run(main)
 """
 
-VARIANTS = ("raw", "c-process", "c-thread", "trio")
+VARIANTS = ("raw", "c-process", "c-thread", "threads", "trio")
 
 
 def build(work: Path) -> tuple[Path, Path]:
