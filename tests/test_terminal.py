@@ -709,7 +709,8 @@ def test_the_session_state_draws_what_a_fresh_emulator_shows(
         data, cuts, looks, size, scrollback=1 << 20, freezes=freezes
     )
     try:
-        render, approximate = state.render(record, history=0)
+        drawn = state.render(record)
+        render, approximate = drawn.drawn, drawn.approximate
     finally:
         record.close()
     assert not approximate
@@ -755,9 +756,10 @@ def test_a_frozen_screen_thaws_as_it_was() -> None:
     try:
         state = SessionScreen(5, 20, 0)
         record.append(b"\x1b[?1049h\x1b[1;31mred\x1b[3;4r\x1b[?25l\x1b[2;5H")
-        before, _ = state.render(record, history=0)
+        before = state.render(record).drawn
         assert state.freeze(record) and state.frozen
-        after, approximate = state.render(record, history=0)
+        drawn = state.render(record)
+        after, approximate = drawn.drawn, drawn.approximate
         assert not approximate and after == before
         record.append(b"\x1b[")  # cut short: not now
         state.catch_up(record)
@@ -820,12 +822,14 @@ def test_the_session_state_skips_a_flood_and_says_so_until_a_redraw() -> None:
     try:
         state = SessionScreen(4, 10, record.start)
         record.append(b"\x1b[31m" + b"y\r\n" * 500)  # past the ring: never fed
-        render, approximate = state.render(record, history=0)
+        drawn = state.render(record)
+        render, approximate = drawn.drawn, drawn.approximate
         assert approximate
         assert fed(4, 10, [render]).text()[:3] == ["y"] * 3
         # The program redraws: exact again.
         record.append(b"\x1b[H\x1b[2Jready")
-        render, approximate = state.render(record, history=0)
+        drawn = state.render(record)
+        render, approximate = drawn.drawn, drawn.approximate
         assert not approximate
         assert fed(4, 10, [render]).text()[0] == "ready"
     finally:

@@ -32,16 +32,21 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
+from functools import partial
 from typing import Final, NamedTuple
 
 import structlog
+import trio
 
 from ..io.record import Record
-from ..terminal import QueryScanner, Responder, Screen
+from ..terminal import QueryScanner, Responder, Screen, join_render
 
 #: Most lines of history an attach can ask for (they are emulated anew from the ring).
 MAX_HISTORY: Final = 2000
+#: Attaches' histories emulated at once; more wait their turn (each takes up
+#: to :data:`RENDER_TIME` of the event loop, a piece at a time).
+HISTORY_AT_ONCE: Final = 2
 #: A size to emulate before the session has one.
 DEFAULT_SIZE: Final = (24, 80)
 
@@ -141,7 +146,8 @@ class SessionScreen:
     (:meth:`freeze`) to its render, a few KiB, and thawed from it when next
     used: cells, cursor, modes, tab stops, saved cursors and character sets
     survive. History is not kept: ``attach --history`` emulates the ring anew
-    (:meth:`render`), so a screen's size does not grow with its output.
+    (:meth:`render`, between the event loop's other work), so a screen's size
+    does not grow with its output.
 
     Args:
         rows, cols: the window size (0 for unknown: 24x80 is emulated).
@@ -262,9 +268,9 @@ class SessionScreen:
         if budget is not None:
             start = max(start, end - budget.affordable())
             budget.skipped += max(0, start - max(self.fed, record.start))
-            deadline = began + budget.seconds()
+            seconds = budget.seconds()
         else:
-            deadline = began + RENDER_TIME
+            seconds = RENDER_TIME
         first, chunks = record.read_from(start)
         if first > self.fed:
             # Gone from the ring, or more than the budget allows: approximate.
@@ -282,7 +288,7 @@ class SessionScreen:
                 answers.extend(responder.feed(piece[cut:]))
 
         fed, skipped = feed_within(
-            feed, responder.skip, chunks, first, end, deadline=deadline, tail=MIN_TAIL
+            feed, responder.skip, chunks, first, end, seconds=seconds, tail=MIN_TAIL
         )
         self.fed = end  # the chunks reach the ring's end, at or past ``end``
         if skipped:
@@ -299,28 +305,99 @@ class SessionScreen:
         self._size = (rows, cols)
         return answers
 
-    def render(self, record: Record, history: int) -> tuple[bytes, bool]:
-        """The current screen (and ``history`` lines above it), and whether it is approximate."""
+    def render(self, record: Record, history: int = 0) -> ScreenRender:
+        """The current screen, drawn now, and ``history`` lines to put above it.
+
+        The history is emulated anew from the ring as it is now, by
+        :meth:`ScreenRender.finish`: a piece at a time, between the event
+        loop's other work (emulating a ring of full-screen operations takes
+        the whole :data:`RENDER_TIME`, and many clients could ask at once).
+        """
         self.catch_up(record)
         screen = self.screen
-        above = self._history(record, min(history, MAX_HISTORY)) if history > 0 else b""
-        return screen.render(above=above), screen.approximate
+        head, body = screen.render_parts()
+        job = None
+        if history > 0:
+            first, chunks = record.read_from(record.start)
+            lines = min(history, MAX_HISTORY)
+            job = partial(_history, self._size, lines, first, chunks, self.fed)
+        return ScreenRender(head, body, screen.rows, screen.approximate, job)
 
-    def _history(self, record: Record, lines: int) -> bytes:
-        """The last ``lines`` lines scrolled off, from the ring emulated anew at this size."""
-        rows, cols = self._size
-        again = Screen(rows, cols, history=lines, on_fault=_fault)
-        first, chunks = record.read_from(record.start)
-        if first:
-            again.skip(first)
-        deadline = time.perf_counter() + RENDER_TIME
-        _, skipped = feed_within(
-            lambda piece, _at: again.feed(piece), again.skip, chunks, first, self.fed,
-            deadline=deadline,
-        )  # fmt: skip
-        # Output skipped for time would leave a gap between the history and the
-        # screen: none rather than the wrong lines.
-        return b"" if skipped else again.history(lines)
+
+class ScreenRender:
+    """An attach's screen: the current one, drawn, and the history above it, to emulate.
+
+    Args:
+        head, body: the current screen's render (see :meth:`.Screen.render_parts`).
+        rows: its rows.
+        approximate: the screen may differ from the program's.
+        history: emulates the history lines (see :meth:`SessionScreen.render`).
+    """
+
+    __slots__ = ("_body", "_head", "_history", "_rows", "approximate")
+
+    def __init__(
+        self,
+        head: bytes,
+        body: bytes,
+        rows: int,
+        approximate: bool,
+        history: Callable[[], Awaitable[bytes]] | None,
+    ) -> None:
+        self._head, self._body, self._rows = head, body, rows
+        self.approximate = approximate
+        self._history = history
+
+    @property
+    def drawn(self) -> bytes:
+        """The render, when no history was asked for (else see :meth:`finish`)."""
+        if self._history is not None:
+            raise ValueError("the history is still to be emulated: await finish()")
+        return self._head + self._body
+
+    async def finish(self) -> bytes:
+        """The render, with the history above the screen: emulated now, when at most
+        :data:`HISTORY_AT_ONCE` others are."""
+        above = b""
+        if self._history is not None:
+            async with _history_turns():
+                above = await self._history()
+        return join_render(self._head, above, self._rows, self._body)
+
+
+_TURNS: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("history_turns")
+
+
+def _history_turns() -> trio.CapacityLimiter:
+    try:
+        return _TURNS.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(HISTORY_AT_ONCE)
+        _TURNS.set(limiter)
+        return limiter
+
+
+async def _history(
+    size: tuple[int, int], lines: int, first: int, chunks: list[bytes], end: int
+) -> bytes:
+    """The last ``lines`` lines scrolled off by the output in ``chunks`` (from
+    ``first``) up to ``end``, emulated anew at this size, a piece at a time."""
+    again = Screen(*size, history=lines, on_fault=_fault)
+    if first:
+        again.skip(first)
+    feeding = _feeding(
+        lambda piece, _at: again.feed(piece), again.skip, chunks, first, end, seconds=RENDER_TIME
+    )
+    while True:
+        try:
+            next(feeding)
+        except StopIteration as done:
+            _, skipped = done.value
+            break
+        await trio.lowlevel.checkpoint()  # the rest of the daemon runs between pieces
+    # Output skipped for time would leave a gap between the history and the
+    # screen: none rather than the wrong lines.
+    return b"" if skipped else again.history(lines)
 
 
 def feed_within(
@@ -330,12 +407,12 @@ def feed_within(
     first: int,
     end: int,
     *,
-    deadline: float,
+    seconds: float,
     tail: int = 0,
 ) -> tuple[int, int]:
     """Feed an emulator the output in ``chunks`` (from stream offset ``first``) up to
-    ``end``, in pieces of about :data:`PIECE_TIME` each; once ``deadline``
-    (``time.perf_counter``) has passed, skip to the last ``tail`` bytes.
+    ``end``, in pieces of about :data:`PIECE_TIME` each; once feeding has taken
+    ``seconds``, skip to the last ``tail`` bytes.
 
     Args:
         feed: takes a piece and its stream offset.
@@ -344,13 +421,33 @@ def feed_within(
     Returns:
         The bytes fed and the bytes skipped.
     """
-    at, size, fed, skipped = first, FIRST_PIECE, 0, 0
+    feeding = _feeding(feed, skip, chunks, first, end, seconds=seconds, tail=tail)
+    while True:
+        try:
+            next(feeding)
+        except StopIteration as done:
+            result: tuple[int, int] = done.value
+            return result
+
+
+def _feeding(
+    feed: Callable[[bytes, int], object],
+    skip: Callable[[int], object],
+    chunks: list[bytes],
+    first: int,
+    end: int,
+    *,
+    seconds: float,
+    tail: int = 0,
+) -> Generator[None, None, tuple[int, int]]:
+    """:func:`feed_within`, pausing after each piece (see :func:`_history`)."""
+    at, size, fed, skipped, spent = first, FIRST_PIECE, 0, 0, 0.0
     offset = first  # of the chunk's first byte
     for chunk in chunks:
         view = memoryview(chunk)
         stop = min(offset + len(chunk), end)
         while at < stop:
-            if at < end - tail and time.perf_counter() > deadline:
+            if at < end - tail and spent > seconds:
                 # One skip to the tail, however many chunks it passes over.
                 jump = end - tail - at
                 skip(jump)
@@ -361,10 +458,12 @@ def feed_within(
             began = time.perf_counter()
             feed(piece, at)
             took = time.perf_counter() - began
+            spent += took
             at += len(piece)
             fed += len(piece)
             per_byte = max(took, 1e-7) / len(piece)
             size = min(MAX_PIECE, max(FIRST_PIECE, int(PIECE_TIME / per_byte)))
+            yield
         offset += len(chunk)
         if at >= end:
             break

@@ -38,7 +38,7 @@ from .hub import ClientHub
 from .logfile import LogFile, LogFormat
 from .logpool import LogWriters
 from .logwriter import STALL_TIMEOUT, LogWriter
-from .screenstate import EmulationBudget, QueryWatch, SessionScreen
+from .screenstate import EmulationBudget, QueryWatch, ScreenRender, SessionScreen
 from .sizepolicy import SizePolicy
 from .subscriber import Subscriber
 
@@ -522,7 +522,7 @@ class Session:
         nudge: bool = True,
         screen: bool = False,
         history: int = 0,
-    ) -> tuple[int, tuple[bytes, bool] | None]:
+    ) -> tuple[int, ScreenRender | None]:
         """Attach ``sub``: queue the replay (or render the screen) and register it.
 
         Nothing here awaits, so no output can be read between the replay
@@ -531,7 +531,8 @@ class Session:
 
         Returns:
             The stream offset of the first byte queued for it, and with
-            ``screen`` the render and whether it is approximate.
+            ``screen`` the render (its history lines still to be emulated:
+            see :meth:`.ScreenRender.finish`).
         """
         record = self.record
         screen = screen and self.terminal_state
@@ -540,10 +541,10 @@ class Session:
             sub.offset = first
             self.hub.add(sub, size)
             self._resize_to_policy()  # the render is at the size it gets
-            render, approximate = self.screen_state().render(record, history)
-            if approximate and nudge:
+            drawn = self.screen_state().render(record, history)
+            if drawn.approximate and nudge:
                 self._nudge()  # the program's own redraw makes it right
-            return first, (render, approximate)
+            return first, drawn
         if resume is not None:
             first, chunks = record.read_from(resume)
         elif replay == 0:

@@ -26,6 +26,7 @@ from .channel import Channel
 from .config import DaemonConfig
 from .errors import RequestError
 from .registry import SessionTable
+from .screenstate import ScreenRender
 from .session import Session
 from .sizepolicy import size_error, valid_size
 from .subscriber import Subscriber
@@ -361,7 +362,7 @@ async def _attached(
     session: Session,
     sub: Subscriber,
     first: int,
-    screen: tuple[bytes, bool] | None,
+    screen: ScreenRender | None,
     *,
     resumed: bool,
     delivered: Callable[[Session], None],
@@ -383,10 +384,11 @@ async def _attached(
             )
             if screen is not None:
                 # Drawn as of `first`: the queued output continues it.
-                for start in range(0, max(len(screen[0]), 1), MAX_DATA_CHUNK):
-                    chunk = screen[0][start : start + MAX_DATA_CHUNK]
-                    last = start + MAX_DATA_CHUNK >= len(screen[0])
-                    await channel.send(ev.Screen(chunk, approximate=screen[1] and last))
+                drawn = await screen.finish()
+                for start in range(0, max(len(drawn), 1), MAX_DATA_CHUNK):
+                    chunk = drawn[start : start + MAX_DATA_CHUNK]
+                    last = start + MAX_DATA_CHUNK >= len(drawn)
+                    await channel.send(ev.Screen(chunk, approximate=screen.approximate and last))
         finally:
             # Logged once the client has its answer (each event costs the
             # event loop its rendering and a wake-up of the log writer).
@@ -399,7 +401,7 @@ async def _attached(
                 cols=session.cols,
                 resumed=resumed,
                 screen=screen is not None,
-                approximate=screen is not None and screen[1],
+                approximate=screen is not None and screen.approximate,
             )
             audit("attach", session=str(session.name), read_only=sub.read_only, resumed=resumed)
         async with trio.open_nursery() as nursery:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
         Responder,
         answer,
     )
-    from .screen import Cursor, Screen
+    from .screen import Cursor, Screen, join_render
 
 #: Where each name lives: imported on first use, so that the attach client,
 #: which needs only the filter, does not load the emulator (``python -X importtime``).
@@ -41,6 +41,7 @@ _HOMES = {
     "answer": "queries",
     "Cursor": "screen",
     "Screen": "screen",
+    "join_render": "screen",
 }
 
 
@@ -64,5 +65,6 @@ __all__ = [
     "Screen",
     "TerminalModes",
     "answer",
+    "join_render",
     "reset_sequence",
 ]

@@ -295,21 +295,26 @@ class Screen:
             above: lines to put there instead (as :meth:`history` gives them,
                 from another screen).
         """
-        out = bytearray(_PREAMBLE)
-        out += mode_sequences(self.modes)
-        above = above or self.history(history)
-        if above:
-            out += above
-            # Scroll them all off the visible rows, which stay blank.
-            out += b"\n" * (self._vt.size[1] - 1)
-            out += b"\x1b[H"
+        head, body = self.render_parts()
+        return join_render(head, above or self.history(history), self._vt.size[1], body)
+
+    def render_parts(self) -> tuple[bytes, bytes]:
+        """:meth:`render` without history, in two parts: what comes before the
+        lines put above the screen, and the screen (see :func:`join_render`)."""
         try:
             dump = self._vt.dump()
         except BaseException as exc:
             self._survive(exc, "render")
             dump = self._vt.dump()
-        out += convert_dump(dump).encode()
-        return bytes(out)
+        return _PREAMBLE + mode_sequences(self.modes), convert_dump(dump).encode()
+
+
+def join_render(head: bytes, above: bytes, rows: int, body: bytes) -> bytes:
+    """A render (see :meth:`Screen.render_parts`) with the lines ``above`` put first."""
+    if not above:
+        return head + body
+    # Scroll them all off the visible rows (``rows`` of them), which stay blank.
+    return b"".join((head, above, b"\n" * (rows - 1), b"\x1b[H", body))
 
 
 def _emulated(rows: int, cols: int) -> tuple[int, int]:
