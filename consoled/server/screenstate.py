@@ -315,21 +315,20 @@ class SessionScreen:
         """
         self.catch_up(record)
         screen = self.screen
-        head, body = screen.render_parts()
+        head, body, rows = screen.render_parts()
         job = None
         if history > 0:
             first, chunks = record.read_from(record.start)
             lines = min(history, MAX_HISTORY)
             job = partial(_history, self._size, lines, first, chunks, self.fed)
-        return ScreenRender(head, body, screen.rows, screen.approximate, job)
+        return ScreenRender(head, body, rows, screen.approximate, job)
 
 
 class ScreenRender:
     """An attach's screen: the current one, drawn, and the history above it, to emulate.
 
     Args:
-        head, body: the current screen's render (see :meth:`.Screen.render_parts`).
-        rows: its rows.
+        head, body, rows: the current screen's render (see :meth:`.Screen.render_parts`).
         approximate: the screen may differ from the program's.
         history: emulates the history lines (see :meth:`SessionScreen.render`).
     """

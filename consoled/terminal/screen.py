@@ -295,18 +295,19 @@ class Screen:
             above: lines to put there instead (as :meth:`history` gives them,
                 from another screen).
         """
-        head, body = self.render_parts()
-        return join_render(head, above or self.history(history), self._vt.size[1], body)
+        head, body, rows = self.render_parts()
+        return join_render(head, above or self.history(history), rows, body)
 
-    def render_parts(self) -> tuple[bytes, bytes]:
-        """:meth:`render` without history, in two parts: what comes before the
-        lines put above the screen, and the screen (see :func:`join_render`)."""
+    def render_parts(self) -> tuple[bytes, bytes, int]:
+        """:meth:`render` without history, in parts: what comes before the lines
+        put above the screen, the screen, and its rows (see :func:`join_render`)."""
         try:
             dump = self._vt.dump()
         except BaseException as exc:
             self._survive(exc, "render")
             dump = self._vt.dump()
-        return _PREAMBLE + mode_sequences(self.modes), convert_dump(dump).encode()
+        head = _PREAMBLE + mode_sequences(self.modes)
+        return head, convert_dump(dump).encode(), self._vt.size[1]
 
 
 def join_render(head: bytes, above: bytes, rows: int, body: bytes) -> bytes:
