@@ -34,7 +34,13 @@ from consoled.io.record import Record
 from consoled.protocol import events as ev
 from consoled.server import registry
 from consoled.server.handover import read_screens, write_screens
-from consoled.server.screenstate import SessionScreen, feed_within
+from consoled.server.screenstate import (
+    RENDER_SHARE,
+    RENDER_TIME,
+    EmulationBudget,
+    SessionScreen,
+    feed_within,
+)
 from consoled.terminal import Screen
 from tests.conftest import BundleFactory, DaemonFactory, Spawn
 from tests.support.client import AsyncClient, screen_of
@@ -313,6 +319,29 @@ async def test_attaches_with_history_hold_other_sessions_only_briefly(
                 done.set()
         assert max(trips) < 0.1, sorted(trips)[-5:]  # 0.2 s and more before
         assert len(trips) >= 10, trips  # it typed while the histories were emulated
+
+
+def test_attaches_in_a_row_share_one_budget_for_catching_screens_up() -> None:
+    """Each attach (or resize) catches its screen up within RENDER_TIME; in a row,
+    on output slow to emulate, they share RENDER_SHARE of the daemon's time:
+    past it the screen is approximate at once instead of costing 0.2 s again."""
+    # Was: every attach after more such output held the daemon for 0.2 s.
+    hostile = b"\x1b[999S" * (64 * 1024 // 7)
+    record = Record(None, 1 << 20, 0, {"name": "h"}, 0)
+    now = [0.0]
+    budget = EmulationBudget(share=RENDER_SHARE, burst=RENDER_TIME, clock=lambda: now[0])
+    screen = SessionScreen(100, 300, 0)
+    record.append(hostile)
+    began = time.perf_counter()
+    assert screen.render(record, budget=budget).approximate  # all of RENDER_TIME, then skipped
+    first = time.perf_counter() - began
+    record.append(hostile)
+    began = time.perf_counter()
+    assert screen.render(record, budget=budget).approximate
+    again = time.perf_counter() - began
+    assert first >= RENDER_TIME * 0.9 and again < RENDER_TIME / 4, (first, again)
+    now[0] += 2 * RENDER_TIME / RENDER_SHARE  # a while later it has all of it again
+    assert budget.seconds() == pytest.approx(RENDER_TIME)
 
 
 @pytest.mark.parametrize("sizes", [[2], [7, 300, 5], [70000, 3, 200000]])

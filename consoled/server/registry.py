@@ -34,7 +34,14 @@ from .intake import InFlight, IntakeGone, wait_master
 from .logfile import LogDir, LogFile, LogFormat
 from .logpool import LogWriters
 from .logwriter import STALL_TIMEOUT
-from .screenstate import DEFAULT_SIZE, EmulationBudget, ScreenHandover, SessionScreen
+from .screenstate import (
+    DEFAULT_SIZE,
+    RENDER_SHARE,
+    RENDER_TIME,
+    EmulationBudget,
+    ScreenHandover,
+    SessionScreen,
+)
 from .session import LEADER_SEARCH, LEADER_SEARCH_INTERVAL, LEADER_SEARCH_INTERVAL_MAX, Session
 
 log = structlog.get_logger("consoled.registry")
@@ -112,6 +119,9 @@ class SessionTable:
         self.in_flight = InFlight()
         #: What emulators may cost on the draining path, all sessions together.
         self.emulation = EmulationBudget()
+        #: What catching screens up may cost attaches and resizes, all together:
+        #: one may take RENDER_TIME, many in a row a quarter of the daemon's time.
+        self.render_budget = EmulationBudget(share=RENDER_SHARE, burst=RENDER_TIME)
         #: Sessions whose leader is looked for: (give up at, next look, interval).
         self._leaderless: dict[Session, tuple[float, float, float]] = {}
         self._leaderless_changed = trio.Event()
@@ -570,6 +580,7 @@ class SessionTable:
         self._add(session)
         session.terminal_state = self.config.terminal_state
         session.emulation = self.emulation
+        session.render_budget = self.render_budget
 
         def replaced(name: str, owner: OwnedFd) -> None:
             self.manager.unstore(name)

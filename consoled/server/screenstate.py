@@ -56,6 +56,11 @@ log = structlog.get_logger("consoled.screen")
 #: that costs more to emulate is skipped, and the screen is approximate.
 #: About 20 MB of ordinary output, more than the largest rings hold.
 RENDER_TIME: Final = 0.2
+#: The part of the daemon's time that catching screens up for attaches and
+#: resizes may take over time (one may take all of RENDER_TIME at once): a
+#: client attaching again and again to output slow to emulate gets an
+#: approximate screen, and the other consoles keep three quarters of the time.
+RENDER_SHARE: Final = 0.25
 #: Seconds each piece fed to the emulator should take; pieces are sized by
 #: what the last one cost, from :data:`FIRST_PIECE` bytes up to
 #: :data:`MAX_PIECE`.  Output costs 10 ns a byte to emulate, or 5 us (24x80)
@@ -241,6 +246,7 @@ class SessionScreen:
         upto: int | None = None,
         answer_from: int | None = None,
         budget: EmulationBudget | None = None,
+        seconds: float = RENDER_TIME,
     ) -> bytes:
         """Feed the screen from the ring up to stream offset ``upto`` (the end).
 
@@ -253,6 +259,8 @@ class SessionScreen:
                 whatever runs now.
             budget: on the draining path, how much emulating it may cost: what
                 it cannot afford is skipped (the screen is then approximate).
+            seconds: otherwise, how long it may take emulating (the rest is
+                skipped, the screen approximate).
 
         Returns:
             The answers, for the pty.
@@ -269,8 +277,6 @@ class SessionScreen:
             start = max(start, end - budget.affordable())
             budget.skipped += max(0, start - max(self.fed, record.start))
             seconds = budget.seconds()
-        else:
-            seconds = RENDER_TIME
         first, chunks = record.read_from(start)
         if first > self.fed:
             # Gone from the ring, or more than the budget allows: approximate.
@@ -298,22 +304,44 @@ class SessionScreen:
             budget.spent(fed, time.perf_counter() - began)
         return bytes(answers)
 
-    def resize(self, record: Record, rows: int, cols: int) -> bytes:
-        """The window changes: emulate what came before at the old size, then resize."""
-        answers = self.catch_up(record)
+    def _catch_up_within(self, record: Record, budget: EmulationBudget | None) -> bytes:
+        """:meth:`catch_up` for an attach or a resize: for at most what ``budget``
+        has left of :data:`RENDER_TIME` (all of it without one)."""
+        if budget is None:
+            return self.catch_up(record)
+        began = time.perf_counter()
+        answers = self.catch_up(record, seconds=budget.seconds())
+        budget.spent(0, time.perf_counter() - began)  # time only: costs vary by session
+        return answers
+
+    def resize(
+        self, record: Record, rows: int, cols: int, budget: EmulationBudget | None = None
+    ) -> bytes:
+        """The window changes: emulate what came before at the old size, then resize.
+
+        Args:
+            budget: what the emulating may cost, in time (see :meth:`render`).
+        """
+        answers = self._catch_up_within(record, budget)
         self.screen.resize(rows, cols)
         self._size = (rows, cols)
         return answers
 
-    def render(self, record: Record, history: int = 0) -> ScreenRender:
+    def render(
+        self, record: Record, history: int = 0, budget: EmulationBudget | None = None
+    ) -> ScreenRender:
         """The current screen, drawn now, and ``history`` lines to put above it.
 
         The history is emulated anew from the ring as it is now, by
         :meth:`ScreenRender.finish`: a piece at a time, between the event
         loop's other work (emulating a ring of full-screen operations takes
         the whole :data:`RENDER_TIME`, and many clients could ask at once).
+
+        Args:
+            budget: what catching the screen up may cost, in time (the rest
+                is skipped: the screen is approximate).
         """
-        self.catch_up(record)
+        self._catch_up_within(record, budget)
         screen = self.screen
         head, body, rows = screen.render_parts()
         job = None

@@ -124,6 +124,8 @@ class Session:
         self.terminal_state = True
         #: What emulating may cost on the draining path (shared by all sessions).
         self.emulation: EmulationBudget | None = None
+        #: What catching screens up may cost for attaches and resizes (shared).
+        self.render_budget: EmulationBudget | None = None
         self._queries = QueryWatch()
         self._answers = b""
         #: Input clients gave the daemon that has not reached the terminal, and
@@ -306,7 +308,7 @@ class Session:
             rows, cols = self.rows, self.cols  # set by `resize` while waiting
             self.master.set_size(rows, cols)
         if self.screen is not None:
-            self.screen.resize(self.record, rows, cols)
+            self.screen.resize(self.record, rows, cols, self.render_budget)
         self.rows, self.cols = rows, cols
         self.leader = Leader.find(owner.fd)
         self.persist()
@@ -541,7 +543,7 @@ class Session:
             sub.offset = first
             self.hub.add(sub, size)
             self._resize_to_policy()  # the render is at the size it gets
-            drawn = self.screen_state().render(record, history)
+            drawn = self.screen_state().render(record, history, self.render_budget)
             if drawn.approximate and nudge:
                 self._nudge()  # the program's own redraw makes it right
             return first, drawn
@@ -657,7 +659,7 @@ class Session:
 
     def _apply_size(self, rows: int, cols: int) -> None:
         if self.screen is not None and (rows, cols) != (self.rows, self.cols):
-            self.screen.resize(self.record, rows, cols)
+            self.screen.resize(self.record, rows, cols, self.render_budget)
         self.rows, self.cols = rows, cols
         if self.master is not None and not self.master.closed:
             self.master.set_size(rows, cols)
