@@ -18,6 +18,7 @@ times back to back (as scenario 4 does), through:
   pure-Python pump on the event loop, with nothing of consoled's work in it).
 
 The variants alternate, five rounds; medians of each round's p50 and p99.
+``--quick``: 100 trips, one round (a smoke run).
 """
 
 from __future__ import annotations
@@ -143,11 +144,11 @@ def build(work: Path) -> tuple[Path, Path]:
     return lib, program
 
 
-def trips(fd: int) -> list[float]:
+def trips(fd: int, count: int) -> list[float]:
     """Round trips of one byte and its echo, in microseconds."""
     out = []
     perf = time.perf_counter_ns
-    for i in range(WARM + TRIPS):
+    for i in range(WARM + count):
         t = perf()
         os.write(fd, b"a")
         got = b""
@@ -158,7 +159,7 @@ def trips(fd: int) -> list[float]:
     return sorted(out)
 
 
-def measure(variant: str, work: Path, lib: Path, program: Path) -> tuple[float, float]:
+def measure(variant: str, lib: Path, program: Path, count: int = TRIPS) -> tuple[float, float]:
     """One run of ``variant``: its p50 and p99."""
     master, slave = os.openpty()
     cat = subprocess.Popen(["cat"], stdin=slave, stdout=subprocess.DEVNULL, start_new_session=True)
@@ -182,7 +183,7 @@ def measure(variant: str, work: Path, lib: Path, program: Path) -> tuple[float, 
                 if helper.stdout.readline() != b"ready\n":
                     raise RuntimeError(f"the {variant} host did not start")
             fd = ours.fileno()
-        got = trips(fd)
+        got = trips(fd, count)
         return got[len(got) // 2], got[len(got) * 99 // 100]
     finally:
         for proc in (helper, cat):
@@ -197,15 +198,16 @@ def measure(variant: str, work: Path, lib: Path, program: Path) -> tuple[float, 
         os.close(slave)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    quick = "--quick" in (sys.argv[1:] if argv is None else argv)
+    count, rounds = (100, 1) if quick else (TRIPS, ROUNDS)
     with tempfile.TemporaryDirectory(prefix="relayfloor-") as tmp:
-        work = Path(tmp)
-        lib, program = build(work)
+        lib, program = build(Path(tmp))
         runs: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             for variant in VARIANTS:
-                runs[variant].append(measure(variant, work, lib, program))
-    print(f"echo through a relay, {TRIPS} trips x {ROUNDS} rounds (medians of the rounds)")
+                runs[variant].append(measure(variant, lib, program, count))
+    print(f"echo through a relay, {count} trips x {rounds} rounds (medians of the rounds)")
     for variant, got in runs.items():
         p50 = statistics.median(r[0] for r in got)
         p99 = statistics.median(r[1] for r in got)

@@ -49,3 +49,21 @@ def test_quick_run_reports_every_scenario(tmp_path: Path) -> None:
     assert report["meta"]["quick"] is True
     # The printed table carries every figure, each with its verdict.
     assert result.stdout.count("\n| ") == len(report["figures"]) + 1  # + the header row
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="relayfloor builds a C relay")
+def test_relayfloor_reports_every_relay() -> None:
+    """``python -m benchmarks.relayfloor`` (the native pump's premise) still runs."""
+    from benchmarks.relayfloor import VARIANTS
+
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.relayfloor", "--quick"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert shown == list(VARIANTS), result.stdout
