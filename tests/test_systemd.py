@@ -365,17 +365,27 @@ async def test_logs_follow_rides_out_crashes(user_consoled: Consoled) -> None:
                 followers.append((proc, Seen()))
                 readers.start_soon(followers[-1][1].read, proc)
             await holder.stream(0, 6.0, 300)
-            for _ in range(4):
+            kills = 4
+            for _ in range(kills):
                 await trio.sleep(1.0)
                 await kill_and_wait_restart(sd)
             written = (await holder.wait_streams(20))[0]
             for _, seen in followers:
                 await seen.wait_for(b"0000 %09d " % written)
             readers.cancel_scope.cancel()
+        # The daemon's own copy: every line once, in order, but for a line read
+        # from the pty and not yet in the ring when a kill came, which no
+        # program can keep (docs/operations.md, "A crash": about one kill in
+        # 400): at most one a kill.  (Was compared with every line written: the
+        # test failed once in about a hundred runs, on that window.)
+        held = [int(n) for _, n in STREAMED.findall(await sd.logs("ship"))]
+        assert held == sorted(set(held)) and held[-1] == written, held[-5:]
+        lost = sorted(set(range(1, written + 1)) - set(held))
+        assert len(lost) <= kills, lost
         for proc, seen in followers:
             assert proc.returncode is None, "a follower stopped"
             numbers = [int(n) for _, n in STREAMED.findall(bytes(seen.data))]
-            assert numbers == list(range(1, written + 1))
+            assert numbers == held  # nothing lost that the daemon has, nothing twice
         # With -t each line has its time, once, at its start.
         stamped = bytes(followers[1][1].data).splitlines()
         assert all(re.fullmatch(rb"\S+Z 0000 \d{9} -+", line) for line in stamped)
