@@ -426,6 +426,34 @@ async def test_exec_as_a_user_keeps_the_containers_process(
     assert caps.group(0) in as_root.stdout, as_root.stdout
 
 
+async def test_exec_with_user_and_env_asks_the_runtime_for_the_state_once(
+    daemon: DaemonProcess,
+    runtime: Runtime,
+    bundle: BundleFactory,
+    tmp_path: Path,
+    container_id: Callable[[str], str],
+) -> None:
+    """``-u`` (the user's files, in the container's root) and ``-e`` (the
+    container's environment) both need ``RUNTIME state``: one call serves both."""
+    cid = container_id("once")
+    await start_with_users(daemon, runtime, bundle, tmp_path, cid)
+    calls = tmp_path / "calls"
+    counting = tmp_path / "counting-runtime"
+    counting.write_text(
+        f'#!/bin/sh\necho "$*" >> {shlex.quote(str(calls))}\n'
+        f'exec {shlex.quote(runtime_path(runtime, tmp_path))} "$@"\n'
+    )
+    counting.chmod(0o755)
+    result = await cli(
+        daemon, "exec", "--no-tty", f"--runtime={counting}", f"--root={runtime.root}",
+        "-u", "app", "-e", "FOO=bar", cid, "--", "sh", "-c", SHOW,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert b"id=1234:2345 groups=2345 3456 foo=bar" in result.stdout, result.stdout
+    asked = [line.split() for line in calls.read_text().splitlines()]
+    assert [a for a in asked if "state" in a] == [["--root", str(runtime.root), "state", cid]]
+
+
 async def test_exec_runtime_and_root_from_the_environment(
     daemon: DaemonProcess,
     runtime: Runtime,

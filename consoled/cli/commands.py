@@ -497,11 +497,16 @@ def _exec_env(given: Sequence[str]) -> tuple[str, ...]:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from ..client.attach import AttachOptions, attach
-    from ..client.container import ContainerError, container_process, container_user, merge_env
+    from ..client.container import (
+        ContainerError,
+        container_process,
+        container_state,
+        container_user,
+        merge_env,
+    )
     from ..client.execute import EXIT_CANNOT_RUN, Runtime, run_exec
+    from ..frozen import replace
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -524,19 +529,21 @@ def cmd_exec(args: argparse.Namespace) -> int:
     runtime = Runtime(
         path, root=args.root, global_args=tuple(args.runtime_arg), workdir=args.workdir
     )
+    # `RUNTIME state`, asked once for the user and the process (an error is not kept).
+    state = functools.cache(functools.partial(container_state, runtime.prefix, args.id))
     if args.user is not None:
         try:
-            user = container_user(args.user, runtime.prefix, args.id)
+            user = container_user(args.user, state, args.id)
         except ContainerError as exc:
             print(f"consoled: {exc}", file=sys.stderr)
             return EXIT_CANNOT_RUN  # as docker exec -u with a user the container does not have
-        runtime = dataclasses.replace(runtime, user=user)
+        runtime = replace(runtime, user=user)
     additions = _exec_env(args.env)
     if additions or args.user is not None:
         # The container's environment and these, as docker gives them, and the
         # process the user's groups are given with (see .client.container).
         try:
-            process = container_process(runtime.prefix, args.id)
+            process = container_process(state, args.id)
         except ContainerError as exc:
             lost = ["with the -e variables only"] if additions else []
             if args.user is not None:
@@ -545,9 +552,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
             process = {}
         if additions:
             env = merge_env(process.get("env", []), additions)
-            runtime = dataclasses.replace(runtime, env=tuple(env))
+            runtime = replace(runtime, env=tuple(env))
         if args.user is not None and process:
-            runtime = dataclasses.replace(runtime, process=process)
+            runtime = replace(runtime, process=process)
     return run_exec(
         os.path.join(state_dir_of(args), "control.sock"),
         container=args.id,

@@ -27,7 +27,7 @@ import os
 import re
 import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 #: The most of /etc/passwd, /etc/group or config.json that is read.
@@ -89,15 +89,18 @@ def container_state(runtime_prefix: Sequence[str], container: str) -> dict[str, 
     return state
 
 
-def container_process(runtime_prefix: Sequence[str], container: str) -> dict[str, Any]:
+#: Gives a container's :func:`container_state` (``-u`` and ``-e`` share one).
+StateOf = Callable[[], Mapping[str, Any]]
+
+
+def container_process(state: StateOf, container: str) -> dict[str, Any]:
     """The process the container was made with (its bundle's ``process``).
 
     Raises:
         ContainerError: the runtime or the bundle does not say.
     """
-    state = container_state(runtime_prefix, container)
     try:
-        with open(os.path.join(str(state["bundle"]), "config.json"), "rb") as f:
+        with open(os.path.join(str(state()["bundle"]), "config.json"), "rb") as f:
             process = json.loads(f.read(MAX_FILE))["process"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ContainerError(f"cannot read container {container}'s process: {exc}") from None
@@ -207,7 +210,7 @@ def resolve(spec: str, passwd: str | None, group: str | None) -> ExecUser:
     return ExecUser(uid, gid, (gid, *member))
 
 
-def container_user(spec: str, runtime_prefix: Sequence[str], container: str) -> ExecUser:
+def container_user(spec: str, state: StateOf, container: str) -> ExecUser:
     """Resolve ``spec`` in the running container ``container``.
 
     Raises:
@@ -217,9 +220,8 @@ def container_user(spec: str, runtime_prefix: Sequence[str], container: str) -> 
     if user.isdigit() and sep and grp.isdigit():
         return ExecUser(int(user), int(grp), (int(grp),))  # numbers only: nothing to look up
     try:
-        state = container_state(runtime_prefix, container)
         try:
-            root = os.open(f"/proc/{int(state['pid'])}/root", os.O_PATH | os.O_DIRECTORY)
+            root = os.open(f"/proc/{int(state()['pid'])}/root", os.O_PATH | os.O_DIRECTORY)
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise ContainerError(f"cannot open container {container}'s root: {exc}") from None
         try:

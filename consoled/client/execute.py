@@ -29,10 +29,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
-from ..frozen import replace
+from ..frozen import Frozen, frozen, replace
 from ..protocol import events as ev
 from .attach import Attachment, AttachOptions
 from .conn import Client, ClientError
@@ -66,8 +65,8 @@ def runtime_failure_status(message: str) -> int:
 AttachFn = Callable[..., Attachment]
 
 
-@dataclass(frozen=True, slots=True)
-class Runtime:
+@frozen
+class Runtime(Frozen):
     """The OCI runtime and how ``consoled exec`` runs the command with it.
 
     Attributes:
