@@ -3,7 +3,8 @@
 Against a real daemon with real runc containers: the process out of file
 descriptors, a log directory that is a symlink, writable by others or
 someone else's, files planted in it (a FIFO, a directory), a log directory
-that fills up, and streams whose clients vanish.  After each, the daemon is
+that fills up, a log disk that stalls or stops answering reads, and streams
+whose clients vanish.  After each, the daemon is
 alive, every session still holds its master and drains, and an attached
 client still sees its typing echoed.  (A broken stderr and SIGHUP are in
 tests/test_daemon_logs.py and tests/test_lifecycle.py.)
@@ -29,6 +30,7 @@ from tests.support.client import AsyncClient, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.frozen import freezable_dir
 from tests.support.holder import PtyHolder, running_session
+from tests.support.hungfile import hung_file
 from tests.support.logfiles import wait_file
 from tests.support.runtime import Runtime
 
@@ -443,6 +445,78 @@ async def test_a_daemon_starts_and_reexecs_while_its_log_disk_is_frozen(
             if a is not None:
                 await a.aclose()
             await runc.kill(cid)
+
+
+async def test_a_log_file_that_stops_answering_holds_only_its_logs_stream(
+    daemon_factory: DaemonFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # Was: `logs` read the log files on the event loop, and a read that waits
+    # in the kernel (an NFS server gone, a dying disk; here a FUSE file whose
+    # reads are held) held every console, every client and every request
+    # until it returned.  fsfreeze cannot show it: a frozen disk still reads.
+    log_dir = tmp_path / "logs"
+    daemon = await daemon_factory("--log-dir", str(log_dir))
+    holder = await PtyHolder.start(nursery)
+    calm = None
+    try:
+        await running_session(daemon, holder, "hung")
+        await running_session(daemon, holder, "calm")
+        await holder.say(0, "in-the-file")
+        await wait_file(log_dir / "hung.log", b"in-the-file")
+        calm = await AsyncClient.connect(daemon.control_socket)
+        assert isinstance(await calm.request(ev.Attach("calm", replay=0)), ev.Attached)
+        async with hung_file(tmp_path, log_dir / "hung.log", b"from-the-disk\n") as disk:
+            shown: list[subprocess.CompletedProcess[bytes]] = []
+
+            async def logs() -> None:
+                shown.append(await cli(daemon, "logs", "hung"))
+
+            # A read that comes back late: the request waits, nothing else does.
+            await disk.hang()
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(logs)
+                await disk.held_read()
+                for n in range(3):
+                    await holder.say(1, f"still-here-{n}")
+                    _, ended = await calm.read_output_until(b"still-here-%d" % n, timeout=5)
+                    assert ended is None
+                listed = await cli(daemon, "ls", timeout=5)
+                assert listed.returncode == 0 and b"calm" in listed.stdout
+                await disk.serve()
+            assert shown[0].returncode == 0, shown[0].stderr
+            assert shown[0].stdout == b"from-the-disk\n"
+            # A read that never comes back: the request gives up, naming the file.
+            await disk.hang()
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(logs)
+                await disk.held_read()
+                await holder.say(1, "and-on")
+                await calm.read_output_until(b"and-on", timeout=5)
+            assert shown[1].returncode == 1
+            why = f"reading {log_dir / 'hung.log'}: no answer in 10 s (a hung disk?)"
+            assert why.encode() in shown[1].stderr, shown[1].stderr
+            await daemon.wait_event("logfile.unreadable", session="hung")
+            # A disk that goes away with a read held (its server killed): the
+            # read fails, and so does closing the file; only the stream ends.
+            await disk.hang()
+            ended = trio.Event()
+
+            async def last_logs() -> None:
+                await logs()
+                ended.set()
+
+            nursery.start_soon(last_logs)
+            await disk.held_read()
+        with trio.fail_after(10):
+            await ended.wait()
+        assert shown[2].returncode == 1
+        assert f"reading {log_dir / 'hung.log'}: ".encode() in shown[2].stderr, shown[2].stderr
+        await holder.say(1, "after-all")
+        await calm.read_output_until(b"after-all", timeout=5)
+    finally:
+        if calm is not None:
+            await calm.aclose()
+        await holder.aclose()
 
 
 async def test_a_full_state_directory_costs_only_the_new_console_socket(

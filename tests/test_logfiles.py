@@ -510,7 +510,7 @@ def test_a_log_file_is_not_taken_for_the_one_whose_inode_number_it_got(tmp_path:
     the next file made: a cursor into the deleted file must not find it."""
     path = tmp_path / "c.log.3"
     path.write_bytes(b"2026-11-30T09:00:00.000000001Z stdout F the old file\n")
-    part = LogPart(OwnedFd(os.open(path, os.O_RDONLY), "log"), path.stat().st_size)
+    part = LogPart(OwnedFd(os.open(path, os.O_RDONLY), "log"), path.stat().st_size, str(path))
     old = FileIdentity.of(part)
     part.close()
     path.unlink()
@@ -519,7 +519,7 @@ def test_a_log_file_is_not_taken_for_the_one_whose_inode_number_it_got(tmp_path:
     ):
         new = tmp_path / f"c.log.new{n}"
         new.write_bytes(content)
-        part = LogPart(OwnedFd(os.open(new, os.O_RDONLY), "log"), new.stat().st_size)
+        part = LogPart(OwnedFd(os.open(new, os.O_RDONLY), "log"), new.stat().st_size, str(new))
         try:
             assert new.stat().st_ino == old.ino, "the file system reuses inode numbers (ext4 does)"
             assert FileIdentity.of(part, old.head) != old

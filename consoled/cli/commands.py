@@ -310,6 +310,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
                         print(f"consoled: {event.message}", file=sys.stderr)
                         return EXIT_ERROR
                     return EXIT_OK
+                elif isinstance(event, ev.Error):
+                    # The stream cannot go on (a log file it cannot read): what
+                    # came so far was written, and this says why it stopped.
+                    print(f"consoled: {event.message}", file=sys.stderr)
+                    return EXIT_ERROR
         except KeyboardInterrupt:
             return 130
         except BrokenPipeError:

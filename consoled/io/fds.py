@@ -100,7 +100,14 @@ class OwnedFd:
             # (outside a trio run, as in pure tests and tools, none can be).
             if trio.lowlevel.in_trio_run():
                 trio.lowlevel.notify_closing(fd)
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError as exc:
+                # Linux releases the fd whatever close(2) says: an error is a
+                # network or FUSE file system's late one (its server gone, say),
+                # which nobody can act on here.  EBADF is a bug.
+                if exc.errno == errno.EBADF:
+                    raise
 
     def __enter__(self) -> OwnedFd:
         return self

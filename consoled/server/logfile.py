@@ -209,6 +209,8 @@ class LogPart:
 
     owner: OwnedFd
     size: int
+    #: Where it is (for messages: it may have been renamed since).
+    path: str
     #: Its sidecar (a raw file's time index), if it has one.
     index: OwnedFd | None = None
 
@@ -856,7 +858,8 @@ class LogFile:
                 owner = self._dir.open_existing(name, os.O_RDONLY)
                 if owner is None:
                     continue
-                parts.append(LogPart(owner, os.fstat(owner.fd).st_size))
+                path = os.path.join(self._dir.path, name)
+                parts.append(LogPart(owner, os.fstat(owner.fd).st_size, path))
                 if self.format is LogFormat.RAW:
                     parts[-1].index = self._dir.open_existing(name + INDEX_SUFFIX, os.O_RDONLY)
         except BaseException:

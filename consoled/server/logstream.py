@@ -21,6 +21,7 @@ position in it, which a rotation does not change), the stream offset after.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import math
 import os
@@ -28,12 +29,14 @@ import re
 import struct
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import structlog
 import trio
 
+from ..io.fds import OwnedFd
 from ..io.record import Record
 from ..io.timeindex import TimeIndex, decode
 from ..protocol import MAX_DATA_CHUNK, ErrorCode
@@ -51,6 +54,40 @@ log = structlog.get_logger("consoled.stream")
 
 #: Read size when streaming a log file.
 FILE_CHUNK: Final = 256 * 1024
+#: Seconds one read of a log file may take; then the stream ends, naming the file.
+READ_TIMEOUT: Final = 10.0
+#: Reads of log files under way at once, for all streams.  Each runs in a
+#: thread: a disk that stops answering (an NFS server gone, a dying disk)
+#: holds that thread, and the stream that asked, never the event loop.
+READERS: Final = 16
+_readers: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("log_readers")
+
+T = TypeVar("T")
+
+
+async def on_disk(path: str, work: Callable[[], T]) -> T:
+    """``work()``, file I/O on ``path``, in a thread.
+
+    Raises:
+        LogFileError: it failed, or did not return within :data:`READ_TIMEOUT`
+            (its thread is left to the kernel; the read has no effect).
+    """
+    try:
+        limiter = _readers.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(READERS)
+        _readers.set(limiter)
+    try:
+        with trio.fail_after(READ_TIMEOUT):
+            return await trio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
+    except trio.TooSlowError:
+        raise LogFileError(
+            f"reading {path}: no answer in {READ_TIMEOUT:g} s (a hung disk?)"
+        ) from None
+    except OSError as exc:
+        raise LogFileError(f"reading {path}: {exc.strerror}") from None
+
+
 #: How much ``--timestamps`` can make of one byte of output: a line of a
 #: newline alone, stamped (``UNKNOWN_TIME`` is as long as any time).
 STAMPED_GROWTH: Final = len(UNKNOWN_TIME) + 2
@@ -210,20 +247,23 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
     sub = Subscriber(
         context.config.client_queue, read_only=True, label="logs", follower=True, raw=True
     )
-    # Synchronous from here to the follower's registration: the files (and the
-    # ring from where they end) hold exactly the output up to that moment.
     if cursor is not None and snapshot is None:
         raise RequestError(
             ErrorCode.INVALID_ARGUMENT,
             f"session {session.name} has no log files to resume a cursor in",
         )
     try:
+        # Read from the files first: the rest is synchronous up to the
+        # follower's registration, so that the files (and the ring from where
+        # they end) hold exactly the output up to that moment.
+        place = None
+        if cursor is not None:
+            assert snapshot is not None
+            place = await _unless_unreadable(session, _find(snapshot, cursor))
         finder: TailFinder | None = None
         start: tuple[int, int] = (0, 0)  # the file, and the byte in it, the files start from
         gap = False
         if cursor is not None:
-            assert snapshot is not None
-            place = _find(snapshot, cursor)
             if place is None:
                 gap = True  # rotated away (or cut short): the oldest file kept is next
             else:
@@ -257,7 +297,7 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
             else:
                 sub.end(ev.EndReason.END_OF_LOG, "")
         with context.table.track_stream():
-            await _logs_stream(
+            stream = _logs_stream(
                 channel,
                 session,
                 sub,
@@ -270,9 +310,19 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
                 resumed=request.resume is not None or cursor is not None,
                 follow=follow,
             )
+            await _unless_unreadable(session, stream)
     finally:
         if snapshot is not None:
             snapshot.close()
+
+
+async def _unless_unreadable(session: Session, work: Awaitable[T]) -> T:
+    """Await ``work``; a log file it cannot read ends the request, saying which and why."""
+    try:
+        return await work
+    except LogFileError as exc:
+        log.error("logfile.unreadable", session=str(session.name), error=str(exc))
+        raise RequestError(ErrorCode.INTERNAL, str(exc)) from None
 
 
 def _resume_in_line(lines: LineFilter, record: Record, offset: int) -> None:
@@ -288,10 +338,10 @@ def _resume_in_line(lines: LineFilter, record: Record, offset: int) -> None:
     lines.done = lines.until is not None and when is not None and when > lines.until
 
 
-def _find(snapshot: LogSnapshot, cursor: FileCursor) -> tuple[int, int] | None:
+async def _find(snapshot: LogSnapshot, cursor: FileCursor) -> tuple[int, int] | None:
     """The file of ``snapshot`` a cursor is in, and its position; None if it is gone."""
     for i, part in enumerate(snapshot.parts):
-        if cursor.names(part):
+        if await on_disk(part.path, functools.partial(cursor.names, part)):
             return (i, cursor.position) if cursor.position <= part.size else None
     return None
 
@@ -477,16 +527,21 @@ async def _tail_in_files(snapshot: LogSnapshot, finder: TailFinder) -> tuple[int
     return 0, 0
 
 
+async def _read(part: LogPart, size: int, offset: int, owner: OwnedFd | None = None) -> bytes:
+    """``size`` bytes of ``part`` (or of its ``owner``, the sidecar) from ``offset``."""
+    fd = (part.owner if owner is None else owner).fd
+    return await on_disk(part.path, functools.partial(os.pread, fd, size, offset))
+
+
 async def _tail_in_raw(part: LogPart, finder: TailFinder) -> int | None:
     end = part.size
     while end > 0:
         start = max(0, end - FILE_CHUNK)
-        data = os.pread(part.owner.fd, end - start, start)
+        data = await _read(part, end - start, start)
         found = finder.back(data)
         if found is not None:
             return start + found
         end = start
-        await trio.lowlevel.checkpoint()
     return None
 
 
@@ -498,7 +553,7 @@ async def _tail_in_cri(part: LogPart, finder: TailFinder) -> int | None:
     while pos > 0 or pending:
         if pos > 0:
             start = max(0, pos - FILE_CHUNK)
-            pending = os.pread(part.owner.fd, pos - start, start) + pending
+            pending = await _read(part, pos - start, start) + pending
             pos = start
             if newest:
                 newest = False
@@ -521,30 +576,34 @@ async def _tail_in_cri(part: LogPart, finder: TailFinder) -> int | None:
     return None
 
 
-def _sidecar(part: LogPart) -> TimeIndex | None:
+async def _sidecar(part: LogPart) -> TimeIndex | None:
     """A raw file's times (file offset to time), from its sidecar if it has one."""
-    if part.index is None:
+    index = part.index
+    if index is None:
         return None
-    data = os.pread(part.index.fd, os.fstat(part.index.fd).st_size, 0)
-    return decode(data, part.size)
+    size = await on_disk(part.path, lambda: os.fstat(index.fd).st_size)
+    return decode(await _read(part, size, 0, index), part.size)
 
 
-def _ends_line(part: LogPart) -> bool:
-    return part.size == 0 or os.pread(part.owner.fd, 1, part.size - 1) == b"\n"
+async def _ends_line(part: LogPart) -> bool:
+    return part.size == 0 or await _read(part, 1, part.size - 1) == b"\n"
+
+
+async def _identity(part: LogPart) -> FileIdentity:
+    return await on_disk(part.path, functools.partial(FileIdentity.of, part))
 
 
 async def _send_raw(channel: Channel, part: LogPart, start: int, lines: LineFilter) -> None:
-    times = None if lines.passthrough else _sidecar(part)
+    times = None if lines.passthrough else await _sidecar(part)
     if times is not None and lines.since is not None:
         newest = times.last_time
         if newest is not None and newest < lines.since:
-            lines.skip(_ends_line(part))  # every line that starts in it is too old
+            lines.skip(await _ends_line(part))  # every line that starts in it is too old
             return
-    identity = FileIdentity.of(part)
-    fd = part.owner.fd
+    identity = await _identity(part)
     offset = start
     while offset < part.size:
-        data = os.pread(fd, min(_input_size(lines), part.size - offset), offset)
+        data = await _read(part, min(_input_size(lines), part.size - offset), offset)
         if not data:
             return
         if times is None:
@@ -562,8 +621,7 @@ async def _send_raw(channel: Channel, part: LogPart, start: int, lines: LineFilt
 
 async def _send_cri(channel: Channel, part: LogPart, start: int, lines: LineFilter) -> None:
     decoder = CriDecoder()
-    identity = FileIdentity.of(part)
-    fd = part.owner.fd
+    identity = await _identity(part)
     offset = start
     if lines.since is not None:
         last = await _cri_last_record(part)
@@ -571,7 +629,7 @@ async def _send_cri(channel: Channel, part: LogPart, start: int, lines: LineFilt
             lines.skip(last is None or last[2] == b"F")  # every line that starts in it is too old
             return
     while offset < part.size:
-        data = os.pread(fd, min(_input_size(lines), part.size - offset), offset)
+        data = await _read(part, min(_input_size(lines), part.size - offset), offset)
         if not data:
             return
         offset += len(data)
@@ -597,7 +655,6 @@ async def _send_cri(channel: Channel, part: LogPart, start: int, lines: LineFilt
             await _send(channel, out, cursor=FileCursor.at(identity, end, lines))
         if lines.done:
             return
-        await trio.lowlevel.checkpoint()
 
 
 async def _cri_last_record(part: LogPart) -> tuple[bytes, bytes, bytes, bytes] | None:
@@ -606,7 +663,7 @@ async def _cri_last_record(part: LogPart) -> tuple[bytes, bytes, bytes, bytes] |
     pending = b""
     while end > 0:
         start = max(0, end - 4096)
-        pending = os.pread(part.owner.fd, end - start, start) + pending
+        pending = await _read(part, end - start, start) + pending
         end = start
         last = pending.rfind(b"\n")
         if last < 0:
@@ -614,5 +671,4 @@ async def _cri_last_record(part: LogPart) -> tuple[bytes, bytes, bytes, bytes] |
         before = pending.rfind(b"\n", 0, last)
         if before >= 0 or start == 0:
             return decode_record(pending[before + 1 : last])
-        await trio.lowlevel.checkpoint()
     return None
