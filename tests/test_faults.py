@@ -499,16 +499,16 @@ async def test_a_log_file_that_stops_answering_holds_only_its_logs_stream(
             # A disk that goes away with a read held (its server killed): the
             # read fails, and so does closing the file; only the stream ends.
             await disk.hang()
-            ended = trio.Event()
+            done = trio.Event()
 
             async def last_logs() -> None:
                 await logs()
-                ended.set()
+                done.set()
 
             nursery.start_soon(last_logs)
             await disk.held_read()
         with trio.fail_after(10):
-            await ended.wait()
+            await done.wait()
         assert shown[2].returncode == 1
         assert f"reading {log_dir / 'hung.log'}: ".encode() in shown[2].stderr, shown[2].stderr
         await holder.say(1, "after-all")
