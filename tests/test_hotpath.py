@@ -45,6 +45,9 @@ from tests.support.client import AsyncClient
 from tests.support.inproc import InProcDaemon, hand_master, inproc_daemon
 
 WAIT = 15.0
+#: The tests of whole streams run with each relay: the native relay's thread
+#: (consoled/io/relay.py, the default) and the event loop (``--relay python``).
+RELAYS = pytest.mark.parametrize("relay", ["native", "python"])
 
 
 class Peer:
@@ -291,11 +294,14 @@ async def collect(client: AsyncClient, size: int) -> bytes:
     return out
 
 
+@RELAYS
 async def test_a_client_that_stops_reading_mid_frame_gets_every_byte_once_later(
-    short_tmp: Path, slaves: list[int]
+    short_tmp: Path, slaves: list[int], relay: str
 ) -> None:
-    async with inproc_daemon(short_tmp / "s") as d:
+    async with inproc_daemon(short_tmp / "s", native_relay=relay == "native") as d:
         slave = await running(d, "f1", slaves)
+        master = d.table.get("f1").master
+        assert master is not None
         clients = [await d.connect() for _ in range(3)]
         for c in clients:
             assert isinstance(await c.request(ev.Attach("f1", replay=0)), ev.Attached)
@@ -305,6 +311,8 @@ async def test_a_client_that_stops_reading_mid_frame_gets_every_byte_once_later(
             for c in clients:
                 out, _ = await c.read_output_until(b"key %d\r\n" % i)
                 assert out == b"key %d\r\n" % i
+        # (Which relay read them: its thread, or the event loop.)
+        assert (master.source is not None) == (relay == "native")
         # Then far more than a socket holds, while the last client reads nothing:
         # its socket fills in the middle of a frame.
         flood = pattern(1_500_000, seed=9)
@@ -322,10 +330,11 @@ async def test_a_client_that_stops_reading_mid_frame_gets_every_byte_once_later(
             assert await collect(c, 5) == b"after"
 
 
+@RELAYS
 async def test_keys_keep_their_order_under_concurrent_typing_and_resizing(
-    short_tmp: Path, slaves: list[int]
+    short_tmp: Path, slaves: list[int], relay: str
 ) -> None:
-    async with inproc_daemon(short_tmp / "s") as d:
+    async with inproc_daemon(short_tmp / "s", native_relay=relay == "native") as d:
         slave = await running(d, "k1", slaves)
         typists = [await d.connect() for _ in range(2)]
         for c in typists:
@@ -356,13 +365,14 @@ async def test_keys_keep_their_order_under_concurrent_typing_and_resizing(
         assert struct.unpack("HHHH", packed)[:2] == (30, 100)
 
 
+@RELAYS
 async def test_keys_that_wait_for_a_full_terminal_reach_it_in_order_later(
-    short_tmp: Path, slaves: list[int]
+    short_tmp: Path, slaves: list[int], relay: str
 ) -> None:
     """Keys go straight to the terminal until it is full; then they queue for
     the input writer (started only then), and the terminal gets every key
     once, in order, when it reads again."""
-    async with inproc_daemon(short_tmp / "s") as d:
+    async with inproc_daemon(short_tmp / "s", native_relay=relay == "native") as d:
         slave = await running(d, "full", slaves)
         tty.setraw(slave)  # no line editing: the kernel's input buffer really fills
         c = await d.connect()
@@ -485,10 +495,11 @@ async def test_a_short_pty_read_ends_the_batch_and_nothing_is_missed() -> None:
         os.close(slave)
 
 
+@RELAYS
 async def test_messages_larger_than_a_read_arrive_whole_and_in_order(
-    short_tmp: Path, slaves: list[int]
+    short_tmp: Path, slaves: list[int], relay: str
 ) -> None:
-    async with inproc_daemon(short_tmp / "s") as d:
+    async with inproc_daemon(short_tmp / "s", native_relay=relay == "native") as d:
         slave = await running(d, "r1", slaves)
         c = await d.connect()
         assert isinstance(await c.request(ev.Attach("r1", replay=0)), ev.Attached)

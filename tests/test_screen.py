@@ -659,8 +659,10 @@ async def test_attach_after_20_mb_draws_the_screen_not_the_megabytes(
     cid = await start_container(runc, bundle, daemon, ["sh", "-c", script])
     client = await AsyncClient.connect(daemon.control_socket)
     try:
+        # 800,000 lines of 25 bytes, 26 on the terminal (its \n made \r\n):
+        # the attach comes after all of them (the prompt may still be coming).
         with trio.fail_after(60):
-            while (await client.session(cid)).bytes_out < 20_000_000:  # noqa: ASYNC110
+            while (await client.session(cid)).bytes_out < 20_800_000:  # noqa: ASYNC110
                 await trio.sleep(0.1)
     finally:
         await client.aclose()

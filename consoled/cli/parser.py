@@ -291,6 +291,13 @@ def _add_serve(sub: _Commands, common: argparse.ArgumentParser) -> None:
         "current screen, and terminal queries go unanswered (saves CPU on floods of queries)",
     )
     p.add_argument(
+        "--relay",
+        choices=("native", "python"),
+        default="native",
+        help="what reads the terminals and writes echoes to attached clients: a thread in C "
+        "(default, when consoled was built with it) or the event loop",
+    )
+    p.add_argument(
         "--shutdown-grace", type=float, default=2.0, metavar="SECONDS", help=argparse.SUPPRESS
     )
     # journald's native socket, when $JOURNAL_STREAM says stderr is the journal (for tests).

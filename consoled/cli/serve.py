@@ -59,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         watch_group=_group_id(args.watch_group),
         fd_store=not args.no_fd_store,
         terminal_state=not args.no_terminal_state,
+        native_relay=args.relay == "native",
         limits=Limits(
             connections=args.max_connections,
             idle_timeout=args.idle_timeout,

@@ -17,7 +17,7 @@ import errno
 import fcntl
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import trio
@@ -58,11 +58,19 @@ class OwnedFd:
         kind: what it is, for messages and leak warnings (``pty``, ``socket``...).
     """
 
-    __slots__ = ("_fd", "kind")
+    __slots__ = ("_fd", "before_close", "kind")
 
     def __init__(self, fd: int, kind: str = "fd") -> None:
         self._fd = fd
         self.kind = kind
+        #: Called once, before the fd is closed or handed on: whatever else
+        #: uses the number (the native relay's epoll) lets go of it first.
+        self.before_close: Callable[[], object] | None = None
+
+    def _letting_go(self) -> None:
+        hook, self.before_close = self.before_close, None
+        if hook is not None:
+            hook()
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
@@ -85,6 +93,7 @@ class OwnedFd:
     def release(self) -> int:
         """Give up ownership and return the fd; the caller now owns it."""
         fd = self.fd
+        self._letting_go()
         self._fd = -1
         return fd
 
@@ -95,6 +104,7 @@ class OwnedFd:
     def close(self) -> None:
         """Close the fd (idempotent); tasks waiting on it are woken first."""
         if self._fd >= 0:
+            self._letting_go()
             fd, self._fd = self._fd, -1
             # Wake any task waiting on this fd before the number can be reused
             # (outside a trio run, as in pure tests and tools, none can be).

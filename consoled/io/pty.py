@@ -15,11 +15,14 @@ import select
 import struct
 import termios
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from .fds import OwnedFd, set_nonblocking
+
+if TYPE_CHECKING:
+    from . import _relay
 
 #: One read() from a pty returns at most a few KiB; keep reading without
 #: waiting until this much has been collected or the pty is empty.  Kept well
@@ -52,6 +55,18 @@ class PtyMaster:
         self.drained = False
         #: Set while a handover is under way: the reader reads nothing (see freeze).
         self._frozen: trio.Event | None = None
+        #: The native relay's reader of this master, if it has one (see .relay).
+        self.source: _relay.Source | None = None
+
+    def relay_by(self, source: _relay.Source) -> None:
+        """From now on the native relay reads the master (``source``), not read_batch.
+
+        It reads unless frozen; it is closed before the master is (see
+        :meth:`.relay.NativeRelay.source`).
+        """
+        self.source = source
+        if self._frozen is None:
+            source.resume()
 
     # --- a handover's pause ---------------------------------------------------------
 
@@ -65,12 +80,21 @@ class PtyMaster:
         """
         if self._frozen is None:
             self._frozen = trio.Event()
+        if self.source is not None:
+            self.source.pause()
 
     def thaw(self) -> None:
         """Let the reader go on (a handover failed)."""
         if self._frozen is not None:
             self._frozen.set()
             self._frozen = None
+        if self.source is not None and not self.source.closed:
+            self.source.resume()
+            self.source.data()  # its pump looks again: the terminal may have hung up meanwhile
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen is not None
 
     async def wait_thawed(self) -> None:
         """Return at once, or once :meth:`thaw` is called."""

@@ -51,6 +51,7 @@ from typing import Any, Final
 import msgpack
 
 from .fds import OwnedFd
+from .relay import RingLayout
 from .scrollback import Scrollback
 from .timeindex import ENTRY, TimeIndex, decode, entry_time
 
@@ -323,6 +324,26 @@ class Record:
     def __len__(self) -> int:
         """Bytes exposed now."""
         return min(self.end - self._valid_from, self.scrollback)
+
+    def layout(self) -> RingLayout | None:
+        """Where the ring is, for the native relay to append to it (None: in memory).
+
+        The relay writes each batch, then the end, as :meth:`append` does, and
+        runs at most :data:`WRITE_SLACK` bytes ahead of :attr:`end`, so it
+        never overwrites a byte this exposes; :meth:`appended` counts a batch.
+        """
+        if self._owner is None:
+            return None
+        return RingLayout(self._owner.fd, self._capacity, DATA_OFFSET, 24, self.end)
+
+    def appended(self, data: bytes) -> None:
+        """Count ``data``, which the native relay appended to the ring."""
+        n = len(data)
+        if not n:
+            return
+        self._index_ready()
+        self.end += n
+        self._note_time(self.end - n, data)
 
     def skip(self, n: int) -> None:
         """Count ``n`` bytes that could not be stored: the ring exposes nothing before them."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -30,6 +30,9 @@ from ..protocol import (
     State,
 )
 from ..protocol import events as ev
+
+if TYPE_CHECKING:
+    from ..io import _relay
 
 RECEIVE_SIZE: Final = 64 * 1024
 #: More frames than this in one send are joined first (writev takes at most 1,024).
@@ -72,15 +75,50 @@ class Channel:
         self._send_lock = trio.StrictFIFOLock()
         self._budget = budget
         self._charged = 0
-        #: The rest of a frame that send_encoded_now could only partly write.
+        #: The rest of a frame that send_encoded_now (or the native relay's
+        #: thread) could only partly write.
         self._unfinished: memoryview | None = None
         self._read_short = False
+        #: The native relay's link to this client (see :mod:`..io.relay`), and
+        #: whether its thread may write output to the socket now: only while
+        #: nobody here sends (every send deactivates it first).
+        self.link: _relay.Link | None = None
+        self._link_active = False
 
     def release(self) -> None:
-        """Give back this connection's share of the budget (it is closing)."""
+        """Give back this connection's share of the budget, and its link (it is closing)."""
         if self._budget is not None:
             self._budget.charge(self._charged, 0)
         self._charged = 0
+        if self.link is not None:
+            self._link_active = False
+            self.link.close()
+
+    def activate_link(self) -> bool:
+        """Let the relay's thread write output to the client from now on, if
+        nothing here is being sent or unfinished (see :meth:`.Link.activate`)."""
+        link = self.link
+        if (
+            link is None
+            or self._link_active
+            or self._send_lock.locked()
+            or self._unfinished is not None
+            or self.conn.state is not State.STREAMING
+        ):
+            return self._link_active
+        self._link_active = link.activate()
+        return self._link_active
+
+    def deactivate_link(self) -> None:
+        """The relay's thread writes nothing more; the rest of a frame it could
+        not finish is written before anything else."""
+        if self._link_active:
+            assert self.link is not None
+            self._link_active = False
+            rest = self.link.deactivate()
+            if rest:
+                assert self._unfinished is None
+                self._unfinished = memoryview(rest)
 
     @property
     def unfinished(self) -> bool:
@@ -149,6 +187,7 @@ class Channel:
         if (
             self._send_lock.locked()
             or self._unfinished is not None
+            or self._link_active
             or self.conn.state is not State.STREAMING
         ):
             return False
@@ -170,6 +209,7 @@ class Channel:
             self._send_lock.acquire_nowait()
         except trio.WouldBlock:
             await self._send_lock.acquire()
+        self.deactivate_link()
 
     async def _finish(self) -> None:
         """With the lock held: write the rest of an unfinished frame."""

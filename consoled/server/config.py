@@ -64,6 +64,8 @@ class DaemonConfig:
             answer terminal queries, attach draws the current screen. Off, attach
             replays raw output and no query is answered.
         limits: see :class:`Limits`.
+        native_relay: let the native relay's thread read the masters and write
+            echoes (see consoled.io.relay), if consoled was built with it.
     """
 
     state_dir: Path
@@ -82,6 +84,7 @@ class DaemonConfig:
     fd_store: bool = True
     terminal_state: bool = True
     limits: Limits = field(default_factory=Limits)
+    native_relay: bool = True
 
     @property
     def control_socket(self) -> Path:

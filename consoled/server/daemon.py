@@ -47,8 +47,12 @@ from .. import __version__
 from ..io.fds import OwnedFd
 from ..io.listener import Gate, Listener, Origin
 from ..io.manager import FdSource, ServiceManager, take_listen_fds
+from ..io.record import WRITE_SLACK
+from ..io.relay import AVAILABLE as relay_built
+from ..io.relay import NativeRelay
 from ..protocol import ErrorCode
 from ..protocol import events as ev
+from ..protocol.codec import OUTPUT_PREFIX
 from .channel import Channel
 from .config import LOCK_FILE, DaemonConfig
 from .control import ControlServer
@@ -154,6 +158,11 @@ class Daemon:
         self._busy = False  # a reexec or shutdown is under way
         #: The screens frozen for the successor of a reexec under way (by serial).
         self._screens: dict[int, ScreenHandover] = {}
+        #: The native relay's thread (see consoled.io.relay), unless the
+        #: sessions are relayed in Python.
+        self.relay: NativeRelay | None = None
+        if config.native_relay and relay_built:
+            self.relay = NativeRelay(OUTPUT_PREFIX, WRITE_SLACK)
 
     # --- holding -----------------------------------------------------------------
 
@@ -161,7 +170,9 @@ class Daemon:
         """Close everything; socket files are removed unless a successor serves them."""
         unlink = self.owns_paths and not self.handed_over
         if self.table is not None:
-            self.table.close(unlink=unlink)
+            self.table.close(unlink=unlink)  # the masters' sources first
+        if self.relay is not None:
+            self.relay.close()
         for listener in self.listeners.values():
             listener.close(unlink=unlink)
         if self.log_dir is not None:
@@ -482,7 +493,10 @@ class Daemon:
             self.config, table, self.listeners["control"], self.request_reexec, self.started
         )
         wellknown = WellKnownSocket(self.listeners["console"], table)
+        table.relay = self.relay
         async with trio.open_nursery() as root:
+            if self.relay is not None:
+                root.start_soon(self.relay.run)
             root.start_soon(self._watch_signals)
             root.start_soon(self.manager.run)
             root.start_soon(self._report_status)
@@ -707,7 +721,13 @@ async def serve(
             successor=link is not None,
             listeners={role: str(lst.origin.value) for role, lst in daemon.listeners.items()},
             fd_store=daemon.manager.fd_store,
+            relay="python" if daemon.relay is None else "native",
         )
+        if config.native_relay and daemon.relay is None:
+            log.warning(
+                "daemon.relay_in_python",
+                why="consoled was installed without its native relay (no C compiler then)",
+            )
         await daemon.run(task_status=task_status)
     finally:
         daemon.close()

@@ -51,8 +51,12 @@ class ClientHub:
         """Attached clients (``logs -f`` followers not counted)."""
         return sum(1 for s in self._subscribers if not s.follower)
 
-    def publish(self, data: bytes) -> bool:
-        """Queue ``data`` for every subscriber; drop those that lagged now or ended before.
+    def publish(self, data: bytes, start: int) -> bool:
+        """Queue ``data`` (at stream offset ``start``) for every subscriber; drop
+        those that lagged now or ended before.
+
+        What the native relay's thread wrote to a client itself (its link
+        handled it) is only counted.
 
         Returns:
             True if a dropped one's size counted (the size should be recomputed).
@@ -62,7 +66,14 @@ class ClientHub:
         output: EncodedOutput | None = None  # framed once, whatever the number of clients
         dropped = []
         for sub in self._subscribers:
-            if sub.raw:
+            link = sub.link
+            if link is not None and (handled := link.handled - start) > 0:
+                if handled >= len(data):
+                    sub.offset += len(data)
+                    continue
+                sub.offset += handled
+                pushed = sub.push(EncodedOutput(data[handled:]))
+            elif sub.raw:
                 pushed = sub.push(data)
             else:
                 if output is None:

@@ -25,6 +25,7 @@ from ..io.listener import Gate, Listener
 from ..io.manager import ServiceManager
 from ..io.pty import readable_now
 from ..io.record import RecordError
+from ..io.relay import NativeRelay
 from ..names import InvalidName, SessionName, check_part
 from ..protocol.errors import ErrorCode
 from ..protocol.events import EndReason, SessionState
@@ -116,6 +117,9 @@ class SessionTable:
         #: cancelled, for a handover; see freeze).
         self._pumps: trio.Nursery | None = None
         self._pumping: set[Session] = set()
+        #: The native relay's thread, which reads the masters when there is one
+        #: (see :mod:`..io.relay`; set by the daemon).
+        self.relay: NativeRelay | None = None
         self.in_flight = InFlight()
         #: What emulators may cost on the draining path, all sessions together.
         self.emulation = EmulationBudget()
@@ -235,8 +239,11 @@ class SessionTable:
         the rest stays in the kernel's buffers for the successor.
         """
         for session in self._sessions.values():
-            if session.master is not None:
-                session.master.freeze()
+            master = session.master
+            if master is not None:
+                master.freeze()
+                if master.source is not None and not master.closed:
+                    session.take_relayed()  # what its thread read before it stopped
 
     def thaw(self) -> None:
         """The readers go on (the handover failed)."""
@@ -263,7 +270,7 @@ class SessionTable:
         try:
             with structlog.contextvars.bound_contextvars(session=str(session.name)):
                 try:
-                    await session.pump()
+                    await session.pump(self.relay)
                 except Exception as exc:
                     # A bug or an unexpected errno in this session: it ends, the daemon goes on.
                     log.error("session.failed", error=str(exc), exc_info=exc)

@@ -18,11 +18,12 @@ file is complete however loaded the daemon is, unless its disk stalls.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 import trio
@@ -32,6 +33,7 @@ from ..io.listener import Listener
 from ..io.process import Leader, exit_code
 from ..io.pty import Hangup, PtyMaster
 from ..io.record import Record, RecordError
+from ..io.relay import NativeRelay, RingLayout
 from ..names import SessionName
 from ..protocol.events import EndReason, SessionInfo, SessionState
 from .hub import ClientHub
@@ -41,6 +43,9 @@ from .logwriter import STALL_TIMEOUT, LogWriter
 from .screenstate import EmulationBudget, QueryWatch, ScreenRender, SessionScreen
 from .sizepolicy import SizePolicy
 from .subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from ..io import _relay
 
 log = structlog.get_logger("consoled.session")
 
@@ -337,14 +342,82 @@ class Session:
         self.leader = leader if leader is not None else Leader.find(owner.fd)
         self.running.set()
 
-    async def pump(self) -> None:
+    async def pump(self, relay: NativeRelay | None = None) -> None:
         """Drain the master until the terminal hangs up, then end the session.
 
-        Cancelling it (a reexec) leaves everything as it is, unread bytes in
-        the kernel's buffer.
+        With ``relay``, its thread reads the master (see :mod:`..io.relay`),
+        and this takes what it read; else this reads.  Cancelling it (a
+        reexec) leaves everything as it is, unread bytes in the kernel's buffer.
         """
         master = self.master
         assert master is not None
+        layout = None if relay is None else self.record.layout()
+        if relay is not None and layout is not None:
+            if not await self._pump_native(relay, master, layout):
+                return
+        elif not await self._pump_here(master):
+            return
+        if self.leader is not None:
+            # Everything the terminal wrote has been read; how did its process end?
+            self.exit_status = await self.leader.wait_status(LEADER_EXIT_WAIT)
+        if self.log_file is not None:
+            # Ended means the file has it all (a script may read it next), unless it stalls.
+            with trio.move_on_after(STALL_TIMEOUT):
+                await self.log_file.wait_idle()
+        # A handover under way: the successor ends the session (or we do, if it failed).
+        await master.wait_thawed()
+        self.exit(EndReason.EXITED)
+
+    async def _pump_native(self, relay: NativeRelay, master: PtyMaster, layout: RingLayout) -> bool:
+        """Take what the relay's thread reads until the terminal hangs up (True)
+        or the master is closed (False)."""
+        if master.closed:
+            return False
+        ready = trio.Event()
+
+        def woken() -> None:
+            ready.set()
+
+        if master.source is None:
+            master.relay_by(relay.source(master.owner, layout, woken))
+        else:  # a pump that ended with the terminal, started again? (never: one per master)
+            master.source.data = woken
+        while True:
+            if master.closed:
+                return False  # closed under us by exit(): rm --force or shutdown
+            if self.take_relayed():
+                return True
+            if self.log_file is not None and self.log_file.full:
+                await self.log_file.wait_room()  # a slow disk paces the terminal
+                continue
+            await ready.wait()
+            ready = trio.Event()
+
+    def take_relayed(self) -> bool:
+        """Publish what the relay's thread read (at once: a handover's freeze
+        calls it); True once the terminal has hung up and all of it is taken."""
+        master = self.master
+        assert master is not None
+        assert master.source is not None
+        data, unstored, hung_up, error = master.source.take()
+        if data:
+            record = self.record
+            start = record.end
+            if unstored > start:
+                # The ring could not be written (out of memory): as publish does.
+                cut = min(unstored - start, len(data))
+                log.error("session.ring_write_failed", session=str(self.name), error=cut)
+                record.skip(cut)
+                record.appended(data[cut:])
+            else:
+                record.appended(data)
+            self._deliver(data, start)
+        if hung_up and error:
+            log.warning("session.read_failed", session=str(self.name), error=os.strerror(error))
+        return hung_up
+
+    async def _pump_here(self, master: PtyMaster) -> bool:
+        """Read the master until the terminal hangs up (True) or it is closed (False)."""
         try:
             while True:
                 try:
@@ -359,17 +432,16 @@ class Session:
                     # (When the pty was emptied, read_batch's wait is the yield.)
                     await trio.lowlevel.checkpoint()
         except trio.ClosedResourceError:
-            return  # closed under us by exit(): rm --force or shutdown
-        if self.leader is not None:
-            # Everything the terminal wrote has been read; how did its process end?
-            self.exit_status = await self.leader.wait_status(LEADER_EXIT_WAIT)
-        if self.log_file is not None:
-            # Ended means the file has it all (a script may read it next), unless it stalls.
-            with trio.move_on_after(STALL_TIMEOUT):
-                await self.log_file.wait_idle()
-        # A handover under way: the successor ends the session (or we do, if it failed).
-        await master.wait_thawed()
-        self.exit(EndReason.EXITED)
+            return False  # closed under us by exit(): rm --force or shutdown
+        return True
+
+    def relay_link(self, sock: int, on_stopped: Callable[[], object]) -> _relay.Link | None:
+        """A link from the native relay's thread to the client on ``sock``, if
+        the thread reads this session's master (see :meth:`.NativeRelay.link`)."""
+        master = self.master
+        if master is None or master.source is None or master.source.closed:
+            return None
+        return NativeRelay.link(master.source, sock, on_stopped)
 
     def report_exit(self, code: int) -> None:
         """Take the exit code a client reaped (``consoled exec``), as a wait status."""
@@ -393,11 +465,17 @@ class Session:
         except OSError as exc:
             log.error("session.ring_write_failed", session=str(self.name), error=exc.strerror)
             record.skip(len(data))
+        self._deliver(data, record.end - len(data))
+
+    def _deliver(self, data: bytes, start: int) -> None:
+        """A batch at stream offset ``start``, in the ring already: to every client,
+        then into the log file; a terminal query in it is answered."""
+        record = self.record
         # The clients before the log file: an echo reaches its client a few
         # microseconds sooner, and the ring, which a resuming client reads, has
         # it already.  (Nothing awaits in between: a `logs -f` that snapshots
         # the file sees this batch in the ring.)
-        if self.hub.publish(data):
+        if self.hub.publish(data, start):
             self._resize_to_policy()  # a client that counted is gone
         if self.log_file is not None:
             self.log_file.write(data, record.end)

@@ -256,11 +256,12 @@ async def _pump_output(
             delivered(session)
         return
     consumed = None if inputs is None else await inputs.stop()
+    channel.deactivate_link()  # the relay's thread stops where the client resumes
     await channel.send(
         ev.Ended(
             notice.reason,
             notice.message,
-            resume=sub.offset,
+            resume=sub.resume_offset,
             input=consumed,
             session=str(session.name),
         )
@@ -270,8 +271,14 @@ async def _pump_output(
 
 
 async def _pump_queue(channel: Channel, sub: Subscriber) -> None:
-    """Send queued output until the stream has ended and nothing is left."""
+    """Send queued output until the stream has ended and nothing is left.
+
+    While nothing is queued, the native relay's thread (if it has a link to
+    the client) writes the session's output itself.
+    """
     while True:
+        if sub.link is not None and not sub.queued and sub.end_notice is None:
+            channel.activate_link()
         await sub.wait_output()
         chunks = sub.take(MAX_DATA_CHUNK)
         if chunks:
@@ -345,6 +352,8 @@ async def stream_attach(channel: Channel, context: StreamContext, request: ev.At
         screen=request.screen,
         history=request.history,
     )
+    if isinstance(channel.stream, trio.SocketStream):
+        channel.link = sub.link = session.relay_link(channel.stream.socket.fileno(), sub.wake)
     with context.table.track_stream():
         await _attached(
             channel,

@@ -16,12 +16,16 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
 from ..protocol import EncodedOutput
 from ..protocol.events import EndReason
 from .sizepolicy import ClientSize
+
+if TYPE_CHECKING:
+    from ..io import _relay
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,9 @@ class Subscriber:
         #: Called (once) when the subscriber is ended as lagged: its stream bounds
         #: how long delivering the ``ended`` notice may take.
         self.on_lagged: Callable[[], None] | None = None
+        #: The native relay's link to this client (see :mod:`..io.relay`): what
+        #: its thread wrote to the client is not queued here, only counted.
+        self.link: _relay.Link | None = None
 
     @property
     def queued(self) -> int:
@@ -149,6 +156,16 @@ class Subscriber:
         if not chunks and self.end_notice is None:
             self._wakeup = trio.Event()
         return out
+
+    @property
+    def resume_offset(self) -> int:
+        """Where the client resumes: past what it got from us and from the relay's thread.
+
+        Only once the link is deactivated (see :meth:`.Channel.deactivate_link`).
+        """
+        if self.link is None:
+            return self.offset
+        return max(self.offset, self.link.handled)
 
     def wake(self) -> None:
         """Wake the pump with nothing queued (a frame it must finish was started)."""

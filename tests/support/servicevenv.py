@@ -73,7 +73,11 @@ def _project_files(tree: Path, include: Sequence[str]) -> Iterator[Path]:
                     if d not in _SKIP_DIRS and not d.startswith(".") and not d.endswith(".egg-info")
                 )  # fmt: skip
                 for filename in sorted(filenames):
-                    if not filename.startswith(".") and not filename.endswith((".pyc", ".pyo")):
+                    # A built extension (the native relay, built in place for the
+                    # suite's interpreter) is not the project: pip builds its own.
+                    if not filename.startswith(".") and not filename.endswith(
+                        (".pyc", ".pyo", ".so")
+                    ):
                         yield Path(dirpath) / filename
 
 

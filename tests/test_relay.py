@@ -1,0 +1,315 @@
+"""The native relay (consoled/io/_relay.c) on its own: real ptys, memfds and sockets.
+
+Its thread reads a master, puts the bytes in the ring, writes them as
+``output`` frames to the active links and queues them for Python.  These
+tests hold it to the rules the daemon relies on (consoled/io/relay.py): the
+frames are the protocol's, byte for byte; the ring has every byte at its
+place before any client does; the thread never runs more than the slack
+ahead of Python; a socket that takes part of a frame deactivates the link
+and the rest is kept, so that what the client gets is the output exactly
+once, in order; a paused or closed source reads nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+import tty
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+# Not skipped when it was not built (pip builds it optionally): this fails.
+from consoled.io import _relay
+from consoled.io.fds import OwnedFd
+from consoled.io.record import WRITE_SLACK, Record
+from consoled.protocol import EncodedOutput, codec
+from consoled.protocol import events as ev
+from consoled.protocol.codec import OUTPUT_PREFIX
+
+#: Seconds any wait here may take.
+WAIT = 10.0
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    return bytes((i * 7 + seed) % 251 for i in range(size))
+
+
+@contextmanager
+def relayed(
+    scrollback: int = 256 * 1024,
+) -> Iterator[tuple[_relay.Relay, _relay.Source, int, Record]]:
+    """A relay, a raw pty whose master it reads (resumed), the slave, and the ring."""
+    relay = _relay.Relay(OUTPUT_PREFIX, WRITE_SLACK)
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    record = Record.create(scrollback, {})
+    layout = record.layout()
+    assert layout is not None
+    owner = OwnedFd(master, "pty")
+    source = _relay.Source(relay, master, *layout)
+    owner.before_close = source.close
+    source.resume()
+    try:
+        yield relay, source, slave, record
+    finally:
+        owner.close()
+        os.close(slave)
+        record.close()
+        relay.close()
+
+
+def take_all(source: _relay.Source, record: Record, size: int) -> bytes:
+    """Take (as the session's pump does) until ``size`` bytes came."""
+    got = b""
+    deadline = time.monotonic() + WAIT
+    while len(got) < size:
+        data, unstored, hung_up, error = source.take()
+        assert unstored == 0 and error == 0
+        record.appended(data)
+        got += data
+        assert not hung_up or len(got) >= size, "hung up early"
+        if len(got) < size:
+            assert time.monotonic() < deadline, f"only {len(got)} of {size} bytes"
+            time.sleep(0.001)
+    return got
+
+
+def writer(fd: int, data: bytes) -> threading.Thread:
+    def write() -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view[:4096]) :]
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def decode_frames(data: bytes) -> list[bytes]:
+    """The data of the whole ``output`` frames in ``data``, in order."""
+    out = []
+    at = 0
+    while at + 4 <= len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        if at + 4 + size > len(data):
+            break
+        event = codec.decode_body(data[at + 4 : at + 4 + size], 1 << 20, 64)
+        assert isinstance(event, ev.Output), event
+        out.append(event.data)
+        at += 4 + size
+    return out
+
+
+def test_the_ring_has_every_byte_before_python_takes_it() -> None:
+    with relayed() as (_, source, slave, record):
+        data = pattern(100_000)
+        thread = writer(slave, data)
+        deadline = time.monotonic() + WAIT
+        got = b""
+        layout = record.layout()
+        assert layout is not None
+        while len(got) < len(data):
+            # What the thread read is in the ring already, at its place (no
+            # wrap: the ring is larger than the data), and the ring's end says so.
+            end = source.end
+            assert end - record.end <= WRITE_SLACK, "never further ahead than the slack"
+            ring = os.pread(layout.fd, end - record.end, layout.data_offset + record.end)
+            assert ring == data[record.end : end]
+            assert int.from_bytes(os.pread(layout.fd, 8, layout.end_at), "little") >= end
+            taken, *_ = source.take()
+            assert len(taken) >= end - record.end
+            record.appended(taken)
+            got += taken
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        thread.join(WAIT)
+        assert got == data
+        assert b"".join(record.tail()) == data
+
+
+def test_it_never_runs_further_ahead_of_python_than_the_slack() -> None:
+    with relayed() as (_, source, slave, record):
+        data = pattern(600_000, seed=3)
+        thread = writer(slave, data)
+        # Nothing is taken: the thread reads the slack's worth, then waits.
+        deadline = time.monotonic() + WAIT
+        while source.end < WRITE_SLACK:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        time.sleep(0.05)  # a thread that read on would have by now
+        assert source.end == WRITE_SLACK
+        assert take_all(source, record, len(data)) == data
+        thread.join(WAIT)
+        assert b"".join(record.tail()) == data[-256 * 1024 :]
+
+
+def test_frames_are_the_protocols_byte_for_byte() -> None:
+    with relayed() as (_, source, slave, record):
+        a, b = socket.socketpair()
+        with a, b:
+            link = _relay.Link(source, a.fileno())
+            assert not link.active and link.handled == 0
+            assert link.activate()
+            assert link.handled == source.end == 0
+            for size in (1, 200, 255, 256, 4000, 65535):
+                data = pattern(size, seed=size)
+                os.write(slave, data)
+                got = take_all(source, record, size)
+                assert got == data
+            expected = b""
+            received = b""
+            b.settimeout(WAIT)
+            total = sum((1, 200, 255, 256, 4000, 65535))
+            while len(b"".join(decode_frames(received))) < total:
+                received += b.recv(1 << 20)
+            frames = decode_frames(received)
+            assert b"".join(frames) == b"".join(
+                pattern(size, seed=size) for size in (1, 200, 255, 256, 4000, 65535)
+            )
+            for frame in frames:
+                expected += EncodedOutput(frame).frames
+            assert received == expected, "each frame exactly as EncodedOutput makes it"
+            assert link.handled == source.end == total
+            link.close()
+
+
+def test_a_socket_that_takes_part_of_a_frame_deactivates_the_link_and_loses_nothing() -> None:
+    with relayed() as (_, source, slave, _):
+        a, b = socket.socketpair()
+        with a, b:
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the smallest buffer
+            link = _relay.Link(source, a.fileno())
+            assert link.activate()
+            data = pattern(500_000, seed=5)
+            thread = writer(slave, data)
+            # The client reads nothing: the thread deactivates the link once a
+            # frame does not fit, and keeps the rest of it.
+            deadline = time.monotonic() + WAIT
+            while link.active:
+                assert time.monotonic() < deadline
+                source.take()  # (counted below from the ring instead)
+                time.sleep(0.001)
+            handled = link.handled
+            rest = link.deactivate()
+            assert rest, "the frame the socket did not take"
+            # The thread goes on reading, and writes nothing more to the client.
+            while source.end < len(data):
+                source.take()
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            thread.join(WAIT)
+            b.setblocking(False)
+            received = b""
+            while True:
+                try:
+                    chunk = b.recv(1 << 20)
+                except BlockingIOError:
+                    break
+                received += chunk
+            got = b"".join(decode_frames(received + rest))
+            assert got == data[:handled], "the thread's frames, then the rest: up to handled"
+            assert not link.activate(), "the link holds no rest now, but output waits"
+            link.close()
+
+
+def test_activating_fails_while_output_waits_for_python() -> None:
+    with relayed() as (_, source, slave, record):
+        a, b = socket.socketpair()
+        with a, b:
+            link = _relay.Link(source, a.fileno())
+            os.write(slave, b"waiting")
+            deadline = time.monotonic() + WAIT
+            while source.end < 7:
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            assert not link.activate(), "the client must get 'waiting' from Python first"
+            take_all(source, record, 7)
+            assert link.activate()
+            assert link.handled == 7
+            link.close()
+
+
+def test_a_paused_source_reads_nothing_and_a_closed_one_never_again() -> None:
+    with relayed() as (_, source, slave, record):
+        source.pause()
+        os.write(slave, b"kept")
+        master = source  # the master stays readable: the bytes wait in the kernel
+        time.sleep(0.05)  # a thread that read it would have by now
+        assert source.end == 0
+        source.resume()
+        assert take_all(source, record, 4) == b"kept"
+        del master
+        source.close()
+        os.write(slave, b"more")
+        time.sleep(0.05)
+        assert source.end == 4
+        assert source.take()[0] == b""
+
+
+def test_a_hangup_is_told_after_the_last_bytes() -> None:
+    relay = _relay.Relay(OUTPUT_PREFIX, WRITE_SLACK)
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    record = Record.create(64 * 1024, {})
+    layout = record.layout()
+    assert layout is not None
+    owner = OwnedFd(master, "pty")
+    source = _relay.Source(relay, master, *layout)
+    owner.before_close = source.close
+    source.resume()
+    try:
+        os.write(slave, b"last words")
+        os.close(slave)
+        got = b""
+        deadline = time.monotonic() + WAIT
+        while True:
+            data, _, hung_up, error = source.take()
+            got += data
+            if hung_up:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert got == b"last words" and error == 0
+        # Nothing more: a hung-up master is out of the epoll (it would wake the thread for ever).
+        assert source.take() == (b"", 0, True, 0)
+    finally:
+        owner.close()
+        record.close()
+        relay.close()
+    assert source.closed
+
+
+def test_the_thread_tells_python_through_its_eventfd() -> None:
+    with relayed() as (relay, source, slave, _):
+        fd = relay.fileno()
+        os.write(slave, b"x")
+        ready, _, _ = select.select([fd], [], [], WAIT)
+        assert ready == [fd]
+        sources, links = relay.events()
+        assert sources == [source] and links == []
+        assert source.take()[0] == b"x"
+        # Taken: no event is pending any more.
+        assert relay.events() == ([], [])
+        ready, _, _ = select.select([fd], [], [], 0)
+        assert not ready
+
+
+def test_a_link_keeps_its_own_socket_and_closes_it() -> None:
+    with relayed() as (_, source, _, _):
+        a, b = socket.socketpair()
+        link = _relay.Link(source, a.fileno())
+        a.close()  # Python's socket is gone: the link's stays open...
+        b.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            b.recv(1)
+        link.close()  # ...until the link closes it
+        b.settimeout(WAIT)
+        assert b.recv(1) == b""
+        b.close()
