@@ -513,3 +513,46 @@ async def test_messages_larger_than_a_read_arrive_whole_and_in_order(
         assert struct.unpack("HHHH", packed)[:2] == (33, 99)
         await c.send(ev.Input(b"!"))  # then a single key, after a short read
         assert await read_slave(slave, 1) == b"!"
+
+
+async def test_the_relay_thread_takes_one_clients_keys_and_gives_them_back_to_a_second(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """With one client attached, the native relay's thread reads its input and
+    writes the keys itself; a second client (whose typing may decide the size)
+    makes the event loop read both again.  Every key arrives once, in order."""
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "two", slaves)
+        first = await d.connect()
+        assert isinstance(await first.request(ev.Attach("two", replay=0)), ev.Attached)
+        session = d.table.get("two")
+        (sub,) = list(session.hub)
+        assert sub.link is not None
+        for i in range(50):
+            await first.send(ev.Input(b"a%02d" % i))
+        assert await read_slave(slave, 150) == b"".join(b"a%02d" % i for i in range(50))
+        assert sub.link.input, "the thread reads the only client's input"
+        second = await d.connect()
+        assert isinstance(await second.request(ev.Attach("two", replay=0)), ev.Attached)
+        assert not sub.link.input, "a second client takes it back"
+
+        async def type_keys(c: AsyncClient, tag: bytes) -> None:
+            for i in range(100):
+                await c.send(ev.Input(tag + b"%02d" % (i % 100)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(type_keys, first, b"a")
+            nursery.start_soon(type_keys, second, b"b")
+            got = await read_slave(slave, 2 * 100 * 3)
+        for tag in (b"a", b"b"):
+            mine = [got[i : i + 3] for i in range(0, len(got), 3) if got[i : i + 1] == tag]
+            assert mine == [tag + b"%02d" % i for i in range(100)]
+        await second.aclose()
+        d.clients.remove(second)
+        # Alone again: the thread takes the first one's keys once more.
+        await first.send(ev.Input(b"z"))
+        assert await read_slave(slave, 1) == b"z"
+        with trio.fail_after(WAIT):
+            while not sub.link.input:
+                await first.send(ev.Input(b"z"))
+                assert await read_slave(slave, 1) == b"z"

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -29,7 +29,7 @@ from consoled.io.fds import OwnedFd
 from consoled.io.record import WRITE_SLACK, Record
 from consoled.protocol import EncodedOutput, codec
 from consoled.protocol import events as ev
-from consoled.protocol.codec import OUTPUT_PREFIX
+from consoled.protocol.codec import INPUT_PREFIX, OUTPUT_PREFIX
 
 #: Seconds any wait here may take.
 WAIT = 10.0
@@ -44,7 +44,7 @@ def relayed(
     scrollback: int = 256 * 1024,
 ) -> Iterator[tuple[_relay.Relay, _relay.Source, int, Record]]:
     """A relay, a raw pty whose master it reads (resumed), the slave, and the ring."""
-    relay = _relay.Relay(OUTPUT_PREFIX, WRITE_SLACK)
+    relay = _relay.Relay(OUTPUT_PREFIX, INPUT_PREFIX, WRITE_SLACK)
     master, slave = os.openpty()
     tty.setraw(slave)
     os.set_blocking(master, False)
@@ -253,7 +253,7 @@ def test_a_paused_source_reads_nothing_and_a_closed_one_never_again() -> None:
 
 
 def test_a_hangup_is_told_after_the_last_bytes() -> None:
-    relay = _relay.Relay(OUTPUT_PREFIX, WRITE_SLACK)
+    relay = _relay.Relay(OUTPUT_PREFIX, INPUT_PREFIX, WRITE_SLACK)
     master, slave = os.openpty()
     tty.setraw(slave)
     os.set_blocking(master, False)
@@ -313,3 +313,93 @@ def test_a_link_keeps_its_own_socket_and_closes_it() -> None:
         b.settimeout(WAIT)
         assert b.recv(1) == b""
         b.close()
+
+
+def _frame(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
+
+
+def wait_for(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
+def test_the_thread_writes_the_keys_of_input_messages_and_hands_back_the_rest() -> None:
+    with relayed() as (_, source, slave, _):
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)  # as trio's are (the thread reads with MSG_DONTWAIT anyway)
+            link = _relay.Link(source, a.fileno())
+            assert link.start_input() and link.input
+            keys = [b"l", b"s", b" -l\r", b"x" * 300, b"y" * 70_000]
+            b.sendall(b"".join(_frame(codec.encode_body(ev.Input(k))) for k in keys[:4]))
+            assert read_exactly(slave, 1 + 1 + 4 + 300) == b"".join(keys[:4])
+            assert link.typed and link.input
+            # A message larger than the thread holds: Python's, whole.
+            big = _frame(codec.encode_body(ev.Input(keys[4])))
+            b.sendall(big[:1000])
+            wait_for(lambda: link.input_stopped, "stopped at a message larger than its buffer")
+            left, unwritten, written = link.stop_input()
+            assert left == big[:4] or big.startswith(left), "the start of it, for Python"
+            assert unwritten == b"" and written == 306
+            # Anything but keys: handed back whole, with what follows it.
+            assert link.start_input()
+            resize = _frame(codec.encode_body(ev.WindowSize(30, 100)))
+            after = _frame(codec.encode_body(ev.Input(b"after")))
+            b.sendall(resize + after)
+            wait_for(lambda: link.input_stopped, "stopped at the resize")
+            left, unwritten, written = link.stop_input()
+            assert left == resize + after and unwritten == b"" and written == 0
+            # The end of the stream stops it, with nothing to hand back.
+            assert link.start_input()
+            b.shutdown(socket.SHUT_WR)
+            wait_for(lambda: link.input_stopped, "stopped at the end of the stream")
+            assert link.stop_input() == (b"", b"", 0)
+            link.close()
+
+
+def test_keys_a_full_terminal_does_not_take_are_handed_back() -> None:
+    with relayed() as (_, source, slave, _):
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            link = _relay.Link(source, a.fileno())
+            assert link.start_input()
+            # The program reads nothing (raw mode): the terminal's input buffer fills.
+            typed = pattern(100_000, seed=1)
+            b.sendall(b"".join(_frame(codec.encode_body(ev.Input(typed[i : i + 4000])))
+                               for i in range(0, len(typed), 4000)))  # fmt: skip
+            wait_for(lambda: link.input_stopped, "stopped at a full terminal")
+            left, unwritten, written = link.stop_input()
+            assert unwritten, "the keys of the message the terminal took part of"
+            # The terminal has `written` bytes; then `unwritten`; then what `left` holds.
+            got = read_exactly(slave, written)
+            rest = b"".join(ev_.data for ev_ in decode_inputs(left))
+            assert got + unwritten + rest == typed[: len(got) + len(unwritten) + len(rest)]
+            link.close()
+
+
+def read_exactly(fd: int, size: int) -> bytes:
+    got = b""
+    deadline = time.monotonic() + WAIT
+    while len(got) < size:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"only {len(got)} of {size} bytes"
+        got += os.read(fd, size - len(got))
+    return got
+
+
+def decode_inputs(data: bytes) -> list[ev.Input]:
+    out = []
+    at = 0
+    while at + 4 <= len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        if at + 4 + size > len(data):
+            break
+        event = codec.decode_body(data[at + 4 : at + 4 + size], 1 << 20, 64)
+        assert isinstance(event, ev.Input)
+        out.append(event)
+        at += 4 + size
+    return out

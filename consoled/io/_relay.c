@@ -38,6 +38,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -47,6 +48,19 @@
 #define READ_CHUNK (64 * 1024)
 #define MAX_FRAME_DATA (256 * 1024)
 #define STOP_KEY UINT64_MAX
+/* Marks a link's socket in an epoll key (a source's generation never has it). */
+#define LINK_BIT 0x80000000u
+/* What the thread buffers of a client's input: more than one input message of
+ * the client's (consoled attach sends at most 4 KiB in one). */
+#define IN_BUF (64 * 1024)
+/* Output that every client of its session got from the thread (their links
+ * active, and Python says it has no others) is Python's too (the log file, the
+ * time index, the screen), but not at once: Python hears of it at most this
+ * late (ns), or at once past NOTIFY_AT bytes or at a hangup.  A keystroke's
+ * echo then does not wake the event loop while the next key is on its way. */
+#define NOTIFY_DELAY 1000000
+#define NOTIFY_AT (16 * 1024)
+#define TIMER_KEY (UINT64_MAX - 1)
 
 typedef struct Relay Relay;
 typedef struct Source Source;
@@ -65,12 +79,19 @@ struct Relay {
     size_t slack;
     char prefix[64];
     size_t prefix_len;
+    char in_prefix[64];
+    size_t in_prefix_len;
     Source **by_fd;
     int by_fd_len;
+    Link **link_by_fd;
+    int link_by_fd_len;
     uint32_t generation;
     Source *ready_sources;
     Link *ready_links;
     int notified;
+    int urgent;   /* Python must hear of the ready ones now, not after NOTIFY_DELAY */
+    int timer_fd; /* timerfd in the epoll: a notification put off */
+    int timer_armed;
 };
 
 struct Source {
@@ -93,6 +114,7 @@ struct Source {
     int hung_up;
     int error;
     int ready;
+    int only_links; /* Python: every client of the session has a link (see NOTIFY_DELAY) */
     Source *next_ready;
     Link *links;
 };
@@ -111,6 +133,16 @@ struct Link {
     int ready;
     Link *next_ready;
     Link *next;
+    /* The input half: while `input`, the thread reads the client's socket. */
+    int input;
+    int input_stopped; /* it stopped on its own: Python takes over (stop_input) */
+    int typed;         /* it wrote keys to the terminal (Python is told once) */
+    uint32_t in_gen;
+    char *in_buf;      /* bytes read from the socket, not yet used */
+    size_t in_len;
+    char *unwritten;   /* an input's data the terminal did not take */
+    size_t unwritten_len;
+    uint64_t written;  /* input bytes written to the terminal since Python last asked */
 };
 
 static PyTypeObject RelayType, SourceType, LinkType;
@@ -285,7 +317,10 @@ static void link_send(Relay *r, Link *l, const char *head, size_t head_len, cons
         l->rest = rest;
         l->rest_len = left;
     } else {
-        l->broken = ENOMEM; /* the frame cannot be finished: the stream cannot go on */
+        /* The frame cannot be finished, so the stream cannot go on: the
+         * connection is broken for both ends (the client resumes elsewhere). */
+        l->broken = ENOMEM;
+        shutdown(l->fd, SHUT_RDWR);
     }
     l->active = 0;
     link_ready(r, l);
@@ -339,23 +374,150 @@ static void pump(Relay *r, Source *s) {
             s->unstored_until = s->end;
         char head[4 + 64 + 5];
         size_t head_len = 0;
+        int all_sent = s->only_links && s->links;
         for (Link *l = s->links; l; l = l->next) {
-            if (!l->active)
+            if (!l->active) {
+                all_sent = 0;
                 continue;
+            }
             if (!head_len)
                 head_len = frame_head(r, head, got);
             link_send(r, l, head, head_len, at, got);
             l->handled = s->end;
+            all_sent &= l->active; /* a frame left unfinished: Python writes the rest */
         }
         s->len += got;
         source_ready(r, s);
+        if (!all_sent || s->len >= NOTIFY_AT)
+            r->urgent = 1;
     }
     if (hup) {
         s->hung_up = 1;
         disarm(r, s);
         source_ready(r, s);
+        r->urgent = 1;
     } else if (s->len >= r->slack) {
         disarm(r, s); /* full: until Python takes it */
+    }
+}
+
+/* The thread stops reading the client's input: Python goes on from what is left. */
+static void input_stop(Relay *r, Link *l, int tell) {
+    if (!l->input)
+        return;
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+    if (l->fd < r->link_by_fd_len && r->link_by_fd[l->fd] == l)
+        r->link_by_fd[l->fd] = NULL;
+    l->input = 0;
+    if (tell) {
+        l->input_stopped = 1;
+        link_ready(r, l);
+    }
+}
+
+/* The data of the `input` message whose body is body[0:size], if it is one the
+ * way the protocol's own encoder writes it (a map of `type` and `data`); else
+ * NULL: Python reads it (and says what is wrong with it, if anything). */
+static const char *input_data(Relay *r, const unsigned char *body, size_t size, size_t *len) {
+    size_t p = r->in_prefix_len;
+    if (size < p + 2 || memcmp(body, r->in_prefix, p) != 0)
+        return NULL;
+    size_t h, n;
+    switch (body[p]) {
+    case 0xc4:
+        h = 2;
+        n = body[p + 1];
+        break;
+    case 0xc5:
+        if (size < p + 3)
+            return NULL;
+        h = 3;
+        n = ((size_t)body[p + 1] << 8) | body[p + 2];
+        break;
+    case 0xc6:
+        if (size < p + 5)
+            return NULL;
+        h = 5;
+        n = ((size_t)body[p + 1] << 24) | ((size_t)body[p + 2] << 16) | ((size_t)body[p + 3] << 8) | body[p + 4];
+        break;
+    default:
+        return NULL;
+    }
+    if (p + h + n != size)
+        return NULL;
+    *len = n;
+    return (const char *)body + p + h;
+}
+
+/* Read the client's socket; write each `input` message's keys to the terminal.
+ * Anything else (another message, one not encoded as ours, a terminal that does
+ * not take all of the keys, the end of the stream) stops it: Python goes on. */
+static void link_read(Relay *r, Link *l) {
+    Source *s = l->source;
+    if (!l->in_buf && !(l->in_buf = malloc(IN_BUF))) {
+        input_stop(r, l, 1);
+        return;
+    }
+    for (;;) {
+        while (l->in_len >= 4) {
+            const unsigned char *b = (const unsigned char *)l->in_buf;
+            size_t size = ((size_t)b[0] << 24) | ((size_t)b[1] << 16) | ((size_t)b[2] << 8) | b[3];
+            if (size > IN_BUF - 4) {
+                input_stop(r, l, 1); /* larger than we hold: Python's (which bounds it) */
+                return;
+            }
+            if (4 + size > l->in_len)
+                break; /* the rest of it is still to come */
+            size_t n;
+            const char *data = input_data(r, b + 4, size, &n);
+            if (!data || s->closed || s->hung_up) {
+                input_stop(r, l, 1);
+                return;
+            }
+            size_t k = 0;
+            while (k < n) {
+                ssize_t w = write(s->fd, data + k, n - k);
+                if (w > 0) {
+                    k += (size_t)w;
+                    continue;
+                }
+                if (w < 0 && errno == EINTR)
+                    continue;
+                break; /* full (EAGAIN), or gone: Python finds out */
+            }
+            if (k < n) {
+                char *rest = malloc(n - k);
+                if (rest) {
+                    memcpy(rest, data + k, n - k);
+                    l->unwritten = rest;
+                    l->unwritten_len = n - k;
+                } else {
+                    k = n; /* out of memory: dropped, as a full tty input buffer drops keys */
+                }
+            }
+            l->written += k;
+            l->in_len -= 4 + size;
+            memmove(l->in_buf, l->in_buf + 4 + size, l->in_len);
+            if (k && !l->typed) {
+                l->typed = 1;
+                link_ready(r, l); /* Python records the first keys */
+            }
+            if (l->unwritten) {
+                input_stop(r, l, 1);
+                return;
+            }
+        }
+        ssize_t got = recv(l->fd, l->in_buf + l->in_len, IN_BUF - l->in_len, MSG_DONTWAIT);
+        if (got > 0) {
+            l->in_len += (size_t)got;
+            continue;
+        }
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        input_stop(r, l, 1); /* the end of the stream, or an error: Python's read sees it too */
+        return;
     }
 }
 
@@ -380,15 +542,44 @@ static void *relay_main(void *arg) {
             uint64_t key = evs[i].data.u64;
             if (key == STOP_KEY)
                 continue;
+            if (key == TIMER_KEY) {
+                uint64_t expired;
+                while (read(r->timer_fd, &expired, sizeof expired) < 0 && errno == EINTR) {
+                }
+                r->timer_armed = 0;
+                r->urgent = 1;
+                continue;
+            }
+
             int fd = (int)(uint32_t)key;
             uint32_t gen = (uint32_t)(key >> 32);
+            if (gen & LINK_BIT) {
+                Link *l = fd < r->link_by_fd_len ? r->link_by_fd[fd] : NULL;
+                if (!l || l->in_gen != gen || !l->input)
+                    continue; /* stopped since epoll_wait returned */
+                link_read(r, l);
+                continue;
+            }
             Source *s = fd < r->by_fd_len ? r->by_fd[fd] : NULL;
             if (!s || s->gen != gen || !s->armed)
                 continue; /* closed, or paused, since epoll_wait returned */
             pump(r, s);
         }
-        if (r->ready_sources || r->ready_links)
-            notify(r);
+        if (r->ready_links)
+            r->urgent = 1;
+        if ((r->ready_sources || r->ready_links) && !r->notified) {
+            if (r->urgent) {
+                notify(r);
+            } else if (!r->timer_armed) {
+                struct itimerspec at = {.it_value = {.tv_sec = 0, .tv_nsec = NOTIFY_DELAY}};
+                if (timerfd_settime(r->timer_fd, 0, &at, NULL) == 0)
+                    r->timer_armed = 1;
+                else
+                    notify(r);
+            }
+        }
+        if (r->notified)
+            r->urgent = 0;
         pthread_mutex_unlock(&r->lock);
     }
 }
@@ -418,41 +609,53 @@ static void relay_dealloc(Relay *self) {
     relay_stop(self);
     relay_close_fds(self);
     free(self->by_fd);
+    free(self->link_by_fd);
     pthread_mutex_destroy(&self->lock);
     PyTypeObject *tp = Py_TYPE(self);
     tp->tp_free(self);
 }
 
 static PyObject *relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"prefix", "slack", NULL};
-    Py_buffer prefix;
+    static char *kwlist[] = {"prefix", "input_prefix", "slack", NULL};
+    Py_buffer prefix, in_prefix;
     Py_ssize_t slack;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*n", kwlist, &prefix, &slack))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*n", kwlist, &prefix, &in_prefix, &slack))
         return NULL;
-    if (prefix.len <= 0 || prefix.len > 64 || slack <= 0 || slack > MAX_FRAME_DATA) {
+    if (prefix.len <= 0 || prefix.len > 64 || in_prefix.len <= 0 || in_prefix.len > 64 || slack <= 0 ||
+        slack > MAX_FRAME_DATA) {
         PyBuffer_Release(&prefix);
-        PyErr_SetString(PyExc_ValueError, "prefix must be 1 to 64 bytes, slack 1 to 256 KiB");
+        PyBuffer_Release(&in_prefix);
+        PyErr_SetString(PyExc_ValueError, "prefixes must be 1 to 64 bytes, slack 1 to 256 KiB");
         return NULL;
     }
     Relay *self = (Relay *)type->tp_alloc(type, 0);
     if (!self) {
         PyBuffer_Release(&prefix);
+        PyBuffer_Release(&in_prefix);
         return NULL;
     }
-    self->epfd = self->notify_fd = self->stop_fd = -1;
+    self->epfd = self->notify_fd = self->stop_fd = self->timer_fd = -1;
     pthread_mutex_init(&self->lock, NULL);
     memcpy(self->prefix, prefix.buf, (size_t)prefix.len);
     self->prefix_len = (size_t)prefix.len;
+    memcpy(self->in_prefix, in_prefix.buf, (size_t)in_prefix.len);
+    self->in_prefix_len = (size_t)in_prefix.len;
     PyBuffer_Release(&prefix);
+    PyBuffer_Release(&in_prefix);
     self->slack = (size_t)slack;
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     self->notify_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     self->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (self->epfd < 0 || self->notify_fd < 0 || self->stop_fd < 0)
+    self->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (self->epfd < 0 || self->notify_fd < 0 || self->stop_fd < 0 || self->timer_fd < 0)
         goto fail;
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = STOP_KEY};
     if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->stop_fd, &ev) < 0)
         goto fail;
+    struct epoll_event tev = {.events = EPOLLIN, .data.u64 = TIMER_KEY};
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->timer_fd, &tev) < 0)
+        goto fail;
+
     int err = pthread_create(&self->thread, NULL, relay_main, self);
     if (err) {
         errno = err;
@@ -525,7 +728,9 @@ static void relay_close_fds(Relay *self) {
         close(self->notify_fd);
     if (self->stop_fd >= 0)
         close(self->stop_fd);
-    self->epfd = self->notify_fd = self->stop_fd = -1;
+    if (self->timer_fd >= 0)
+        close(self->timer_fd);
+    self->epfd = self->notify_fd = self->stop_fd = self->timer_fd = -1;
 }
 
 /* Stop the thread and close the relay's own fds; its sources read nothing more. */
@@ -539,6 +744,13 @@ static PyObject *relay_close(Relay *self, PyObject *unused) {
             s->armed = 0;
             s->closed = 1;
             self->by_fd[fd] = NULL;
+        }
+    }
+    for (int fd = 0; fd < self->link_by_fd_len; fd++) {
+        Link *l = self->link_by_fd[fd];
+        if (l) {
+            l->input = 0;
+            self->link_by_fd[fd] = NULL;
         }
     }
     relay_close_fds(self);
@@ -557,7 +769,7 @@ static PyTypeObject RelayType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "consoled.io._relay.Relay",
     .tp_basicsize = sizeof(Relay),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Relay(prefix, slack): the thread that drains the masters.",
+    .tp_doc = "Relay(prefix, input_prefix, slack): the thread that drains the masters.",
     .tp_new = relay_new,
     .tp_dealloc = (destructor)relay_dealloc,
     .tp_methods = relay_methods,
@@ -573,8 +785,10 @@ static void source_close_locked(Relay *r, Source *s) {
     if (s->fd < r->by_fd_len && r->by_fd[s->fd] == s)
         r->by_fd[s->fd] = NULL;
     unready_source(r, s);
-    for (Link *l = s->links; l; l = l->next)
+    for (Link *l = s->links; l; l = l->next) {
         l->active = 0;
+        input_stop(r, l, 1);
+    }
 }
 
 static int source_traverse(Source *self, visitproc visit, void *arg) {
@@ -613,6 +827,10 @@ static PyObject *source_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
         PyErr_SetString(PyExc_ValueError, "bad fd, or a ring no larger than the relay's slack");
         return NULL;
     }
+    /* The thread must never wait on the master with the lock held. */
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0))
+        return PyErr_SetFromErrno(PyExc_OSError);
     Source *self = (Source *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
@@ -647,7 +865,7 @@ static PyObject *source_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
         return NULL;
     }
     relay->by_fd[fd] = self;
-    self->gen = ++relay->generation;
+    self->gen = ++relay->generation & ~LINK_BIT;
     Py_INCREF(relay);
     self->relay = relay;
     pthread_mutex_unlock(&relay->lock);
@@ -716,6 +934,20 @@ static PyObject *source_get_closed(Source *self, void *closure) {
     return PyBool_FromLong(self->closed);
 }
 
+static PyObject *source_get_only_links(Source *self, void *closure) {
+    return PyBool_FromLong(self->only_links);
+}
+
+static int source_set_only_links(Source *self, PyObject *value, void *closure) {
+    int on = value ? PyObject_IsTrue(value) : 0;
+    if (on < 0)
+        return -1;
+    pthread_mutex_lock(&self->relay->lock);
+    self->only_links = on;
+    pthread_mutex_unlock(&self->relay->lock);
+    return 0;
+}
+
 static PyObject *source_get_data(Source *self, void *closure) {
     return Py_NewRef(self->data ? self->data : Py_None);
 }
@@ -736,6 +968,9 @@ static PyMethodDef source_methods[] = {
 static PyGetSetDef source_getset[] = {
     {"end", (getter)source_get_end, NULL, "Stream offset after the last byte read.", NULL},
     {"closed", (getter)source_get_closed, NULL, NULL, NULL},
+    {"only_links", (getter)source_get_only_links, (setter)source_set_only_links,
+     "Every client of the session has a link: output all of them got may wait a moment for Python.",
+     NULL},
     {"data", (getter)source_get_data, (setter)source_set_data, "Python's own.", NULL},
     {NULL}};
 
@@ -755,6 +990,7 @@ static PyTypeObject SourceType = {
 /* --- Link -------------------------------------------------------------------------- */
 
 static void link_close_locked(Relay *r, Link *self) {
+    input_stop(r, self, 0);
     if (self->listed) {
         for (Link **p = &self->source->links; *p; p = &(*p)->next) {
             if (*p == self) {
@@ -790,6 +1026,8 @@ static void link_dealloc(Link *self) {
     if (self->fd >= 0)
         close(self->fd);
     free(self->rest);
+    free(self->in_buf);
+    free(self->unwritten);
     Py_CLEAR(self->data);
     Py_CLEAR(self->source);
     PyTypeObject *tp = Py_TYPE(self);
@@ -855,6 +1093,68 @@ static PyObject *link_deactivate(Link *self, PyObject *unused) {
     return rest;
 }
 
+/* Let the thread read the client's input and write its keys to the terminal;
+ * False if it may not (closed, the terminal gone, or input is left over). */
+static PyObject *link_start_input(Link *self, PyObject *unused) {
+    Source *s = self->source;
+    Relay *r = s->relay;
+    pthread_mutex_lock(&r->lock);
+    int ok = !self->input && self->listed && self->fd >= 0 && !s->closed && !s->hung_up && !self->in_len &&
+             !self->unwritten && r->epfd >= 0;
+    if (ok && self->fd >= r->link_by_fd_len) {
+        int len = r->link_by_fd_len ? r->link_by_fd_len : 64;
+        while (len <= self->fd)
+            len *= 2;
+        Link **grown = realloc(r->link_by_fd, sizeof(Link *) * (size_t)len);
+        if (grown) {
+            memset(grown + r->link_by_fd_len, 0, sizeof(Link *) * (size_t)(len - r->link_by_fd_len));
+            r->link_by_fd = grown;
+            r->link_by_fd_len = len;
+        } else {
+            ok = 0;
+        }
+    }
+    if (ok) {
+        self->in_gen = (++r->generation & ~LINK_BIT) | LINK_BIT;
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ((uint64_t)self->in_gen << 32) | (uint32_t)self->fd};
+        r->link_by_fd[self->fd] = self;
+        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, self->fd, &ev) < 0) {
+            r->link_by_fd[self->fd] = NULL;
+            ok = 0;
+        } else {
+            self->input = 1;
+            self->input_stopped = 0;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    return PyBool_FromLong(ok);
+}
+
+/* Stop reading the client's input (if the thread still does); returns
+ * (left, unwritten, written): the bytes read and not used (the start of
+ * messages for Python to read), the keys of an input the terminal did not
+ * take, and how many bytes of input reached the terminal since the last call. */
+static PyObject *link_stop_input(Link *self, PyObject *unused) {
+    Relay *r = self->source->relay;
+    pthread_mutex_lock(&r->lock);
+    input_stop(r, self, 0);
+    self->input_stopped = 0;
+    PyObject *out = Py_BuildValue("(y#y#K)", self->in_buf ? self->in_buf : "", (Py_ssize_t)self->in_len,
+                                  self->unwritten ? self->unwritten : "", (Py_ssize_t)self->unwritten_len,
+                                  (unsigned long long)self->written);
+    if (out) {
+        self->in_len = 0;
+        free(self->in_buf);
+        self->in_buf = NULL;
+        free(self->unwritten);
+        self->unwritten = NULL;
+        self->unwritten_len = 0;
+        self->written = 0;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return out;
+}
+
 static PyObject *link_close(Link *self, PyObject *unused) {
     Relay *r = self->source->relay;
     pthread_mutex_lock(&r->lock);
@@ -888,6 +1188,27 @@ static PyObject *link_get_broken(Link *self, void *closure) {
     return PyLong_FromLong(broken);
 }
 
+static PyObject *link_get_input(Link *self, void *closure) {
+    pthread_mutex_lock(&self->source->relay->lock);
+    int input = self->input;
+    pthread_mutex_unlock(&self->source->relay->lock);
+    return PyBool_FromLong(input);
+}
+
+static PyObject *link_get_input_stopped(Link *self, void *closure) {
+    pthread_mutex_lock(&self->source->relay->lock);
+    int stopped = self->input_stopped;
+    pthread_mutex_unlock(&self->source->relay->lock);
+    return PyBool_FromLong(stopped);
+}
+
+static PyObject *link_get_typed(Link *self, void *closure) {
+    pthread_mutex_lock(&self->source->relay->lock);
+    int typed = self->typed;
+    pthread_mutex_unlock(&self->source->relay->lock);
+    return PyBool_FromLong(typed);
+}
+
 static PyObject *link_get_data(Link *self, void *closure) {
     return Py_NewRef(self->data ? self->data : Py_None);
 }
@@ -901,6 +1222,10 @@ static PyMethodDef link_methods[] = {
     {"activate", (PyCFunction)link_activate, METH_NOARGS, "Let the thread write output to the client; False if it may not."},
     {"deactivate", (PyCFunction)link_deactivate, METH_NOARGS,
      "Stop the thread writing; returns the rest of a frame it left unfinished."},
+    {"start_input", (PyCFunction)link_start_input, METH_NOARGS,
+     "Let the thread read the client's input messages and write their keys; False if it may not."},
+    {"stop_input", (PyCFunction)link_stop_input, METH_NOARGS,
+     "Stop it; returns (left, unwritten, written): see consoled/io/relay.py."},
     {"close", (PyCFunction)link_close, METH_NOARGS, "Forget the client (closes the link's socket)."},
     {NULL}};
 
@@ -908,6 +1233,9 @@ static PyGetSetDef link_getset[] = {
     {"handled", (getter)link_get_handled, NULL, "Stream offset the client got (or has parked) output up to.", NULL},
     {"active", (getter)link_get_active, NULL, NULL, NULL},
     {"broken", (getter)link_get_broken, NULL, "errno of a write that failed, or 0.", NULL},
+    {"input", (getter)link_get_input, NULL, "The thread reads the client's input.", NULL},
+    {"input_stopped", (getter)link_get_input_stopped, NULL, "It stopped on its own (stop_input says why).", NULL},
+    {"typed", (getter)link_get_typed, NULL, "It wrote keys to the terminal.", NULL},
     {"data", (getter)link_get_data, (setter)link_set_data, "Python's own.", NULL},
     {NULL}};
 

@@ -53,28 +53,36 @@ class NativeRelay:
     Args:
         prefix: the ``output`` message's bytes before its data's ``bin``
             header (:data:`consoled.protocol.codec.OUTPUT_PREFIX`).
+        input_prefix: the same for ``input`` (``codec.INPUT_PREFIX``): a
+            message from a client that starts so is keys for the terminal.
         slack: how far the thread may read ahead of Python (a ring holds this
             much more than it exposes: :data:`.record.WRITE_SLACK`).
     """
 
-    def __init__(self, prefix: bytes, slack: int) -> None:
+    def __init__(self, prefix: bytes, input_prefix: bytes, slack: int) -> None:
         if _relay is None:
             raise RuntimeError("consoled was installed without its native relay (no C compiler)")
-        self._relay = _relay.Relay(prefix, slack)
+        self._relay = _relay.Relay(prefix, input_prefix, slack)
 
     def source(
-        self, master: OwnedFd, ring: RingLayout, on_output: Callable[[], object]
+        self,
+        master: OwnedFd,
+        record: OwnedFd,
+        ring: RingLayout,
+        on_output: Callable[[], object],
     ) -> _relay.Source:
-        """A source for ``master`` (paused: ``resume()`` it), closed before the master is.
+        """A source for ``master`` (paused: ``resume()`` it) that appends to the
+        ring in ``record``, closed before either fd is.
 
         ``on_output`` is called (in the event loop) when it has output or a
         hangup to take.
         """
+        assert ring.fd == record.fd
         source = _relay.Source(
             self._relay, master.fd, ring.fd, ring.capacity, ring.data_offset, ring.end_at, ring.end
         )
         source.data = on_output
-        master.before_close = source.close
+        master.before_close = record.before_close = source.close
         return source
 
     @staticmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
@@ -33,6 +33,20 @@ from ..protocol import events as ev
 
 if TYPE_CHECKING:
     from ..io import _relay
+
+
+class InputRelay(Protocol):
+    """Who lets the native relay's thread read a client's input (.streams.RelayedInput)."""
+
+    #: Set when the thread has stopped reading (or was stopped).
+    returned: trio.Event
+
+    def start(self) -> bool:
+        """Let the thread read, if it may now; False (nothing changes) if not."""
+
+    def stop(self) -> None:
+        """Make the thread stop now, and take back what it read (idempotent)."""
+
 
 RECEIVE_SIZE: Final = 64 * 1024
 #: More frames than this in one send are joined first (writev takes at most 1,024).
@@ -84,6 +98,10 @@ class Channel:
         #: nobody here sends (every send deactivates it first).
         self.link: _relay.Link | None = None
         self._link_active = False
+        #: Lets the native relay's thread read the client's input while it
+        #: may (see .streams.RelayedInput); what it hands back comes first.
+        self.relayed_input: InputRelay | None = None
+        self._handed_back: list[ev.Event] = []
 
     def release(self) -> None:
         """Give back this connection's share of the budget, and its link (it is closing)."""
@@ -108,6 +126,20 @@ class Channel:
             return self._link_active
         self._link_active = link.activate()
         return self._link_active
+
+    @property
+    def link_stopped(self) -> bool:
+        """The relay's thread deactivated the link itself (a socket that took part of a frame)."""
+        return self._link_active and self.link is not None and not self.link.active
+
+    def hand_back(self, left: bytes, keys: bytes) -> None:
+        """What the relay's thread read and did not use: ``keys`` of an input
+        the terminal did not take (an ``input`` again), then the start of the
+        client's next messages."""
+        if keys:
+            self._handed_back.append(ev.Input(keys))
+        if left:
+            self.conn.receive_data(left)
 
     def deactivate_link(self) -> None:
         """The relay's thread writes nothing more; the rest of a frame it could
@@ -260,6 +292,8 @@ class Channel:
             trio.BrokenResourceError: the connection broke.
         """
         while True:
+            if self._handed_back:
+                return self._handed_back.pop(0)
             event = self.conn.next_event()
             # Only an unfinished frame counts, charged once the complete frames
             # are out, so a full budget never refuses anyone's whole message
@@ -267,6 +301,15 @@ class Channel:
             # is read until the complete frames are taken).
             self._account(self.conn.buffered if event is NEED_DATA else 0)
             if event is NEED_DATA:
+                relayed = self.relayed_input
+                if relayed is not None and not self.conn.buffered and relayed.start():
+                    # The relay's thread reads the client until it meets
+                    # something that is not keys for the terminal.
+                    try:
+                        await relayed.returned.wait()
+                    finally:
+                        relayed.stop()  # at once if cancelled (a detach, a restart)
+                    continue
                 self.conn.receive_data(await self._receive_some())
                 continue
             if event is CLOSED:

@@ -52,7 +52,7 @@ from ..io.relay import AVAILABLE as relay_built
 from ..io.relay import NativeRelay
 from ..protocol import ErrorCode
 from ..protocol import events as ev
-from ..protocol.codec import OUTPUT_PREFIX
+from ..protocol.codec import INPUT_PREFIX, OUTPUT_PREFIX
 from .channel import Channel
 from .config import LOCK_FILE, DaemonConfig
 from .control import ControlServer
@@ -162,7 +162,7 @@ class Daemon:
         #: sessions are relayed in Python.
         self.relay: NativeRelay | None = None
         if config.native_relay and relay_built:
-            self.relay = NativeRelay(OUTPUT_PREFIX, WRITE_SLACK)
+            self.relay = NativeRelay(OUTPUT_PREFIX, INPUT_PREFIX, WRITE_SLACK)
 
     # --- holding -----------------------------------------------------------------
 

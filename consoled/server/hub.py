@@ -106,7 +106,15 @@ class ClientHub:
         self._held = None
 
     def add(self, sub: Subscriber, size: tuple[int, int] | None, *, resumed: bool = False) -> None:
-        """Register ``sub``; ``resumed``: it was attached before a restart (see hold)."""
+        """Register ``sub``; ``resumed``: it was attached before a restart (see hold).
+
+        A second attached client takes the first one's input back from the
+        native relay's thread: whose typing decides the size is known here.
+        """
+        if not sub.follower:
+            for other in self._subscribers:
+                if other.relayed_input is not None:
+                    other.relayed_input.stop()
         self._subscribers[sub] = None
         if size is not None and not sub.read_only:
             sub.size = ClientSize(size[0], size[1], next(self._activity))

@@ -228,6 +228,7 @@ async def stream_logs(channel: Channel, context: StreamContext, request: ev.Logs
     if cursor is not None and request.resume is not None:
         raise RequestError(ErrorCode.INVALID_ARGUMENT, "resume and cursor cannot both be given")
     lines = LineFilter(since=request.since, until=request.until, timestamps=request.timestamps)
+    session.caught_up()  # all the output read so far, before the files are looked at
     # The files are opened by their writer thread, after what is queued for them.
     snapshot = await _open_files(session, request)
     if context.table.lookup(session.name) is not session:  # removed meanwhile

@@ -379,7 +379,9 @@ class Session:
             ready.set()
 
         if master.source is None:
-            master.relay_by(relay.source(master.owner, layout, woken))
+            record = self.record.owner
+            assert record is not None  # a record in memory has no layout
+            master.relay_by(relay.source(master.owner, record, layout, woken))
         else:  # a pump that ended with the terminal, started again? (never: one per master)
             master.source.data = woken
         while True:
@@ -392,6 +394,15 @@ class Session:
                 continue
             await ready.wait()
             ready = trio.Event()
+
+    def caught_up(self) -> None:
+        """Take what the relay's thread has read, now: a client that attaches,
+        or reads the logs, gets everything any other client may already have
+        (the thread tells the event loop of output every client got up to
+        1 ms late)."""
+        master = self.master
+        if master is not None and master.source is not None and not master.closed:
+            self.take_relayed()
 
     def take_relayed(self) -> bool:
         """Publish what the relay's thread read (at once: a handover's freeze
@@ -412,6 +423,7 @@ class Session:
             else:
                 record.appended(data)
             self._deliver(data, start)
+            self._sync_relay()  # a client may have been dropped (lagged)
         if hung_up and error:
             log.warning("session.read_failed", session=str(self.name), error=os.strerror(error))
         return hung_up
@@ -435,13 +447,25 @@ class Session:
             return False  # closed under us by exit(): rm --force or shutdown
         return True
 
-    def relay_link(self, sock: int, on_stopped: Callable[[], object]) -> _relay.Link | None:
-        """A link from the native relay's thread to the client on ``sock``, if
-        the thread reads this session's master (see :meth:`.NativeRelay.link`)."""
+    def relay_link(
+        self, sub: Subscriber, sock: int, on_stopped: Callable[[], object]
+    ) -> _relay.Link | None:
+        """A link from the native relay's thread to ``sub``'s client on ``sock``,
+        if the thread reads this session's master (see :meth:`.NativeRelay.link`)."""
         master = self.master
         if master is None or master.source is None or master.source.closed:
             return None
-        return NativeRelay.link(master.source, sock, on_stopped)
+        sub.link = NativeRelay.link(master.source, sock, on_stopped)
+        self._sync_relay()
+        return sub.link
+
+    def _sync_relay(self) -> None:
+        """Tell the relay's thread whether every client has a link (then output
+        all of them got may wait a moment for the event loop: see _relay.c)."""
+        master = self.master
+        if master is not None and master.source is not None:
+            subs = list(self.hub)
+            master.source.only_links = bool(subs) and all(s.link is not None for s in subs)
 
     def report_exit(self, code: int) -> None:
         """Take the exit code a client reaped (``consoled exec``), as a wait status."""
@@ -614,12 +638,14 @@ class Session:
             ``screen`` the render (its history lines still to be emulated:
             see :meth:`.ScreenRender.finish`).
         """
+        self.caught_up()
         record = self.record
         screen = screen and self.terminal_state
         if screen and resume is None and self.state is not SessionState.EXITED:
             first = record.end
             sub.offset = first
             self.hub.add(sub, size)
+            self._sync_relay()
             self._resize_to_policy()  # the render is at the size it gets
             drawn = self.screen_state().render(record, history, self.render_budget)
             if drawn.approximate and nudge:
@@ -639,12 +665,14 @@ class Session:
             sub.end(self.end_reason, message, self.exit_code)
             return first, None
         self.hub.add(sub, size, resumed=resume is not None)
+        self._sync_relay()
         self._resize_to_policy(nudge=nudge and resume is None)
         return first, None
 
     def detach(self, sub: Subscriber) -> None:
         if self.hub.remove(sub):
             self._resize_to_policy()
+        self._sync_relay()
 
     def client_resized(self, sub: Subscriber, rows: int, cols: int) -> None:
         if self.hub.resized(sub, rows, cols):

@@ -10,11 +10,12 @@ pump and the input loop ends first ends the rest.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 import trio
@@ -30,6 +31,9 @@ from .screenstate import ScreenRender
 from .session import Session
 from .sizepolicy import size_error, valid_size
 from .subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from ..io import _relay
 
 log = structlog.get_logger("consoled.stream")
 
@@ -192,6 +196,10 @@ class InputSide:
         #: The client was told how much of its input was consumed (``ended``
         #: with reason ``restarting``): it sends the rest again itself.
         self.told = False
+        #: Its first keys were audited.
+        self.typed = False
+        #: The native relay's thread reading its input, when it may (see RelayedInput).
+        self.relayed: RelayedInput | None = None
 
     async def stop(self) -> int:
         """Take no more input and stop writing it now: the daemon is restarting.
@@ -206,11 +214,98 @@ class InputSide:
             The bytes of input consumed, final from now on.
         """
         self.stopping = True
+        if self.relayed is not None:
+            self.relayed.stop()  # what its thread wrote is counted now, not when the loop ends
         self.scope.cancel()
         if self.writer_scope is not None:
             self.writer_scope.cancel()
         await self.pending.stop()  # at once: the writer was cancelled
         return self.pending.consumed
+
+
+class RelayedInput:
+    """An attached client's input read by the native relay's thread (see :mod:`..io.relay`).
+
+    The thread reads the client's socket and writes the keys of each
+    ``input`` message to the terminal itself; the echo then never wakes the
+    event loop.  It may only while nothing else could come between: the
+    client is the session's only attached one (whose typing decides the
+    size), may type, has no keys waiting for the terminal, and nothing it
+    sent is half read here.  Anything but keys the terminal takes whole (a
+    resize, a detach, a message encoded otherwise, a full terminal, the end
+    of the stream) stops the thread, and :meth:`stop` hands what it read
+    back to the channel.  A second client stops it too.
+    """
+
+    def __init__(
+        self,
+        link: _relay.Link,
+        channel: Channel,
+        session: Session,
+        sub: Subscriber,
+        inputs: InputSide,
+    ) -> None:
+        self.link = link
+        self.channel = channel
+        self.session = session
+        self.sub = sub
+        self.inputs = inputs
+        self.returned = trio.Event()
+        self.returned.set()
+        self.active = False
+        #: The client's connection's context (its peer, for the audit trail):
+        #: the relay's events are handled in another task.
+        self._context = contextvars.copy_context()
+        #: The thread stopped and handed back nothing: what stopped it (the end
+        #: of the stream, an error) is for the event loop's own read to see.
+        self._read_here = False
+
+    def start(self) -> bool:
+        session = self.session
+        if self._read_here:
+            self._read_here = False
+            return False
+        if (
+            self.sub.read_only
+            or self.sub.end_notice is not None
+            or self.inputs.stopping
+            or not self.inputs.pending.idle
+            or session.state is not ev.SessionState.RUNNING
+            or session.handed_input
+            or session.hub.attached != 1
+            or not self.link.start_input()
+        ):
+            return False
+        self.active = True
+        self.returned = trio.Event()
+        return True
+
+    def stop(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        stopped = self.link.input_stopped
+        left, keys, written = self.link.stop_input()
+        self._read_here = stopped and not left and not keys
+        self.inputs.pending.consumed += written
+        if written:
+            self.typed()
+        self.channel.hand_back(left, keys)
+        self.returned.set()
+
+    def typed(self) -> None:
+        """The client's keys reached the terminal (the thread says so once, a stop too)."""
+        self.session.client_typed(self.sub)
+        if not self.inputs.typed:
+            self.inputs.typed = True
+            self._context.run(audit, "input", session=str(self.session.name))
+
+    def woken(self) -> None:
+        """The relay's thread has something for us (an event for the link)."""
+        if self.active and self.link.input_stopped:
+            self.stop()
+        elif self.active and self.link.typed and not self.inputs.typed:
+            self.typed()
 
 
 async def _pump_output(
@@ -353,7 +448,7 @@ async def stream_attach(channel: Channel, context: StreamContext, request: ev.At
         history=request.history,
     )
     if isinstance(channel.stream, trio.SocketStream):
-        channel.link = sub.link = session.relay_link(channel.stream.socket.fileno(), sub.wake)
+        channel.link = session.relay_link(sub, channel.stream.socket.fileno(), sub.wake)
     with context.table.track_stream():
         await _attached(
             channel,
@@ -378,6 +473,21 @@ async def _attached(
 ) -> None:
     replayed = session.record.end - first
     inputs = InputSide()
+    link = channel.link
+    if link is not None:
+        if not sub.read_only:
+            relayed = RelayedInput(link, channel, session, sub, inputs)
+            inputs.relayed = channel.relayed_input = sub.relayed_input = relayed
+
+        def link_event() -> None:
+            # The relay's thread deactivated the link (its socket was full), or
+            # stopped reading the client's input, or wrote its first keys.
+            if channel.link_stopped:
+                sub.wake()
+            if inputs.relayed is not None:
+                inputs.relayed.woken()
+
+        link.data = link_event
     try:
         try:
             await channel.send(
@@ -428,7 +538,7 @@ async def _attached(
                 pending.start_writer = partial(writer.start_soon, _write_input, session, pending)
                 inputs.writer_scope = writer.cancel_scope
                 with inputs.scope:
-                    await _input_loop(channel, session, sub, pending)
+                    await _input_loop(channel, session, sub, inputs)
                 # Let keys typed just before detaching reach the terminal
                 # (not on a restart: the client sends them to the successor).
                 if not pending.idle and not inputs.stopping:
@@ -450,11 +560,11 @@ async def _attached(
 
 
 async def _input_loop(
-    channel: Channel, session: Session, sub: Subscriber, pending: PendingInput
+    channel: Channel, session: Session, sub: Subscriber, inputs: InputSide
 ) -> None:
+    pending = inputs.pending
     warned_read_only = False
     warned_dropped = False
-    typed = False
     while True:
         event = await channel.receive()
         if event is None:
@@ -476,8 +586,8 @@ async def _input_loop(
                 written = session.write_input_now(data)
                 pending.consumed += written
                 data = data[written:]
-            if not typed:
-                typed = True  # recorded after the first keys are on their way
+            if not inputs.typed:
+                inputs.typed = True  # recorded after the first keys are on their way
                 audit("input", session=str(session.name))
             if data and not pending.put(data):
                 pending.consumed += len(data)  # dropped, and the client is told: never resent

@@ -26,6 +26,7 @@ from .sizepolicy import ClientSize
 
 if TYPE_CHECKING:
     from ..io import _relay
+    from .channel import InputRelay
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,8 @@ class Subscriber:
         #: The native relay's link to this client (see :mod:`..io.relay`): what
         #: its thread wrote to the client is not queued here, only counted.
         self.link: _relay.Link | None = None
+        #: Lets that thread read the client's input (see .streams.RelayedInput).
+        self.relayed_input: InputRelay | None = None
 
     @property
     def queued(self) -> int:
