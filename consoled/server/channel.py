@@ -101,7 +101,6 @@ class Channel:
         #: Lets the native relay's thread read the client's input while it
         #: may (see .streams.RelayedInput); what it hands back comes first.
         self.relayed_input: InputRelay | None = None
-        self._handed_back: list[ev.Event] = []
 
     def release(self) -> None:
         """Give back this connection's share of the budget, and its link (it is closing)."""
@@ -132,12 +131,9 @@ class Channel:
         """The relay's thread deactivated the link itself (a socket that took part of a frame)."""
         return self._link_active and self.link is not None and not self.link.active
 
-    def hand_back(self, left: bytes, keys: bytes) -> None:
-        """What the relay's thread read and did not use: ``keys`` of an input
-        the terminal did not take (an ``input`` again), then the start of the
-        client's next messages."""
-        if keys:
-            self._handed_back.append(ev.Input(keys))
+    def hand_back(self, left: bytes) -> None:
+        """What the relay's thread read from the client and did not use: the
+        start of its next messages, read here next."""
         if left:
             self.conn.receive_data(left)
 
@@ -292,8 +288,6 @@ class Channel:
             trio.BrokenResourceError: the connection broke.
         """
         while True:
-            if self._handed_back:
-                return self._handed_back.pop(0)
             event = self.conn.next_event()
             # Only an unfinished frame counts, charged once the complete frames
             # are out, so a full budget never refuses anyone's whole message

@@ -287,10 +287,16 @@ class RelayedInput:
         stopped = self.link.input_stopped
         left, keys, written = self.link.stop_input()
         self._read_here = stopped and not left and not keys
-        self.inputs.pending.consumed += written
+        pending = self.inputs.pending
+        pending.consumed += written
         if written:
             self.typed()
-        self.channel.hand_back(left, keys)
+        # Keys the terminal did not take wait for it as any client's do (a
+        # restart hands them on, or the client sends them again); then what
+        # the thread read and did not use is read here.
+        if keys and not pending.put(keys):
+            pending.consumed += len(keys)  # (never: at most one message, and nothing queued)
+        self.channel.hand_back(left)
         self.returned.set()
 
     def typed(self) -> None:
