@@ -58,7 +58,7 @@
  * time index, the screen), but not at once: Python hears of it at most this
  * late (ns), or at once past NOTIFY_AT bytes or at a hangup.  A keystroke's
  * echo then does not wake the event loop while the next key is on its way. */
-#define NOTIFY_DELAY 1000000
+#define NOTIFY_DELAY 5000000
 #define NOTIFY_AT (16 * 1024)
 #define TIMER_KEY (UINT64_MAX - 1)
 
