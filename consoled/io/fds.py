@@ -127,6 +127,7 @@ class OwnedFd:
 
     def __del__(self) -> None:
         if self._fd >= 0:
+            self._letting_go()
             fd, self._fd = self._fd, -1
             os.close(fd)
             warnings.warn(

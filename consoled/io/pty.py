@@ -92,10 +92,6 @@ class PtyMaster:
             self.source.resume()
             self.source.data()  # its pump looks again: the terminal may have hung up meanwhile
 
-    @property
-    def frozen(self) -> bool:
-        return self._frozen is not None
-
     async def wait_thawed(self) -> None:
         """Return at once, or once :meth:`thaw` is called."""
         while self._frozen is not None:

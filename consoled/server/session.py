@@ -417,7 +417,9 @@ class Session:
             if unstored > start:
                 # The ring could not be written (out of memory): as publish does.
                 cut = min(unstored - start, len(data))
-                log.error("session.ring_write_failed", session=str(self.name), error=cut)
+                log.error(
+                    "session.ring_write_failed", session=str(self.name), skipped=cut, by="relay"
+                )
                 record.skip(cut)
                 record.appended(data[cut:])
             else:
