@@ -39,11 +39,11 @@ def pattern(size: int, seed: int = 0) -> bytes:
     return bytes((i * 7 + seed) % 251 for i in range(size))
 
 
-@contextmanager
-def relayed(
-    scrollback: int = 256 * 1024,
-) -> Iterator[tuple[_relay.Relay, _relay.Source, int, Record]]:
-    """A relay, a raw pty whose master it reads (resumed), the slave, and the ring."""
+def start_relay(
+    scrollback: int,
+) -> tuple[_relay.Relay, _relay.Source, OwnedFd, int, Record]:
+    """A relay reading the master of a raw pty (resumed): the relay, its
+    source, the master's owner, the slave, and the ring."""
     relay = _relay.Relay(OUTPUT_PREFIX, INPUT_PREFIX, WRITE_SLACK)
     master, slave = os.openpty()
     tty.setraw(slave)
@@ -55,6 +55,15 @@ def relayed(
     source = _relay.Source(relay, master, *layout)
     owner.before_close = source.close
     source.resume()
+    return relay, source, owner, slave, record
+
+
+@contextmanager
+def relayed(
+    scrollback: int = 256 * 1024,
+) -> Iterator[tuple[_relay.Relay, _relay.Source, int, Record]]:
+    """:func:`start_relay`, closed on the way out."""
+    relay, source, owner, slave, record = start_relay(scrollback)
     try:
         yield relay, source, slave, record
     finally:
@@ -253,17 +262,7 @@ def test_a_paused_source_reads_nothing_and_a_closed_one_never_again() -> None:
 
 
 def test_a_hangup_is_told_after_the_last_bytes() -> None:
-    relay = _relay.Relay(OUTPUT_PREFIX, INPUT_PREFIX, WRITE_SLACK)
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    os.set_blocking(master, False)
-    record = Record.create(64 * 1024, {})
-    layout = record.layout()
-    assert layout is not None
-    owner = OwnedFd(master, "pty")
-    source = _relay.Source(relay, master, *layout)
-    owner.before_close = source.close
-    source.resume()
+    relay, source, owner, slave, record = start_relay(64 * 1024)  # the test closes the slave
     try:
         os.write(slave, b"last words")
         os.close(slave)

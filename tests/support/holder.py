@@ -17,6 +17,7 @@ import trio
 
 from tests.support.client import AsyncClient
 from tests.support.daemon import DaemonProcess
+from tests.support.lines import Lines
 from tests.support.ptyholder import line
 
 #: Seconds any holder command may take.
@@ -52,7 +53,8 @@ def streamed(index: int, lines: int) -> bytes:
 class PtyHolder:
     def __init__(self, proc: trio.Process) -> None:
         self.proc = proc
-        self._buf = b""
+        assert proc.stdout is not None
+        self._lines = Lines(proc.stdout, "the pty holder")
 
     @staticmethod
     def argv() -> list[str]:
@@ -71,20 +73,10 @@ class PtyHolder:
         assert self.proc.stdin is not None
         await self.proc.stdin.send_all("".join(line + "\n" for line in lines).encode())
 
-    async def _line(self) -> str:
-        assert self.proc.stdout is not None
-        while b"\n" not in self._buf:
-            chunk = await self.proc.stdout.receive_some(65536)
-            if not chunk:
-                raise AssertionError("the pty holder exited")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
-
     async def ask(self, line: str) -> str:
         with trio.fail_after(HOLDER_TIMEOUT):
             await self.send(line)
-            return await self._line()
+            return await self._lines.next()
 
     async def hand(self, paths: Sequence[str]) -> int:
         """Hand a master to each console socket; returns how many slaves it holds now."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from tests.support.holder import ROOT
+from tests.support.lines import Lines
 
 #: Seconds the FUSE server gets to mount, or to answer a command.
 TIMEOUT = 10.0
@@ -21,23 +22,14 @@ class HungFile:
 
     def __init__(self, proc: trio.Process) -> None:
         self.proc = proc
-        self._buf = b""
-
-    async def line(self) -> str:
-        assert self.proc.stdout is not None
-        while b"\n" not in self._buf:
-            chunk = await self.proc.stdout.receive_some(4096)
-            if not chunk:
-                raise AssertionError("the FUSE server exited")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
+        assert proc.stdout is not None
+        self._lines = Lines(proc.stdout, "the FUSE server")
 
     async def _expect(self, prefix: str) -> str:
         """The next line that starts with ``prefix`` (reads said meanwhile are passed over)."""
         with trio.fail_after(TIMEOUT):
             while True:
-                line = await self.line()
+                line = await self._lines.next()
                 if line.startswith(prefix):
                     return line
 
