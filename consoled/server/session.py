@@ -414,6 +414,7 @@ class Session:
         if data:
             record = self.record
             start = record.end
+            clients = len(self.hub)
             if unstored > start:
                 # The ring could not be written (out of memory): as publish does.
                 cut = min(unstored - start, len(data))
@@ -425,7 +426,8 @@ class Session:
             else:
                 record.appended(data)
             self._deliver(data, start)
-            self._sync_relay()  # a client may have been dropped (lagged)
+            if len(self.hub) != clients:
+                self._sync_relay()  # a client was dropped (it lagged)
         if hung_up and error:
             log.warning("session.read_failed", session=str(self.name), error=os.strerror(error))
         return hung_up
