@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 
 from consoled.io.fds import OwnedFd
 from consoled.io.manager import ServiceManager
-from consoled.io.record import RecordError
+from consoled.io.record import Record, RecordError
 from consoled.names import SessionName
 from consoled.protocol import DEFAULT_MAX_FRAME_SIZE, ErrorCode, RemoteProtocolError
 from consoled.protocol import events as ev
@@ -612,6 +612,15 @@ LOG_KEYS = ["stem", "format", "max_size", "max_files", "rotations", "base", "wri
     fmt=LogFormat.RAW, lines=0, running=False, changes=[], log_changes=[("max_size", math.inf)]
 )
 @example(fmt=LogFormat.RAW, lines=0, running=False, changes=[("rows", math.inf)], log_changes=[])
+# Was: a max_size past int64 once made an int was adopted, and the record could
+# not be written again (msgpack's OverflowError): the session was lost.
+@example(
+    fmt=LogFormat.CRI,
+    lines=1,
+    running=False,
+    changes=[],
+    log_changes=[("max_size", -9.223372036854778e18), ("written_to", False)],
+)
 def test_no_session_record_takes_a_restart_down(
     tmp_path_factory: pytest.TempPathFactory,
     *,
@@ -761,3 +770,17 @@ def test_a_session_that_ended_just_before_a_crash_lets_its_master_go(
         session.close()
         if slave >= 0:
             os.close(slave)
+
+
+def test_metadata_a_record_cannot_hold_is_a_record_error() -> None:
+    """Session.persist logs a RecordError and goes on; msgpack's own errors
+    (a number past int64, say) are made one, so nothing escapes it."""
+    record = Record.create(4096, {})
+    try:
+        for meta in ({"log": {"max_size": -(2**64)}}, {"rows": 2**64}, {"x": object()}):
+            with pytest.raises(RecordError, match="cannot be recorded"):
+                record.write_meta(meta)
+        record.write_meta({"rows": 24})  # and the record is as good as before
+        assert record.meta == {"rows": 24}
+    finally:
+        record.close()

@@ -292,7 +292,10 @@ class Record:
     # --- metadata -------------------------------------------------------------------------
 
     def _check_meta(self, meta: Mapping[str, Any]) -> bytes:
-        packed: bytes = msgpack.packb(dict(meta))
+        try:
+            packed: bytes = msgpack.packb(dict(meta))
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise RecordError(f"session metadata cannot be recorded: {exc}") from None
         if len(packed) > SLOT_SIZE:
             raise RecordError(f"session metadata of {len(packed)} bytes exceeds {SLOT_SIZE}")
         return packed

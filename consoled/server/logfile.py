@@ -286,6 +286,10 @@ def _cri_tail(owner: OwnedFd, start: int, end: int) -> tuple[int, int] | None:
     return carried, whole
 
 
+#: Largest number a record holds (msgpack's int64); a recorded size past it is not one.
+MAX_RECORDED: Final = 2**63 - 1
+
+
 def _within(recorded: object, size: int) -> int:
     """A recorded file offset, made one of a file of ``size`` bytes."""
     offset: int = int(recorded)  # type: ignore[call-overload]
@@ -550,7 +554,7 @@ class LogFile:
             logdir,
             stem,
             fmt,
-            max_size=int(meta.get("max_size", 0)),
+            max_size=_within(meta.get("max_size", 0), MAX_RECORDED),
             max_files=max_files,
             owner=owner,
             size=size,
