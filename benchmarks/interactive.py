@@ -13,11 +13,14 @@ conmon's takes its attach socket, where connecting is attaching.
 
 Resize: a new size is asked for, then ``stty size`` in the container must
 show it.  The figure is the time until the size is in force, measured the
-same way for consoled and conmon: from sending the ``resize`` request (or
-writing to conmon's ``ctl`` FIFO) until TIOCGWINSZ on the container's
-terminal (its init's fd 0) shows the size; for raw, the ioctl on the
-master.  Beside it, consoled's ``resize`` request until its ``resized``
-reply: what a client waits for (conmon does not answer).
+same way for consoled and conmon: from the attached client sending its new
+window size (``window_size``, as ``consoled attach`` does on SIGWINCH; for
+conmon, writing to its ``ctl`` FIFO, as podman does for its attach) until
+TIOCGWINSZ on the container's terminal (its init's fd 0) shows the size;
+for raw, the ioctl on the master.  Beside it, consoled's other way, the
+``resize`` request on a control connection: until the size is in force,
+and until its ``resized`` reply (what a client waits for; conmon does not
+answer).
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ import math
 import os
 import re
 import time
+from functools import partial
 
 import trio
 
 from .bench import Bench
 from .consoles import ConmonConsole, Console, ConsoledConsole
 from .stats import Figure, Summary, percentile
-from .taps import Tap, get_winsize
+from .taps import ConsoledTap, Tap, get_winsize
 
 READY = b"R\r\n"
 SIZE_LINE = re.compile(rb"(\d+) (\d+)\r\n")
@@ -149,33 +153,39 @@ async def echo(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
 
 
 def _resizes(
-    console: Console, tap: Tap, count: int, slave: int | None
+    console: Console, tap: Tap, count: int, slave: int | None, *, request: bool = False
 ) -> tuple[list[float], list[float], int]:
-    """Resize ``count`` times.
+    """Resize ``count`` times: consoled's attached client sends its window
+    size, or with ``request`` a control connection sends ``resize``.
 
     Returns:
         Latencies in microseconds until the size was in force and until the
-        console answered (consoled only), and how often ``stty size`` showed
-        another size.
+        console answered (a consoled request only), and how often ``stty
+        size`` showed another size.
     """
     in_force: list[float] = []
     answered: list[float] = []
     wrong = 0
     pending = b""
     perf = time.perf_counter_ns
+    window = tap if isinstance(tap, ConsoledTap) and not request else None
     for i in range(count):
         rows, cols = 30 + i % 200, 90 + i % 150
         t = perf()
-        console.request_resize(rows, cols)
+        if window is not None:
+            window.send_size(rows, cols)
+        else:
+            console.request_resize(rows, cols)
         if slave is not None:  # watch the container's terminal itself
             deadline = time.monotonic() + 5
             while get_winsize(slave) != (rows, cols) and time.monotonic() < deadline:
                 pass
         seen = perf()
-        console.resize_answered()
+        if window is None:
+            console.resize_answered()
         done = perf()
         in_force.append(((seen if slave is not None else done) - t) / 1000)
-        if isinstance(console, ConsoledConsole):
+        if isinstance(console, ConsoledConsole) and request:
             answered.append((done - t) / 1000)
         tap.send(b"\n")
         while (match := SIZE_LINE.search(pending)) is None:
@@ -193,6 +203,7 @@ async def resize(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
     count = bench.options.size(100, 10)
     script = "stty -echo; echo R; while read x; do stty size; done"
     p50: dict[str, list[float]] = {k: [] for k in bench.kinds}
+    request50: list[float] = []
     reply50: list[float] = []
     wrong: dict[str, list[float]] = {k: [] for k in bench.kinds}
     for _ in range(bench.options.runs):
@@ -206,15 +217,20 @@ async def resize(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
                     pid = await console.container_pid()
                     slave = os.open(f"/proc/{pid}/fd/0", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
                 try:
-                    lat, replies, bad = await trio.to_thread.run_sync(
+                    lat, _, bad = await trio.to_thread.run_sync(
                         _resizes, console, tap, count, slave
                     )
+                    if isinstance(console, ConsoledConsole):
+                        requested, replies, bad_requested = await trio.to_thread.run_sync(
+                            partial(_resizes, console, tap, count, slave, request=True)
+                        )
+                        request50.append(percentile(requested, 0.5))
+                        reply50.append(percentile(replies, 0.5))
+                        bad += bad_requested
                 finally:
                     if slave is not None:
                         os.close(slave)
             p50[kind].append(percentile(lat, 0.5))
-            if replies:
-                reply50.append(percentile(replies, 0.5))
             wrong[kind].append(float(bad))
     figures = [
         Figure(
@@ -227,6 +243,14 @@ async def resize(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
         ),
         Figure(
             "5 resize",
+            "resize request in force, p50",
+            "us",
+            Summary.of(request50),
+            None,
+            {},
+        ),
+        Figure(
+            "5 resize",
             "resize request to its reply, p50",
             "us",
             Summary.of(reply50),
@@ -235,7 +259,7 @@ async def resize(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
         ),
         Figure(
             "5 resize",
-            f"stty size showing another size (of {count}/run)",
+            f"stty size showing another size (of {count}/run, consoled {2 * count})",
             "count",
             Summary.of([max(wrong["consoled"], default=math.nan)]),
             ("<=", 0.0),
@@ -246,4 +270,10 @@ async def resize(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
             },
         ),
     ]
-    return figures, {"resizes": count, "p50_us": p50, "reply_p50_us": reply50, "wrong": wrong}
+    return figures, {
+        "resizes": count,
+        "p50_us": p50,
+        "request_p50_us": request50,
+        "reply_p50_us": reply50,
+        "wrong": wrong,
+    }

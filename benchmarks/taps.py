@@ -126,6 +126,10 @@ class ConsoledTap(Tap):
     def send(self, data: bytes) -> None:
         self.client.sock.sendall(self.client.conn.send(ev.Input(data)))
 
+    def send_size(self, rows: int, cols: int) -> None:
+        """The client's window changed (as ``consoled attach`` says on SIGWINCH)."""
+        self.client.sock.sendall(self.client.conn.send(ev.WindowSize(rows, cols)))
+
     def close(self) -> None:
         self.client.close()
 

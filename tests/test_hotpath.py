@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import termios
+import time
 import tty
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -556,3 +557,57 @@ async def test_the_relay_thread_takes_one_clients_keys_and_gives_them_back_to_a_
             while not sub.link.input:
                 await first.send(ev.Input(b"z"))
                 assert await read_slave(slave, 1) == b"z"
+
+
+def _winsize(slave: int) -> tuple[int, int]:
+    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(slave, termios.TIOCGWINSZ, b"\0" * 8))
+    return rows, cols
+
+
+async def test_the_relay_thread_resizes_for_the_only_client_and_the_daemon_follows(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """The only attached client's window size is put in force by the native
+    relay's thread, which goes on reading its input; the session (its size
+    for ``ls``, its screen) learns of it after.  A ``resize`` request that
+    comes later wins, even when the event loop had not heard of the thread's
+    size yet."""
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "w", slaves)
+        client = await d.connect()
+        reply = await client.request(ev.Attach("w", replay=0, rows=24, cols=80))
+        assert isinstance(reply, ev.Attached)
+        session = d.table.get("w")
+        (sub,) = list(session.hub)
+        assert sub.link is not None
+        session.screen_state()  # as a query or an attach with the screen makes it
+        assert session.screen is not None
+        await client.send(ev.Input(b"k"))
+        assert await read_slave(slave, 1) == b"k"
+        assert sub.link.input, "the thread reads the only client's input"
+
+        await client.send(ev.WindowSize(33, 101))
+        with trio.fail_after(WAIT):
+            # The thread tells the event loop late (no event of ours to await).
+            while (session.rows, session.cols) != (33, 101):  # noqa: ASYNC110
+                await trio.sleep(0.001)
+        assert _winsize(slave) == (33, 101)
+        assert sub.link.input, "the thread went on reading: the size was its to set"
+        screen = session.screen.screen
+        assert (screen.rows, screen.cols) == (33, 101)
+        info = await d.connect()
+        (listed,) = await info.list_sessions()
+        assert (listed.rows, listed.cols) == (33, 101)
+
+        # The thread sets a size the event loop has not heard of yet (it is
+        # held here, in a blocking wait); a `resize` request then wins.
+        await client.send(ev.WindowSize(40, 120))
+        deadline = time.monotonic() + WAIT
+        while _winsize(slave) != (40, 120):
+            assert time.monotonic() < deadline, "the thread did not set the size"
+            time.sleep(0.001)  # noqa: ASYNC251 - the event loop must not run meanwhile
+        session.set_size(50, 130)
+        assert sub.link.take_size() is None, "the request took the thread's size first"
+        await trio.testing.wait_all_tasks_blocked()
+        assert (session.rows, session.cols) == (50, 130) == _winsize(slave)
+        assert (session.screen.screen.rows, session.screen.screen.cols) == (50, 130)

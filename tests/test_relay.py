@@ -7,20 +7,26 @@ frames are the protocol's, byte for byte; the ring has every byte at its
 place before any client does; the thread never runs more than the slack
 ahead of Python; a socket that takes part of a frame deactivates the link
 and the rest is kept, so that what the client gets is the output exactly
-once, in order; a paused or closed source reads nothing more.
+once, in order; a paused or closed source reads nothing more; the input
+half writes keys and puts window sizes in force, and hands back anything
+else whole.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import socket
+import struct
+import termios
 import threading
 import time
 import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import msgpack
 import pytest
 
 # Not skipped when it was not built (pip builds it optionally): this fails.
@@ -343,14 +349,14 @@ def test_the_thread_writes_the_keys_of_input_messages_and_hands_back_the_rest() 
             left, unwritten, written = link.stop_input()
             assert left == big[:4] or big.startswith(left), "the start of it, for Python"
             assert unwritten == b"" and written == 306
-            # Anything but keys: handed back whole, with what follows it.
+            # Anything but keys and sizes: handed back whole, with what follows it.
             assert link.start_input()
-            resize = _frame(codec.encode_body(ev.WindowSize(30, 100)))
+            detach = _frame(codec.encode_body(ev.Detach()))
             after = _frame(codec.encode_body(ev.Input(b"after")))
-            b.sendall(resize + after)
-            wait_for(lambda: link.input_stopped, "stopped at the resize")
+            b.sendall(detach + after)
+            wait_for(lambda: link.input_stopped, "stopped at the detach")
             left, unwritten, written = link.stop_input()
-            assert left == resize + after and unwritten == b"" and written == 0
+            assert left == detach + after and unwritten == b"" and written == 0
             # The end of the stream stops it, with nothing to hand back.
             assert link.start_input()
             b.shutdown(socket.SHUT_WR)
@@ -402,3 +408,78 @@ def decode_inputs(data: bytes) -> list[ev.Input]:
         out.append(event)
         at += 4 + size
     return out
+
+
+def _winsize(fd: int) -> tuple[int, int]:
+    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)))
+    return rows, cols
+
+
+def _packed(pairs: list[tuple[str, object]]) -> bytes:
+    """A message as some other encoder might pack it: these keys, in this order."""
+    return _frame(msgpack.packb(dict(pairs)))
+
+
+def test_the_thread_puts_window_sizes_in_force_and_says_which_was_last() -> None:
+    with relayed() as (_, source, slave, _):
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            link = _relay.Link(source, a.fileno())
+            assert link.start_input()
+            assert link.take_size() is None
+            # Every width msgpack writes a size in (fixint, uint8, uint16), the bounds included.
+            for rows, cols in [(1, 127), (128, 255), (256, 65535), (65535, 1), (24, 80)]:
+                b.sendall(_frame(codec.encode_body(ev.WindowSize(rows, cols))))
+                size = (rows, cols)
+                wait_for(lambda: _winsize(slave) == size, f"{rows}x{cols}")  # noqa: B023
+            assert link.take_size() == (24, 80), "the last one"
+            assert link.take_size() is None, "once"
+            # Keys after a size go on being written, in order.
+            b.sendall(_frame(codec.encode_body(ev.Input(b"k"))))
+            assert read_exactly(slave, 1) == b"k"
+            # Its keys in another order, and a uint32 that fits: the same message.
+            b.sendall(_packed([("cols", 100), ("type", "window_size"), ("rows", 2**16 - 2)]))
+            wait_for(lambda: _winsize(slave) == (65534, 100), "keys in another order")
+            assert link.take_size() == (65534, 100) and link.input
+            link.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [("type", "window_size"), ("rows", 0), ("cols", 80)],
+        [("type", "window_size"), ("rows", 24), ("cols", 65536)],
+        [("type", "window_size"), ("rows", -1), ("cols", 80)],
+        [("type", "window_size"), ("rows", 24)],
+        [("type", "window_size"), ("rows", 24), ("cols", 80), ("x", 1)],
+        [("type", "window_size"), ("rows", 24), ("rows", 25), ("cols", 80)],
+        [("type", "window_sizes"), ("rows", 24), ("cols", 80)],
+        [("type", "window_size"), ("rows", 24.0), ("cols", 80)],
+    ],
+    ids=["zero", "too-wide", "negative", "no-cols", "extra-key", "twice", "other-type", "float"],
+)
+def test_a_window_size_the_thread_cannot_vouch_for_is_handed_back(
+    body: list[tuple[str, object]],
+) -> None:
+    with relayed() as (_, source, slave, _):
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            link = _relay.Link(source, a.fileno())
+            before = _winsize(slave)
+            assert link.start_input()
+            if len({k for k, _ in body}) < len(body):  # a dict cannot hold it: pack by hand
+                message = _frame(
+                    bytes([0x80 | len(body)])
+                    + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in body)
+                )
+            else:
+                message = _packed(body)
+            after = _frame(codec.encode_body(ev.Input(b"after")))
+            b.sendall(message + after)
+            wait_for(lambda: link.input_stopped, "stopped at it")
+            left, unwritten, written = link.stop_input()
+            assert left == message + after and unwritten == b"" and written == 0
+            assert link.take_size() is None and _winsize(slave) == before
+            link.close()

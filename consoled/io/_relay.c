@@ -37,6 +37,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <sys/uio.h>
@@ -143,6 +144,7 @@ struct Link {
     char *unwritten;   /* an input's data the terminal did not take */
     size_t unwritten_len;
     uint64_t written;  /* input bytes written to the terminal since Python last asked */
+    unsigned sized_rows, sized_cols; /* the last window size it put in force (0: none since asked) */
 };
 
 static PyTypeObject RelayType, SourceType, LinkType;
@@ -168,12 +170,19 @@ static void source_ready(Relay *r, Source *s) {
     }
 }
 
-static void link_ready(Relay *r, Link *l) {
+/* Python hears of the link at NOTIFY_DELAY at the latest. */
+static void link_ready_later(Relay *r, Link *l) {
     if (!l->ready) {
         l->ready = 1;
         l->next_ready = r->ready_links;
         r->ready_links = l;
     }
+}
+
+/* Python must hear of the link now. */
+static void link_ready(Relay *r, Link *l) {
+    link_ready_later(r, l);
+    r->urgent = 1;
 }
 
 static void unready_source(Relay *r, Source *s) {
@@ -449,9 +458,71 @@ static const char *input_data(Relay *r, const unsigned char *body, size_t size, 
     return (const char *)body + p + h;
 }
 
-/* Read the client's socket; write each `input` message's keys to the terminal.
- * Anything else (another message, one not encoded as ours, a terminal that does
- * not take all of the keys, the end of the stream) stops it: Python goes on. */
+/* A msgpack unsigned integer at body[*at] (any width msgpack writes), or -1. */
+static long msgpack_uint(const unsigned char *body, size_t size, size_t *at) {
+    size_t p = *at;
+    if (p >= size)
+        return -1;
+    unsigned char c = body[p];
+    if (c <= 0x7f) {
+        *at = p + 1;
+        return c;
+    }
+    size_t w = c == 0xcc ? 1 : c == 0xcd ? 2 : c == 0xce ? 4 : 0;
+    if (!w || p + 1 + w > size)
+        return -1;
+    long v = 0;
+    for (size_t i = 0; i < w; i++)
+        v = (v << 8) | body[p + 1 + i];
+    *at = p + 1 + w;
+    return v;
+}
+
+/* Whether body[0:size] is a `window_size` message with a size the protocol
+ * allows (1 to 65535 each): a map of `type`, `rows` and `cols`, in any order,
+ * nothing else.  Anything else is Python's (which says what is wrong). */
+static int window_size(const unsigned char *body, size_t size, unsigned *rows, unsigned *cols) {
+    static const char name[] = "window_size";
+    const size_t name_len = sizeof name - 1;
+    if (size < 1 || body[0] != 0x83)
+        return 0;
+    long got_rows = -1, got_cols = -1;
+    int got_type = 0;
+    size_t at = 1;
+    for (int i = 0; i < 3; i++) {
+        if (at + 5 > size || body[at] != 0xa4)
+            return 0;
+        const unsigned char *key = body + at + 1;
+        at += 5;
+        if (memcmp(key, "type", 4) == 0 && !got_type) {
+            if (at + 1 + name_len > size || body[at] != (0xa0 | name_len) ||
+                memcmp(body + at + 1, name, name_len) != 0)
+                return 0;
+            at += 1 + name_len;
+            got_type = 1;
+        } else if (memcmp(key, "rows", 4) == 0 && got_rows < 0) {
+            if ((got_rows = msgpack_uint(body, size, &at)) < 0)
+                return 0;
+        } else if (memcmp(key, "cols", 4) == 0 && got_cols < 0) {
+            if ((got_cols = msgpack_uint(body, size, &at)) < 0)
+                return 0;
+        } else {
+            return 0;
+        }
+    }
+    if (at != size || got_rows < 1 || got_rows > 65535 || got_cols < 1 || got_cols > 65535)
+        return 0;
+    *rows = (unsigned)got_rows;
+    *cols = (unsigned)got_cols;
+    return 1;
+}
+
+/* Read the client's socket; write each `input` message's keys to the terminal,
+ * and put each `window_size` in force (the client is the session's only
+ * attached one, whose size is the terminal's by any policy).  Anything else
+ * (another message, one not encoded as ours, a size out of range, a terminal
+ * that does not take all of the keys, the end of the stream) stops it: Python
+ * goes on. */
 static void link_read(Relay *r, Link *l) {
     Source *s = l->source;
     if (!l->in_buf && !(l->in_buf = malloc(IN_BUF))) {
@@ -470,6 +541,22 @@ static void link_read(Relay *r, Link *l) {
                 break; /* the rest of it is still to come */
             size_t n;
             const char *data = input_data(r, b + 4, size, &n);
+            unsigned rows, cols;
+            if (!data && !s->closed && !s->hung_up && window_size(b + 4, size, &rows, &cols)) {
+                struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+                if (ioctl(s->fd, TIOCSWINSZ, &ws) < 0) {
+                    input_stop(r, l, 1); /* Python sets it, and sees why it fails */
+                    return;
+                }
+                l->sized_rows = rows;
+                l->sized_cols = cols;
+                l->in_len -= 4 + size;
+                memmove(l->in_buf, l->in_buf + 4 + size, l->in_len);
+                /* Python records it (the screen, `ls`) when it hears of it: a
+                 * resize, or an attach, takes it before it changes the size. */
+                link_ready_later(r, l);
+                continue;
+            }
             if (!data || s->closed || s->hung_up) {
                 input_stop(r, l, 1);
                 return;
@@ -565,8 +652,6 @@ static void *relay_main(void *arg) {
                 continue; /* closed, or paused, since epoll_wait returned */
             pump(r, s);
         }
-        if (r->ready_links)
-            r->urgent = 1;
         if ((r->ready_sources || r->ready_links) && !r->notified) {
             if (r->urgent) {
                 notify(r);
@@ -1155,6 +1240,18 @@ static PyObject *link_stop_input(Link *self, PyObject *unused) {
     return out;
 }
 
+/* The last window size the thread put in force since the last call, or None. */
+static PyObject *link_take_size(Link *self, PyObject *unused) {
+    Relay *r = self->source->relay;
+    pthread_mutex_lock(&r->lock);
+    unsigned rows = self->sized_rows, cols = self->sized_cols;
+    self->sized_rows = self->sized_cols = 0;
+    pthread_mutex_unlock(&r->lock);
+    if (!rows)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(II)", rows, cols);
+}
+
 static PyObject *link_close(Link *self, PyObject *unused) {
     Relay *r = self->source->relay;
     pthread_mutex_lock(&r->lock);
@@ -1226,6 +1323,8 @@ static PyMethodDef link_methods[] = {
      "Let the thread read the client's input messages and write their keys; False if it may not."},
     {"stop_input", (PyCFunction)link_stop_input, METH_NOARGS,
      "Stop it; returns (left, unwritten, written): see consoled/io/relay.py."},
+    {"take_size", (PyCFunction)link_take_size, METH_NOARGS,
+     "The last window size the thread put in force since the last call, as (rows, cols), or None."},
     {"close", (PyCFunction)link_close, METH_NOARGS, "Forget the client (closes the link's socket)."},
     {NULL}};
 

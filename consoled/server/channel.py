@@ -47,6 +47,9 @@ class InputRelay(Protocol):
     def stop(self) -> None:
         """Make the thread stop now, and take back what it read (idempotent)."""
 
+    def take_size(self) -> None:
+        """Record the window size the thread put in force, if it did since."""
+
 
 RECEIVE_SIZE: Final = 64 * 1024
 #: More frames than this in one send are joined first (writev takes at most 1,024).

@@ -403,6 +403,15 @@ class Session:
         master = self.master
         if master is not None and master.source is not None and not master.closed:
             self.take_relayed()
+        self.sizes_caught_up()
+
+    def sizes_caught_up(self) -> None:
+        """Record a window size the relay's thread put in force (the event loop
+        hears of it up to 5 ms late): before the size changes again, or a
+        client is shown the screen."""
+        for sub in self.hub:
+            if sub.relayed_input is not None:
+                sub.relayed_input.take_size()
 
     def take_relayed(self) -> bool:
         """Publish what the relay's thread read (at once: a handover's freeze
@@ -678,7 +687,13 @@ class Session:
             self._resize_to_policy()
         self._sync_relay()
 
-    def client_resized(self, sub: Subscriber, rows: int, cols: int) -> None:
+    def client_resized(
+        self, sub: Subscriber, rows: int, cols: int, *, in_force: bool = False
+    ) -> None:
+        """A client's window changed; ``in_force``: the relay's thread already
+        set the terminal's size to it (the client is the only one attached)."""
+        if in_force:
+            self._apply_size(rows, cols, in_force=True)
         if self.hub.resized(sub, rows, cols):
             self._resize_to_policy()
 
@@ -688,6 +703,7 @@ class Session:
 
     def set_size(self, rows: int, cols: int) -> None:
         """Set the size directly (the ``resize`` request)."""
+        self.sizes_caught_up()  # a size the relay's thread set came first
         self.hub.release()
         self._apply_size(rows, cols)
 
@@ -767,11 +783,14 @@ class Session:
         elif nudge:
             self._nudge()
 
-    def _apply_size(self, rows: int, cols: int) -> None:
+    def _apply_size(self, rows: int, cols: int, *, in_force: bool = False) -> None:
+        """Set the terminal's size (``in_force``: it has it already) and the screen's."""
         if self.screen is not None and (rows, cols) != (self.rows, self.cols):
             self.screen.resize(self.record, rows, cols, self.render_budget)
         self.rows, self.cols = rows, cols
-        if self.master is not None and not self.master.closed:
+        if in_force:
+            log.debug("session.resized", session=str(self.name), rows=rows, cols=cols, by="relay")
+        elif self.master is not None and not self.master.closed:
             self.master.set_size(rows, cols)
             log.debug("session.resized", session=str(self.name), rows=rows, cols=cols)
 

@@ -226,15 +226,16 @@ class InputSide:
 class RelayedInput:
     """An attached client's input read by the native relay's thread (see :mod:`..io.relay`).
 
-    The thread reads the client's socket and writes the keys of each
-    ``input`` message to the terminal itself; the echo then never wakes the
-    event loop.  It may only while nothing else could come between: the
-    client is the session's only attached one (whose typing decides the
-    size), may type, has no keys waiting for the terminal, and nothing it
-    sent is half read here.  Anything but keys the terminal takes whole (a
-    resize, a detach, a message encoded otherwise, a full terminal, the end
-    of the stream) stops the thread, and :meth:`stop` hands what it read
-    back to the channel.  A second client stops it too.
+    The thread reads the client's socket, writes the keys of each ``input``
+    message to the terminal itself, and puts each ``window_size`` in force;
+    neither an echo nor a resize then wakes the event loop before it is
+    done.  It may only while nothing else could come between: the client is
+    the session's only attached one (whose size is the terminal's by any
+    policy, and whose typing decides nothing), may type, has no keys waiting
+    for the terminal, and nothing it sent is half read here.  Anything else
+    (a detach, a size out of range, a message encoded otherwise, a full
+    terminal, the end of the stream) stops the thread, and :meth:`stop`
+    hands what it read back to the channel.  A second client stops it too.
     """
 
     def __init__(
@@ -286,6 +287,7 @@ class RelayedInput:
         self.active = False
         stopped = self.link.input_stopped
         left, keys, written = self.link.stop_input()
+        self.take_size()  # it came before anything the thread hands back
         self._read_here = stopped and not left and not keys
         pending = self.inputs.pending
         pending.consumed += written
@@ -306,8 +308,15 @@ class RelayedInput:
             self.inputs.typed = True
             self._context.run(audit, "input", session=str(self.session.name))
 
+    def take_size(self) -> None:
+        """Record the window size the thread put in force, if it did since."""
+        size = self.link.take_size()
+        if size is not None:
+            self.session.client_resized(self.sub, *size, in_force=True)
+
     def woken(self) -> None:
         """The relay's thread has something for us (an event for the link)."""
+        self.take_size()
         if self.active and self.link.input_stopped:
             self.stop()
         elif self.active and self.link.typed and not self.inputs.typed:
