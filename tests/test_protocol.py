@@ -543,6 +543,44 @@ def test_the_quick_stream_decoder_agrees_with_the_generic_one(body: bytes) -> No
     )
 
 
+def _read_all(conn: Connection, stream: bytes, cut: int) -> list[object]:
+    """What ``conn`` makes of ``stream`` fed in pieces of ``cut`` bytes: its
+    events, then the error that stopped it (its code), if any."""
+    got: list[object] = []
+    try:
+        for at in range(0, len(stream), cut):
+            conn.receive_data(stream[at : at + cut])
+            got += drain(conn)[0]
+    except RemoteProtocolError as exc:
+        got.append(exc.code)
+    return got
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(stream_bodies, min_size=1, max_size=6),
+    st.sampled_from([ev.Output, ev.Input]),
+    st.integers(min_value=1, max_value=400),
+    st.integers(min_value=-3, max_value=3),
+)
+def test_a_streaming_connection_reads_stream_data_as_the_generic_path_does(
+    bodies: list[bytes], kind: type[ev.Event], cut: int, skew: int
+) -> None:
+    """A streaming connection's one-call path for the peer's stream data
+    gives the events (and errors) the generic path gives, frame lengths that
+    lie included."""
+    stream = b"".join(frame(b) for b in bodies[:-1])
+    last = bodies[-1]
+    stream += max(0, len(last) + skew).to_bytes(4, "big") + last
+    got = []
+    for quick in (True, False):
+        pair = pair_in("streaming")
+        receiver = pair.client if kind is ev.Output else pair.server
+        receiver._quick = quick  # False: the generic path alone
+        got.append(_read_all(receiver, stream, cut))
+    assert got[0] == got[1]
+
+
 @pytest.mark.parametrize("kind", [ev.Output, ev.Input])
 def test_stream_data_in_another_layout_is_still_understood(kind: type[ev.Event]) -> None:
     pair = pair_in("streaming")

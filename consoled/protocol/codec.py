@@ -180,7 +180,7 @@ def _as_map(obj: object) -> dict[str, object]:
 OUTPUT_PREFIX: Final = b"\x82\xa4type\xa6output\xa4data"
 INPUT_PREFIX: Final = b"\x82\xa4type\xa5input\xa4data"
 #: The ``bin`` headers by their first byte: the size of the length that follows.
-_BIN_LENGTH_SIZE: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+BIN_LENGTH_SIZE: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}
 
 
 def bin_header(size: int) -> bytes:
@@ -217,7 +217,7 @@ def stream_data_at(
         return None
     if at >= end:
         return None
-    width = _BIN_LENGTH_SIZE.get(body[at], 0)
+    width = BIN_LENGTH_SIZE.get(body[at], 0)
     data = at + 1 + width
     if not width or data > end or int.from_bytes(body[at + 1 : data], "big") != end - data:
         return None

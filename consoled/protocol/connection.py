@@ -106,6 +106,13 @@ class Connection:
         #: An ``output`` or ``input`` message holds 5 elements: decode them quickly
         #: (see :func:`.codec.stream_data_at`) unless the bound is lower still.
         self._quick = max_elements >= STREAM_DATA_ELEMENTS
+        #: The peer's stream data while streaming: a client reads ``output``,
+        #: the server ``input`` (see :meth:`_stream_data`).
+        self._their_data: Final = (
+            (codec.OUTPUT_PREFIX, ev.Output)
+            if self.their_role is Role.SERVER
+            else (codec.INPUT_PREFIX, ev.Input)
+        )
         self._machine = StateMachine()
         self._buf = bytearray()
         self._pos = 0
@@ -159,7 +166,12 @@ class Connection:
             RemoteProtocolError: the peer sent a bad frame or an illegal message;
                 the connection is then in state ERROR and raises again if asked.
         """
-        if self._machine.state is State.ERROR:
+        state = self._machine.state
+        if state is State.STREAMING and self._quick:
+            data = self._stream_data()
+            if data is not None:
+                return data
+        elif state is State.ERROR:
             raise RemoteProtocolError("connection is in ERROR state", ErrorCode.BAD_FRAME)
         while True:
             event = self._next_frame_event()
@@ -175,6 +187,40 @@ class Connection:
             if isinstance(event, Sentinel):
                 return
             yield event
+
+    def _stream_data(self) -> ev.Event | None:
+        """The next frame, if it is the peer's stream data in the usual layout.
+
+        The hot path of every keystroke and chunk of output, in one call: such
+        a frame is always allowed while streaming, so the state machine has
+        nothing to check.  Anything else (another message, another layout, a
+        frame not all here or too large) is None: the general path reads it.
+        """
+        buf = self._buf
+        pos = self._pos
+        prefix, kind = self._their_data
+        head = pos + _HEADER
+        at = head + len(prefix)
+        if len(buf) <= at or not buf.startswith(prefix, head):
+            return None
+        end = head + int.from_bytes(buf[pos:head], "big")
+        width = codec.BIN_LENGTH_SIZE.get(buf[at], 0)
+        data = at + 1 + width
+        if (
+            not width
+            or end > len(buf)
+            or end - head > self.max_frame_size
+            or data > end
+            or int.from_bytes(buf[at + 1 : data], "big") != end - data
+        ):
+            return None
+        event: ev.Event = kind(bytes(buf[data:end]))
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
+        return event
 
     def _taken(self, end: int) -> None:
         """The buffer's bytes before ``end`` are decoded."""
