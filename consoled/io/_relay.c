@@ -529,6 +529,7 @@ static void link_read(Relay *r, Link *l) {
         input_stop(r, l, 1);
         return;
     }
+    int drained = 0;
     for (;;) {
         while (l->in_len >= 4) {
             const unsigned char *b = (const unsigned char *)l->in_buf;
@@ -594,9 +595,13 @@ static void link_read(Relay *r, Link *l) {
                 return;
             }
         }
-        ssize_t got = recv(l->fd, l->in_buf + l->in_len, IN_BUF - l->in_len, MSG_DONTWAIT);
+        if (drained)
+            return; /* the epoll says when more comes (a recv now would find nothing) */
+        size_t room = IN_BUF - l->in_len;
+        ssize_t got = recv(l->fd, l->in_buf + l->in_len, room, MSG_DONTWAIT);
         if (got > 0) {
             l->in_len += (size_t)got;
+            drained = (size_t)got < room; /* a keystroke: most likely all there was */
             continue;
         }
         if (got < 0 && errno == EINTR)
