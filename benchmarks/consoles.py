@@ -29,7 +29,7 @@ from consoled.io.listener import Listener
 from consoled.protocol import events as ev
 from tests.support.runtime import Runtime
 
-from .taps import RECV_TIMEOUT, ConmonTap, ConsoledTap, RawTap, Tap, set_winsize
+from .taps import RECV_TIMEOUT, ConmonTap, ConsoledTap, FramedTap, RawTap, Tap, set_winsize
 
 #: Seconds conmon gets to create its container.
 CONMON_CREATE_TIMEOUT = 30.0
@@ -163,14 +163,16 @@ class ConsoledConsole(Console):
             self._control = Client(self.control_socket)
         return self._control
 
-    def open_tap(self, *, replay: int | None = None) -> ConsoledTap:
+    def open_tap(self, *, replay: int | None = None, framed: bool = False) -> ConsoledTap:
+        """An attached client (``framed``: one that reads and writes stream
+        data as a lean client would, see :class:`.FramedTap`)."""
         client = Client(self.control_socket, timeout=RECV_TIMEOUT)
         try:
             client.call(ev.Attach(self.cid, replay=replay), ev.Attached)
         except BaseException:
             client.close()
             raise
-        tap = ConsoledTap(client)
+        tap = FramedTap(client) if framed else ConsoledTap(client)
         self.taps.append(tap)
         return tap
 

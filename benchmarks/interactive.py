@@ -3,7 +3,12 @@
 Echo: ``cat`` on a cooked terminal; each round trip sends one byte and waits
 for the line discipline's echo of it (the kernel echoes; ``cat`` only keeps
 the terminal open and cooked).  Fewer than 4,095 bytes go into one line, so
-the line buffer never fills.
+the line buffer never fills.  consoled's client handles stream data as a
+lean client in any language would (``taps.FramedTap``: a frame made by
+concatenation, an ``output`` frame recognised by its header), as conmon's
+reads raw packets; beside it, the same trips by a client speaking through
+the project's protocol library (``consoled.client``, what ``consoled
+attach`` pays).
 
 Attach, connect to first echo (consoled and conmon): a new client connects,
 attaches without replay, sends one byte and waits for its echo; then it
@@ -92,13 +97,25 @@ async def echo(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
     attach_kinds = [k for k in bench.kinds if k != "raw"]
     attach50: dict[str, list[float]] = {k: [] for k in attach_kinds}
     attach99: dict[str, list[float]] = {k: [] for k in attach_kinds}
+    library50: list[float] = []
     for _ in range(bench.options.runs):
         for kind in bench.kinds:
             async with bench.console(kind, "echo R; exec cat", "echo") as console:
-                tap = await trio.to_thread.run_sync(console.open_tap)
+                tap: Tap
+                if isinstance(console, ConsoledConsole):
+                    tap = await trio.to_thread.run_sync(partial(console.open_tap, framed=True))
+                else:
+                    tap = await trio.to_thread.run_sync(console.open_tap)
                 await console.start()
                 await trio.to_thread.run_sync(tap.read_until, READY)
                 samples = await trio.to_thread.run_sync(_echo_trips, tap, trips)
+                if isinstance(console, ConsoledConsole):
+                    # The same trips with the project's protocol library (consoled attach's).
+                    tap.close()
+                    console.taps.remove(tap)
+                    tap = await trio.to_thread.run_sync(partial(console.open_tap, replay=0))
+                    library = await trio.to_thread.run_sync(_echo_trips, tap, trips)
+                    library50.append(percentile(library, 0.50))
                 if kind in attach_kinds:
                     joins = await trio.to_thread.run_sync(_attach_trips, console, attaches)
                     attach50[kind].append(percentile(joins, 0.50))
@@ -125,6 +142,14 @@ async def echo(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
         ),
         Figure(
             "4 echo",
+            "round trip p50, the client speaking through consoled.client",
+            "us",
+            Summary.of(library50),
+            None,
+            {},
+        ),
+        Figure(
+            "4 echo",
             "attach: connect to first echo, p50",
             "us",
             Summary.of(attach50["consoled"]),
@@ -147,6 +172,7 @@ async def echo(bench: Bench) -> tuple[list[Figure], dict[str, object]]:
         "attach_p99_us": attach99,
         "p50_us": p50,
         "p99_us": p99,
+        "library_p50_us": library50,
         "max_us": {k: [max(s) for s in v] for k, v in raw.items()},
     }
     return figures, data

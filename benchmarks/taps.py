@@ -19,7 +19,7 @@ import termios
 from pathlib import Path
 
 from consoled.client.conn import Client
-from consoled.protocol import CLOSED, NEED_DATA
+from consoled.protocol import CLOSED, NEED_DATA, codec
 from consoled.protocol import events as ev
 
 #: Seconds a single blocking receive may wait before the measurement gives up.
@@ -132,6 +132,65 @@ class ConsoledTap(Tap):
 
     def close(self) -> None:
         self.client.close()
+
+
+class FramedTap(ConsoledTap):
+    """An attached client that handles stream data as a lean client would.
+
+    Each key goes out as one ``input`` frame made by concatenation, and each
+    ``output`` frame in the usual layout is recognised by its header and its
+    data taken as it is; anything else (``ended``, ``error``, another
+    layout) is decoded in full.  This is what a client in C or Go that
+    speaks docs/protocol.md pays per keystroke, and about what conmon's raw
+    tap pays: the echo then measures the daemon rather than the Python
+    protocol library's state machine and codec (:class:`ConsoledTap`, which
+    is what ``consoled attach`` pays, reported beside it).
+    """
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+        self._buf = bytearray()
+
+    def recv(self) -> bytes:
+        if self.client.conn.buffered:  # read past `attached` by the library's client
+            return super().recv()
+        buf = self._buf
+        while True:
+            if len(buf) >= 4:
+                end = 4 + int.from_bytes(buf[:4], "big")
+                if len(buf) >= end:
+                    body = bytes(buf[4:end])
+                    del buf[:end]
+                    found = _output_data(body)
+                    if found is not None:
+                        return found
+                    event = codec.decode_body(body, 1 << 24, 1 << 16)
+                    if isinstance(event, ev.Output):
+                        return event.data
+                    if isinstance(event, ev.Ended):
+                        self.ended = event
+                        return b""
+                    continue
+            data = self.client.sock.recv(READ_SIZE)
+            if not data:
+                return b""
+            buf += data
+
+    def send(self, data: bytes) -> None:
+        body = codec.INPUT_PREFIX + codec.bin_header(len(data)) + data
+        self.client.sock.sendall(len(body).to_bytes(4, "big") + body)
+
+
+def _output_data(body: bytes) -> bytes | None:
+    """The data of an ``output`` body in the usual layout, else None."""
+    at = len(codec.OUTPUT_PREFIX)
+    if len(body) <= at or not body.startswith(codec.OUTPUT_PREFIX):
+        return None
+    width = codec.BIN_LENGTH_SIZE.get(body[at], 0)
+    start = at + 1 + width
+    if not width or int.from_bytes(body[at + 1 : start], "big") != len(body) - start:
+        return None
+    return body[start:]
 
 
 class ConmonTap(Tap):
