@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import gc
 import itertools
 import re
 import time
@@ -23,6 +24,7 @@ from consoled.client.detachkeys import (
 from consoled.io.scrollback import COALESCE, Scrollback
 from consoled.names import InvalidName, SessionName, check_part
 from consoled.server import cri
+from consoled.server.daemon import _collector_paused
 from consoled.server.hub import ClientHub
 from consoled.server.sizepolicy import (
     MAX_DIMENSION,
@@ -703,3 +705,20 @@ def test_a_runtimes_message_without_its_log_format() -> None:
     assert runtime_message(crun) == "executable file `x` not found in $PATH: No such file"
     assert runtime_message("plain words\n\nand more\n") == "plain words; and more"
     assert runtime_message("") == ""
+
+
+def test_the_collector_is_paused_for_an_adoption_and_only_then() -> None:
+    assert gc.isenabled()
+    with _collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), _collector_paused():
+        raise RuntimeError("an adoption that fails")
+    assert gc.isenabled(), "back on after a failure too"
+    gc.disable()
+    try:
+        with _collector_paused():
+            pass
+        assert not gc.isenabled(), "left off if it was off"
+    finally:
+        gc.enable()
