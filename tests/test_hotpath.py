@@ -611,3 +611,33 @@ async def test_the_relay_thread_resizes_for_the_only_client_and_the_daemon_follo
         await trio.testing.wait_all_tasks_blocked()
         assert (session.rows, session.cols) == (50, 130) == _winsize(slave)
         assert (session.screen.screen.rows, session.screen.screen.cols) == (50, 130)
+
+
+async def test_a_link_that_could_not_start_is_started_once_the_event_loop_caught_up(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """A client's link cannot start while the relay's thread holds output the
+    event loop has not taken (its pump then waits with the link stopped); the
+    event loop writes that output itself, and starts the link after it: the
+    thread writes what comes next."""
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "late", slaves)
+        client = await d.connect()
+        reply = await client.request(ev.Attach("late", replay=0))
+        assert isinstance(reply, ev.Attached)
+        await trio.testing.wait_all_tasks_blocked()
+        session = d.table.get("late")
+        (sub,) = list(session.hub)
+        assert sub.link is not None and sub.link.active
+        assert sub.relayed_input is not None
+        channel = sub.relayed_input.channel  # type: ignore[attr-defined]
+        # As when its pump tried while the thread held output: waiting, stopped.
+        channel.deactivate_link()
+        os.write(slave, b"first")
+        assert await collect(client, 5) == b"first"
+        await trio.testing.wait_all_tasks_blocked()
+        assert sub.link.active, "started once the output it waited for was written"
+        handled = sub.link.handled
+        os.write(slave, b"second")
+        assert await collect(client, 6) == b"second"
+        assert sub.link.handled == handled + 6, "the thread wrote it"

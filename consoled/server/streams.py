@@ -343,6 +343,11 @@ async def _pump_output(
             return False
         if channel.unfinished:
             sub.wake()  # the rest of the frame is ours to write
+        elif sub.link is not None and sub.end_notice is None:
+            # The pump waits with the link stopped (it could not start while
+            # the relay's thread held output, or a send stopped it): the thread
+            # may write what comes next, now that the client has all of it.
+            channel.activate_link()
         return True
 
     sub.send_now = send_now
