@@ -17,6 +17,7 @@ import socket
 import struct
 import termios
 from pathlib import Path
+from typing import Final
 
 from consoled.client.conn import Client
 from consoled.protocol import CLOSED, NEED_DATA, codec
@@ -149,18 +150,18 @@ class FramedTap(ConsoledTap):
 
     def __init__(self, client: Client) -> None:
         super().__init__(client)
-        self._buf = bytearray()
+        self._pending = b""
 
     def recv(self) -> bytes:
         if self.client.conn.buffered:  # read past `attached` by the library's client
             return super().recv()
-        buf = self._buf
         while True:
-            if len(buf) >= 4:
-                end = 4 + int.from_bytes(buf[:4], "big")
-                if len(buf) >= end:
-                    body = bytes(buf[4:end])
-                    del buf[:end]
+            pending = self._pending
+            if len(pending) >= 4:
+                end = 4 + int.from_bytes(pending[:4], "big")
+                if len(pending) >= end:
+                    body = pending[4:end]
+                    self._pending = pending[end:]
                     found = _output_data(body)
                     if found is not None:
                         return found
@@ -174,21 +175,23 @@ class FramedTap(ConsoledTap):
             data = self.client.sock.recv(READ_SIZE)
             if not data:
                 return b""
-            buf += data
+            self._pending = pending + data if pending else data
 
     def send(self, data: bytes) -> None:
-        body = codec.INPUT_PREFIX + codec.bin_header(len(data)) + data
+        body = b"".join((codec.INPUT_PREFIX, codec.bin_header(len(data)), data))
         self.client.sock.sendall(len(body).to_bytes(4, "big") + body)
+
+
+_AT: Final = len(codec.OUTPUT_PREFIX)
 
 
 def _output_data(body: bytes) -> bytes | None:
     """The data of an ``output`` body in the usual layout, else None."""
-    at = len(codec.OUTPUT_PREFIX)
-    if len(body) <= at or not body.startswith(codec.OUTPUT_PREFIX):
+    if not body.startswith(codec.OUTPUT_PREFIX) or len(body) <= _AT:
         return None
-    width = codec.BIN_LENGTH_SIZE.get(body[at], 0)
-    start = at + 1 + width
-    if not width or int.from_bytes(body[at + 1 : start], "big") != len(body) - start:
+    width = codec.BIN_LENGTH_SIZE.get(body[_AT], 0)
+    start = _AT + 1 + width
+    if not width or int.from_bytes(body[_AT + 1 : start], "big") != len(body) - start:
         return None
     return body[start:]
 
