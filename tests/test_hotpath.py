@@ -37,6 +37,7 @@ from consoled.protocol import (
     Role,
 )
 from consoled.protocol import events as ev
+from consoled.server import streams
 from consoled.server.channel import Channel
 from consoled.server.session import Session
 from consoled.server.sizepolicy import SizePolicy
@@ -641,3 +642,39 @@ async def test_a_link_that_could_not_start_is_started_once_the_event_loop_caught
         os.write(slave, b"second")
         assert await collect(client, 6) == b"second"
         assert sub.link.handled == handled + 6, "the thread wrote it"
+
+
+async def test_the_relay_takes_an_attached_client_on_before_the_attach_is_recorded(
+    short_tmp: Path, slaves: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the client has its reply, the relay's thread writes its output and
+    reads its keys at once: its first echo waits neither for the attach's log
+    records nor for the stream's tasks to start."""
+    seen: list[tuple[bool, bool]] = []
+    recorded = vars(streams)["audit"]
+
+    def audit(action: str, **fields: object) -> None:
+        if action == "attach":
+            sub = list(d.table.get("early").hub)[-1]  # the newest
+            assert sub.link is not None
+            seen.append((sub.link.active, sub.link.input))
+        recorded(action, **fields)
+
+    monkeypatch.setattr(streams, "audit", audit)
+    async with inproc_daemon(short_tmp / "s") as d:
+        slave = await running(d, "early", slaves)
+        client = await d.connect()
+        assert isinstance(await client.request(ev.Attach("early", replay=0)), ev.Attached)
+        assert seen == [(True, True)]
+        await client.send(ev.Input(b"k"))
+        assert await read_slave(slave, 1) == b"k"
+        os.write(slave, b"echo")
+        assert await collect(client, 4) == b"echo"
+        # With a replay queued, the pump sends it first, then the thread takes over.
+        other = await d.connect()
+        await client.aclose()
+        d.clients.remove(client)
+        reply = await other.request(ev.Attach("early", replay=4))
+        assert isinstance(reply, ev.Attached) and reply.replay == 4
+        assert seen[1] == (False, False), "a replay goes first"
+        assert await collect(other, 4) == b"echo"

@@ -40,6 +40,8 @@ class InputRelay(Protocol):
 
     #: Set when the thread has stopped reading (or was stopped).
     returned: trio.Event
+    #: The thread reads (started, and not stopped since).
+    active: bool
 
     def start(self) -> bool:
         """Let the thread read, if it may now; False (nothing changes) if not."""
@@ -299,7 +301,11 @@ class Channel:
             self._account(self.conn.buffered if event is NEED_DATA else 0)
             if event is NEED_DATA:
                 relayed = self.relayed_input
-                if relayed is not None and not self.conn.buffered and relayed.start():
+                if (
+                    relayed is not None
+                    and not self.conn.buffered
+                    and (relayed.active or relayed.start())
+                ):
                     # The relay's thread reads the client until it meets
                     # something that is not keys for the terminal.
                     try:

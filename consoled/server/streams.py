@@ -528,6 +528,14 @@ async def _attached(
                     chunk = drawn[start : start + MAX_DATA_CHUNK]
                     last = start + MAX_DATA_CHUNK >= len(drawn)
                     await channel.send(ev.Screen(chunk, approximate=screen.approximate and last))
+            # The relay's thread takes the client on at once, if nothing is queued
+            # for it (a replay) nor read from it past the request: its first
+            # keystroke's echo then waits neither for the records below nor for
+            # the stream's tasks to start.
+            if link is not None and not sub.queued and sub.end_notice is None:
+                channel.activate_link()
+                if inputs.relayed is not None and not channel.conn.buffered:
+                    inputs.relayed.start()
         finally:
             # Logged once the client has its answer (each event costs the
             # event loop its rendering and a wake-up of the log writer).
