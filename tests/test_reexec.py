@@ -31,6 +31,7 @@ from tests.support.cli import cli, ls_json
 from tests.support.client import AsyncClient, screen_of, wait_output
 from tests.support.daemon import DaemonProcess
 from tests.support.holder import PtyHolder, running_session, streamed
+from tests.support.logfiles import wait_file
 from tests.support.piped import piped_cli, stalled_reader
 from tests.support.runtime import Runtime
 from tests.test_logfiles import parse_cri
@@ -118,8 +119,9 @@ async def test_reexec_under_load_loses_and_repeats_nothing(
             await piped.wait_for(end, timeout=CATCH_UP_TIMEOUT)
             await wait_output(daemon.control_socket, cid, b"END-")
 
-            # The log file: every number from 1, once, in order.
-            logged = (log_dir / f"{cid}.log").read_bytes()
+            # The log file (its writer thread's, a moment later): every number
+            # from 1, once, in order.
+            logged = await wait_file(log_dir / f"{cid}.log", b"END-%d" % last)
             assert_exactly_once(numbers(logged), 1, last)
             # Each client: from where it attached to the end, once, in order.
             tty_values = numbers(bytes(tty.output))
@@ -462,7 +464,8 @@ async def test_a_cri_log_goes_on_after_a_reexec_without_repeating_a_record(
         await reexec(daemon)
         await holder.say(0, "after-1")
         await wait_output(daemon.control_socket, "c1", b"after-1")
-        lines = parse_cri((log_dir / "c1.log").read_bytes()).splitlines()
+        # The file is its writer thread's, written a moment after the output.
+        lines = parse_cri(await wait_file(log_dir / "c1.log", b"after-1")).splitlines()
         expected = [f"before-{n}" for n in range(5)] + ["after-0", "after-1"]
         assert [line.decode().strip() for line in lines] == expected
     finally:
