@@ -320,6 +320,21 @@ def test_a_link_keeps_its_own_socket_and_closes_it() -> None:
         b.close()
 
 
+@contextmanager
+def reading(source: _relay.Source) -> Iterator[tuple[_relay.Link, socket.socket]]:
+    """A link whose thread reads its client's input (started), and the
+    client's end of the socket; closed on the way out."""
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)  # as trio's are (the thread reads with MSG_DONTWAIT anyway)
+        link = _relay.Link(source, a.fileno())
+        try:
+            assert link.start_input() and link.input
+            yield link, b
+        finally:
+            link.close()
+
+
 def _frame(body: bytes) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
@@ -332,58 +347,46 @@ def wait_for(check: Callable[[], bool], what: str) -> None:
 
 
 def test_the_thread_writes_the_keys_of_input_messages_and_hands_back_the_rest() -> None:
-    with relayed() as (_, source, slave, _):
-        a, b = socket.socketpair()
-        with a, b:
-            a.setblocking(False)  # as trio's are (the thread reads with MSG_DONTWAIT anyway)
-            link = _relay.Link(source, a.fileno())
-            assert link.start_input() and link.input
-            keys = [b"l", b"s", b" -l\r", b"x" * 300, b"y" * 70_000]
-            b.sendall(b"".join(_frame(codec.encode_body(ev.Input(k))) for k in keys[:4]))
-            assert read_exactly(slave, 1 + 1 + 4 + 300) == b"".join(keys[:4])
-            assert link.typed and link.input
-            # A message larger than the thread holds: Python's, whole.
-            big = _frame(codec.encode_body(ev.Input(keys[4])))
-            b.sendall(big[:1000])
-            wait_for(lambda: link.input_stopped, "stopped at a message larger than its buffer")
-            left, unwritten, written = link.stop_input()
-            assert left == big[:4] or big.startswith(left), "the start of it, for Python"
-            assert unwritten == b"" and written == 306
-            # Anything but keys and sizes: handed back whole, with what follows it.
-            assert link.start_input()
-            detach = _frame(codec.encode_body(ev.Detach()))
-            after = _frame(codec.encode_body(ev.Input(b"after")))
-            b.sendall(detach + after)
-            wait_for(lambda: link.input_stopped, "stopped at the detach")
-            left, unwritten, written = link.stop_input()
-            assert left == detach + after and unwritten == b"" and written == 0
-            # The end of the stream stops it, with nothing to hand back.
-            assert link.start_input()
-            b.shutdown(socket.SHUT_WR)
-            wait_for(lambda: link.input_stopped, "stopped at the end of the stream")
-            assert link.stop_input() == (b"", b"", 0)
-            link.close()
+    with relayed() as (_, source, slave, _), reading(source) as (link, b):
+        keys = [b"l", b"s", b" -l\r", b"x" * 300, b"y" * 70_000]
+        b.sendall(b"".join(_frame(codec.encode_body(ev.Input(k))) for k in keys[:4]))
+        assert read_exactly(slave, 1 + 1 + 4 + 300) == b"".join(keys[:4])
+        assert link.typed and link.input
+        # A message larger than the thread holds: Python's, whole.
+        big = _frame(codec.encode_body(ev.Input(keys[4])))
+        b.sendall(big[:1000])
+        wait_for(lambda: link.input_stopped, "stopped at a message larger than its buffer")
+        left, unwritten, written = link.stop_input()
+        assert left == big[:4] or big.startswith(left), "the start of it, for Python"
+        assert unwritten == b"" and written == 306
+        # Anything but keys and sizes: handed back whole, with what follows it.
+        assert link.start_input()
+        detach = _frame(codec.encode_body(ev.Detach()))
+        after = _frame(codec.encode_body(ev.Input(b"after")))
+        b.sendall(detach + after)
+        wait_for(lambda: link.input_stopped, "stopped at the detach")
+        left, unwritten, written = link.stop_input()
+        assert left == detach + after and unwritten == b"" and written == 0
+        # The end of the stream stops it, with nothing to hand back.
+        assert link.start_input()
+        b.shutdown(socket.SHUT_WR)
+        wait_for(lambda: link.input_stopped, "stopped at the end of the stream")
+        assert link.stop_input() == (b"", b"", 0)
 
 
 def test_keys_a_full_terminal_does_not_take_are_handed_back() -> None:
-    with relayed() as (_, source, slave, _):
-        a, b = socket.socketpair()
-        with a, b:
-            a.setblocking(False)
-            link = _relay.Link(source, a.fileno())
-            assert link.start_input()
-            # The program reads nothing (raw mode): the terminal's input buffer fills.
-            typed = pattern(100_000, seed=1)
-            b.sendall(b"".join(_frame(codec.encode_body(ev.Input(typed[i : i + 4000])))
-                               for i in range(0, len(typed), 4000)))  # fmt: skip
-            wait_for(lambda: link.input_stopped, "stopped at a full terminal")
-            left, unwritten, written = link.stop_input()
-            assert unwritten, "the keys of the message the terminal took part of"
-            # The terminal has `written` bytes; then `unwritten`; then what `left` holds.
-            got = read_exactly(slave, written)
-            rest = b"".join(ev_.data for ev_ in decode_inputs(left))
-            assert got + unwritten + rest == typed[: len(got) + len(unwritten) + len(rest)]
-            link.close()
+    with relayed() as (_, source, slave, _), reading(source) as (link, b):
+        # The program reads nothing (raw mode): the terminal's input buffer fills.
+        typed = pattern(100_000, seed=1)
+        b.sendall(b"".join(_frame(codec.encode_body(ev.Input(typed[i : i + 4000])))
+                           for i in range(0, len(typed), 4000)))  # fmt: skip
+        wait_for(lambda: link.input_stopped, "stopped at a full terminal")
+        left, unwritten, written = link.stop_input()
+        assert unwritten, "the keys of the message the terminal took part of"
+        # The terminal has `written` bytes; then `unwritten`; then what `left` holds.
+        got = read_exactly(slave, written)
+        rest = b"".join(ev_.data for ev_ in decode_inputs(left))
+        assert got + unwritten + rest == typed[: len(got) + len(unwritten) + len(rest)]
 
 
 def read_exactly(fd: int, size: int) -> bytes:
@@ -421,28 +424,26 @@ def _packed(pairs: list[tuple[str, object]]) -> bytes:
 
 
 def test_the_thread_puts_window_sizes_in_force_and_says_which_was_last() -> None:
-    with relayed() as (_, source, slave, _):
-        a, b = socket.socketpair()
-        with a, b:
-            a.setblocking(False)
-            link = _relay.Link(source, a.fileno())
-            assert link.start_input()
-            assert link.take_size() is None
-            # Every width msgpack writes a size in (fixint, uint8, uint16), the bounds included.
-            for rows, cols in [(1, 127), (128, 255), (256, 65535), (65535, 1), (24, 80)]:
-                b.sendall(_frame(codec.encode_body(ev.WindowSize(rows, cols))))
-                size = (rows, cols)
-                wait_for(lambda: _winsize(slave) == size, f"{rows}x{cols}")  # noqa: B023
-            assert link.take_size() == (24, 80), "the last one"
-            assert link.take_size() is None, "once"
-            # Keys after a size go on being written, in order.
-            b.sendall(_frame(codec.encode_body(ev.Input(b"k"))))
-            assert read_exactly(slave, 1) == b"k"
-            # Its keys in another order, and a uint32 that fits: the same message.
-            b.sendall(_packed([("cols", 100), ("type", "window_size"), ("rows", 2**16 - 2)]))
-            wait_for(lambda: _winsize(slave) == (65534, 100), "keys in another order")
-            assert link.take_size() == (65534, 100) and link.input
-            link.close()
+    with relayed() as (_, source, slave, _), reading(source) as (link, b):
+        assert link.take_size() is None
+        # Every width msgpack writes a size in (fixint, uint8, uint16), the bounds included.
+        for rows, cols in [(1, 127), (128, 255), (256, 65535), (65535, 1), (24, 80)]:
+            b.sendall(_frame(codec.encode_body(ev.WindowSize(rows, cols))))
+            size = (rows, cols)
+            wait_for(lambda: _winsize(slave) == size, f"{rows}x{cols}")  # noqa: B023
+        assert link.take_size() == (24, 80), "the last one"
+        assert link.take_size() is None, "once"
+        # Keys after a size go on being written, in order.
+        b.sendall(_frame(codec.encode_body(ev.Input(b"k"))))
+        assert read_exactly(slave, 1) == b"k"
+        # Its keys in another order: the same message.
+        b.sendall(_packed([("cols", 100), ("type", "window_size"), ("rows", 2**16 - 2)]))
+        wait_for(lambda: _winsize(slave) == (65534, 100), "keys in another order")
+        assert link.take_size() == (65534, 100) and link.input
+        # A size in a wider integer than msgpack would use (a uint32): the same too.
+        b.sendall(_frame(b"\x83\xa4type\xabwindow_size\xa4rows\xce\0\0\0\x05\xa4cols\x50"))
+        wait_for(lambda: _winsize(slave) == (5, 80), "a uint32")
+        assert link.take_size() == (5, 80) and link.input
 
 
 @pytest.mark.parametrize(
@@ -462,24 +463,18 @@ def test_the_thread_puts_window_sizes_in_force_and_says_which_was_last() -> None
 def test_a_window_size_the_thread_cannot_vouch_for_is_handed_back(
     body: list[tuple[str, object]],
 ) -> None:
-    with relayed() as (_, source, slave, _):
-        a, b = socket.socketpair()
-        with a, b:
-            a.setblocking(False)
-            link = _relay.Link(source, a.fileno())
-            before = _winsize(slave)
-            assert link.start_input()
-            if len({k for k, _ in body}) < len(body):  # a dict cannot hold it: pack by hand
-                message = _frame(
-                    bytes([0x80 | len(body)])
-                    + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in body)
-                )
-            else:
-                message = _packed(body)
-            after = _frame(codec.encode_body(ev.Input(b"after")))
-            b.sendall(message + after)
-            wait_for(lambda: link.input_stopped, "stopped at it")
-            left, unwritten, written = link.stop_input()
-            assert left == message + after and unwritten == b"" and written == 0
-            assert link.take_size() is None and _winsize(slave) == before
-            link.close()
+    with relayed() as (_, source, slave, _), reading(source) as (link, b):
+        before = _winsize(slave)
+        if len({k for k, _ in body}) < len(body):  # a dict cannot hold it: pack by hand
+            message = _frame(
+                bytes([0x80 | len(body)])
+                + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in body)
+            )
+        else:
+            message = _packed(body)
+        after = _frame(codec.encode_body(ev.Input(b"after")))
+        b.sendall(message + after)
+        wait_for(lambda: link.input_stopped, "stopped at it")
+        left, unwritten, written = link.stop_input()
+        assert left == message + after and unwritten == b"" and written == 0
+        assert link.take_size() is None and _winsize(slave) == before
