@@ -17,7 +17,6 @@ import socket
 import struct
 import termios
 from pathlib import Path
-from typing import Final
 
 from consoled.client.conn import Client
 from consoled.protocol import CLOSED, NEED_DATA, codec
@@ -182,18 +181,12 @@ class FramedTap(ConsoledTap):
         self.client.sock.sendall(len(body).to_bytes(4, "big") + body)
 
 
-_AT: Final = len(codec.OUTPUT_PREFIX)
-
-
 def _output_data(body: bytes) -> bytes | None:
     """The data of an ``output`` body in the usual layout, else None."""
-    if not body.startswith(codec.OUTPUT_PREFIX) or len(body) <= _AT:
+    found = codec.stream_data_at(body, 0, len(body))
+    if found is None or found[0] is not ev.Output:
         return None
-    width = codec.BIN_LENGTH_SIZE.get(body[_AT], 0)
-    start = _AT + 1 + width
-    if not width or int.from_bytes(body[_AT + 1 : start], "big") != len(body) - start:
-        return None
-    return body[start:]
+    return body[found[1] :]
 
 
 class ConmonTap(Tap):

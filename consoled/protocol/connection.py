@@ -108,11 +108,7 @@ class Connection:
         self._quick = max_elements >= STREAM_DATA_ELEMENTS
         #: The peer's stream data while streaming: a client reads ``output``,
         #: the server ``input`` (see :meth:`_stream_data`).
-        self._their_data: Final = (
-            (codec.OUTPUT_PREFIX, ev.Output)
-            if self.their_role is Role.SERVER
-            else (codec.INPUT_PREFIX, ev.Input)
-        )
+        self._their_data: Final = ev.Output if self.their_role is Role.SERVER else ev.Input
         self._machine = StateMachine()
         self._buf = bytearray()
         self._pos = 0
@@ -198,23 +194,16 @@ class Connection:
         """
         buf = self._buf
         pos = self._pos
-        prefix, kind = self._their_data
         head = pos + _HEADER
-        at = head + len(prefix)
-        if len(buf) <= at or not buf.startswith(prefix, head):
+        if len(buf) < head:
             return None
         end = head + int.from_bytes(buf[pos:head], "big")
-        width = codec.BIN_LENGTH_SIZE.get(buf[at], 0)
-        data = at + 1 + width
-        if (
-            not width
-            or end > len(buf)
-            or end - head > self.max_frame_size
-            or data > end
-            or int.from_bytes(buf[at + 1 : data], "big") != end - data
-        ):
+        if end > len(buf) or end - head > self.max_frame_size:
             return None
-        event: ev.Event = kind(bytes(buf[data:end]))
+        found = codec.stream_data_at(buf, head, end)
+        if found is None or found[0] is not self._their_data:
+            return None
+        event: ev.Event = found[0](bytes(buf[found[1] : end]))
         if end == len(buf):
             buf.clear()
             self._pos = 0
