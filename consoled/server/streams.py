@@ -343,11 +343,11 @@ async def _pump_output(
             return False
         if channel.unfinished:
             sub.wake()  # the rest of the frame is ours to write
-        elif sub.link is not None and sub.end_notice is None:
+        else:
             # The pump waits with the link stopped (it could not start while
             # the relay's thread held output, or a send stopped it): the thread
             # may write what comes next, now that the client has all of it.
-            channel.activate_link()
+            _start_link(channel, sub)
         return True
 
     sub.send_now = send_now
@@ -392,8 +392,7 @@ async def _pump_queue(channel: Channel, sub: Subscriber) -> None:
     the client) writes the session's output itself.
     """
     while True:
-        if sub.link is not None and not sub.queued and sub.end_notice is None:
-            channel.activate_link()
+        _start_link(channel, sub)
         await sub.wait_output()
         chunks = sub.take(MAX_DATA_CHUNK)
         if chunks:
@@ -402,6 +401,20 @@ async def _pump_queue(channel: Channel, sub: Subscriber) -> None:
             return
         else:  # woken to finish a frame the session's reader started
             await channel.flush()
+
+
+def _start_link(channel: Channel, sub: Subscriber) -> bool:
+    """Let the relay's thread write ``sub``'s output from now on, if it has a
+    link, nothing is queued for it and its stream goes on.
+
+    Returns:
+        False if any of those does not hold; True if it was tried (the
+        thread may still hold output the event loop has not taken).
+    """
+    if sub.link is None or sub.queued or sub.end_notice is not None:
+        return False
+    channel.activate_link()
+    return True
 
 
 def _encoded(chunks: list[bytes | EncodedOutput]) -> list[EncodedOutput]:
@@ -532,10 +545,12 @@ async def _attached(
             # for it (a replay) nor read from it past the request: its first
             # keystroke's echo then waits neither for the records below nor for
             # the stream's tasks to start.
-            if link is not None and not sub.queued and sub.end_notice is None:
-                channel.activate_link()
-                if inputs.relayed is not None and not channel.conn.buffered:
-                    inputs.relayed.start()
+            if (
+                _start_link(channel, sub)
+                and inputs.relayed is not None
+                and not channel.conn.buffered
+            ):
+                inputs.relayed.start()
         finally:
             # Logged once the client has its answer (each event costs the
             # event loop its rendering and a wake-up of the log writer).
