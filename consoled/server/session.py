@@ -399,7 +399,7 @@ class Session:
         """Take what the relay's thread has read, now: a client that attaches,
         or reads the logs, gets everything any other client may already have
         (the thread tells the event loop of output every client got up to
-        5 ms late)."""
+        5 ms late); and the window size it set (:meth:`sizes_caught_up`)."""
         master = self.master
         if master is not None and master.source is not None and not master.closed:
             self.take_relayed()
