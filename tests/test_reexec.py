@@ -199,12 +199,12 @@ def break_install(root: Path, how: str) -> str:
         path.write_text('raise ImportError("planted: this install is broken")\n')
         return "planted: this install is broken"
     if how == "older":
-        # A program from before session records had times: it cannot read them.
+        # A program from before records said their slack: it cannot read them.
         path = root / "consoled" / "io" / "record.py"
-        path.write_text(
-            path.read_text().replace("LOADABLE: Final = (1, 2)", "LOADABLE: Final = (1,)")
-        )
-        return "reads session records of version [1] only, not 2"
+        source = path.read_text()
+        assert "LOADABLE: Final = (1, 2, 3)" in source
+        path.write_text(source.replace("LOADABLE: Final = (1, 2, 3)", "LOADABLE: Final = (1, 2)"))
+        return "reads session records of version [1, 2] only, not 3"
     if how == "fails-to-adopt":
         # Starts, and fails once the old daemon has quiesced and frozen its readers.
         path = root / "consoled" / "server" / "inventory.py"

@@ -32,10 +32,11 @@ import pytest
 # Not skipped when it was not built (pip builds it optionally): this fails.
 from consoled.io import _relay
 from consoled.io.fds import OwnedFd
-from consoled.io.record import WRITE_SLACK, Record
+from consoled.io.record import VERSION, WRITE_SLACK, Record
 from consoled.protocol import EncodedOutput, codec
 from consoled.protocol import events as ev
 from consoled.protocol.codec import INPUT_PREFIX, OUTPUT_PREFIX
+from tests.support.records import OLD_SLACK, load_old
 
 #: Seconds any wait here may take.
 WAIT = 10.0
@@ -46,15 +47,18 @@ def pattern(size: int, seed: int = 0) -> bytes:
 
 
 def start_relay(
-    scrollback: int,
+    scrollback: int, version: int = VERSION
 ) -> tuple[_relay.Relay, _relay.Source, OwnedFd, int, Record]:
     """A relay reading the master of a raw pty (resumed): the relay, its
-    source, the master's owner, the slave, and the ring."""
-    relay = _relay.Relay(OUTPUT_PREFIX, INPUT_PREFIX, WRITE_SLACK)
+    source, the master's owner, the slave, and the ring (a record of
+    ``version``, an older daemon's if not the current one)."""
+    relay = _relay.Relay(OUTPUT_PREFIX, INPUT_PREFIX)
     master, slave = os.openpty()
     tty.setraw(slave)
     os.set_blocking(master, False)
-    record = Record.create(scrollback, {})
+    record = (
+        Record.create(scrollback, {}) if version == VERSION else load_old(version, scrollback, {})
+    )
     layout = record.layout()
     assert layout is not None
     owner = OwnedFd(master, "pty")
@@ -66,10 +70,10 @@ def start_relay(
 
 @contextmanager
 def relayed(
-    scrollback: int = 256 * 1024,
+    scrollback: int = 256 * 1024, version: int = VERSION
 ) -> Iterator[tuple[_relay.Relay, _relay.Source, int, Record]]:
     """:func:`start_relay`, closed on the way out."""
-    relay, source, owner, slave, record = start_relay(scrollback)
+    relay, source, owner, slave, record = start_relay(scrollback, version)
     try:
         yield relay, source, slave, record
     finally:
@@ -148,17 +152,19 @@ def test_the_ring_has_every_byte_before_python_takes_it() -> None:
         assert b"".join(record.tail()) == data
 
 
-def test_it_never_runs_further_ahead_of_python_than_the_slack() -> None:
-    with relayed() as (_, source, slave, record):
+@pytest.mark.parametrize(("version", "slack"), [(VERSION, WRITE_SLACK), (2, OLD_SLACK)])
+def test_it_never_runs_further_ahead_of_python_than_the_slack(version: int, slack: int) -> None:
+    """Each ring's own: a record an older daemon made has less room than a new one."""
+    with relayed(version=version) as (_, source, slave, record):
         data = pattern(600_000, seed=3)
         thread = writer(slave, data)
         # Nothing is taken: the thread reads the slack's worth, then waits.
         deadline = time.monotonic() + WAIT
-        while source.end < WRITE_SLACK:
+        while source.end < slack:
             assert time.monotonic() < deadline
             time.sleep(0.001)
         time.sleep(0.05)  # a thread that read on would have by now
-        assert source.end == WRITE_SLACK
+        assert source.end == slack
         assert take_all(source, record, len(data)) == data
         thread.join(WAIT)
         assert b"".join(record.tail()) == data[-256 * 1024 :]

@@ -18,11 +18,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from consoled.io.fds import OwnedFd
-from consoled.io.record import DATA_OFFSET, INDEX_SLOTS, WRITE_SLACK, Record
+from consoled.io.record import INDEX_SLOTS, Record
 from consoled.io.timeindex import ENTRY, RESOLUTION, TimeIndex, decode
 from consoled.server import logfile
 from consoled.server.logfile import LogDir, LogFile, LogFormat
+from tests.support.records import load_old, reload
 
 T0 = 1_800_000_000_000_000_000
 MS = 1_000_000
@@ -54,12 +54,6 @@ def feed(rec: Record, clock: Clock, batches: list[tuple[int, bytes]]) -> None:
     for ms, data in batches:
         clock.now += ms * MS
         rec.append(data)
-
-
-def reload(rec: Record) -> Record:
-    """The record as a successor, or the daemon restarted from the fd store, finds it."""
-    assert rec.owner is not None
-    return Record.load(OwnedFd(os.dup(rec.owner.fd), "record"))
 
 
 async def test_lines_are_dated_keystrokes_are_not(record: Record) -> None:
@@ -130,16 +124,8 @@ def test_a_compaction_cut_short_keeps_true_entries() -> None:
 
 
 async def test_a_version_1_record_is_upgraded() -> None:
-    rec = Record.create(4096, {"name": "v1"})
-    assert rec.owner is not None
-    fd = rec.owner.fd
-    rec.append(b"written by an older daemon\n")
     # What that daemon's record looked like: version 1, no index, the ring last.
-    os.pwrite(fd, struct.pack("<I", 1), 8)
-    os.pwrite(fd, bytes(16), 48)
-    os.ftruncate(fd, DATA_OFFSET + 4096 + WRITE_SLACK)
-    upgraded = reload(rec)
-    rec.close()
+    upgraded = load_old(1, 4096, {"name": "v1"}, b"written by an older daemon\n")
     try:
         assert upgraded.getvalue() == b"written by an older daemon\n"
         assert upgraded.time_at(0) is None  # from before times were kept

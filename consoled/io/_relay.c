@@ -15,9 +15,10 @@
  *   duplicate of its client's socket, so a socket Python closes can never be
  *   another connection when the thread writes to it.
  * - The ring is written before any client is: a client never holds output
- *   a crash could take from the ring.  The thread reads at most `slack`
- *   bytes beyond what Python has taken, so it never overwrites ring bytes
- *   that Python exposes (the ring holds `slack` bytes more than it exposes).
+ *   a crash could take from the ring.  The thread reads at most a source's
+ *   `slack` bytes beyond what Python has taken, so it never overwrites ring
+ *   bytes that Python exposes (the ring holds `slack` bytes more than it
+ *   exposes; each record says how many, see consoled/io/record.py).
  * - A link writes a frame whole or deactivates: the rest of a frame the
  *   socket did not take (all of it if it took nothing) is kept for Python,
  *   which writes it before anything else.  `handled` is the stream offset up
@@ -77,7 +78,6 @@ struct Relay {
     int stop_fd;   /* eventfd in the epoll: wakes the thread to stop */
     int stopping;
     int failed;    /* errno of epoll_wait if the thread died of it */
-    size_t slack;
     char prefix[64];
     size_t prefix_len;
     char in_prefix[64];
@@ -107,6 +107,7 @@ struct Source {
     uint64_t end_at;
     uint64_t end;
     uint64_t unstored_until;
+    size_t slack; /* the most read and not yet taken: the ring's bytes beyond those exposed */
     char *buf;
     size_t len;
     int armed;
@@ -213,7 +214,7 @@ static void unready_link(Relay *r, Link *l) {
 
 /* Watch the source's master, if it may be read: not paused, closed, hung up, or full. */
 static int arm(Relay *r, Source *s) {
-    if (s->armed || s->paused || s->closed || s->hung_up || s->len >= r->slack || r->epfd < 0)
+    if (s->armed || s->paused || s->closed || s->hung_up || s->len >= s->slack || r->epfd < 0)
         return 0;
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ((uint64_t)s->gen << 32) | (uint32_t)s->fd};
     if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, s->fd, &ev) < 0)
@@ -338,9 +339,9 @@ static void link_send(Relay *r, Link *l, const char *head, size_t head_len, cons
 /* Read what the master has (at most `slack` beyond what Python took), store it,
  * send it to the active links, queue it for Python. */
 static void pump(Relay *r, Source *s) {
-    size_t room = r->slack - s->len;
+    size_t room = s->slack - s->len;
     if (!s->buf) {
-        s->buf = malloc(r->slack);
+        s->buf = malloc(s->slack);
         if (!s->buf) {
             s->error = ENOMEM;
             s->hung_up = 1;
@@ -405,7 +406,7 @@ static void pump(Relay *r, Source *s) {
         disarm(r, s);
         source_ready(r, s);
         r->urgent = 1;
-    } else if (s->len >= r->slack) {
+    } else if (s->len >= s->slack) {
         disarm(r, s); /* full: until Python takes it */
     }
 }
@@ -706,16 +707,14 @@ static void relay_dealloc(Relay *self) {
 }
 
 static PyObject *relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"prefix", "input_prefix", "slack", NULL};
+    static char *kwlist[] = {"prefix", "input_prefix", NULL};
     Py_buffer prefix, in_prefix;
-    Py_ssize_t slack;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*n", kwlist, &prefix, &in_prefix, &slack))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*", kwlist, &prefix, &in_prefix))
         return NULL;
-    if (prefix.len <= 0 || prefix.len > 64 || in_prefix.len <= 0 || in_prefix.len > 64 || slack <= 0 ||
-        slack > MAX_FRAME_DATA) {
+    if (prefix.len <= 0 || prefix.len > 64 || in_prefix.len <= 0 || in_prefix.len > 64) {
         PyBuffer_Release(&prefix);
         PyBuffer_Release(&in_prefix);
-        PyErr_SetString(PyExc_ValueError, "prefixes must be 1 to 64 bytes, slack 1 to 256 KiB");
+        PyErr_SetString(PyExc_ValueError, "prefixes must be 1 to 64 bytes");
         return NULL;
     }
     Relay *self = (Relay *)type->tp_alloc(type, 0);
@@ -732,7 +731,6 @@ static PyObject *relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     self->in_prefix_len = (size_t)in_prefix.len;
     PyBuffer_Release(&prefix);
     PyBuffer_Release(&in_prefix);
-    self->slack = (size_t)slack;
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     self->notify_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     self->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -859,7 +857,7 @@ static PyTypeObject RelayType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "consoled.io._relay.Relay",
     .tp_basicsize = sizeof(Relay),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Relay(prefix, input_prefix, slack): the thread that drains the masters.",
+    .tp_doc = "Relay(prefix, input_prefix): the thread that drains the masters.",
     .tp_new = relay_new,
     .tp_dealloc = (destructor)relay_dealloc,
     .tp_methods = relay_methods,
@@ -906,15 +904,16 @@ static void source_dealloc(Source *self) {
 }
 
 static PyObject *source_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"relay", "fd", "ring_fd", "capacity", "data_offset", "end_at", "end", NULL};
+    static char *kwlist[] = {"relay", "fd", "ring_fd", "capacity", "data_offset", "end_at", "end", "slack", NULL};
     Relay *relay;
     int fd, ring_fd;
     unsigned long long capacity, data_offset, end_at, end;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!iiKKKK", kwlist, &RelayType, &relay, &fd, &ring_fd,
-                                     &capacity, &data_offset, &end_at, &end))
+    Py_ssize_t slack;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!iiKKKKn", kwlist, &RelayType, &relay, &fd, &ring_fd,
+                                     &capacity, &data_offset, &end_at, &end, &slack))
         return NULL;
-    if (fd < 0 || ring_fd < 0 || capacity <= relay->slack) {
-        PyErr_SetString(PyExc_ValueError, "bad fd, or a ring no larger than the relay's slack");
+    if (fd < 0 || ring_fd < 0 || slack <= 0 || slack > MAX_FRAME_DATA || capacity <= (unsigned long long)slack) {
+        PyErr_SetString(PyExc_ValueError, "bad fd, a slack not 1 to 256 KiB, or a ring no larger than it");
         return NULL;
     }
     /* The thread must never wait on the master with the lock held. */
@@ -930,6 +929,7 @@ static PyObject *source_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     self->data_offset = data_offset;
     self->end_at = end_at;
     self->end = end;
+    self->slack = (size_t)slack;
     self->paused = 1; /* until resume(): Python says when to start */
     pthread_mutex_lock(&relay->lock);
     if (fd >= relay->by_fd_len) {
@@ -1068,7 +1068,7 @@ static PyTypeObject SourceType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "consoled.io._relay.Source",
     .tp_basicsize = sizeof(Source),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Source(relay, fd, ring_fd, capacity, data_offset, end_at, end): a master the relay drains.",
+    .tp_doc = "Source(relay, fd, ring_fd, capacity, data_offset, end_at, end, slack): a master the relay drains.",
     .tp_new = source_new,
     .tp_dealloc = (destructor)source_dealloc,
     .tp_traverse = (traverseproc)source_traverse,

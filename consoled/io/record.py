@@ -7,23 +7,30 @@ session's name, state and newest output exactly as they were.  The daemon
 reads and writes it with ``pread``/``pwrite``: no mapping, so a failing
 write is an ``OSError`` to handle, never a SIGBUS.
 
-Layout, version 2 (little-endian)::
+Layout, version 3 (little-endian)::
 
     0      magic "consoled", version u32, data offset u32
     16     ring capacity u64, end u64 (bytes ever appended)
     32     metadata sequence u64, length of slot A u32, length of slot B u32
     48     time index: slots u32, entries u32, file offset u64
-    64     slot A: msgpack metadata (2,016 bytes)
-    2080   slot B: the same
+    64     slack u32 (the ring's bytes beyond those exposed), zeros to 128
+    128    slot A: msgpack metadata (1,984 bytes)
+    2112   slot B: the same
     4096   the ring: the byte at stream offset o is at 4096 + o % capacity
     I      the time index: ``slots`` entries of 16 bytes (see :mod:`.timeindex`),
            at I = 4096 + capacity rounded up to a page
 
+Versions 1 and 2 have no slack field: their slack is 64 KiB, their slots
+start at 64 and 2080 and hold 2,016 bytes.  A record keeps the layout it was
+made with for its whole life, through any number of reexecs.
+
 Metadata is written to the slot the next sequence number selects, then the
 sequence number: a crash between the two leaves the previous metadata
-intact.  Output is written before ``end``; the ring holds
-:data:`WRITE_SLACK` bytes more than it exposes, so bytes being overwritten by
-an append that a crash interrupted are never among those exposed.
+intact.  Output is written before ``end``; the ring holds its slack (for a
+new record :data:`WRITE_SLACK`) more than it exposes, so bytes being
+overwritten by an append that a crash interrupted are never among those
+exposed, and the native relay's thread may read that far ahead of what the
+event loop has taken.
 
 The time index says when output arrived (``logs --timestamps``, ``--since``,
 ``--until``).  An entry is written after the output it dates, then the
@@ -46,7 +53,7 @@ import os
 import struct
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
@@ -56,25 +63,48 @@ from .scrollback import Scrollback
 from .timeindex import ENTRY, TimeIndex, decode, entry_time
 
 MAGIC: Final = b"consoled"
-VERSION: Final = 2
-#: The versions :meth:`Record.load` takes (a version 1 record is upgraded).
-LOADABLE: Final = (1, 2)
+VERSION: Final = 3
+#: The versions :meth:`Record.load` takes (a version 1 record is upgraded to 2).
+LOADABLE: Final = (1, 2, 3)
 DATA_OFFSET: Final = 4096
-SLOT_SIZE: Final = 2016
-_SLOTS: Final = (64, 64 + SLOT_SIZE)
 _HEAD: Final = struct.Struct("<8sII")  # magic, version, data offset
 _END: Final = struct.Struct("<Q")
 _META: Final = struct.Struct("<QII")  # sequence, length A, length B
 _INDEX_HEAD: Final = struct.Struct("<IIQ")  # slots, entries, file offset
 _INDEX_HEAD_AT: Final = 48
 _ENTRIES_AT: Final = 52
-#: Bytes kept beyond the exposed scrollback (one pty read batch).
-WRITE_SLACK: Final = 64 * 1024
+_SLACK: Final = struct.Struct("<I")
+_SLACK_AT: Final = 64
+#: Bytes a new record's ring holds beyond its exposed scrollback: how far the
+#: native relay's thread may read ahead of the event loop.  Twice a pty read
+#: batch, so the thread goes on reading while the event loop takes the last.
+WRITE_SLACK: Final = 128 * 1024
+#: The slack a record may say it has: at least the Python relay's read
+#: (``pty.READ_SIZE``), at most a frame's data.
+MIN_SLACK: Final = 64 * 1024
+MAX_SLACK: Final = 256 * 1024
 #: Largest ring accepted when loading a record (a sanity bound).
 MAX_CAPACITY: Final = 1 << 30
 #: Entries in the time index (32 KiB).
 INDEX_SLOTS: Final = 2048
 _PAGE: Final = 4096
+
+
+class _Layout(NamedTuple):
+    """What differs between a record's versions."""
+
+    version: int
+    slots: tuple[int, int]  # where metadata slots A and B start
+    slot_size: int
+    slack: int
+
+
+#: Versions 1 and 2 (a version 1 record is written as 2 once it has an index).
+_V2: Final = _Layout(2, (64, 2080), 2016, 64 * 1024)
+#: A new record.
+_CURRENT: Final = _Layout(VERSION, (128, 2112), 1984, WRITE_SLACK)
+#: The most metadata a new record holds.
+SLOT_SIZE: Final = _CURRENT.slot_size
 
 
 def _index_offset(capacity: int) -> int:
@@ -120,10 +150,13 @@ class Record:
         end: int,
         meta: dict[str, Any],
         seq: int,
+        *,
+        layout: _Layout = _CURRENT,
     ) -> None:
         self._owner = owner
         self.scrollback = scrollback
-        self._capacity = scrollback + WRITE_SLACK
+        self._layout = layout
+        self._capacity = scrollback + layout.slack
         self.end = end
         self.meta = meta
         self._seq = seq
@@ -160,6 +193,7 @@ class Record:
                 capacity = scrollback + WRITE_SLACK
                 os.ftruncate(fd, _index_offset(capacity) + INDEX_SLOTS * ENTRY.size)
                 _pwrite_all(fd, struct.pack("<QQ", capacity, 0), 16)
+                _pwrite_all(fd, _SLACK.pack(WRITE_SLACK), _SLACK_AT)
                 record = cls(owner, scrollback, 0, {}, 0)
                 record._index_at = _index_offset(capacity)
                 _pwrite_all(fd, _INDEX_HEAD.pack(INDEX_SLOTS, 0, record._index_at), _INDEX_HEAD_AT)
@@ -186,7 +220,7 @@ class Record:
         """
         fd = owner.fd
         try:
-            head = _pread_exact(fd, 64, 0)
+            head = _pread_exact(fd, _SLACK_AT + _SLACK.size, 0)
             size = os.fstat(fd).st_size
         except OSError as exc:
             raise RecordError(f"cannot read the record: {exc.strerror}") from None
@@ -195,8 +229,14 @@ class Record:
             raise RecordError("not a consoled session record (bad magic)")
         if version not in LOADABLE or data_offset != DATA_OFFSET:
             raise RecordError(f"session record version {version} is not supported")
+        layout = _V2
+        if version >= 3:
+            (slack,) = _SLACK.unpack_from(head, _SLACK_AT)
+            if not MIN_SLACK <= slack <= MAX_SLACK:
+                raise RecordError(f"session record has a bad slack ({slack} bytes)")
+            layout = _CURRENT._replace(slack=slack)
         capacity, end = struct.unpack_from("<QQ", head, 16)
-        if not WRITE_SLACK <= capacity <= MAX_CAPACITY or size < DATA_OFFSET + capacity:
+        if not layout.slack <= capacity <= MAX_CAPACITY or size < DATA_OFFSET + capacity:
             raise RecordError(f"session record has a bad ring size ({capacity} bytes)")
         seq, *lengths = _META.unpack_from(head, 32)
         meta: dict[str, Any] | None = None
@@ -204,11 +244,11 @@ class Record:
         for candidate in (seq, seq - 1):  # the newest slot, else the one before it
             slot = candidate % 2
             length = lengths[slot]
-            if candidate < 1 or not 0 < length <= SLOT_SIZE:
+            if candidate < 1 or not 0 < length <= layout.slot_size:
                 continue
             try:
                 decoded = msgpack.unpackb(
-                    _pread_exact(fd, length, _SLOTS[slot]), raw=False, strict_map_key=True
+                    _pread_exact(fd, length, layout.slots[slot]), raw=False, strict_map_key=True
                 )
             except (OSError, RecordError, ValueError, msgpack.UnpackException) as exc:
                 problems.append(str(exc))
@@ -219,7 +259,7 @@ class Record:
                 break
         if meta is None:
             raise RecordError(f"session record metadata is unreadable {problems}")
-        record = cls(owner, capacity - WRITE_SLACK, end, meta, seq)
+        record = cls(owner, capacity - layout.slack, end, meta, seq, layout=layout)
         # Read with the first output or question about times, not now: a
         # successor adopting a thousand sessions would spend a quarter of its
         # pause decoding time indexes.
@@ -239,7 +279,7 @@ class Record:
         at = _index_offset(self._capacity)
         slots, count, stored_at = _INDEX_HEAD.unpack_from(head, _INDEX_HEAD_AT)
         try:
-            if version == VERSION and stored_at == at and size >= at + slots * ENTRY.size:
+            if version >= 2 and stored_at == at and size >= at + slots * ENTRY.size:
                 count = min(count, slots)
                 self._index = decode(os.pread(fd, count * ENTRY.size, at), self.end)
             else:
@@ -247,7 +287,7 @@ class Record:
                 if size < at + INDEX_SLOTS * ENTRY.size:
                     os.ftruncate(fd, at + INDEX_SLOTS * ENTRY.size)
                 _pwrite_all(fd, _INDEX_HEAD.pack(INDEX_SLOTS, 0, at), _INDEX_HEAD_AT)
-                _pwrite_all(fd, _HEAD.pack(MAGIC, VERSION, DATA_OFFSET), 0)
+                _pwrite_all(fd, _HEAD.pack(MAGIC, self._layout.version, DATA_OFFSET), 0)
             self._index_at = at
             if len(self):
                 last = os.pread(fd, 1, DATA_OFFSET + (self.end - 1) % self._capacity)
@@ -286,7 +326,11 @@ class Record:
             fresh.append(chunk)
         assert fresh.end == self.end
         self._owner, self._memory, self._seq = fresh._owner, None, fresh._seq
-        self._index_at = fresh._index_at
+        self._index_at, self._layout, self._capacity = (
+            fresh._index_at,
+            fresh._layout,
+            fresh._capacity,
+        )
         self._store_index(0)
 
     # --- metadata -------------------------------------------------------------------------
@@ -296,8 +340,9 @@ class Record:
             packed: bytes = msgpack.packb(dict(meta))
         except (OverflowError, ValueError, TypeError) as exc:
             raise RecordError(f"session metadata cannot be recorded: {exc}") from None
-        if len(packed) > SLOT_SIZE:
-            raise RecordError(f"session metadata of {len(packed)} bytes exceeds {SLOT_SIZE}")
+        room = self._layout.slot_size
+        if len(packed) > room:
+            raise RecordError(f"session metadata of {len(packed)} bytes exceeds {room}")
         return packed
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:
@@ -314,7 +359,7 @@ class Record:
         seq = self._seq + 1
         slot = seq % 2
         fd = self._owner.fd
-        _pwrite_all(fd, packed, _SLOTS[slot])
+        _pwrite_all(fd, packed, self._layout.slots[slot])
         _pwrite_all(fd, struct.pack("<I", len(packed)), 40 + 4 * slot)
         _pwrite_all(fd, struct.pack("<Q", seq), 32)
         self._seq = seq
@@ -332,12 +377,14 @@ class Record:
         """Where the ring is, for the native relay to append to it (None: in memory).
 
         The relay writes each batch, then the end, as :meth:`append` does, and
-        runs at most :data:`WRITE_SLACK` bytes ahead of :attr:`end`, so it
-        never overwrites a byte this exposes; :meth:`appended` counts a batch.
+        runs at most the record's slack ahead of :attr:`end`, so it never
+        overwrites a byte this exposes; :meth:`appended` counts a batch.
         """
         if self._owner is None:
             return None
-        return RingLayout(self._owner.fd, self._capacity, DATA_OFFSET, 24, self.end)
+        return RingLayout(
+            self._owner.fd, self._capacity, DATA_OFFSET, 24, self.end, self._layout.slack
+        )
 
     def appended(self, data: bytes) -> None:
         """Count ``data``, which the native relay appended to the ring."""

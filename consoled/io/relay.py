@@ -45,6 +45,9 @@ class RingLayout(NamedTuple):
     data_offset: int
     end_at: int
     end: int
+    #: The ring's bytes beyond those exposed: how far the thread may read
+    #: ahead of Python.
+    slack: int
 
 
 class NativeRelay:
@@ -55,14 +58,12 @@ class NativeRelay:
             header (:data:`consoled.protocol.codec.OUTPUT_PREFIX`).
         input_prefix: the same for ``input`` (``codec.INPUT_PREFIX``): a
             message from a client that starts so is keys for the terminal.
-        slack: how far the thread may read ahead of Python (a ring holds this
-            much more than it exposes: :data:`.record.WRITE_SLACK`).
     """
 
-    def __init__(self, prefix: bytes, input_prefix: bytes, slack: int) -> None:
+    def __init__(self, prefix: bytes, input_prefix: bytes) -> None:
         if _relay is None:
             raise RuntimeError("consoled was installed without its native relay (no C compiler)")
-        self._relay = _relay.Relay(prefix, input_prefix, slack)
+        self._relay = _relay.Relay(prefix, input_prefix)
 
     def source(
         self,
@@ -79,7 +80,14 @@ class NativeRelay:
         """
         assert ring.fd == record.fd
         source = _relay.Source(
-            self._relay, master.fd, ring.fd, ring.capacity, ring.data_offset, ring.end_at, ring.end
+            self._relay,
+            master.fd,
+            ring.fd,
+            ring.capacity,
+            ring.data_offset,
+            ring.end_at,
+            ring.end,
+            ring.slack,
         )
         source.data = on_output
         master.before_close = record.before_close = source.close

@@ -48,7 +48,6 @@ from .. import __version__
 from ..io.fds import OwnedFd
 from ..io.listener import Gate, Listener, Origin
 from ..io.manager import FdSource, ServiceManager, take_listen_fds
-from ..io.record import WRITE_SLACK
 from ..io.relay import AVAILABLE as relay_built
 from ..io.relay import NativeRelay
 from ..protocol import ErrorCode
@@ -179,7 +178,7 @@ class Daemon:
         #: sessions are relayed in Python.
         self.relay: NativeRelay | None = None
         if config.native_relay and relay_built:
-            self.relay = NativeRelay(OUTPUT_PREFIX, INPUT_PREFIX, WRITE_SLACK)
+            self.relay = NativeRelay(OUTPUT_PREFIX, INPUT_PREFIX)
 
     # --- holding -----------------------------------------------------------------
 
