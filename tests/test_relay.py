@@ -33,6 +33,7 @@ import pytest
 from consoled.io import _relay
 from consoled.io.fds import OwnedFd
 from consoled.io.record import VERSION, WRITE_SLACK, Record
+from consoled.io.relay import NOTIFY_DELAY
 from consoled.protocol import EncodedOutput, codec
 from consoled.protocol import events as ev
 from consoled.protocol.codec import INPUT_PREFIX, OUTPUT_PREFIX
@@ -47,12 +48,12 @@ def pattern(size: int, seed: int = 0) -> bytes:
 
 
 def start_relay(
-    scrollback: int, version: int = VERSION
+    scrollback: int, version: int = VERSION, notify_delay: float = NOTIFY_DELAY
 ) -> tuple[_relay.Relay, _relay.Source, OwnedFd, int, Record]:
     """A relay reading the master of a raw pty (resumed): the relay, its
     source, the master's owner, the slave, and the ring (a record of
     ``version``, an older daemon's if not the current one)."""
-    relay = _relay.Relay(OUTPUT_PREFIX, INPUT_PREFIX)
+    relay = _relay.Relay(OUTPUT_PREFIX, INPUT_PREFIX, notify_delay)
     master, slave = os.openpty()
     tty.setraw(slave)
     os.set_blocking(master, False)
@@ -70,10 +71,10 @@ def start_relay(
 
 @contextmanager
 def relayed(
-    scrollback: int = 256 * 1024, version: int = VERSION
+    scrollback: int = 256 * 1024, version: int = VERSION, notify_delay: float = NOTIFY_DELAY
 ) -> Iterator[tuple[_relay.Relay, _relay.Source, int, Record]]:
     """:func:`start_relay`, closed on the way out."""
-    relay, source, owner, slave, record = start_relay(scrollback, version)
+    relay, source, owner, slave, record = start_relay(scrollback, version, notify_delay)
     try:
         yield relay, source, slave, record
     finally:
@@ -310,6 +311,32 @@ def test_the_thread_tells_python_through_its_eventfd() -> None:
         assert relay.events() == ([], [])
         ready, _, _ = select.select([fd], [], [], 0)
         assert not ready
+
+
+def test_output_every_client_got_waits_for_the_delay_unless_it_may_hold_a_query() -> None:
+    # A delay no test outlasts: what is told, is told at once.
+    with relayed(notify_delay=3600.0) as (relay, source, slave, _):
+        fd = relay.fileno()
+        a, b = socket.socketpair()
+        with a, b:
+            link = _relay.Link(source, a.fileno())
+            source.only_links = True  # Python: this client is the session's only one
+            assert link.activate()
+            b.settimeout(WAIT)
+
+            def sent(data: bytes) -> None:
+                os.write(slave, data)
+                received = b""
+                while b"".join(decode_frames(received)) != data:
+                    received += b.recv(1 << 16)
+
+            sent(b"typed")  # an echo: the client has it, the event loop hears later
+            assert select.select([fd], [], [], 0.05)[0] == [], "the event loop was woken"
+            sent(b"\x1b[6n")  # a cursor position query: the event loop answers it now
+            assert select.select([fd], [], [], WAIT)[0] == [fd]
+            assert relay.events() == ([source], [])
+            assert source.take()[0] == b"typed\x1b[6n"
+            link.close()
 
 
 def test_a_link_keeps_its_own_socket_and_closes_it() -> None:

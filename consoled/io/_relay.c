@@ -57,11 +57,13 @@
 #define IN_BUF (64 * 1024)
 /* Output that every client of its session got from the thread (their links
  * active, and Python says it has no others) is Python's too (the log file, the
- * time index, the screen), but not at once: Python hears of it at most this
- * late (ns), or at once past NOTIFY_AT bytes or at a hangup.  A keystroke's
- * echo then does not wake the event loop while the next key is on its way. */
-#define NOTIFY_DELAY 5000000
+ * time index, the screen), but not at once: Python hears of it at most the
+ * relay's notify_delay late, or at once past NOTIFY_AT bytes, at a hangup, or
+ * when the output holds an escape byte (it may be a terminal query, which
+ * Python answers).  A keystroke's echo then does not wake the event loop while
+ * the next key is on its way. */
 #define NOTIFY_AT (16 * 1024)
+#define ESC 0x1b
 #define TIMER_KEY (UINT64_MAX - 1)
 
 typedef struct Relay Relay;
@@ -90,7 +92,8 @@ struct Relay {
     Source *ready_sources;
     Link *ready_links;
     int notified;
-    int urgent;   /* Python must hear of the ready ones now, not after NOTIFY_DELAY */
+    int urgent;   /* Python must hear of the ready ones now, not after notify_delay */
+    struct timespec notify_delay;
     int timer_fd; /* timerfd in the epoll: a notification put off */
     int timer_armed;
 };
@@ -116,7 +119,7 @@ struct Source {
     int hung_up;
     int error;
     int ready;
-    int only_links; /* Python: every client of the session has a link (see NOTIFY_DELAY) */
+    int only_links; /* Python: every client of the session has a link (see NOTIFY_AT) */
     Source *next_ready;
     Link *links;
 };
@@ -171,7 +174,7 @@ static void source_ready(Relay *r, Source *s) {
     }
 }
 
-/* Python hears of the link at NOTIFY_DELAY at the latest. */
+/* Python hears of the link at notify_delay at the latest. */
 static void link_ready_later(Relay *r, Link *l) {
     if (!l->ready) {
         l->ready = 1;
@@ -398,7 +401,7 @@ static void pump(Relay *r, Source *s) {
         }
         s->len += got;
         source_ready(r, s);
-        if (!all_sent || s->len >= NOTIFY_AT)
+        if (!all_sent || s->len >= NOTIFY_AT || memchr(at, ESC, got))
             r->urgent = 1;
     }
     if (hup) {
@@ -662,7 +665,7 @@ static void *relay_main(void *arg) {
             if (r->urgent) {
                 notify(r);
             } else if (!r->timer_armed) {
-                struct itimerspec at = {.it_value = {.tv_sec = 0, .tv_nsec = NOTIFY_DELAY}};
+                struct itimerspec at = {.it_value = r->notify_delay};
                 if (timerfd_settime(r->timer_fd, 0, &at, NULL) == 0)
                     r->timer_armed = 1;
                 else
@@ -707,14 +710,17 @@ static void relay_dealloc(Relay *self) {
 }
 
 static PyObject *relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"prefix", "input_prefix", NULL};
+    static char *kwlist[] = {"prefix", "input_prefix", "notify_delay", NULL};
     Py_buffer prefix, in_prefix;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*", kwlist, &prefix, &in_prefix))
+    double delay;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*y*d", kwlist, &prefix, &in_prefix, &delay))
         return NULL;
-    if (prefix.len <= 0 || prefix.len > 64 || in_prefix.len <= 0 || in_prefix.len > 64) {
+    if (prefix.len <= 0 || prefix.len > 64 || in_prefix.len <= 0 || in_prefix.len > 64 ||
+        !(delay >= 1e-6 && delay <= 3600.0)) {
         PyBuffer_Release(&prefix);
         PyBuffer_Release(&in_prefix);
-        PyErr_SetString(PyExc_ValueError, "prefixes must be 1 to 64 bytes");
+        PyErr_SetString(PyExc_ValueError,
+                        "prefixes must be 1 to 64 bytes, notify_delay 1 us to an hour (seconds)");
         return NULL;
     }
     Relay *self = (Relay *)type->tp_alloc(type, 0);
@@ -724,6 +730,9 @@ static PyObject *relay_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
         return NULL;
     }
     self->epfd = self->notify_fd = self->stop_fd = self->timer_fd = -1;
+    long long delay_ns = (long long)(delay * 1e9);
+    self->notify_delay.tv_sec = (time_t)(delay_ns / 1000000000LL);
+    self->notify_delay.tv_nsec = (long)(delay_ns % 1000000000LL);
     pthread_mutex_init(&self->lock, NULL);
     memcpy(self->prefix, prefix.buf, (size_t)prefix.len);
     self->prefix_len = (size_t)prefix.len;
@@ -857,7 +866,7 @@ static PyTypeObject RelayType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "consoled.io._relay.Relay",
     .tp_basicsize = sizeof(Relay),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Relay(prefix, input_prefix): the thread that drains the masters.",
+    .tp_doc = "Relay(prefix, input_prefix, notify_delay): the thread that drains the masters.",
     .tp_new = relay_new,
     .tp_dealloc = (destructor)relay_dealloc,
     .tp_methods = relay_methods,

@@ -36,6 +36,13 @@ except ImportError:  # built without a C compiler: sessions are relayed in Pytho
 #: The native relay was built (``pip install`` found a C compiler).
 AVAILABLE: bool = _relay is not None
 
+#: Seconds the event loop may hear late of output every client got from the
+#: thread: a keystroke's echo then does not wake it while the next key is on
+#: its way, and the time index (10 ms resolution) still dates it within its
+#: resolution.  Output with an escape byte in it (it may be a terminal query,
+#: which the event loop answers) and floods are told at once.
+NOTIFY_DELAY: float = 0.010
+
 
 class RingLayout(NamedTuple):
     """Where a session's ring lives in its record (see :mod:`.record`)."""
@@ -58,12 +65,15 @@ class NativeRelay:
             header (:data:`consoled.protocol.codec.OUTPUT_PREFIX`).
         input_prefix: the same for ``input`` (``codec.INPUT_PREFIX``): a
             message from a client that starts so is keys for the terminal.
+        notify_delay: see :data:`NOTIFY_DELAY`.
     """
 
-    def __init__(self, prefix: bytes, input_prefix: bytes) -> None:
+    def __init__(
+        self, prefix: bytes, input_prefix: bytes, notify_delay: float = NOTIFY_DELAY
+    ) -> None:
         if _relay is None:
             raise RuntimeError("consoled was installed without its native relay (no C compiler)")
-        self._relay = _relay.Relay(prefix, input_prefix)
+        self._relay = _relay.Relay(prefix, input_prefix, notify_delay)
 
     def source(
         self,

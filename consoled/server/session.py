@@ -399,7 +399,8 @@ class Session:
         """Take what the relay's thread has read, now: a client that attaches,
         or reads the logs, gets everything any other client may already have
         (the thread tells the event loop of output every client got up to
-        5 ms late); and the window size it set (:meth:`sizes_caught_up`)."""
+        :data:`.relay.NOTIFY_DELAY` late); and the window size it set
+        (:meth:`sizes_caught_up`)."""
         master = self.master
         if master is not None and master.source is not None and not master.closed:
             self.take_relayed()
@@ -407,8 +408,8 @@ class Session:
 
     def sizes_caught_up(self) -> None:
         """Record a window size the relay's thread put in force (the event loop
-        hears of it up to 5 ms late): before the size changes again, or a
-        client is shown the screen."""
+        hears of it up to :data:`.relay.NOTIFY_DELAY` late): before the size
+        changes again, or a client is shown the screen."""
         for sub in self.hub:
             if sub.relayed_input is not None:
                 sub.relayed_input.take_size()
