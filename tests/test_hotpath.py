@@ -27,6 +27,7 @@ import trio.testing
 
 from consoled.io.fds import OwnedFd
 from consoled.io.pty import PtyMaster
+from consoled.io.relay import INPUT_BUFFER
 from consoled.names import SessionName
 from consoled.protocol import (
     NEED_DATA,
@@ -39,6 +40,7 @@ from consoled.protocol import (
 from consoled.protocol import events as ev
 from consoled.server import streams
 from consoled.server.channel import Channel
+from consoled.server.config import Limits
 from consoled.server.session import Session
 from consoled.server.sizepolicy import SizePolicy
 from consoled.server.streams import PendingInput, _pump_output, _write_input
@@ -678,3 +680,41 @@ async def test_the_relay_takes_an_attached_client_on_before_the_attach_is_record
         assert isinstance(reply, ev.Attached) and reply.replay == 4
         assert seen[1] == (False, False), "a replay goes first"
         assert await collect(other, 4) == b"echo"
+
+
+async def test_the_relays_input_buffer_counts_against_max_buffered(
+    short_tmp: Path, slaves: list[int]
+) -> None:
+    """The thread's buffer for a client's input is held for that client as a
+    half-read message is: within --max-buffered.  Without room for it, the
+    event loop reads the client, and its keys still arrive."""
+    # Was: each client the thread read could hold 64 KiB outside the bound.
+    limits = Limits(buffered=INPUT_BUFFER + 4096)
+    async with inproc_daemon(short_tmp / "s", limits=limits) as d:
+        slave_a = await running(d, "a", slaves)
+        slave_b = await running(d, "b", slaves)
+        first, second = await d.connect(), await d.connect()
+        assert isinstance(await first.request(ev.Attach("a", replay=0)), ev.Attached)
+        assert isinstance(await second.request(ev.Attach("b", replay=0)), ev.Attached)
+        await trio.testing.wait_all_tasks_blocked()
+        (sub_a,) = list(d.table.get("a").hub)
+        (sub_b,) = list(d.table.get("b").hub)
+        assert sub_a.link is not None and sub_b.link is not None
+        assert sub_a.link.input, "the thread reads the first client"
+        assert not sub_b.link.input, "no room in the bound for a second buffer"
+        await first.send(ev.Input(b"1"))
+        await second.send(ev.Input(b"2"))
+        assert await read_slave(slave_a, 1) == b"1"
+        assert await read_slave(slave_b, 1) == b"2"
+        # The first client leaves: its buffer leaves the bound with it.
+        await first.aclose()
+        d.clients.remove(first)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not list(d.table.get("a").hub)
+        third = await d.connect()
+        assert isinstance(await third.request(ev.Attach("a", replay=0)), ev.Attached)
+        await trio.testing.wait_all_tasks_blocked()
+        (sub_c,) = list(d.table.get("a").hub)
+        assert sub_c.link is not None and sub_c.link.input, "its room was given back"
+        await third.send(ev.Input(b"3"))
+        assert await read_slave(slave_a, 1) == b"3"

@@ -1378,7 +1378,8 @@ PyMODINIT_FUNC PyInit__relay(void) {
         return NULL;
     if (PyModule_AddObjectRef(m, "Relay", (PyObject *)&RelayType) < 0 ||
         PyModule_AddObjectRef(m, "Source", (PyObject *)&SourceType) < 0 ||
-        PyModule_AddObjectRef(m, "Link", (PyObject *)&LinkType) < 0) {
+        PyModule_AddObjectRef(m, "Link", (PyObject *)&LinkType) < 0 ||
+        PyModule_AddIntConstant(m, "INPUT_BUFFER", IN_BUF) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+INPUT_BUFFER: int
+
 class Relay:
     def __init__(self, prefix: bytes, input_prefix: bytes, notify_delay: float) -> None: ...
     def fileno(self) -> int: ...

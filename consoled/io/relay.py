@@ -36,6 +36,10 @@ except ImportError:  # built without a C compiler: sessions are relayed in Pytho
 #: The native relay was built (``pip install`` found a C compiler).
 AVAILABLE: bool = _relay is not None
 
+#: Bytes of a client's input the thread may hold while it reads the client
+#: (more than one message of ``consoled attach``'s).
+INPUT_BUFFER: int = _relay.INPUT_BUFFER if _relay is not None else 0
+
 #: Seconds the event loop may hear late of output every client got from the
 #: thread: a keystroke's echo then does not wake it while the next key is on
 #: its way, and the time index (10 ms resolution) still dates it within its

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import trio
 
 from ..io.fds import translate_oserror
+from ..io.relay import INPUT_BUFFER
 from ..protocol import (
     CLOSED,
     NEED_DATA,
@@ -69,6 +70,14 @@ class ByteBudget:
         self.limit = limit
         self.total = 0
 
+    def reserve(self, size: int) -> bool:
+        """Count ``size`` bytes held outside any connection's buffer, if the
+        bound has room for them (give them back with ``charge(size, 0)``)."""
+        if self.total + size > self.limit:
+            return False
+        self.total += size
+        return True
+
     def charge(self, before: int, after: int) -> None:
         """One connection's buffered bytes went from ``before`` to ``after``.
 
@@ -106,12 +115,15 @@ class Channel:
         #: Lets the native relay's thread read the client's input while it
         #: may (see .streams.RelayedInput); what it hands back comes first.
         self.relayed_input: InputRelay | None = None
+        #: Bytes of the budget the relay's thread holds for this client's input.
+        self._reserved = 0
 
     def release(self) -> None:
         """Give back this connection's share of the budget, and its link (it is closing)."""
         if self._budget is not None:
             self._budget.charge(self._charged, 0)
         self._charged = 0
+        self.release_input_buffer()
         if self.link is not None:
             self._link_active = False
             self.link.close()
@@ -130,6 +142,22 @@ class Channel:
             return self._link_active
         self._link_active = link.activate()
         return self._link_active
+
+    def reserve_input_buffer(self) -> bool:
+        """Charge the relay thread's input buffer to the budget, for as long as
+        the thread reads this client (False: no room; the event loop reads it)."""
+        if self._reserved:
+            return True
+        if self._budget is not None and not self._budget.reserve(INPUT_BUFFER):
+            return False
+        self._reserved = INPUT_BUFFER
+        return True
+
+    def release_input_buffer(self) -> None:
+        """The thread no longer reads this client: its buffer leaves the budget."""
+        if self._reserved and self._budget is not None:
+            self._budget.charge(self._reserved, 0)
+        self._reserved = 0
 
     @property
     def link_stopped(self) -> bool:

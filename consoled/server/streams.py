@@ -274,8 +274,11 @@ class RelayedInput:
             or session.state is not ev.SessionState.RUNNING
             or session.handed_input
             or session.hub.attached != 1
-            or not self.link.start_input()
+            or not self.channel.reserve_input_buffer()
         ):
+            return False
+        if not self.link.start_input():
+            self.channel.release_input_buffer()
             return False
         self.active = True
         self.returned = trio.Event()
@@ -298,6 +301,7 @@ class RelayedInput:
         # the thread read and did not use is read here.
         if keys and not pending.put(keys):
             pending.consumed += len(keys)  # (never: at most one message, and nothing queued)
+        self.channel.release_input_buffer()
         self.channel.hand_back(left)
         self.returned.set()
 
