@@ -38,7 +38,7 @@ from consoled.protocol import (
     Role,
 )
 from consoled.protocol import events as ev
-from consoled.server import streams
+from consoled.server import cri, streams
 from consoled.server.channel import Channel
 from consoled.server.config import Limits
 from consoled.server.session import Session
@@ -718,3 +718,39 @@ async def test_the_relays_input_buffer_counts_against_max_buffered(
         assert sub_c.link is not None and sub_c.link.input, "its room was given back"
         await third.send(ev.Input(b"3"))
         assert await read_slave(slave_a, 1) == b"3"
+
+
+async def test_output_is_dated_when_the_thread_read_it(
+    short_tmp: Path, tmp_path: Path, slaves: list[int]
+) -> None:
+    """The time index and a CRI log file date output by when the relay's thread
+    read it, not when the event loop heard of it (up to NOTIFY_DELAY later, or
+    later still when the event loop is busy)."""
+    log_dir = tmp_path / "logs"
+    async with inproc_daemon(short_tmp / "s", log_dir=log_dir, log_file_format="cri") as d:
+        slave = await running(d, "dated", slaves)
+        client = await d.connect()
+        assert isinstance(await client.request(ev.Attach("dated", replay=0)), ev.Attached)
+        await trio.testing.wait_all_tasks_blocked()
+        session = d.table.get("dated")
+        assert session.master is not None and session.master.source is not None
+        source, start = session.master.source, session.record.end
+        before = time.time_ns()
+        os.write(slave, b"a line\n")
+        deadline = time.monotonic() + WAIT
+        while source.end < start + 7:
+            assert time.monotonic() < deadline, "the thread did not read it"
+            time.sleep(0.001)  # noqa: ASYNC251 - the event loop must not run meanwhile
+        read_by = time.time_ns()
+        time.sleep(0.05)  # noqa: ASYNC251 - a busy event loop, hearing of it late
+        assert await collect(client, 7) == b"a line\n"
+        await trio.testing.wait_all_tasks_blocked()
+        assert session.record.end == start + 7
+        dated = session.record.time_at(start)
+        assert dated is not None and before <= dated <= read_by
+        assert session.log_file is not None
+        await session.log_file.wait_idle()
+        (path,) = log_dir.iterdir()
+        timestamp, stream, tag, text = cri.decode_record(path.read_bytes().splitlines()[0])
+        assert (stream, tag, text) == (b"stdout", b"F", b"a line")
+        assert before <= cri.parse_timestamp(timestamp) <= read_by

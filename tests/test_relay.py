@@ -89,7 +89,7 @@ def take_all(source: _relay.Source, record: Record, size: int) -> bytes:
     got = b""
     deadline = time.monotonic() + WAIT
     while len(got) < size:
-        data, unstored, hung_up, error = source.take()
+        data, unstored, hung_up, error, _ = source.take()
         assert unstored == 0 and error == 0
         record.appended(data)
         got += data
@@ -282,7 +282,7 @@ def test_a_hangup_is_told_after_the_last_bytes() -> None:
         got = b""
         deadline = time.monotonic() + WAIT
         while True:
-            data, _, hung_up, error = source.take()
+            data, _, hung_up, error, _ = source.take()
             got += data
             if hung_up:
                 break
@@ -290,7 +290,7 @@ def test_a_hangup_is_told_after_the_last_bytes() -> None:
             time.sleep(0.001)
         assert got == b"last words" and error == 0
         # Nothing more: a hung-up master is out of the epoll (it would wake the thread for ever).
-        assert source.take() == (b"", 0, True, 0)
+        assert source.take() == (b"", 0, True, 0, 0)
     finally:
         owner.close()
         record.close()
@@ -337,6 +337,21 @@ def test_output_every_client_got_waits_for_the_delay_unless_it_may_hold_a_query(
             assert relay.events() == ([source], [])
             assert source.take()[0] == b"typed\x1b[6n"
             link.close()
+
+
+def test_take_says_when_the_thread_read_the_first_byte() -> None:
+    with relayed() as (_, source, slave, _):
+        before = time.time_ns()
+        os.write(slave, b"first")
+        wait_for(lambda: source.end == 5, "the thread read it")
+        read_by = time.time_ns()
+        time.sleep(0.05)  # the event loop takes it late
+        os.write(slave, b" second")
+        wait_for(lambda: source.end == 12, "the thread read the rest")
+        data, _, _, _, read_ns = source.take()
+        assert data == b"first second"
+        assert before <= read_ns <= read_by, "the first byte's read, not the take's"
+        assert source.take()[4] == 0, "nothing taken, no time"
 
 
 def test_a_link_keeps_its_own_socket_and_closes_it() -> None:

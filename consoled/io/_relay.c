@@ -111,6 +111,7 @@ struct Source {
     uint64_t end;
     uint64_t unstored_until;
     size_t slack; /* the most read and not yet taken: the ring's bytes beyond those exposed */
+    int64_t read_ns; /* when the first byte not yet taken was read (CLOCK_REALTIME) */
     char *buf;
     size_t len;
     int armed;
@@ -398,6 +399,11 @@ static void pump(Relay *r, Source *s) {
             link_send(r, l, head, head_len, at, got);
             l->handled = s->end;
             all_sent &= l->active; /* a frame left unfinished: Python writes the rest */
+        }
+        if (!s->len) {
+            struct timespec now;
+            clock_gettime(CLOCK_REALTIME, &now);
+            s->read_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
         }
         s->len += got;
         source_ready(r, s);
@@ -971,10 +977,12 @@ static PyObject *source_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     return (PyObject *)self;
 }
 
-/* (data, unstored_until, hung_up, error): what was read since the last take. */
+/* (data, unstored_until, hung_up, error, read_ns): what was read since the last
+ * take, and when its first byte was (ns since the epoch; 0 with no data). */
 static PyObject *source_take(Source *self, PyObject *unused) {
     Relay *r = self->relay;
     pthread_mutex_lock(&r->lock);
+    long long read_ns = self->len ? (long long)self->read_ns : 0;
     PyObject *data = PyBytes_FromStringAndSize(self->buf, (Py_ssize_t)self->len);
     if (data) {
         self->len = 0;
@@ -991,7 +999,7 @@ static PyObject *source_take(Source *self, PyObject *unused) {
     pthread_mutex_unlock(&r->lock);
     if (!data)
         return NULL;
-    return Py_BuildValue("(NKOi)", data, unstored, hung_up ? Py_True : Py_False, error);
+    return Py_BuildValue("(NKOiL)", data, unstored, hung_up ? Py_True : Py_False, error, read_ns);
 }
 
 static PyObject *source_pause(Source *self, PyObject *unused) {
@@ -1058,7 +1066,7 @@ static int source_set_data(Source *self, PyObject *value, void *closure) {
 
 static PyMethodDef source_methods[] = {
     {"take", (PyCFunction)source_take, METH_NOARGS,
-     "(data, unstored_until, hung_up, error): the output read since the last take."},
+     "(data, unstored_until, hung_up, error, read_ns): the output read since the last take."},
     {"pause", (PyCFunction)source_pause, METH_NOARGS, "Read nothing more until resume()."},
     {"resume", (PyCFunction)source_resume, METH_NOARGS, "Read again (a source starts paused)."},
     {"close", (PyCFunction)source_close, METH_NOARGS, "Never touch the master again (before it is closed)."},

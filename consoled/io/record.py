@@ -386,14 +386,15 @@ class Record:
             self._owner.fd, self._capacity, DATA_OFFSET, 24, self.end, self._layout.slack
         )
 
-    def appended(self, data: bytes) -> None:
-        """Count ``data``, which the native relay appended to the ring."""
+    def appended(self, data: bytes, read_ns: int | None = None) -> None:
+        """Count ``data``, which the native relay appended to the ring, having
+        read its first byte at ``read_ns`` (nanoseconds since the epoch; now if None)."""
         n = len(data)
         if not n:
             return
         self._index_ready()
         self.end += n
-        self._note_time(self.end - n, data)
+        self._note_time(self.end - n, data, read_ns)
 
     def skip(self, n: int) -> None:
         """Count ``n`` bytes that could not be stored: the ring exposes nothing before them."""
@@ -478,10 +479,12 @@ class Record:
 
     # --- the time index --------------------------------------------------------------------
 
-    def _note_time(self, offset: int, data: bytes) -> None:
-        """Date the batch just appended at ``offset``, if a line starts in it (see .timeindex)."""
+    def _note_time(self, offset: int, data: bytes, read_ns: int | None = None) -> None:
+        """Date the batch just appended at ``offset``, if a line starts in it
+        (see .timeindex), by ``read_ns`` or else the clock."""
         index = self._index
-        when = entry_time(data, self._at_line_start, index.last_time, self.clock)
+        clock = self.clock if read_ns is None else (lambda: read_ns)
+        when = entry_time(data, self._at_line_start, index.last_time, clock)
         self._at_line_start = data.endswith(b"\n")
         if when is None:
             return

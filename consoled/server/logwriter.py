@@ -230,12 +230,13 @@ class LogWriter(OpQueue):
 
     # --- what the event loop asks for -------------------------------------------------
 
-    def write(self, data: bytes, end: int) -> None:
-        """Queue one batch of output, which ends at stream offset ``end``."""
+    def write(self, data: bytes, end: int, read_ns: int | None = None) -> None:
+        """Queue one batch of output, which ends at stream offset ``end``, read
+        at ``read_ns`` (nanoseconds since the epoch; now if None)."""
         if self.closing or self._lost:
             return
         if self._state is _State.WRITING:
-            self._queue_output(data, end, time.time_ns())
+            self._queue_output(data, end, time.time_ns() if read_ns is None else read_ns)
         elif self._state is _State.FAILED and time.monotonic() - self._failed_at >= RETRY_INTERVAL:
             self.catch_up()
 

@@ -420,11 +420,12 @@ class Session:
         master = self.master
         assert master is not None
         assert master.source is not None
-        data, unstored, hung_up, error = master.source.take()
+        data, unstored, hung_up, error, read_ns = master.source.take()
         if data:
             record = self.record
             start = record.end
             clients = len(self.hub)
+            # Dated when the thread read it, not when the event loop heard of it.
             if unstored > start:
                 # The ring could not be written (out of memory): as publish does.
                 cut = min(unstored - start, len(data))
@@ -432,10 +433,10 @@ class Session:
                     "session.ring_write_failed", session=str(self.name), skipped=cut, by="relay"
                 )
                 record.skip(cut)
-                record.appended(data[cut:])
+                record.appended(data[cut:], read_ns)
             else:
-                record.appended(data)
-            self._deliver(data, start)
+                record.appended(data, read_ns)
+            self._deliver(data, start, read_ns)
             if len(self.hub) != clients:
                 self._sync_relay()  # a client was dropped (it lagged)
         if hung_up and error:
@@ -505,9 +506,10 @@ class Session:
             record.skip(len(data))
         self._deliver(data, record.end - len(data))
 
-    def _deliver(self, data: bytes, start: int) -> None:
+    def _deliver(self, data: bytes, start: int, read_ns: int | None = None) -> None:
         """A batch at stream offset ``start``, in the ring already: to every client,
-        then into the log file; a terminal query in it is answered."""
+        then into the log file (dated ``read_ns``, now if None); a terminal query
+        in it is answered."""
         record = self.record
         # The clients before the log file: an echo reaches its client a few
         # microseconds sooner, and the ring, which a resuming client reads, has
@@ -516,7 +518,7 @@ class Session:
         if self.hub.publish(data, start):
             self._resize_to_policy()  # a client that counted is gone
         if self.log_file is not None:
-            self.log_file.write(data, record.end)
+            self.log_file.write(data, record.end, read_ns)
         if not self.terminal_state:
             return
         ends = self._queries.ends(data)
