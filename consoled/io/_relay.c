@@ -382,6 +382,11 @@ static void pump(Relay *r, Source *s) {
         break;
     }
     if (got) {
+        if (!s->len) { /* the first byte Python has not taken */
+            struct timespec now;
+            clock_gettime(CLOCK_REALTIME, &now);
+            s->read_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+        }
         uint64_t start = s->end;
         s->end += got;
         if (ring_write(s, at, got, start) < 0)
@@ -399,11 +404,6 @@ static void pump(Relay *r, Source *s) {
             link_send(r, l, head, head_len, at, got);
             l->handled = s->end;
             all_sent &= l->active; /* a frame left unfinished: Python writes the rest */
-        }
-        if (!s->len) {
-            struct timespec now;
-            clock_gettime(CLOCK_REALTIME, &now);
-            s->read_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
         }
         s->len += got;
         source_ready(r, s);
