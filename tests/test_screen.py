@@ -667,8 +667,17 @@ async def test_attach_after_20_mb_draws_the_screen_not_the_megabytes(
     finally:
         await client.aclose()
     proc = await attach(daemon, cid)
-    await proc.expect(b"D-42")
-    await proc.expect(b"# ")
+    # The screen as it is now: the flood's end and the shell's prompt.  Unless
+    # the daemon could not follow the flood and the prompt's query made it
+    # jump to the newest output (draining never waits for emulating, see
+    # docs/operations.md): then the screen has the prompt, and the client
+    # says it may be incomplete.  (Was flaky on a slow machine, which reads
+    # the flood faster than it emulates it: the prompt drawn, D-42 skipped.)
+    found = await proc.expect(re.compile(rb"D-42|the screen may be incomplete"))
+    if found.endswith(b"D-42"):
+        await proc.expect(b"# ")
+    else:
+        assert b"/ # " in proc.output, "the newest output is always drawn"
     assert len(proc.output) < 16 * 1024, len(proc.output)  # a screen, not the ring
     proc.write(b"\x10\x11")
     assert await proc.wait() == 0
