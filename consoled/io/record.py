@@ -234,7 +234,7 @@ class Record:
             (slack,) = _SLACK.unpack_from(head, _SLACK_AT)
             if not MIN_SLACK <= slack <= MAX_SLACK:
                 raise RecordError(f"session record has a bad slack ({slack} bytes)")
-            layout = _CURRENT._replace(slack=slack)
+            layout = _CURRENT if slack == WRITE_SLACK else _CURRENT._replace(slack=slack)
         capacity, end = struct.unpack_from("<QQ", head, 16)
         if not layout.slack <= capacity <= MAX_CAPACITY or size < DATA_OFFSET + capacity:
             raise RecordError(f"session record has a bad ring size ({capacity} bytes)")
